@@ -1,0 +1,31 @@
+"""patchfold: sliding-block unfold (im2col) and fold (overlap-add) for images and arrays.
+
+>>> import numpy as np, patchfold
+>>> x = np.arange(2 * 3 * 6 * 6, dtype=np.uint8).reshape(2, 3, 6, 6)
+>>> cols = patchfold.unfold(x, kernel_size=4, stride=2)
+>>> cols.shape
+(2, 48, 4)
+>>> bool((patchfold.fold(cols, (6, 6), 4, stride=2, normalize=True) == x).all())
+True
+"""
+
+from patchfold.errors import PatchfoldError
+from patchfold.geometry import LAYOUTS, PADDING_MODES, Geometry
+from patchfold.ops import ENGINES, divisor, fold, overlap_stats, unfold
+from patchfold.windows import WINDOWS
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "ENGINES",
+    "LAYOUTS",
+    "PADDING_MODES",
+    "WINDOWS",
+    "Geometry",
+    "PatchfoldError",
+    "__version__",
+    "divisor",
+    "fold",
+    "overlap_stats",
+    "unfold",
+]

@@ -1,0 +1,5 @@
+"""``python -m patchfold`` runs the command line."""
+
+from patchfold.cli.main import main
+
+main()

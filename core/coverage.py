@@ -1,0 +1,120 @@
+"""Coverage: how many blocks touch each pixel, computed per axis.
+
+The divisor map ``fold(unfold(ones))`` is separable: it is the outer product of one 1-D coverage
+vector per spatial dim. So is a window's weighted divisor, since window weights are products of
+per-dim weights. Everything here costs O(sum of sizes), not O(pixels·∏k).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from functools import reduce
+
+import numpy as np
+
+from patchfold.geometry import Geometry
+
+_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def source_index(size: int, pad: int, padding_mode: str) -> np.ndarray | None:
+    """Index of the input pixel each padded position repeats, or None for zero padding."""
+    if padding_mode == "zeros":
+        return None
+    return np.pad(np.arange(size), (pad, pad), mode=_NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
+
+
+def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int) -> np.ndarray:
+    """Map an array over padded coordinates back to the input: crop, or for non-zero modes add
+    each padded position onto the input pixel it repeated (the adjoint of padding).
+
+    ``axis_offset`` is the axis of the first spatial dim (2 for ``(N, C, *spatial)``). Works on
+    numpy arrays and torch tensors alike (slicing and in-place adds only); may reuse ``padded``.
+    """
+    result = padded
+    for dim, (size, pad) in enumerate(zip(geometry.spatial_size, geometry.padding)):
+        if pad == 0:
+            continue
+        lead = (slice(None),) * (axis_offset + dim)
+        inner = result[(*lead, slice(pad, pad + size))]
+        index = source_index(size, pad, geometry.padding_mode)
+        if index is not None:
+            for position in (*range(pad), *range(pad + size, size + 2 * pad)):
+                inner[(*lead, int(index[position]))] += result[(*lead, position)]
+        result = inner
+    return result
+
+
+def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Blocks (or summed weights) touching each padded position along one dim.
+
+    ``weights`` has shape ``(blocks_per_dim[dim], kernel_size[dim])`` for a windowed fold.
+    """
+    count = geometry.blocks_per_dim[dim]
+    step = geometry.stride[dim]
+    dtype = np.int64 if weights is None else np.float64
+    coverage = np.zeros(geometry.padded_size[dim], dtype=dtype)
+    for offset in range(geometry.kernel_size[dim]):
+        base = offset * geometry.dilation[dim]
+        reached = slice(base, base + (count - 1) * step + 1, step)
+        coverage[reached] += 1 if weights is None else weights[:, offset]
+    return coverage
+
+
+def coverage_vectors(geometry: Geometry, weights: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """One coverage vector per spatial dim, in input coordinates (padding mapped back)."""
+    vectors = []
+    for dim in range(geometry.ndim):
+        padded = padded_coverage(geometry, dim, None if weights is None else weights[dim])
+        single = Geometry.create(
+            (geometry.spatial_size[dim],),
+            geometry.kernel_size[dim],
+            geometry.stride[dim],
+            geometry.padding[dim],
+            geometry.dilation[dim],
+            geometry.padding_mode,
+        )
+        vectors.append(unpad_adjoint(padded, single, axis_offset=0))
+    return vectors
+
+
+def outer(vectors: list[np.ndarray]) -> np.ndarray:
+    """Outer product of per-dim vectors: the full N-d map."""
+    return reduce(np.multiply.outer, vectors)
+
+
+def divisor_map(geometry: Geometry, weights: list[np.ndarray] | None = None) -> np.ndarray:
+    """``fold(unfold(ones))`` for one channel, shape ``spatial_size`` (int64; float64 if weighted)."""
+    return outer(coverage_vectors(geometry, weights))
+
+
+def coverage_histogram(geometry: Geometry) -> dict[int, int]:
+    """Exact ``{blocks covering a pixel: pixel count}`` from the per-dim histograms."""
+    histogram: Counter[int] = Counter({1: 1})
+    for vector in coverage_vectors(geometry):
+        values, counts = np.unique(vector, return_counts=True)
+        combined: Counter[int] = Counter()
+        for value, count in zip(values.tolist(), counts.tolist()):
+            for previous, pixels in histogram.items():
+                combined[previous * value] += pixels * count
+        histogram = combined
+    return dict(sorted(histogram.items()))
+
+
+def coverage_summary(geometry: Geometry) -> dict[str, object]:
+    """Min, max, mean and histogram of coverage over all input pixels."""
+    histogram = coverage_histogram(geometry)
+    pixels = geometry.pixels
+    total = sum(value * count for value, count in histogram.items())
+    uncovered = histogram.get(0, 0)
+    return {
+        "min": min(histogram),
+        "max": max(histogram),
+        "mean": total / pixels,
+        "histogram": {str(value): count for value, count in histogram.items()},
+        "uncovered_pixels": uncovered,
+        "uncovered_fraction": uncovered / pixels,
+        "total": total,
+        "pixels": math.prod(geometry.spatial_size),
+    }

@@ -1,0 +1,225 @@
+"""The CPU engine: unfold and fold as strided numpy copies, split over threads.
+
+numpy releases the GIL inside array copies and ufunc loops, so splitting the work over block rows
+(unfold) or output rows (fold) uses every core without processes. Every function writes into a
+caller-provided array, so the same code fills an in-memory result or a band of a memory-mapped
+``.npy`` (streaming).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import numpy as np
+
+from patchfold.geometry import Geometry, check_layout
+
+#: Below this many output bytes a second thread costs more than it saves.
+_PARALLEL_MIN_BYTES = 4 << 20
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@cache
+def _executor(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="patchfold")
+
+
+def split_range(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``[start, stop)`` into at most ``parts`` contiguous, non-empty, near-equal pieces."""
+    total = stop - start
+    parts = max(1, min(parts, total))
+    edges = [start + total * i // parts for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes: int, threads: int | None) -> None:
+    """Run ``task(lo, hi)`` over pieces of ``[start, stop)``, threaded when it pays."""
+    threads = cpu_count() if threads is None else threads
+    if threads <= 1 or nbytes < _PARALLEL_MIN_BYTES:
+        task(start, stop)
+        return
+    pieces = split_range(start, stop, threads)
+    for future in [_executor(threads).submit(task, lo, hi) for lo, hi in pieces]:
+        future.result()
+
+
+def reshape_view(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Reshape without ever copying (numpy arrays or torch tensors; the result aliases ``array``)."""
+    if isinstance(array, np.ndarray):
+        return array.reshape(tuple(shape), copy=False)
+    return array.view(tuple(shape))
+
+
+def permute(array: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    return array.transpose(order) if isinstance(array, np.ndarray) else array.permute(*order)
+
+
+# ----- unfold ------------------------------------------------------------------------------------
+def window_view(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> np.ndarray:
+    """Zero-copy view ``(N, C, *kernel, last-first, *L[1:])`` of the blocks in block rows
+    ``[first, last)`` of a padded ``(N, C, *padded_size)`` array."""
+    strides = padded.strides
+    spatial = strides[2:]
+    start = padded[:, :, first * geometry.stride[0] :]
+    shape = (*padded.shape[:2], *geometry.kernel_size, last - first, *geometry.blocks_per_dim[1:])
+    view_strides = (
+        *strides[:2],
+        *(st * d for st, d in zip(spatial, geometry.dilation)),
+        *(st * s for st, s in zip(spatial, geometry.stride)),
+    )
+    return np.lib.stride_tricks.as_strided(start, shape=shape, strides=view_strides, writeable=False)
+
+
+def band_view(band: np.ndarray, geometry: Geometry, channels: int, rows: int, layout: str) -> np.ndarray:
+    """View an output band of the patch matrix as ``(N, C, *kernel, rows, *L[1:])``."""
+    ndim = geometry.ndim
+    inner = geometry.blocks_per_dim[1:]
+    if layout == "ncl":
+        return reshape_view(band, (band.shape[0], channels, *geometry.kernel_size, rows, *inner))
+    view = reshape_view(band, (band.shape[0], rows, *inner, channels, *geometry.kernel_size))
+    # (N, rows, *inner, C, *K) -> (N, C, *K, rows, *inner)
+    order = (0, ndim + 1, *range(ndim + 2, 2 * ndim + 2), *range(1, ndim + 1))
+    return permute(view, order)
+
+
+def block_columns(geometry: Geometry, first: int, last: int) -> slice:
+    """Columns of the patch matrix (block indices) that block rows ``[first, last)`` fill."""
+    per_row = geometry.num_blocks // geometry.blocks_per_dim[0]
+    return slice(first * per_row, last * per_row)
+
+
+def select_blocks(matrix: np.ndarray, columns: slice, layout: str) -> np.ndarray:
+    return matrix[:, :, columns] if layout == "ncl" else matrix[:, columns, :]
+
+
+def unfold_rows(
+    padded: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, first: int, last: int
+) -> None:
+    """Copy block rows ``[first, last)`` of ``padded`` into ``out``, the matching band of the matrix."""
+    channels = padded.shape[1]
+    target = band_view(out, geometry, channels, last - first, layout)
+    np.copyto(target, window_view(padded, geometry, first, last), casting="unsafe")
+
+
+def unfold_into(
+    padded: np.ndarray,
+    geometry: Geometry,
+    out: np.ndarray,
+    layout: str = "ncl",
+    rows: tuple[int, int] | None = None,
+    threads: int | None = None,
+) -> None:
+    """Unfold block rows ``rows`` (all by default) of an already padded ``(N, C, *padded_size)``
+    array into ``out``: the whole patch matrix, or just those rows' band of it when streaming."""
+    check_layout(layout)
+    first, last = rows or (0, geometry.blocks_per_dim[0])
+
+    def task(lo: int, hi: int) -> None:
+        part = select_blocks(out, block_columns(geometry, lo - first, hi - first), layout)
+        unfold_rows(padded, geometry, part, layout, lo, hi)
+
+    run_parallel(task, first, last, out.nbytes, threads)
+
+
+# ----- fold --------------------------------------------------------------------------------------
+def accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    """Integers sum in int64 (never wraps), float16 in float32, other floats in themselves."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biu":
+        return np.dtype(np.int64) if dtype != np.uint64 else np.dtype(np.uint64)
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def fold_rows(
+    blocks: np.ndarray,
+    geometry: Geometry,
+    acc: np.ndarray,
+    lo: int,
+    hi: int,
+    weights: list[np.ndarray] | None = None,
+) -> None:
+    """Add every block's contribution to padded output rows ``[lo, hi)`` of dim 0 into ``acc``.
+
+    ``blocks`` is the patch matrix viewed as ``(N, C, *kernel, *L)``; ``acc`` holds padded rows
+    ``[lo, hi)``: ``(N, C, hi-lo, *padded_size[1:])``. ``weights`` are per-dim window weights
+    ``(L_d, k_d)``.
+    """
+    ndim = geometry.ndim
+    for offset in geometry.kernel_offsets():
+        first, last = geometry.blocks_reaching(0, offset[0], lo, hi)
+        if last <= first:
+            continue
+        target = [slice(None), slice(None)]
+        for dim in range(ndim):
+            base = offset[dim] * geometry.dilation[dim]
+            step = geometry.stride[dim]
+            begin, count = (first, last - first) if dim == 0 else (0, geometry.blocks_per_dim[dim])
+            start = base + begin * step - (lo if dim == 0 else 0)
+            target.append(slice(start, start + (count - 1) * step + 1, step))
+        source = blocks[(slice(None), slice(None), *offset, slice(first, last))]
+        if weights is not None:
+            source = source * block_weights(weights, offset, first, last)
+        view = acc[tuple(target)]
+        view += source
+
+
+def block_weights(weights: Sequence[np.ndarray], offset: tuple[int, ...], first: int, last: int) -> np.ndarray:
+    """Window weight of kernel ``offset`` in every block of rows ``[first, last)``: ``(rows, *L[1:])``."""
+    ndim = len(weights)
+    product = None
+    for dim, per_dim in enumerate(weights):
+        factor = per_dim[first:last, offset[0]] if dim == 0 else per_dim[:, offset[dim]]
+        shaped = factor.reshape([-1 if d == dim else 1 for d in range(ndim)])
+        product = shaped if product is None else product * shaped
+    return product
+
+
+def blocks_view(cols: np.ndarray, geometry: Geometry, layout: str) -> np.ndarray:
+    """View a whole patch matrix as ``(N, C, *kernel, *L)``."""
+    channels = geometry.check_fold_input(*_matrix_dims(cols, layout))
+    return band_view(cols, geometry, channels, geometry.blocks_per_dim[0], layout)
+
+
+def _matrix_dims(cols: np.ndarray, layout: str) -> tuple[int, int]:
+    """(patch length, number of blocks) of a patch matrix in either layout."""
+    return (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
+
+
+def fold_padded(
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str = "ncl",
+    weights: list[np.ndarray] | None = None,
+    rows: tuple[int, int] | None = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Overlap-add ``cols`` into padded output rows ``rows`` (all by default) of dim 0.
+
+    Returns the accumulator ``(N, C, hi-lo, *padded_size[1:])`` in :func:`accumulator_dtype`
+    (float64 when weighted).
+    """
+    check_layout(layout)
+    blocks = blocks_view(cols, geometry, layout)
+    lo, hi = rows or (0, geometry.padded_size[0])
+    if out is None:
+        dtype = np.dtype(np.float64) if weights is not None else accumulator_dtype(cols.dtype)
+        out = np.zeros((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
+
+    def task(a: int, b: int) -> None:
+        fold_rows(blocks, geometry, out[:, :, a - lo : b - lo], a, b, weights)
+
+    run_parallel(task, lo, hi, cols.nbytes, threads)
+    return out

@@ -1,0 +1,267 @@
+"""Block arithmetic: the one place that knows how many blocks fit and where they sit.
+
+Everything else (engines, divisor, statistics, streaming, windows) asks a :class:`Geometry`.
+A geometry is computed once from the spatial size and the four block parameters, validated before
+any data moves, and then only read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+from patchfold.errors import PatchfoldError
+
+IntOrSeq = int | Sequence[int]
+
+#: Layouts of the patch matrix. ``ncl`` is PyTorch's ``(N, C·∏k, L)``; ``nlc`` is one row per
+#: patch, ``(N, L, C·∏k)``.
+LAYOUTS = ("ncl", "nlc")
+
+#: How the border is padded before blocks are cut. ``zeros`` is PyTorch's (and the default); the
+#: others repeat image content so edge patches are not darkened.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+_PARAM_MINIMUM = {"kernel_size": 1, "stride": 1, "dilation": 1, "padding": 0}
+
+
+def to_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
+    """Normalise an int or a sequence to one int per spatial dim (length-1 sequences replicate).
+
+    >>> to_tuple(3, 2, "kernel_size")
+    (3, 3)
+    >>> to_tuple((4, 2), 2, "stride")
+    (4, 2)
+    """
+    if isinstance(value, bool):
+        raise PatchfoldError(f"{name} must be an int or a sequence of ints, got {value!r}", param=name)
+    if isinstance(value, int) or hasattr(value, "__index__"):
+        values: tuple[int, ...] = (int(value),) * ndim
+    else:
+        try:
+            values = tuple(_as_int(v, name) for v in value)
+        except TypeError:
+            raise PatchfoldError(
+                f"{name} must be an int or a sequence of ints, got {value!r}", param=name
+            ) from None
+        if len(values) == 1:
+            values = values * ndim
+        elif len(values) != ndim:
+            raise PatchfoldError(
+                f"{name} has {len(values)} values {list(values)} but the input has {ndim} spatial "
+                f"dim(s): give one value or {ndim}",
+                param=name,
+            )
+    minimum = _PARAM_MINIMUM.get(name)
+    if minimum is not None and any(v < minimum for v in values):
+        what = "positive" if minimum == 1 else "non-negative"
+        raise PatchfoldError(f"{name} must be {what}, got {list(values)}", param=name)
+    return values
+
+
+def _as_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise PatchfoldError(f"{name} must hold ints, got {value!r}", param=name)
+    return int(value)  # type: ignore[call-overload]
+
+
+def infer_spatial_dims(*params: IntOrSeq | None, default: int = 2) -> int:
+    """The number of spatial dims implied by the longest parameter sequence (ints imply none)."""
+    lengths = [len(p) for p in params if p is not None and not isinstance(p, int) and hasattr(p, "__len__")]
+    longest = max(lengths, default=1)
+    return longest if longest > 1 else default
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the sliding blocks of one spatial extent sit.
+
+    Build with :meth:`create` (which normalises and validates); all fields are per spatial dim.
+
+    >>> g = Geometry.create((5, 7), kernel_size=3, stride=2)
+    >>> g.blocks_per_dim, g.num_blocks
+    ((2, 3), 6)
+    >>> g.unfold_shape(1, 3)
+    (1, 27, 6)
+    """
+
+    spatial_size: tuple[int, ...]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding_mode: str = "zeros"
+
+    @classmethod
+    def create(
+        cls,
+        spatial_size: IntOrSeq,
+        kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1,
+        padding: IntOrSeq = 0,
+        dilation: IntOrSeq = 1,
+        padding_mode: str = "zeros",
+    ) -> Geometry:
+        """Normalise parameters to per-dim tuples and check that at least one block fits."""
+        if isinstance(spatial_size, int):
+            ndim = infer_spatial_dims(kernel_size, stride, padding, dilation)
+        else:
+            ndim = len(spatial_size)
+        if ndim < 1:
+            raise PatchfoldError("the input has no spatial dims", param=None)
+        size = to_tuple(spatial_size, ndim, "spatial_size")
+        if any(s < 1 for s in size):
+            raise PatchfoldError(f"every spatial size must be positive, got {list(size)}")
+        if padding_mode not in PADDING_MODES:
+            raise PatchfoldError(
+                f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}",
+                param="padding_mode",
+            )
+        geometry = cls(
+            spatial_size=size,
+            kernel_size=to_tuple(kernel_size, ndim, "kernel_size"),
+            stride=to_tuple(stride, ndim, "stride"),
+            padding=to_tuple(padding, ndim, "padding"),
+            dilation=to_tuple(dilation, ndim, "dilation"),
+            padding_mode=padding_mode,
+        )
+        geometry._validate()
+        return geometry
+
+    def _validate(self) -> None:
+        if self.padding_mode == "reflect" and any(p >= s for p, s in zip(self.padding, self.spatial_size)):
+            raise PatchfoldError(
+                f"reflect padding {list(self.padding)} must be smaller than the input size "
+                f"{list(self.spatial_size)} in every dim"
+            )
+        if self.padding_mode == "circular" and any(p > s for p, s in zip(self.padding, self.spatial_size)):
+            raise PatchfoldError(
+                f"circular padding {list(self.padding)} must not exceed the input size "
+                f"{list(self.spatial_size)} in any dim"
+            )
+        counts = self.raw_blocks_per_dim
+        if any(c < 1 for c in counts):
+            raise PatchfoldError(
+                f"no block fits: kernel_size={list(self.kernel_size)} dilation={list(self.dilation)} "
+                f"spans {list(self.span)} but the input size {list(self.spatial_size)} padded by "
+                f"{list(self.padding)} is {list(self.padded_size)}; blocks per dim "
+                f"L_d = floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1 = "
+                f"{list(counts)} (each must be >= 1)"
+            )
+
+    # ----- derived sizes -------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.spatial_size)
+
+    @property
+    def padded_size(self) -> tuple[int, ...]:
+        return tuple(s + 2 * p for s, p in zip(self.spatial_size, self.padding))
+
+    @property
+    def span(self) -> tuple[int, ...]:
+        """Extent of one dilated block per dim: ``dilation·(kernel − 1) + 1``."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
+
+    @property
+    def raw_blocks_per_dim(self) -> tuple[int, ...]:
+        return tuple(
+            (padded - span) // stride + 1
+            for padded, span, stride in zip(self.padded_size, self.span, self.stride)
+        )
+
+    @property
+    def blocks_per_dim(self) -> tuple[int, ...]:
+        """``L_d = floor((size_d + 2·pad_d − dil_d·(k_d − 1) − 1) / stride_d) + 1``."""
+        return self.raw_blocks_per_dim
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.blocks_per_dim)
+
+    @property
+    def kernel_volume(self) -> int:
+        return math.prod(self.kernel_size)
+
+    @property
+    def pixels(self) -> int:
+        return math.prod(self.spatial_size)
+
+    @property
+    def covered_extent(self) -> tuple[int, ...]:
+        """Padded-coordinate extent actually reached by some block (the rest is dropped)."""
+        return tuple((n - 1) * s + span for n, s, span in zip(self.blocks_per_dim, self.stride, self.span))
+
+    def patch_length(self, channels: int) -> int:
+        return channels * self.kernel_volume
+
+    def unfold_shape(self, batch: int, channels: int, layout: str = "ncl") -> tuple[int, int, int]:
+        check_layout(layout)
+        if layout == "ncl":
+            return (batch, self.patch_length(channels), self.num_blocks)
+        return (batch, self.num_blocks, self.patch_length(channels))
+
+    def fold_shape(self, batch: int, channels: int) -> tuple[int, ...]:
+        return (batch, channels, *self.spatial_size)
+
+    def redundancy(self) -> float:
+        """Patch elements per input element."""
+        return self.kernel_volume * self.num_blocks / self.pixels
+
+    # ----- block positions -----------------------------------------------------------------
+    def kernel_offsets(self) -> Iterable[tuple[int, ...]]:
+        """Kernel offsets in row-major order (the order of the rows within one channel)."""
+        return product(*(range(k) for k in self.kernel_size))
+
+    def block_starts(self, dim: int, start: int = 0, stop: int | None = None) -> range:
+        """Padded coordinates of the first pixel of blocks ``start:stop`` along ``dim``."""
+        stop = self.blocks_per_dim[dim] if stop is None else stop
+        return range(start * self.stride[dim], stop * self.stride[dim], self.stride[dim])
+
+    def block_box(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """Per-dim ``(start, stop)`` in unpadded coordinates of the block at a multi-index.
+
+        Stops are exclusive and may fall outside the image where padding is used.
+        """
+        return tuple(
+            (i * s - p, i * s - p + span)
+            for i, s, p, span in zip(index, self.stride, self.padding, self.span)
+        )
+
+    def blocks_reaching(self, dim: int, offset: int, lo: int, hi: int) -> tuple[int, int]:
+        """Block range ``[i0, i1)`` whose kernel ``offset`` along ``dim`` lands in padded ``[lo, hi)``."""
+        base = offset * self.dilation[dim]
+        step = self.stride[dim]
+        first = max(0, -((base - lo) // step))
+        last = min(self.blocks_per_dim[dim], -((base - hi) // step))
+        return first, max(first, last)
+
+    def check_fold_input(self, patch_length: int, num_blocks: int) -> int:
+        """Validate a patch matrix against this geometry; return its channel count."""
+        if num_blocks != self.num_blocks:
+            raise PatchfoldError(
+                f"the patch matrix has L={num_blocks} blocks but output_size={list(self.spatial_size)} "
+                f"with kernel_size={list(self.kernel_size)} stride={list(self.stride)} "
+                f"padding={list(self.padding)} dilation={list(self.dilation)} gives "
+                f"L={self.num_blocks} (blocks per dim {list(self.blocks_per_dim)})"
+            )
+        if patch_length % self.kernel_volume:
+            raise PatchfoldError(
+                f"the patch matrix has {patch_length} values per patch, not a multiple of "
+                f"prod(kernel_size)={self.kernel_volume} (kernel_size={list(self.kernel_size)})"
+            )
+        return patch_length // self.kernel_volume
+
+    def describe(self) -> str:
+        return (
+            f"kernel_size={list(self.kernel_size)} stride={list(self.stride)} "
+            f"padding={list(self.padding)} dilation={list(self.dilation)}"
+        )
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise PatchfoldError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}", param="layout")
+    return layout

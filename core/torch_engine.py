@@ -1,0 +1,106 @@
+"""The torch engine: PyTorch's own unfold/fold where they apply (2-D, zero padding, float), and
+generic strided torch code elsewhere (N-d, integer dtypes, padding modes, windows). It serves CUDA
+devices and is the reference the CPU engine is tested against. Imported only when used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from patchfold.coverage import divisor_map, source_index, unpad_adjoint
+from patchfold.cpu import band_view, fold_rows
+from patchfold.errors import PatchfoldError
+from patchfold.geometry import Geometry, check_layout
+
+
+def _native_ok(x: torch.Tensor, geometry: Geometry) -> bool:
+    return geometry.ndim == 2 and geometry.padding_mode == "zeros" and x.is_floating_point()
+
+
+def pad(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Pad the spatial dims of ``(N, C, *spatial)`` by the geometry's mode, for any dtype."""
+    if not any(geometry.padding):
+        return x
+    if geometry.padding_mode == "zeros":
+        padded = x.new_zeros((*x.shape[:2], *geometry.padded_size))
+        inner = (slice(None), slice(None), *(slice(p, p + s) for p, s in zip(geometry.padding, geometry.spatial_size)))
+        padded[inner] = x
+        return padded
+    for dim, (size, p) in enumerate(zip(geometry.spatial_size, geometry.padding)):
+        index = torch.from_numpy(source_index(size, p, geometry.padding_mode)).to(x.device)
+        x = x.index_select(2 + dim, index)
+    return x
+
+
+def unfold(x: torch.Tensor, geometry: Geometry, layout: str = "ncl") -> torch.Tensor:
+    """Unfold ``(N, C, *spatial)`` into a patch matrix in ``layout``."""
+    check_layout(layout)
+    if _native_ok(x, geometry) and layout == "ncl":
+        return F.unfold(x, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride)
+    windows = pad(x, geometry)
+    for dim in range(geometry.ndim):
+        windows = windows.unfold(2 + dim, geometry.span[dim], geometry.stride[dim])
+    # (N, C, *L, *span) -> (N, C, *L, *kernel) by taking every dilation-th point of each span.
+    dilated = (..., *(slice(None, None, d) for d in geometry.dilation))
+    windows = windows[dilated]
+    n, c, ndim = x.shape[0], x.shape[1], geometry.ndim
+    if layout == "ncl":
+        order = (0, 1, *range(2 + ndim, 2 + 2 * ndim), *range(2, 2 + ndim))
+        return windows.permute(order).reshape(n, c * geometry.kernel_volume, geometry.num_blocks)
+    order = (0, *range(2, 2 + ndim), 1, *range(2 + ndim, 2 + 2 * ndim))
+    return windows.permute(order).reshape(n, geometry.num_blocks, c * geometry.kernel_volume)
+
+
+def fold(
+    cols: torch.Tensor,
+    geometry: Geometry,
+    layout: str = "ncl",
+    weights: list[np.ndarray] | None = None,
+) -> torch.Tensor:
+    """Overlap-add a patch matrix into ``(N, C, *spatial)``: sums, in the accumulation dtype."""
+    check_layout(layout)
+    if _native_ok(cols, geometry) and layout == "ncl" and weights is None:
+        return F.fold(cols, geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride)
+    patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
+    channels = geometry.check_fold_input(patch_length, num_blocks)
+    blocks = band_view(cols, geometry, channels, geometry.blocks_per_dim[0], layout)
+    dtype = accumulator_dtype(cols.dtype, weighted=weights is not None)
+    acc = cols.new_zeros((cols.shape[0], channels, *geometry.padded_size), dtype=dtype)
+    torch_weights = None
+    if weights is not None:
+        torch_weights = [torch.from_numpy(w).to(cols.device) for w in weights]
+    fold_rows(blocks, geometry, acc, 0, geometry.padded_size[0], torch_weights)
+    return unpad_adjoint(acc, geometry, axis_offset=2)
+
+
+def accumulator_dtype(dtype: torch.dtype, weighted: bool = False) -> torch.dtype:
+    if weighted:
+        return torch.float64
+    if not dtype.is_floating_point:
+        return torch.int64
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def divisor(geometry: Geometry, weights: list[np.ndarray] | None, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(divisor_map(geometry, weights)).to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Validate a device string against what this machine has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise PatchfoldError(f"device {name!r} is not a device name: {error}", param="device") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PatchfoldError(f"device {name!r} was asked for but CUDA is not available on this machine", param="device")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise PatchfoldError(
+                f"device {name!r} does not exist: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})",
+                param="device",
+            )
+    return device
+
