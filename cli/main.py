@@ -1,6 +1,27 @@
+"""The ``patchfold`` command group."""
+
+from __future__ import annotations
+
 import click
 
+from patchfold import __version__
+from patchfold.cli.cmd_fold import fold
+from patchfold.cli.cmd_stats import divisor, stats
+from patchfold.cli.cmd_unfold import unfold
 
-@click.group()
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="patchfold")
 def main() -> None:
-    """patchfold"""
+    """Sliding-block unfold (im2col) and fold (overlap-add) for images and arrays.
+
+    \b
+    Example:
+      patchfold unfold sample_images/astronaut.png -k 16 -s 8 -o p.npy
+      patchfold fold p.npy -o restored.png
+      patchfold stats --size 512,512 -k 16 -s 8
+    """
+
+
+for command in (unfold, fold, divisor, stats):
+    main.add_command(command)

@@ -1,0 +1,45 @@
+"""Turning failures into one-line errors with the right exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from patchfold.cli.options import OPTION_NAMES
+from patchfold.errors import PatchfoldError
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Map library and system errors to click errors: bad option values exit 2, runtime failures
+    exit 1 with one ``Error: …`` line. ``PATCHFOLD_DEBUG=1`` shows the traceback instead."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("PATCHFOLD_DEBUG") == "1":
+            return command(*args, **kwargs)
+        try:
+            return command(*args, **kwargs)
+        except PatchfoldError as error:
+            raise as_click_error(error) from None
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; no output was written", err=True)
+            sys.exit(130)
+        except MemoryError:
+            raise click.ClickException("out of memory; lower --max-memory or use fewer inputs at once") from None
+        except OSError as error:
+            where = f"'{error.filename}': " if error.filename else ""
+            raise click.ClickException(f"{where}{error.strerror or error}") from None
+
+    return wrapper
+
+
+def as_click_error(error: PatchfoldError) -> click.ClickException:
+    message = str(error).replace("\n", " ")
+    if error.param in OPTION_NAMES:
+        return click.BadParameter(message, param_hint=f"'{OPTION_NAMES[error.param]}'")
+    return click.ClickException(message)

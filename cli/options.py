@@ -1,0 +1,182 @@
+"""Option groups shared by several commands, as decorators (one definition each)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from patchfold.geometry import PADDING_MODES, Geometry
+
+#: How each block parameter is named on the command line (for error messages).
+OPTION_NAMES = {
+    "kernel_size": "-k/--kernel-size",
+    "stride": "-s/--stride",
+    "padding": "-p/--padding",
+    "dilation": "-d/--dilation",
+    "padding_mode": "--padding-mode",
+    "spatial_size": "--size",
+    "output_size": "--output-size",
+    "device": "--device",
+    "dtype": "--dtype",
+    "layout": "--layout",
+    "window": "--window",
+    "engine": "--engine",
+    "spatial_dims": "--spatial-dims",
+}
+
+
+class IntList(click.ParamType):
+    """An int or a comma list of ints (``16`` or ``16,8``), each at least ``minimum``."""
+
+    name = "INT[,INT...]"
+
+    def __init__(self, minimum: int = 0) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not re.fullmatch(r"[+-]?\d+(\s*[,x]\s*[+-]?\d+)*", text):
+            self.fail(f"expected an int or a comma list of ints like 16 or 16,8, got {value!r}", param, ctx)
+        values = tuple(int(part) for part in re.split(r"\s*[,x]\s*", text))
+        if any(v < self.minimum for v in values):
+            what = "positive" if self.minimum == 1 else "non-negative"
+            self.fail(f"every value must be {what}, got {text}", param, ctx)
+        return values
+
+
+POSITIVE = IntList(1)
+NON_NEGATIVE = IntList(0)
+
+
+@dataclass(frozen=True)
+class BlockParams:
+    """Block options as given (None where not given and there is no default yet)."""
+
+    kernel_size: tuple[int, ...] | None
+    stride: tuple[int, ...] | None
+    padding: tuple[int, ...] | None
+    dilation: tuple[int, ...] | None
+    padding_mode: str | None
+
+    def merged(self, fallback: dict[str, Any] | None) -> BlockParams:
+        """Fill what was not given from ``fallback`` (a sidecar), then from the defaults."""
+        fallback = fallback or {}
+        defaults = {"stride": (1,), "padding": (0,), "dilation": (1,), "padding_mode": "zeros"}
+        values = {}
+        for name in ("kernel_size", "stride", "padding", "dilation", "padding_mode"):
+            value = getattr(self, name)
+            if value is None:
+                value = fallback.get(name, defaults.get(name))
+            values[name] = tuple(value) if isinstance(value, list) else value
+        return BlockParams(**values)
+
+    def geometry(self, spatial_size: tuple[int, ...]) -> Geometry:
+        if self.kernel_size is None:
+            raise click.UsageError("Missing option '-k' / '--kernel-size'.")
+        return Geometry.create(spatial_size, self.kernel_size, self.stride or 1, self.padding or 0,
+                               self.dilation or 1, self.padding_mode or "zeros")
+
+
+def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-k/-s/-p/-d/--padding-mode``, gathered into one ``block`` argument (a :class:`BlockParams`).
+
+    With ``required=False`` (fold, which can read them from a sidecar) nothing has a default here.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs["block"] = BlockParams(*(kwargs.pop(n) for n in
+                                            ("kernel_size", "stride", "padding", "dilation", "padding_mode")))
+            return command(*args, **kwargs)
+
+        options = [
+            click.option("-k", "--kernel-size", type=POSITIVE, required=required,
+                         help="Block size: an int, or one per spatial dim (16 or 16,8)."),
+            click.option("-s", "--stride", type=POSITIVE, default=(1,) if required else None,
+                         show_default="1", help="Step between blocks, per dim."),
+            click.option("-p", "--padding", type=NON_NEGATIVE, default=(0,) if required else None,
+                         show_default="0", help="Padding on both sides, per dim."),
+            click.option("-d", "--dilation", type=POSITIVE, default=(1,) if required else None,
+                         show_default="1", help="Spacing between kernel points, per dim."),
+            click.option("--padding-mode", type=click.Choice(PADDING_MODES), default="zeros" if required else None,
+                         show_default="zeros", help="How the padding is filled (zeros is PyTorch's)."),
+        ]
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device`` and ``--engine``."""
+    command = click.option("--engine", type=click.Choice(("auto", "cpu", "torch")), default="auto", show_default=True,
+                           help="cpu: patchfold's threaded engine; torch: PyTorch (needed for CUDA).")(command)
+    return click.option("--device", type=DeviceType(), default="auto", show_default=True,
+                        help="auto, cpu, cuda or cuda:N (auto picks CUDA when a GPU is present).")(command)
+
+
+class DeviceType(click.ParamType):
+    name = "DEVICE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+            self.fail(f"expected auto, cpu, cuda or cuda:N, got {value!r}", param, ctx)
+        return text
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")(command)
+
+
+def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--no-progress", is_flag=True, help="Never show a progress bar.")(command)
+
+
+def size_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--size", "spatial_size", type=POSITIVE, default=None,
+                        help="Spatial size instead of an input file (H,W; or one value per dim).")(command)
+
+
+def spatial_dims_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--spatial-dims", type=click.IntRange(1, 3), default=None,
+                        help="How many trailing .npy axes are spatial (default: from the array's rank).")(command)
+
+
+def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    from patchfold.io import DEFAULT_MAX_PIXELS
+
+    return click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                        help="Refuse images with more pixels than this (decompression-bomb guard).")(command)
+
+
+class ByteSize(click.ParamType):
+    """A size such as ``2GB`` or ``512MiB``."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        from patchfold.errors import PatchfoldError
+        from patchfold.io import parse_bytes
+
+        try:
+            return parse_bytes(str(value))
+        except PatchfoldError as error:
+            self.fail(str(error), param, ctx)
+
+
+def max_memory_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--max-memory", type=ByteSize(), default=None,
+                        help="Memory budget, e.g. 2GB (default: a quarter of available RAM); "
+                             "larger outputs are streamed in bands.")(command)

@@ -1,0 +1,81 @@
+"""Presentation: summaries as rich tables on stderr (or JSON on stdout), progress bars on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import click
+
+from patchfold.io import format_bytes
+from patchfold.pipeline import Progress
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def emit_summary(title: str, summary: dict[str, Any], as_json: bool, rows: Iterable[tuple[str, Any]] | None = None) -> None:
+    """JSON on stdout with ``--json``; otherwise a two-column table on stderr."""
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for key, value in rows if rows is not None else summary.items():
+        table.add_row(key, format_value(value))
+    stderr_console().print(table)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "×".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else ", ".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
+
+
+def track(events: Iterator[Progress], label: str, enabled: bool) -> Progress | None:
+    """Drain a job's progress events, drawing a bar on stderr once the job has run for a second.
+
+    Returns the last event (None when there was none).
+    """
+    started = time.perf_counter()
+    last: Progress | None = None
+    bar = task = None
+    show = enabled and sys.stderr.isatty()
+    try:
+        for last in events:
+            if show and bar is None and time.perf_counter() - started > 1.0 and last.done < last.total:
+                bar, task = _start_bar(label, last)
+            if bar is not None:
+                bar.update(task, completed=last.bytes_done)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return last
+
+
+def _start_bar(label: str, first: Progress) -> tuple[Any, Any]:
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn(), console=stderr_console(), transient=True)
+    bar.start()
+    task = bar.add_task(label, total=first.bytes_total, completed=first.bytes_done)
+    return bar, task
+
+
+def human_bytes(count: int) -> str:
+    return f"{format_bytes(count)} ({count:,} B)"

@@ -1,0 +1,211 @@
+"""File-to-file jobs: unfold an array into a ``.npy`` patch matrix band by band, with bounded
+memory, and fold one back.
+
+Each job is a generator of :class:`Progress` events so a caller can show progress (the command line
+wraps it in a progress bar; the library never prints). Outputs appear atomically when the generator
+finishes; closing it early (Ctrl-C included) leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patchfold import cpu
+from patchfold.geometry import Geometry, check_layout
+from patchfold.io import atomic_paths, check_free_space, check_output_path
+from patchfold.ops import pad_input
+
+#: Share of available memory a job may use when no budget is given.
+DEFAULT_MEMORY_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One finished band: ``done`` of ``total`` bands, ``bytes_done`` of ``bytes_total`` written."""
+
+    done: int
+    total: int
+    bytes_done: int
+    bytes_total: int
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable), or 4 GB when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 10**9
+
+
+def default_budget() -> int:
+    return int(available_memory() * DEFAULT_MEMORY_FRACTION)
+
+
+@dataclass(frozen=True)
+class UnfoldPlan:
+    """How an unfold job will run: the output's shape and size, and the bands it is written in."""
+
+    geometry: Geometry
+    output_shape: tuple[int, int, int]
+    dtype: np.dtype
+    band_rows: int
+    budget: int
+
+    @property
+    def output_bytes(self) -> int:
+        return math.prod(self.output_shape) * self.dtype.itemsize
+
+    @property
+    def row_bytes(self) -> int:
+        """Output bytes of one row of blocks along the first spatial dim."""
+        return self.output_bytes // self.geometry.blocks_per_dim[0]
+
+    @property
+    def bands(self) -> int:
+        return -(-self.geometry.blocks_per_dim[0] // self.band_rows)
+
+    @property
+    def streaming(self) -> bool:
+        return self.bands > 1
+
+    def band_ranges(self) -> Iterator[tuple[int, int]]:
+        rows = self.geometry.blocks_per_dim[0]
+        for first in range(0, rows, self.band_rows):
+            yield first, min(rows, first + self.band_rows)
+
+    def peak_memory(self, input_bytes: int) -> int:
+        """Estimated peak: the input, its padded copy when padded, and one output band."""
+        padded = input_bytes * math.prod(self.geometry.padded_size) // math.prod(self.geometry.spatial_size)
+        return input_bytes + (padded if any(self.geometry.padding) else 0) + self.band_rows * self.row_bytes
+
+
+def plan_unfold(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout: str = "ncl",
+                budget: int | None = None) -> UnfoldPlan:
+    """Choose band sizes so one band of output fits in ``budget`` bytes (default: a share of RAM)."""
+    check_layout(layout)
+    budget = default_budget() if budget is None else budget
+    plan = UnfoldPlan(geometry, geometry.unfold_shape(shape[0], shape[1], layout), np.dtype(dtype), 1, budget)
+    rows = max(1, min(geometry.blocks_per_dim[0], budget // max(1, plan.row_bytes)))
+    return UnfoldPlan(geometry, plan.output_shape, plan.dtype, rows, budget)
+
+
+def unfold_to_npy(array: np.ndarray, plan: UnfoldPlan, path: Path, layout: str = "ncl", *,
+                  sidecar: str | None = None, device: str = "cpu", engine: str = "auto",
+                  threads: int | None = None) -> Iterator[Progress]:
+    """Unfold ``array`` ``(N, C, *spatial)`` into the ``.npy`` at ``path``, one band at a time.
+
+    Bands are computed into one reused buffer and written with positioned writes, so memory stays
+    near one band whatever the output size. ``sidecar`` (JSON text) is written beside it, and both
+    files appear together only when every band is written.
+    """
+    check_output_path(path)
+    check_free_space(path, plan.output_bytes)
+    geometry = plan.geometry
+    padded = pad_input(array, geometry)
+    band = _band_computer(padded, geometry, plan, layout, device, engine, threads)
+    targets = [path] + ([path.with_suffix(".json")] if sidecar is not None else [])
+    with atomic_paths(*targets) as temporaries:
+        with open(temporaries[0], "r+b") as handle:
+            header = write_npy_header(handle, plan.output_shape, plan.dtype)
+            handle.truncate(header + plan.output_bytes)
+            written = 0
+            for index, (first, last) in enumerate(plan.band_ranges()):
+                values = band(first, last)
+                write_band(handle.fileno(), header, values, plan, first, layout)
+                written += values.nbytes
+                yield Progress(index + 1, plan.bands, written, plan.output_bytes)
+        if sidecar is not None:
+            temporaries[1].write_text(sidecar, encoding="utf-8")
+
+
+def _band_computer(padded: np.ndarray, geometry: Geometry, plan: UnfoldPlan, layout: str, device: str,
+                   engine: str, threads: int | None) -> Any:
+    """A function ``(first, last) -> band`` that unfolds block rows into a contiguous array."""
+    rows_total = geometry.blocks_per_dim[0]
+    per_row = plan.output_shape[1 if layout == "nlc" else 2] // rows_total
+    buffer = np.empty(plan.band_rows * plan.row_bytes // plan.dtype.itemsize, dtype=plan.dtype)
+
+    def shape_of(rows: int) -> tuple[int, int, int]:
+        n, a, b = plan.output_shape
+        return (n, a, rows * per_row) if layout == "ncl" else (n, rows * per_row, b)
+
+    if device == "cpu" and engine != "torch":
+        def compute(first: int, last: int) -> np.ndarray:
+            shape = shape_of(last - first)
+            out = buffer[: math.prod(shape)].reshape(shape)
+            cpu.unfold_into(padded, geometry, out, layout, rows=(first, last), threads=threads)
+            return out
+        return compute
+
+    import torch
+
+    from patchfold import torch_engine
+
+    target = torch_engine.resolve_device(device)
+
+    def compute_torch(first: int, last: int) -> np.ndarray:
+        slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
+        result = torch_engine.unfold(torch.from_numpy(np.ascontiguousarray(slab)).to(target), slab_geometry, layout)
+        shape = shape_of(last - first)
+        out = buffer[: math.prod(shape)].reshape(shape)
+        out[...] = result.cpu().numpy()
+        return out
+
+    return compute_torch
+
+
+def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> tuple[np.ndarray, Geometry]:
+    """The slab of a padded input that block rows ``[first, last)`` read, and its own geometry."""
+    top = first * geometry.stride[0]
+    height = (last - first - 1) * geometry.stride[0] + geometry.span[0]
+    slab = padded[:, :, top : top + height]
+    slab_geometry = Geometry.create((height, *geometry.padded_size[1:]), geometry.kernel_size, geometry.stride, 0,
+                                    geometry.dilation)
+    return slab, slab_geometry
+
+
+def write_npy_header(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Write a ``.npy`` header for a C-ordered array; return where the data starts."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    handle.seek(0)
+    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(header) else \
+        np.lib.format.write_array_header_1_0(handle, header)
+    return handle.tell()
+
+
+def _needs_v2(header: dict[str, Any]) -> bool:
+    return len(repr(header)) > 65000
+
+
+def write_band(fd: int, header: int, values: np.ndarray, plan: UnfoldPlan, first: int, layout: str) -> None:
+    """Write one band of block columns to its place in the file (one write per contiguous run)."""
+    n, a, b = plan.output_shape
+    itemsize = plan.dtype.itemsize
+    per_row = (b if layout == "ncl" else a) // plan.geometry.blocks_per_dim[0]
+    start = first * per_row
+    if layout == "nlc":
+        for item in range(n):
+            _pwrite_all(fd, values[item], header + (item * a + start) * b * itemsize)
+        return
+    for item in range(n):
+        for row in range(a):
+            _pwrite_all(fd, values[item, row], header + ((item * a + row) * b + start) * itemsize)
+
+
+def _pwrite_all(fd: int, values: np.ndarray, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(values)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
