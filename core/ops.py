@@ -93,6 +93,7 @@ def unfold(
     spatial_dims: int | None = None,
     engine: str = "auto",
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> Any:
     """Extract sliding blocks, like ``torch.nn.functional.unfold`` but for any real dtype and any
     number of spatial dims.
@@ -105,9 +106,11 @@ def unfold(
         spatial_dims: needed only when it cannot be told from the parameters and ``x.ndim``.
         engine: ``auto``, ``cpu`` or ``torch``.
         threads: CPU threads (default: all cores this process may use).
+        out: a preallocated numpy array (or memory-mapped ``.npy``) of the result's shape to fill
+            (batched numpy input, CPU engine); it may differ in dtype (values are cast).
 
     Returns:
-        The patch matrix, same type, device and dtype as ``x``.
+        The patch matrix, same type, device and dtype as ``x`` (``out`` itself when given).
 
     Shape:
         ``(N, C, H, W) → (N, C·kh·kw, L)``; rows are ``c·∏k + offset`` (kernel offsets row-major),
@@ -128,7 +131,7 @@ def unfold(
         result = torch_engine.unfold(_as_tensor(batch), geometry, layout)
     else:
         source = _as_numpy(batch)
-        result = np.empty(geometry.unfold_shape(*source.shape[:2], layout), dtype=source.dtype)
+        result = _output_for(out, geometry.unfold_shape(*source.shape[:2], layout), source.dtype, unbatched)
         cpu.unfold_into(pad_input(source, geometry), geometry, result, layout, threads=threads)
         result = _like(result, batch)
     return result[0] if unbatched else result
@@ -198,6 +201,15 @@ def fold(
         divisor_map = coverage.divisor_map(geometry, weights) if normalize else None
         result = _like(_finish_fold(summed, divisor_map, source.dtype, weights is not None), batch)
     return result[0] if unbatched else result
+
+
+def _output_for(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype, unbatched: bool) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if unbatched or not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise PatchfoldError(f"out must be a numpy array of shape {tuple(shape)} for batched input, got {got}")
+    return out
 
 
 def _finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> Any:

@@ -1,0 +1,249 @@
+"""Benchmarks for patchfold's CPU engine, in one process, as ratios against references run alongside.
+
+    python bench/run.py            # all cases (a few minutes on 2 cores)
+    python bench/run.py --quick    # smaller repeats
+
+For each case: patchfold's time, and its speed-up over torch.nn.functional.unfold/fold, numpy's
+sliding_window_view + ascontiguousarray, the peers patchify and empatches where installed, and its
+share of the bandwidth floor (np.copyto of the output's size into a preallocated array). Then the
+whole-command wall time of `patchfold unfold` against a minimal PIL + F.unfold + np.save script,
+and the start-up of `patchfold --help` and `patchfold stats` on a 100000² size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import patchfold
+
+Timer = Callable[[], object]
+
+
+@dataclass
+class Case:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kernel: int
+    stride: int
+    padding: int = 0
+    dilation: int = 1
+
+
+CASES = [
+    Case("2048² RGB f32 k16 s8", (1, 3, 2048, 2048), "float32", 16, 8),
+    Case("1024² RGB u8 k8 s4", (1, 3, 1024, 1024), "uint8", 8, 4),
+    Case("4096² gray f32 k32 s32", (1, 1, 4096, 4096), "float32", 32, 32),
+    Case("1024² RGB f32 k8 s4 dil2", (1, 3, 1024, 1024), "float32", 8, 4, dilation=2),
+    Case("1024² RGB f32 k16 s8 pad8", (1, 3, 1024, 1024), "float32", 16, 8, padding=8),
+    Case("128³ vol f32 k8 s4 (3-D)", (1, 1, 128, 128, 128), "float32", 8, 4),
+]
+
+
+def best(fn: Timer, repeats: int) -> float:
+    """Median of ``repeats`` runs after one warm-up (seconds)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def make_input(case: Case) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if case.dtype == "uint8":
+        return rng.integers(0, 256, case.shape, dtype=np.uint8)
+    return rng.random(case.shape, dtype=np.float32)
+
+
+def torch_reference_unfold(x: torch.Tensor, case: Case) -> Timer:
+    nd = x.ndim - 2
+    if nd == 2:
+        xf = x if x.is_floating_point() else x.float()  # F.unfold refuses integer dtypes on CPU
+        return lambda: F.unfold(xf, case.kernel, case.dilation, case.padding, case.stride)
+
+    def strided() -> torch.Tensor:  # F.unfold is 4-D only: the best torch alternative
+        w = x
+        for d in range(nd):
+            w = w.unfold(2 + d, case.kernel, case.stride)
+        return w.contiguous()
+
+    return strided
+
+
+def numpy_reference(x: np.ndarray, case: Case) -> Timer | None:
+    if case.padding or case.dilation > 1:
+        return None
+    nd = x.ndim - 2
+    axes = tuple(range(2, 2 + nd))
+    window = (case.kernel,) * nd
+    step = (slice(None), slice(None)) + (slice(None, None, case.stride),) * nd
+
+    def run() -> np.ndarray:
+        view = np.lib.stride_tricks.sliding_window_view(x, window, axis=axes)[step]
+        return np.ascontiguousarray(view)
+
+    return run
+
+
+def peers(x: np.ndarray, case: Case) -> dict[str, Timer]:
+    found: dict[str, Timer] = {}
+    if x.ndim != 4 or case.padding or case.dilation > 1:
+        return found
+    image = np.ascontiguousarray(np.moveaxis(x[0], 0, -1))  # peers take channels-last images
+    try:
+        from patchify import patchify
+
+        size = (case.kernel, case.kernel, image.shape[2])
+        found["patchify"] = lambda: np.ascontiguousarray(patchify(image, size, step=case.stride))
+    except ImportError:
+        pass
+    try:
+        from empatches import EMPatches
+
+        overlap = 1 - case.stride / case.kernel
+        found["empatches"] = lambda: EMPatches().extract_patches(image, patchsize=case.kernel, overlap=overlap)
+    except ImportError:
+        pass
+    return found
+
+
+def run_case(case: Case, repeats: int) -> list[str]:
+    x = make_input(case)
+    nd = x.ndim - 2
+    params = dict(kernel_size=case.kernel, dilation=case.dilation, padding=case.padding, stride=case.stride)
+    geometry = patchfold.Geometry.create(x.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
+    out_shape = geometry.unfold_shape(*x.shape[:2])
+    out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
+    floor_src = np.ones(out_shape, dtype=x.dtype)
+    floor_dst = np.empty_like(floor_src)
+    t_floor = best(lambda: np.copyto(floor_dst, floor_src), repeats)
+    del floor_src
+
+    t_ncl = best(lambda: patchfold.unfold(x, **params, spatial_dims=nd), repeats)
+    t_nlc = best(lambda: patchfold.unfold(x, **params, layout="nlc", spatial_dims=nd), repeats)
+    t_ncl_into = best(lambda: patchfold.unfold(x, **params, spatial_dims=nd, out=floor_dst), repeats)
+    nlc_out = np.empty(geometry.unfold_shape(*x.shape[:2], "nlc"), dtype=x.dtype)
+    t_nlc_into = best(lambda: patchfold.unfold(x, **params, layout="nlc", spatial_dims=nd, out=nlc_out), repeats)
+    del nlc_out
+    xt = torch.from_numpy(x)
+    t_torch = best(torch_reference_unfold(xt, case), repeats)
+    ref_np = numpy_reference(x, case)
+    t_numpy = best(ref_np, repeats) if ref_np else None
+    t_peers = {name: best(fn, max(1, repeats // 2)) for name, fn in peers(x, case).items()}
+
+    cols = patchfold.unfold(x, **params, spatial_dims=nd)
+    t_fold = best(lambda: patchfold.fold(cols, x.shape[2:], **params), repeats)
+    t_torch_fold = None
+    if nd == 2:
+        cols_t = torch.from_numpy(cols if cols.dtype.kind == "f" else cols.astype(np.float32))
+        t_torch_fold = best(lambda: F.fold(cols_t, x.shape[2:], **params), repeats)
+    del cols, floor_dst
+
+    rows = [
+        f"| {case.name} | unfold ncl | {ms(t_ncl)} ({gbs(out_bytes, t_ncl)}) | {ratio(t_torch, t_ncl)} | "
+        f"{ratio(t_numpy, t_ncl)} | {peer_cell(t_peers, t_ncl)} | {share(t_floor, t_ncl)} / {share(t_floor, t_ncl_into)} |",
+        f"| | unfold nlc | {ms(t_nlc)} ({gbs(out_bytes, t_nlc)}) | {ratio(t_torch, t_nlc)} | "
+        f"{ratio(t_numpy, t_nlc)} | {peer_cell(t_peers, t_nlc)} | {share(t_floor, t_nlc)} / {share(t_floor, t_nlc_into)} |",
+        f"| | fold | {ms(t_fold)} ({gbs(out_bytes, t_fold)} read) | {ratio(t_torch_fold, t_fold)} | – | – | – |",
+    ]
+    return rows
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def gbs(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e9:.2f} GB/s"
+
+
+def ratio(reference: float | None, ours: float) -> str:
+    return "–" if reference is None else f"{reference / ours:.1f}×"
+
+
+def share(floor: float, ours: float) -> str:
+    return f"{floor / ours:.0%}"
+
+
+def peer_cell(peer_times: dict[str, float], ours: float) -> str:
+    return ", ".join(f"{name} {ratio(t, ours)}" for name, t in peer_times.items()) or "–"
+
+
+def command_times(repeats: int) -> list[str]:
+    """Whole-command wall times, each the median of ``repeats`` fresh processes."""
+    from PIL import Image
+
+    patchfold_cmd = [sys.executable, "-m", "patchfold"]
+    with tempfile.TemporaryDirectory() as tmp:
+        image_path = Path(tmp) / "big.png"
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 256, (2048, 2048, 3), dtype=np.uint8)).save(image_path, compress_level=1)
+        script = Path(tmp) / "minimal_torch.py"
+        script.write_text(
+            "import sys, numpy as np, torch, torch.nn.functional as F\n"
+            "from PIL import Image\n"
+            "x = torch.from_numpy(np.asarray(Image.open(sys.argv[1]))).permute(2, 0, 1)[None].float() / 255\n"
+            "np.save(sys.argv[2], F.unfold(x, 16, stride=8).numpy())\n"
+        )
+        runs = {
+            "patchfold unfold 2048² RGB -k 16 -s 8 --dtype float32": [
+                *patchfold_cmd, "unfold", str(image_path), "-k", "16", "-s", "8", "--dtype", "float32",
+                "-o", f"{tmp}/a.npy", "--no-progress"],
+            "minimal script: PIL + F.unfold + np.save": [sys.executable, str(script), str(image_path), f"{tmp}/b.npy"],
+            "patchfold --help": [*patchfold_cmd, "--help"],
+            "patchfold stats --size 100000,100000 -k 64 -s 32 --json": [
+                *patchfold_cmd, "stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"],
+        }
+        exe = Path(sys.executable).parent / "patchfold"
+        if exe.exists():  # the installed console script, as users run it
+            runs["patchfold --help (console script)"] = [str(exe), "--help"]
+            runs["patchfold stats … --json (console script)"] = [
+                str(exe), "stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"]
+        times = {}
+        for label, argv in runs.items():
+            times[label] = best(lambda argv=argv: subprocess.run(argv, check=True, capture_output=True), repeats)
+    ours = times["patchfold unfold 2048² RGB -k 16 -s 8 --dtype float32"]
+    theirs = times["minimal script: PIL + F.unfold + np.save"]
+    lines = [f"| {label} | {seconds:.3f} s |" for label, seconds in times.items()]
+    lines.append(f"| **whole-command speed-up of patchfold unfold over the minimal script** | {theirs / ours:.1f}× |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"patchfold {patchfold.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; median of {repeats} runs\n")
+    print("| case | op | patchfold | vs torch | vs numpy swv | vs peers | share of copyto floor (alloc / into) |")
+    print("|---|---|---|---|---|---|---|")
+    for case in CASES:
+        for row in run_case(case, repeats):
+            print(row, flush=True)
+    print("\n| command | wall time |\n|---|---|")
+    for line in command_times(max(3, repeats // 2)):
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
