@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import patchfold
 import torch
 import torch.nn.functional as F
-
-import patchfold
 
 Timer = Callable[[], object]
 
@@ -133,14 +132,12 @@ def run_case(case: Case, repeats: int) -> list[str]:
     floor_src = np.ones(out_shape, dtype=x.dtype)
     floor_dst = np.empty_like(floor_src)
     t_floor = best(lambda: np.copyto(floor_dst, floor_src), repeats)
-    del floor_src
 
     t_ncl = best(lambda: patchfold.unfold(x, **params, spatial_dims=nd), repeats)
     t_nlc = best(lambda: patchfold.unfold(x, **params, layout="nlc", spatial_dims=nd), repeats)
     t_ncl_into = best(lambda: patchfold.unfold(x, **params, spatial_dims=nd, out=floor_dst), repeats)
     nlc_out = np.empty(geometry.unfold_shape(*x.shape[:2], "nlc"), dtype=x.dtype)
     t_nlc_into = best(lambda: patchfold.unfold(x, **params, layout="nlc", spatial_dims=nd, out=nlc_out), repeats)
-    del nlc_out
     xt = torch.from_numpy(x)
     t_torch = best(torch_reference_unfold(xt, case), repeats)
     ref_np = numpy_reference(x, case)
@@ -153,16 +150,19 @@ def run_case(case: Case, repeats: int) -> list[str]:
     if nd == 2:
         cols_t = torch.from_numpy(cols if cols.dtype.kind == "f" else cols.astype(np.float32))
         t_torch_fold = best(lambda: F.fold(cols_t, x.shape[2:], **params), repeats)
-    del cols, floor_dst
 
-    rows = [
-        f"| {case.name} | unfold ncl | {ms(t_ncl)} ({gbs(out_bytes, t_ncl)}) | {ratio(t_torch, t_ncl)} | "
-        f"{ratio(t_numpy, t_ncl)} | {peer_cell(t_peers, t_ncl)} | {share(t_floor, t_ncl)} / {share(t_floor, t_ncl_into)} |",
-        f"| | unfold nlc | {ms(t_nlc)} ({gbs(out_bytes, t_nlc)}) | {ratio(t_torch, t_nlc)} | "
-        f"{ratio(t_numpy, t_nlc)} | {peer_cell(t_peers, t_nlc)} | {share(t_floor, t_nlc)} / {share(t_floor, t_nlc_into)} |",
+    def unfold_row(label: str, t_alloc: float, t_into: float, name: str = "") -> str:
+        return (
+            f"| {name} | {label} | {ms(t_alloc)} ({gbs(out_bytes, t_alloc)}) | {ratio(t_torch, t_alloc)} | "
+            f"{ratio(t_numpy, t_alloc)} | {peer_cell(t_peers, t_alloc)} | "
+            f"{share(t_floor, t_alloc)} / {share(t_floor, t_into)} |"
+        )
+
+    return [
+        unfold_row("unfold ncl", t_ncl, t_ncl_into, case.name),
+        unfold_row("unfold nlc", t_nlc, t_nlc_into),
         f"| | fold | {ms(t_fold)} ({gbs(out_bytes, t_fold)} read) | {ratio(t_torch_fold, t_fold)} | – | – | – |",
     ]
-    return rows
 
 
 def ms(seconds: float) -> str:
@@ -203,18 +203,47 @@ def command_times(repeats: int) -> list[str]:
         )
         runs = {
             "patchfold unfold 2048² RGB -k 16 -s 8 --dtype float32": [
-                *patchfold_cmd, "unfold", str(image_path), "-k", "16", "-s", "8", "--dtype", "float32",
-                "-o", f"{tmp}/a.npy", "--no-progress"],
+                *patchfold_cmd,
+                "unfold",
+                str(image_path),
+                "-k",
+                "16",
+                "-s",
+                "8",
+                "--dtype",
+                "float32",
+                "-o",
+                f"{tmp}/a.npy",
+                "--no-progress",
+            ],
             "minimal script: PIL + F.unfold + np.save": [sys.executable, str(script), str(image_path), f"{tmp}/b.npy"],
             "patchfold --help": [*patchfold_cmd, "--help"],
             "patchfold stats --size 100000,100000 -k 64 -s 32 --json": [
-                *patchfold_cmd, "stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"],
+                *patchfold_cmd,
+                "stats",
+                "--size",
+                "100000,100000",
+                "-k",
+                "64",
+                "-s",
+                "32",
+                "--json",
+            ],
         }
         exe = Path(sys.executable).parent / "patchfold"
         if exe.exists():  # the installed console script, as users run it
             runs["patchfold --help (console script)"] = [str(exe), "--help"]
             runs["patchfold stats … --json (console script)"] = [
-                str(exe), "stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"]
+                str(exe),
+                "stats",
+                "--size",
+                "100000,100000",
+                "-k",
+                "64",
+                "-s",
+                "32",
+                "--json",
+            ]
         times = {}
         for label, argv in runs.items():
             times[label] = best(lambda argv=argv: subprocess.run(argv, check=True, capture_output=True), repeats)
@@ -233,8 +262,10 @@ def main() -> None:
     repeats = 3 if args.quick else 7
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"patchfold {patchfold.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; median of {repeats} runs\n")
+    print(
+        f"patchfold {patchfold.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; median of {repeats} runs\n"
+    )
     print("| case | op | patchfold | vs torch | vs numpy swv | vs peers | share of copyto floor (alloc / into) |")
     print("|---|---|---|---|---|---|---|")
     for case in CASES:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-
 from patchfold import io, ops
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import POSITIVE, block_options, device_options, json_option
@@ -20,20 +19,46 @@ from patchfold.windows import WINDOWS
 
 @click.command()
 @click.argument("patches", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.")
-@click.option("--normalize/--no-normalize", default=True, show_default=True,
-              help="Divide by the divisor map (gives back the original image); --no-normalize writes F.fold's sum.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.",
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="Divide by the divisor map (gives back the original image); --no-normalize writes F.fold's sum.",
+)
 @click.option("--output-size", type=POSITIVE, default=None, help="Spatial size H,W (default: from the sidecar).")
 @block_options(required=False)
-@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Layout of PATCHES (default: sidecar, else ncl).")
-@click.option("--window", default="none", show_default=True, metavar="|".join(WINDOWS),
-              help="Blend overlapping patches with a window (gaussian:SIGMA sets its width).")
+@click.option(
+    "--layout", type=click.Choice(LAYOUTS), default=None, help="Layout of PATCHES (default: sidecar, else ncl)."
+)
+@click.option(
+    "--window",
+    default="none",
+    show_default=True,
+    metavar="|".join(WINDOWS),
+    help="Blend overlapping patches with a window (gaussian:SIGMA sets its width).",
+)
 @device_options
 @json_option
 @handle_errors
-def fold(patches: Path, output: Path, normalize: bool, output_size: tuple[int, ...] | None, block, layout: str | None,
-         window: str, device: str, engine: str, as_json: bool) -> None:
+def fold(
+    patches: Path,
+    output: Path,
+    normalize: bool,
+    output_size: tuple[int, ...] | None,
+    block,
+    layout: str | None,
+    window: str,
+    device: str,
+    engine: str,
+    as_json: bool,
+) -> None:
     """Overlap-add a patch matrix PATCHES.npy back into images.
 
     Parameters come from the sidecar PATCHES.json written by unfold; options given here override
@@ -52,7 +77,9 @@ def fold(patches: Path, output: Path, normalize: bool, output_size: tuple[int, .
     block = block.merged(recorded)
     layout = layout or (sidecar.layout if sidecar else "ncl")
     if block.kernel_size is None:
-        raise click.UsageError(f"no sidecar '{io.sidecar_path(patches)}' found: give -k/--kernel-size (and --output-size)")
+        raise click.UsageError(
+            f"no sidecar '{io.sidecar_path(patches)}' found: give -k/--kernel-size (and --output-size)"
+        )
     size = output_size or (sidecar.spatial_size if sidecar else None)
     if size is None:
         raise click.UsageError(f"no sidecar '{io.sidecar_path(patches)}' found: give --output-size")
@@ -64,9 +91,19 @@ def fold(patches: Path, output: Path, normalize: bool, output_size: tuple[int, .
     targets = _targets(output, cols.shape[0], sidecar)
     device, engine = resolve(device, engine)
     tensor_in = _to_device(cols, device) if engine == "torch" else cols
-    images = ops.fold(tensor_in, geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding,
-                      geometry.stride, normalize, padding_mode=geometry.padding_mode, layout=layout,
-                      window=window, engine=engine)
+    images = ops.fold(
+        tensor_in,
+        geometry.spatial_size,
+        geometry.kernel_size,
+        geometry.dilation,
+        geometry.padding,
+        geometry.stride,
+        normalize,
+        padding_mode=geometry.padding_mode,
+        layout=layout,
+        window=window,
+        engine=engine,
+    )
     images = images.cpu().numpy() if ops.is_tensor(images) else images
     if normalize and sidecar is not None:
         images = io.restore_dtype(images, sidecar.input_dtype, sidecar.scale)
@@ -75,11 +112,21 @@ def fold(patches: Path, output: Path, normalize: bool, output_size: tuple[int, .
     else:
         io.save_images(targets, images)
     summary = {
-        "output": [str(t) for t in targets] if targets else str(output), "patches": str(patches),
-        "patches_shape": list(cols.shape), "output_shape": list(images.shape), "output_dtype": str(images.dtype),
-        "kernel_size": list(geometry.kernel_size), "stride": list(geometry.stride), "padding": list(geometry.padding),
-        "dilation": list(geometry.dilation), "padding_mode": geometry.padding_mode, "layout": layout,
-        "normalize": normalize, "window": window, "device": device, "engine": engine,
+        "output": [str(t) for t in targets] if targets else str(output),
+        "patches": str(patches),
+        "patches_shape": list(cols.shape),
+        "output_shape": list(images.shape),
+        "output_dtype": str(images.dtype),
+        "kernel_size": list(geometry.kernel_size),
+        "stride": list(geometry.stride),
+        "padding": list(geometry.padding),
+        "dilation": list(geometry.dilation),
+        "padding_mode": geometry.padding_mode,
+        "layout": layout,
+        "normalize": normalize,
+        "window": window,
+        "device": device,
+        "engine": engine,
         "seconds": round(time.perf_counter() - started, 4),
     }
     emit_summary(f"fold → {output}", summary, as_json)
@@ -91,8 +138,10 @@ def _targets(output: Path, count: int, sidecar: io.Sidecar | None) -> list[Path]
         io.check_output_path(output)
         return None
     if not output.suffix and not output.is_dir() and not str(output).endswith("/"):
-        raise click.BadParameter(f"'{output}' has no file type: use .npy, an image suffix (.png, .tif...) or an "
-                                 "existing directory", param_hint="'-o/--output'")
+        raise click.BadParameter(
+            f"'{output}' has no file type: use .npy, an image suffix (.png, .tif...) or an existing directory",
+            param_hint="'-o/--output'",
+        )
     return io.image_targets(output, count, sidecar.sources if sidecar else ())
 
 

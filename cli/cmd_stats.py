@@ -7,18 +7,28 @@ from typing import Any
 
 import click
 import numpy as np
-
 from patchfold import io, ops
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import (BlockParams, block_options, json_option, max_pixels_option, size_option,
-                                   spatial_dims_option)
+from patchfold.cli.options import (
+    BlockParams,
+    block_options,
+    json_option,
+    max_pixels_option,
+    size_option,
+    spatial_dims_option,
+)
 from patchfold.cli.present import emit_summary, human_bytes
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 
 
-def shape_of(inputs: tuple[Path, ...], spatial_size: tuple[int, ...] | None, block: BlockParams,
-             spatial_dims: int | None, max_pixels: int) -> tuple[tuple[int, ...], np.dtype | None]:
+def shape_of(
+    inputs: tuple[Path, ...],
+    spatial_size: tuple[int, ...] | None,
+    block: BlockParams,
+    spatial_dims: int | None,
+    max_pixels: int,
+) -> tuple[tuple[int, ...], np.dtype | None]:
     """``(N, C, *spatial)`` and dtype from INPUT (headers only), or ``(1, 1, *size)`` from --size."""
     if bool(inputs) == bool(spatial_size):
         raise click.UsageError("give either INPUT or --size H,W (exactly one)")
@@ -35,10 +45,13 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
     cov = stats["coverage"]
     histogram = ", ".join(f"{count}×: {pixels:,}" for count, pixels in cov["histogram"].items())
     return [
-        ("input shape", stats["input_shape"]), ("kernel / stride", f"{stats['kernel_size']} / {stats['stride']}"),
+        ("input shape", stats["input_shape"]),
+        ("kernel / stride", f"{stats['kernel_size']} / {stats['stride']}"),
         ("padding / dilation", f"{stats['padding']} / {stats['dilation']}"),
-        ("blocks per dim", stats["blocks_per_dim"]), ("blocks (L)", f"{stats['num_blocks']:,}"),
-        ("patch length", f"{stats['patch_length']:,}"), ("output shape", stats["output_shape"]),
+        ("blocks per dim", stats["blocks_per_dim"]),
+        ("blocks (L)", f"{stats['num_blocks']:,}"),
+        ("patch length", f"{stats['patch_length']:,}"),
+        ("output shape", stats["output_shape"]),
         ("output size", human_bytes(stats["output_bytes"])),
         ("coverage min/mean/max", f"{cov['min']} / {cov['mean']:.4g} / {cov['max']}"),
         ("coverage histogram", histogram),
@@ -49,9 +62,18 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def compute_stats(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout: str = "ncl") -> dict[str, Any]:
-    return ops.overlap_stats(geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding,
-                             geometry.stride, channels=shape[1], batch=shape[0], dtype=dtype, layout=layout,
-                             padding_mode=geometry.padding_mode)
+    return ops.overlap_stats(
+        geometry.spatial_size,
+        geometry.kernel_size,
+        geometry.dilation,
+        geometry.padding,
+        geometry.stride,
+        channels=shape[1],
+        batch=shape[0],
+        dtype=dtype,
+        layout=layout,
+        padding_mode=geometry.padding_mode,
+    )
 
 
 @click.command()
@@ -60,16 +82,30 @@ def compute_stats(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout
 @block_options()
 @click.option("--channels", type=click.IntRange(1), default=None, help="Channels C (default: the input's, or 1).")
 @click.option("--batch", type=click.IntRange(1), default=None, help="Batch size N (default: the inputs', or 1).")
-@click.option("--dtype", type=click.Choice(io.DTYPES), default="keep", show_default=True,
-              help="Output dtype for the memory estimate (keep: the input's; float32 with --size).")
+@click.option(
+    "--dtype",
+    type=click.Choice(io.DTYPES),
+    default="keep",
+    show_default=True,
+    help="Output dtype for the memory estimate (keep: the input's; float32 with --size).",
+)
 @click.option("--layout", type=click.Choice(("ncl", "nlc")), default="ncl", show_default=True)
 @spatial_dims_option
 @max_pixels_option
 @json_option
 @handle_errors
-def stats(inputs: tuple[Path, ...], spatial_size: tuple[int, ...] | None, block: BlockParams, channels: int | None,
-          batch: int | None, dtype: str, layout: str, spatial_dims: int | None, max_pixels: int,
-          as_json: bool) -> None:
+def stats(
+    inputs: tuple[Path, ...],
+    spatial_size: tuple[int, ...] | None,
+    block: BlockParams,
+    channels: int | None,
+    batch: int | None,
+    dtype: str,
+    layout: str,
+    spatial_dims: int | None,
+    max_pixels: int,
+    as_json: bool,
+) -> None:
     """Print overlap statistics for INPUT (or --size) without unfolding anything.
 
     Exact, and instant even for huge sizes: coverage is computed per axis.
@@ -92,14 +128,23 @@ def stats(inputs: tuple[Path, ...], spatial_size: tuple[int, ...] | None, block:
 @size_option
 @block_options()
 @click.option("--npy", "npy_path", type=click.Path(path_type=Path), default=None, help="Write the map as .npy (H, W).")
-@click.option("--png", "png_path", type=click.Path(path_type=Path), default=None, help="Write a heatmap PNG with a legend.")
+@click.option(
+    "--png", "png_path", type=click.Path(path_type=Path), default=None, help="Write a heatmap PNG with a legend."
+)
 @spatial_dims_option
 @max_pixels_option
 @json_option
 @handle_errors
-def divisor(inputs: tuple[Path, ...], spatial_size: tuple[int, ...] | None, block: BlockParams,
-            npy_path: Path | None, png_path: Path | None, spatial_dims: int | None, max_pixels: int,
-            as_json: bool) -> None:
+def divisor(
+    inputs: tuple[Path, ...],
+    spatial_size: tuple[int, ...] | None,
+    block: BlockParams,
+    npy_path: Path | None,
+    png_path: Path | None,
+    spatial_dims: int | None,
+    max_pixels: int,
+    as_json: bool,
+) -> None:
     """Compute the divisor map fold(unfold(ones)) — how many blocks cover each pixel — for INPUT's
     size (or --size), write it as .npy and/or a heatmap PNG, and print the overlap statistics.
 
@@ -115,13 +160,26 @@ def divisor(inputs: tuple[Path, ...], spatial_size: tuple[int, ...] | None, bloc
                 raise PatchfoldError(f"expected a {suffix} path, got '{path}'", param=None)
             io.check_output_path(path)
     if npy_path is not None:
-        io.save_npy(npy_path, ops.divisor(geometry.spatial_size, geometry.kernel_size, geometry.dilation,
-                                          geometry.padding, geometry.stride, padding_mode=geometry.padding_mode))
+        io.save_npy(
+            npy_path,
+            ops.divisor(
+                geometry.spatial_size,
+                geometry.kernel_size,
+                geometry.dilation,
+                geometry.padding,
+                geometry.stride,
+                padding_mode=geometry.padding_mode,
+            ),
+        )
     if png_path is not None:
         from patchfold.render import write_divisor_png
 
         write_divisor_png(png_path, geometry)
     result = compute_stats(shape, np.float32, geometry)
     written = [str(p) for p in (npy_path, png_path) if p is not None]
-    emit_summary("divisor map", {**result, "written": written}, as_json,
-                 [*stats_rows(result), ("written", ", ".join(written) or "nothing (use --npy/--png)")])
+    emit_summary(
+        "divisor map",
+        {**result, "written": written},
+        as_json,
+        [*stats_rows(result), ("written", ", ".join(written) or "nothing (use --npy/--png)")],
+    )

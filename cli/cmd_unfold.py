@@ -6,11 +6,17 @@ import time
 from pathlib import Path
 
 import click
-
 from patchfold import io, pipeline
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import (block_options, device_options, json_option, max_memory_option, max_pixels_option,
-                                   progress_option, spatial_dims_option)
+from patchfold.cli.options import (
+    block_options,
+    device_options,
+    json_option,
+    max_memory_option,
+    max_pixels_option,
+    progress_option,
+    spatial_dims_option,
+)
 from patchfold.cli.present import emit_summary, human_bytes, track
 from patchfold.devices import resolve
 from patchfold.geometry import LAYOUTS
@@ -20,10 +26,20 @@ from patchfold.geometry import LAYOUTS
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Patch matrix .npy to write.")
 @block_options()
-@click.option("--dtype", type=click.Choice(io.DTYPES), default="keep", show_default=True,
-              help="Output dtype; floats scale integer images to [0, 1].")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True,
-              help="ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.")
+@click.option(
+    "--dtype",
+    type=click.Choice(io.DTYPES),
+    default="keep",
+    show_default=True,
+    help="Output dtype; floats scale integer images to [0, 1].",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="ncl",
+    show_default=True,
+    help="ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.",
+)
 @device_options
 @spatial_dims_option
 @max_pixels_option
@@ -31,9 +47,20 @@ from patchfold.geometry import LAYOUTS
 @progress_option
 @json_option
 @handle_errors
-def unfold(inputs: tuple[Path, ...], output: Path, block, dtype: str, layout: str, device: str, engine: str,
-           spatial_dims: int | None, max_pixels: int, max_memory: int | None, no_progress: bool,
-           as_json: bool) -> None:
+def unfold(
+    inputs: tuple[Path, ...],
+    output: Path,
+    block,
+    dtype: str,
+    layout: str,
+    device: str,
+    engine: str,
+    spatial_dims: int | None,
+    max_pixels: int,
+    max_memory: int | None,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
     """Extract the sliding blocks of INPUTS (images, directories of images, or .npy arrays) into a
     patch matrix OUTPUT.npy, with its parameters in OUTPUT.json beside it.
 
@@ -54,22 +81,43 @@ def unfold(inputs: tuple[Path, ...], output: Path, block, dtype: str, layout: st
     device, engine = resolve(device, engine)
     plan = pipeline.plan_unfold(array.shape, array.dtype, geometry, layout, max_memory)
     sidecar = io.Sidecar(
-        kernel_size=list(geometry.kernel_size), stride=list(geometry.stride), padding=list(geometry.padding),
-        dilation=list(geometry.dilation), input_shape=list(array.shape), input_dtype=str(batch.array.dtype),
-        output_dtype=str(array.dtype), scale=scale, layout=layout, padding_mode=geometry.padding_mode,
+        kernel_size=list(geometry.kernel_size),
+        stride=list(geometry.stride),
+        padding=list(geometry.padding),
+        dilation=list(geometry.dilation),
+        input_shape=list(array.shape),
+        input_dtype=str(batch.array.dtype),
+        output_dtype=str(array.dtype),
+        scale=scale,
+        layout=layout,
+        padding_mode=geometry.padding_mode,
         sources=[str(Path(s).resolve()) for s in batch.sources],
     )
     job = pipeline.unfold_to_npy(array, plan, output, layout, sidecar=sidecar.to_json(), device=device, engine=engine)
     track(job, "unfold", not no_progress)
     seconds = time.perf_counter() - started
     summary = {
-        "output": str(output), "sidecar": str(io.sidecar_path(output)), "inputs": len(set(batch.sources)),
-        "input_shape": list(array.shape), "input_dtype": str(batch.array.dtype), "output_dtype": str(array.dtype),
-        "kernel_size": list(geometry.kernel_size), "stride": list(geometry.stride),
-        "padding": list(geometry.padding), "dilation": list(geometry.dilation), "padding_mode": geometry.padding_mode,
-        "layout": layout, "blocks_per_dim": list(geometry.blocks_per_dim), "num_blocks": geometry.num_blocks,
-        "output_shape": list(plan.output_shape), "output_bytes": plan.output_bytes, "device": device,
-        "engine": engine, "streamed": plan.streaming, "bands": plan.bands, "seconds": round(seconds, 4),
+        "output": str(output),
+        "sidecar": str(io.sidecar_path(output)),
+        "inputs": len(set(batch.sources)),
+        "input_shape": list(array.shape),
+        "input_dtype": str(batch.array.dtype),
+        "output_dtype": str(array.dtype),
+        "kernel_size": list(geometry.kernel_size),
+        "stride": list(geometry.stride),
+        "padding": list(geometry.padding),
+        "dilation": list(geometry.dilation),
+        "padding_mode": geometry.padding_mode,
+        "layout": layout,
+        "blocks_per_dim": list(geometry.blocks_per_dim),
+        "num_blocks": geometry.num_blocks,
+        "output_shape": list(plan.output_shape),
+        "output_bytes": plan.output_bytes,
+        "device": device,
+        "engine": engine,
+        "streamed": plan.streaming,
+        "bands": plan.bands,
+        "seconds": round(seconds, 4),
     }
     rows = [(k, v) for k, v in summary.items() if k not in ("output_bytes",)]
     rows.insert(rows.index(("output_shape", summary["output_shape"])) + 1, ("size", human_bytes(plan.output_bytes)))

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
 from patchfold.cli.options import OPTION_NAMES
 from patchfold.errors import PatchfoldError
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-
 from patchfold import __version__
 from patchfold.cli.cmd_fold import fold
 from patchfold.cli.cmd_stats import divisor, stats

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-
 from patchfold.geometry import PADDING_MODES, Geometry
 
 #: How each block parameter is named on the command line (for error messages).
@@ -80,8 +79,14 @@ class BlockParams:
     def geometry(self, spatial_size: tuple[int, ...]) -> Geometry:
         if self.kernel_size is None:
             raise click.UsageError("Missing option '-k' / '--kernel-size'.")
-        return Geometry.create(spatial_size, self.kernel_size, self.stride or 1, self.padding or 0,
-                               self.dilation or 1, self.padding_mode or "zeros")
+        return Geometry.create(
+            spatial_size,
+            self.kernel_size,
+            self.stride or 1,
+            self.padding or 0,
+            self.dilation or 1,
+            self.padding_mode or "zeros",
+        )
 
 
 def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -93,21 +98,50 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            kwargs["block"] = BlockParams(*(kwargs.pop(n) for n in
-                                            ("kernel_size", "stride", "padding", "dilation", "padding_mode")))
+            kwargs["block"] = BlockParams(
+                *(kwargs.pop(n) for n in ("kernel_size", "stride", "padding", "dilation", "padding_mode"))
+            )
             return command(*args, **kwargs)
 
         options = [
-            click.option("-k", "--kernel-size", type=POSITIVE, required=required,
-                         help="Block size: an int, or one per spatial dim (16 or 16,8)."),
-            click.option("-s", "--stride", type=POSITIVE, default=(1,) if required else None,
-                         show_default="1", help="Step between blocks, per dim."),
-            click.option("-p", "--padding", type=NON_NEGATIVE, default=(0,) if required else None,
-                         show_default="0", help="Padding on both sides, per dim."),
-            click.option("-d", "--dilation", type=POSITIVE, default=(1,) if required else None,
-                         show_default="1", help="Spacing between kernel points, per dim."),
-            click.option("--padding-mode", type=click.Choice(PADDING_MODES), default="zeros" if required else None,
-                         show_default="zeros", help="How the padding is filled (zeros is PyTorch's)."),
+            click.option(
+                "-k",
+                "--kernel-size",
+                type=POSITIVE,
+                required=required,
+                help="Block size: an int, or one per spatial dim (16 or 16,8).",
+            ),
+            click.option(
+                "-s",
+                "--stride",
+                type=POSITIVE,
+                default=(1,) if required else None,
+                show_default="1",
+                help="Step between blocks, per dim.",
+            ),
+            click.option(
+                "-p",
+                "--padding",
+                type=NON_NEGATIVE,
+                default=(0,) if required else None,
+                show_default="0",
+                help="Padding on both sides, per dim.",
+            ),
+            click.option(
+                "-d",
+                "--dilation",
+                type=POSITIVE,
+                default=(1,) if required else None,
+                show_default="1",
+                help="Spacing between kernel points, per dim.",
+            ),
+            click.option(
+                "--padding-mode",
+                type=click.Choice(PADDING_MODES),
+                default="zeros" if required else None,
+                show_default="zeros",
+                help="How the padding is filled (zeros is PyTorch's).",
+            ),
         ]
         for option in reversed(options):
             wrapper = option(wrapper)
@@ -118,10 +152,20 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
 
 def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--device`` and ``--engine``."""
-    command = click.option("--engine", type=click.Choice(("auto", "cpu", "torch")), default="auto", show_default=True,
-                           help="cpu: patchfold's threaded engine; torch: PyTorch (needed for CUDA).")(command)
-    return click.option("--device", type=DeviceType(), default="auto", show_default=True,
-                        help="auto, cpu, cuda or cuda:N (auto picks CUDA when a GPU is present).")(command)
+    command = click.option(
+        "--engine",
+        type=click.Choice(("auto", "cpu", "torch")),
+        default="auto",
+        show_default=True,
+        help="cpu: patchfold's threaded engine; torch: PyTorch (needed for CUDA).",
+    )(command)
+    return click.option(
+        "--device",
+        type=DeviceType(),
+        default="auto",
+        show_default=True,
+        help="auto, cpu, cuda or cuda:N (auto picks CUDA when a GPU is present).",
+    )(command)
 
 
 class DeviceType(click.ParamType):
@@ -143,20 +187,34 @@ def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def size_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--size", "spatial_size", type=POSITIVE, default=None,
-                        help="Spatial size instead of an input file (H,W; or one value per dim).")(command)
+    return click.option(
+        "--size",
+        "spatial_size",
+        type=POSITIVE,
+        default=None,
+        help="Spatial size instead of an input file (H,W; or one value per dim).",
+    )(command)
 
 
 def spatial_dims_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--spatial-dims", type=click.IntRange(1, 3), default=None,
-                        help="How many trailing .npy axes are spatial (default: from the array's rank).")(command)
+    return click.option(
+        "--spatial-dims",
+        type=click.IntRange(1, 3),
+        default=None,
+        help="How many trailing .npy axes are spatial (default: from the array's rank).",
+    )(command)
 
 
 def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:
     from patchfold.io import DEFAULT_MAX_PIXELS
 
-    return click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
-                        help="Refuse images with more pixels than this (decompression-bomb guard).")(command)
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(1),
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse images with more pixels than this (decompression-bomb guard).",
+    )(command)
 
 
 class ByteSize(click.ParamType):
@@ -177,6 +235,9 @@ class ByteSize(click.ParamType):
 
 
 def max_memory_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--max-memory", type=ByteSize(), default=None,
-                        help="Memory budget, e.g. 2GB (default: a quarter of available RAM); "
-                             "larger outputs are streamed in bands.")(command)
+    return click.option(
+        "--max-memory",
+        type=ByteSize(),
+        default=None,
+        help="Memory budget, e.g. 2GB (default: a quarter of available RAM); larger outputs are streamed in bands.",
+    )(command)

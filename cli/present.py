@@ -9,7 +9,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
-
 from patchfold.io import format_bytes
 from patchfold.pipeline import Progress
 
@@ -20,7 +19,9 @@ def stderr_console() -> Any:
     return Console(stderr=True, highlight=False)
 
 
-def emit_summary(title: str, summary: dict[str, Any], as_json: bool, rows: Iterable[tuple[str, Any]] | None = None) -> None:
+def emit_summary(
+    title: str, summary: dict[str, Any], as_json: bool, rows: Iterable[tuple[str, Any]] | None = None
+) -> None:
     """JSON on stdout with ``--json``; otherwise a two-column table on stderr."""
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -67,11 +68,17 @@ def track(events: Iterator[Progress], label: str, enabled: bool) -> Progress | N
 
 
 def _start_bar(label: str, first: Progress) -> tuple[Any, Any]:
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn(), console=stderr_console(), transient=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    )
     bar.start()
     task = bar.add_task(label, total=first.bytes_total, completed=first.bytes_done)
     return bar, task

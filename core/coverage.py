@@ -12,7 +12,6 @@ from collections import Counter
 from functools import reduce
 
 import numpy as np
-
 from patchfold.geometry import Geometry
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}

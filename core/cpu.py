@@ -8,13 +8,14 @@ caller-provided array, so the same code fills an in-memory result or a band of a
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
-
+from patchfold import kernels
 from patchfold.geometry import Geometry, check_layout
 
 #: Below this many output bytes a second thread costs more than it saves.
@@ -39,7 +40,7 @@ def split_range(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
     total = stop - start
     parts = max(1, min(parts, total))
     edges = [start + total * i // parts for i in range(parts + 1)]
-    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+    return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
 
 
 def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes: int, threads: int | None) -> None:
@@ -102,9 +103,7 @@ def select_blocks(matrix: np.ndarray, columns: slice, layout: str) -> np.ndarray
     return matrix[:, :, columns] if layout == "ncl" else matrix[:, columns, :]
 
 
-def unfold_rows(
-    padded: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, first: int, last: int
-) -> None:
+def unfold_rows(padded: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, first: int, last: int) -> None:
     """Copy block rows ``[first, last)`` of ``padded`` into ``out``, the matching band of the matrix."""
     channels = padded.shape[1]
     target = band_view(out, geometry, channels, last - first, layout)
@@ -214,12 +213,67 @@ def fold_padded(
     check_layout(layout)
     blocks = blocks_view(cols, geometry, layout)
     lo, hi = rows or (0, geometry.padded_size[0])
+    fresh = out is None
     if out is None:
         dtype = np.dtype(np.float64) if weights is not None else accumulator_dtype(cols.dtype)
-        out = np.zeros((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
+        out = np.empty((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
 
-    def task(a: int, b: int) -> None:
-        fold_rows(blocks, geometry, out[:, :, a - lo : b - lo], a, b, weights)
+    compiled = _compiled_fold(cols, geometry, layout, weights, out)
+    if compiled is not None:
+
+        def task(a: int, b: int) -> None:
+            compiled(out[:, :, a - lo : b - lo], a, b, fresh)
+    else:
+        if fresh:
+            out[...] = 0
+
+        def task(a: int, b: int) -> None:
+            fold_rows(blocks, geometry, out[:, :, a - lo : b - lo], a, b, weights)
 
     run_parallel(task, lo, hi, cols.nbytes, threads)
     return out
+
+
+def _compiled_fold(
+    cols: np.ndarray, geometry: Geometry, layout: str, weights: list[np.ndarray] | None, out: np.ndarray
+) -> Callable[[np.ndarray, int, int, bool], None] | None:
+    """The C loop for 2-D, unweighted folds of contiguous patch matrices, or None to use numpy's."""
+    if geometry.ndim != 2 or weights is not None or not cols.flags.c_contiguous or cols.dtype.byteorder == ">":
+        return None
+    function = kernels.fold2d(cols.dtype.name)
+    if function is None or out.dtype != accumulator_dtype(cols.dtype) or out.strides[-1] != out.itemsize:
+        return None
+    (k0, k1), (l0, l1) = geometry.kernel_size, geometry.blocks_per_dim
+    (s0, s1), (d0, d1) = geometry.stride, geometry.dilation
+    width = out.shape[-1]
+    channels = out.shape[1]
+    a, b = (geometry.num_blocks, 1) if layout == "ncl" else (1, channels * geometry.kernel_volume)
+    channel_stride = out.strides[1] // out.itemsize
+    row_stride = out.strides[2] // out.itemsize
+    if row_stride != width:
+        return None
+
+    def run(band: np.ndarray, lo: int, hi: int, zero: bool) -> None:
+        for item in range(cols.shape[0]):
+            function(
+                cols[item].ctypes.data,
+                band[item].ctypes.data,
+                channels,
+                k0,
+                k1,
+                l0,
+                l1,
+                s0,
+                s1,
+                d0,
+                d1,
+                width,
+                lo,
+                hi,
+                a,
+                b,
+                channel_stride,
+                int(zero),
+            )
+
+    return run

@@ -33,8 +33,9 @@ def resolve(device: str, engine: str = "auto") -> tuple[str, str]:
     if device == "cpu":
         return "cpu", "torch" if engine == "torch" else "cpu"
     if engine == "cpu":
-        raise PatchfoldError(f"engine 'cpu' cannot run on device {device!r}; use --engine torch or auto",
-                             param="engine")
+        raise PatchfoldError(
+            f"engine 'cpu' cannot run on device {device!r}; use --engine torch or auto", param="engine"
+        )
     from patchfold import torch_engine
 
     torch_engine.resolve_device(device)

@@ -43,9 +43,7 @@ def to_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
         try:
             values = tuple(_as_int(v, name) for v in value)
         except TypeError:
-            raise PatchfoldError(
-                f"{name} must be an int or a sequence of ints, got {value!r}", param=name
-            ) from None
+            raise PatchfoldError(f"{name} must be an int or a sequence of ints, got {value!r}", param=name) from None
         if len(values) == 1:
             values = values * ndim
         elif len(values) != ndim:
@@ -168,8 +166,7 @@ class Geometry:
     @property
     def raw_blocks_per_dim(self) -> tuple[int, ...]:
         return tuple(
-            (padded - span) // stride + 1
-            for padded, span, stride in zip(self.padded_size, self.span, self.stride)
+            (padded - span) // stride + 1 for padded, span, stride in zip(self.padded_size, self.span, self.stride)
         )
 
     @property
@@ -226,8 +223,7 @@ class Geometry:
         Stops are exclusive and may fall outside the image where padding is used.
         """
         return tuple(
-            (i * s - p, i * s - p + span)
-            for i, s, p, span in zip(index, self.stride, self.padding, self.span)
+            (i * s - p, i * s - p + span) for i, s, p, span in zip(index, self.stride, self.padding, self.span)
         )
 
     def blocks_reaching(self, dim: int, offset: int, lo: int, hi: int) -> tuple[int, int]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS, PADDING_MODES, Geometry
 
@@ -109,8 +108,10 @@ def _normalise_mode(image: Any, path: Path) -> Any:
         return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
     if mode in _CONVERT_TO_RGB:
         return image.convert("RGB")
-    raise PatchfoldError(f"'{path}' has image mode {mode!r}, which patchfold does not read (supported: 1, L, LA, P, "
-                         "RGB, RGBA, CMYK, YCbCr, I;16, I, F)")
+    raise PatchfoldError(
+        f"'{path}' has image mode {mode!r}, which patchfold does not read (supported: 1, L, LA, P, "
+        "RGB, RGBA, CMYK, YCbCr, I;16, I, F)"
+    )
 
 
 def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
@@ -119,7 +120,9 @@ def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
         if "pickle" in str(error).lower() or "object" in str(error).lower():
-            raise PatchfoldError(f"'{path}' holds Python objects (a pickled array); patchfold never loads pickles") from None
+            raise PatchfoldError(
+                f"'{path}' holds Python objects (a pickled array); patchfold never loads pickles"
+            ) from None
         raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
     except (OSError, EOFError) as error:
         raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
@@ -138,11 +141,15 @@ def shape_array(array: np.ndarray, path: Path | str, spatial_dims: int | None = 
     if spatial_dims is None:
         spatial_dims = {1: 1, 2: 2, 3: 2, 4: 2, 5: 3}.get(rank)
         if spatial_dims is None:
-            raise PatchfoldError(f"'{path}' has shape {array.shape} (rank {rank}); expected rank 1 to 5, "
-                                 "or say which axes are spatial with --spatial-dims")
+            raise PatchfoldError(
+                f"'{path}' has shape {array.shape} (rank {rank}); expected rank 1 to 5, "
+                "or say which axes are spatial with --spatial-dims"
+            )
     if not spatial_dims <= rank <= spatial_dims + 2:
-        raise PatchfoldError(f"'{path}' has shape {array.shape} (rank {rank}); with {spatial_dims} spatial dim(s) "
-                             f"expected rank {spatial_dims} to {spatial_dims + 2}")
+        raise PatchfoldError(
+            f"'{path}' has shape {array.shape} (rank {rank}); with {spatial_dims} spatial dim(s) "
+            f"expected rank {spatial_dims} to {spatial_dims + 2}"
+        )
     if array.size == 0:
         raise PatchfoldError(f"'{path}' is empty (shape {array.shape})")
     return array.reshape((1,) * (spatial_dims + 2 - rank) + array.shape)
@@ -160,8 +167,9 @@ def read_input(path: Path, spatial_dims: int | None = None, max_pixels: int = DE
     return image
 
 
-def load_inputs(inputs: Sequence[str | Path], spatial_dims: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> Batch:
+def load_inputs(
+    inputs: Sequence[str | Path], spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Batch:
     """Load and stack inputs into one batch; sizes and channel counts must agree."""
     paths = expand_inputs(inputs)
     arrays = [read_input(path, spatial_dims, max_pixels) for path in paths]
@@ -250,7 +258,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
     channels = pixels.shape[0]
     if pixels.ndim != 3:
-        raise PatchfoldError(f"'{path}': only 2-D images can be written as image files (got shape {pixels.shape}); use .npy")
+        raise PatchfoldError(
+            f"'{path}': only 2-D images can be written as image files (got shape {pixels.shape}); use .npy"
+        )
     if pixels.dtype == np.uint8 and channels in (1, 2, 3, 4):
         return pixels[0] if channels == 1 else np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
     if channels == 1 and pixels.dtype in (np.uint16, np.int32, np.float32):
@@ -275,11 +285,24 @@ def parse_bytes(text: str) -> int:
     >>> parse_bytes("2GB"), parse_bytes("512MiB")
     (2000000000, 536870912)
     """
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9}
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+        "K": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+    }
     cleaned = text.strip().upper().replace(" ", "")
     number = cleaned.rstrip("KMGTIB")
-    unit = cleaned[len(number):]
+    unit = cleaned[len(number) :]
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
@@ -313,8 +336,9 @@ class Sidecar:
         return tuple(self.input_shape[2:])
 
     def geometry(self) -> Geometry:
-        return Geometry.create(self.spatial_size, self.kernel_size, self.stride, self.padding, self.dilation,
-                               self.padding_mode)
+        return Geometry.create(
+            self.spatial_size, self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -326,10 +350,13 @@ class Sidecar:
         except json.JSONDecodeError as error:
             raise PatchfoldError(f"sidecar '{path}' is not valid JSON: {error}") from None
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-            raise PatchfoldError(f"sidecar '{path}' is not a patchfold sidecar (expected \"format\": \"{SIDECAR_FORMAT}\")")
+            raise PatchfoldError(
+                f'sidecar \'{path}\' is not a patchfold sidecar (expected "format": "{SIDECAR_FORMAT}")'
+            )
         if data.get("version") != SIDECAR_VERSION:
-            raise PatchfoldError(f"sidecar '{path}' has version {data.get('version')!r}; this patchfold reads version "
-                                 f"{SIDECAR_VERSION}")
+            raise PatchfoldError(
+                f"sidecar '{path}' has version {data.get('version')!r}; this patchfold reads version {SIDECAR_VERSION}"
+            )
         required = ("kernel_size", "stride", "padding", "dilation", "input_shape", "input_dtype", "output_dtype")
         missing = [key for key in required if key not in data]
         if missing:
@@ -355,12 +382,15 @@ class Sidecar:
             except TypeError:
                 kind = "?"
             if kind not in "biuf":
-                raise PatchfoldError(f"sidecar '{path}': {name} must be a real numpy dtype, got {getattr(self, name)!r}")
+                raise PatchfoldError(
+                    f"sidecar '{path}': {name} must be a real numpy dtype, got {getattr(self, name)!r}"
+                )
         if self.layout not in LAYOUTS:
             raise PatchfoldError(f"sidecar '{path}': layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.padding_mode not in PADDING_MODES:
-            raise PatchfoldError(f"sidecar '{path}': padding_mode must be one of {', '.join(PADDING_MODES)}, "
-                                 f"got {self.padding_mode!r}")
+            raise PatchfoldError(
+                f"sidecar '{path}': padding_mode must be one of {', '.join(PADDING_MODES)}, got {self.padding_mode!r}"
+            )
         if not isinstance(self.scale, int | float) or not math.isfinite(self.scale) or self.scale <= 0:
             raise PatchfoldError(f"sidecar '{path}': scale must be a positive number, got {self.scale!r}")
 
@@ -423,8 +453,10 @@ def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[P
     if "{i}" in str(output):
         return [Path(str(output).replace("{i}", f"{i:04d}")) for i in range(count)]
     if count > 1:
-        raise PatchfoldError(f"output '{output}' is one image file but there are {count} images: put {{i}} in the "
-                             "name (out_{i}.png), give a directory, or write .npy")
+        raise PatchfoldError(
+            f"output '{output}' is one image file but there are {count} images: put {{i}} in the "
+            "name (out_{i}.png), give a directory, or write .npy"
+        )
     return [output]
 
 
@@ -442,20 +474,19 @@ def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
             try:
                 image.save(temporary, format=Image.registered_extensions()[suffix])
             except (KeyError, ValueError, OSError) as error:
-                raise PatchfoldError(f"cannot write '{target}' as a {suffix or 'file without suffix'} image: "
-                                     f"{error}") from None
+                raise PatchfoldError(
+                    f"cannot write '{target}' as a {suffix or 'file without suffix'} image: {error}"
+                ) from None
 
 
-def probe_shape(inputs: Sequence[str | Path], spatial_dims: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[tuple[int, ...], np.dtype]:
+def probe_shape(
+    inputs: Sequence[str | Path], spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[tuple[int, ...], np.dtype]:
     """Shape ``(N, C, *spatial)`` and dtype the inputs would load as, reading headers only where
     the format allows (``.npy``, and images whose mode needs no conversion)."""
     shapes, dtypes = [], []
     for path in expand_inputs(inputs):
-        if path.suffix.lower() == ".npy":
-            array = read_npy(path, spatial_dims)
-        else:
-            array = _probe_image(path, max_pixels)
+        array = read_npy(path, spatial_dims) if path.suffix.lower() == ".npy" else _probe_image(path, max_pixels)
         shapes.append(array.shape)
         dtypes.append(array.dtype)
     if len({s[1:] for s in shapes}) > 1:
@@ -484,7 +515,16 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
 
 
 _MODE_LAYOUT = {
-    "1": (1, np.uint8), "L": (1, np.uint8), "LA": (2, np.uint8), "RGB": (3, np.uint8), "RGBA": (4, np.uint8),
-    "CMYK": (3, np.uint8), "YCbCr": (3, np.uint8), "I;16": (1, np.uint16), "I;16L": (1, np.uint16),
-    "I;16B": (1, np.uint16), "I": (1, np.int32), "F": (1, np.float32),
+    "1": (1, np.uint8),
+    "L": (1, np.uint8),
+    "LA": (2, np.uint8),
+    "RGB": (3, np.uint8),
+    "RGBA": (4, np.uint8),
+    "CMYK": (3, np.uint8),
+    "YCbCr": (3, np.uint8),
+    "I;16": (1, np.uint16),
+    "I;16L": (1, np.uint16),
+    "I;16B": (1, np.uint16),
+    "I": (1, np.int32),
+    "F": (1, np.float32),
 }

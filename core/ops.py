@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
 from patchfold import coverage, cpu
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, IntOrSeq, check_layout, infer_spatial_dims
@@ -179,12 +178,22 @@ def fold(
     True
     """
     layout = check_layout(layout)
-    nd = len(output_size) if isinstance(output_size, Sequence) else infer_spatial_dims(kernel_size, dilation, padding, stride)
+    nd = (
+        len(output_size)
+        if isinstance(output_size, Sequence)
+        else infer_spatial_dims(kernel_size, dilation, padding, stride)
+    )
     batch, unbatched = _batched(cols, 1, "fold input (patch matrix)")
     check_real_dtype(getattr(batch, "dtype", None), "fold input")
     try:
-        geometry = Geometry.create(output_size if not isinstance(output_size, int) else (output_size,) * nd,
-                                   kernel_size, stride, padding, dilation, padding_mode)
+        geometry = Geometry.create(
+            output_size if not isinstance(output_size, int) else (output_size,) * nd,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            padding_mode,
+        )
     except PatchfoldError as error:
         raise PatchfoldError(f"{error} (fold of patch matrix shape {tuple(batch.shape)})", param=error.param) from None
     weights = window_weights(geometry, window)
@@ -197,7 +206,9 @@ def fold(
         result = _finish_fold(summed, divisor_map, tensor.dtype, weights is not None)
     else:
         source = _as_numpy(batch)
-        summed = coverage.unpad_adjoint(cpu.fold_padded(source, geometry, layout, weights, threads=threads), geometry, 2)
+        summed = coverage.unpad_adjoint(
+            cpu.fold_padded(source, geometry, layout, weights, threads=threads), geometry, 2
+        )
         divisor_map = coverage.divisor_map(geometry, weights) if normalize else None
         result = _like(_finish_fold(summed, divisor_map, source.dtype, weights is not None), batch)
     return result[0] if unbatched else result
@@ -218,7 +229,7 @@ def _finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> A
     if divisor_map is None:
         if integer:
             return summed
-        return summed.astype(dtype) if isinstance(summed, np.ndarray) else summed.to(dtype)
+        return summed.astype(dtype, copy=False) if isinstance(summed, np.ndarray) else summed.to(dtype)
     covered = divisor_map > 0
     safe = divisor_map + (divisor_map == 0)
     if isinstance(summed, np.ndarray):
@@ -313,8 +324,15 @@ def overlap_stats(
     }
 
 
-def _geometry(shape: Sequence[int], nd: int, kernel_size: IntOrSeq, stride: IntOrSeq, padding: IntOrSeq,
-              dilation: IntOrSeq, padding_mode: str) -> Geometry:
+def _geometry(
+    shape: Sequence[int],
+    nd: int,
+    kernel_size: IntOrSeq,
+    stride: IntOrSeq,
+    padding: IntOrSeq,
+    dilation: IntOrSeq,
+    padding_mode: str,
+) -> Geometry:
     try:
         return Geometry.create(tuple(shape[-nd:]), kernel_size, stride, padding, dilation, padding_mode)
     except PatchfoldError as error:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from patchfold import cpu
 from patchfold.geometry import Geometry, check_layout
 from patchfold.io import atomic_paths, check_free_space, check_output_path
@@ -90,8 +89,9 @@ class UnfoldPlan:
         return input_bytes + (padded if any(self.geometry.padding) else 0) + self.band_rows * self.row_bytes
 
 
-def plan_unfold(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout: str = "ncl",
-                budget: int | None = None) -> UnfoldPlan:
+def plan_unfold(
+    shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout: str = "ncl", budget: int | None = None
+) -> UnfoldPlan:
     """Choose band sizes so one band of output fits in ``budget`` bytes (default: a share of RAM)."""
     check_layout(layout)
     budget = default_budget() if budget is None else budget
@@ -100,9 +100,17 @@ def plan_unfold(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout: 
     return UnfoldPlan(geometry, plan.output_shape, plan.dtype, rows, budget)
 
 
-def unfold_to_npy(array: np.ndarray, plan: UnfoldPlan, path: Path, layout: str = "ncl", *,
-                  sidecar: str | None = None, device: str = "cpu", engine: str = "auto",
-                  threads: int | None = None) -> Iterator[Progress]:
+def unfold_to_npy(
+    array: np.ndarray,
+    plan: UnfoldPlan,
+    path: Path,
+    layout: str = "ncl",
+    *,
+    sidecar: str | None = None,
+    device: str = "cpu",
+    engine: str = "auto",
+    threads: int | None = None,
+) -> Iterator[Progress]:
     """Unfold ``array`` ``(N, C, *spatial)`` into the ``.npy`` at ``path``, one band at a time.
 
     Bands are computed into one reused buffer and written with positioned writes, so memory stays
@@ -129,8 +137,9 @@ def unfold_to_npy(array: np.ndarray, plan: UnfoldPlan, path: Path, layout: str =
             temporaries[1].write_text(sidecar, encoding="utf-8")
 
 
-def _band_computer(padded: np.ndarray, geometry: Geometry, plan: UnfoldPlan, layout: str, device: str,
-                   engine: str, threads: int | None) -> Any:
+def _band_computer(
+    padded: np.ndarray, geometry: Geometry, plan: UnfoldPlan, layout: str, device: str, engine: str, threads: int | None
+) -> Any:
     """A function ``(first, last) -> band`` that unfolds block rows into a contiguous array."""
     rows_total = geometry.blocks_per_dim[0]
     per_row = plan.output_shape[1 if layout == "nlc" else 2] // rows_total
@@ -141,15 +150,16 @@ def _band_computer(padded: np.ndarray, geometry: Geometry, plan: UnfoldPlan, lay
         return (n, a, rows * per_row) if layout == "ncl" else (n, rows * per_row, b)
 
     if device == "cpu" and engine != "torch":
+
         def compute(first: int, last: int) -> np.ndarray:
             shape = shape_of(last - first)
             out = buffer[: math.prod(shape)].reshape(shape)
             cpu.unfold_into(padded, geometry, out, layout, rows=(first, last), threads=threads)
             return out
+
         return compute
 
     import torch
-
     from patchfold import torch_engine
 
     target = torch_engine.resolve_device(device)
@@ -170,8 +180,9 @@ def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int)
     top = first * geometry.stride[0]
     height = (last - first - 1) * geometry.stride[0] + geometry.span[0]
     slab = padded[:, :, top : top + height]
-    slab_geometry = Geometry.create((height, *geometry.padded_size[1:]), geometry.kernel_size, geometry.stride, 0,
-                                    geometry.dilation)
+    slab_geometry = Geometry.create(
+        (height, *geometry.padded_size[1:]), geometry.kernel_size, geometry.stride, 0, geometry.dilation
+    )
     return slab, slab_geometry
 
 
@@ -179,8 +190,9 @@ def write_npy_header(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> in
     """Write a ``.npy`` header for a C-ordered array; return where the data starts."""
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
     handle.seek(0)
-    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(header) else \
-        np.lib.format.write_array_header_1_0(handle, header)
+    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(header) else np.lib.format.write_array_header_1_0(
+        handle, header
+    )
     return handle.tell()
 
 

@@ -9,16 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from patchfold.coverage import coverage_vectors, outer
 from patchfold.geometry import Geometry
 from patchfold.io import atomic_paths, check_output_path
 
 #: Viridis (perceptually uniform, colour-blind safe), sampled at 11 stops.
-VIRIDIS = np.array([
-    (68, 1, 84), (72, 35, 116), (64, 67, 135), (52, 94, 141), (41, 120, 142), (32, 144, 140),
-    (34, 167, 132), (68, 190, 112), (121, 209, 81), (189, 222, 38), (253, 231, 36),
-], dtype=np.float64)
+VIRIDIS = np.array(
+    [
+        (68, 1, 84),
+        (72, 35, 116),
+        (64, 67, 135),
+        (52, 94, 141),
+        (41, 120, 142),
+        (32, 144, 140),
+        (34, 167, 132),
+        (68, 190, 112),
+        (121, 209, 81),
+        (189, 222, 38),
+        (253, 231, 36),
+    ],
+    dtype=np.float64,
+)
 #: Colour of pixels no block covers: outside the colormap, so they stand out.
 UNCOVERED = (255, 64, 64)
 MAX_SIDE = 1024

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from patchfold.coverage import divisor_map, source_index, unpad_adjoint
 from patchfold.cpu import band_view, fold_rows
 from patchfold.errors import PatchfoldError
@@ -62,7 +61,9 @@ def fold(
     """Overlap-add a patch matrix into ``(N, C, *spatial)``: sums, in the accumulation dtype."""
     check_layout(layout)
     if _native_ok(cols, geometry) and layout == "ncl" and weights is None:
-        return F.fold(cols, geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride)
+        return F.fold(
+            cols, geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride
+        )
     patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
     channels = geometry.check_fold_input(patch_length, num_blocks)
     blocks = band_view(cols, geometry, channels, geometry.blocks_per_dim[0], layout)
@@ -95,7 +96,9 @@ def resolve_device(name: str) -> torch.device:
         raise PatchfoldError(f"device {name!r} is not a device name: {error}", param="device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise PatchfoldError(f"device {name!r} was asked for but CUDA is not available on this machine", param="device")
+            raise PatchfoldError(
+                f"device {name!r} was asked for but CUDA is not available on this machine", param="device"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise PatchfoldError(
@@ -103,4 +106,3 @@ def resolve_device(name: str) -> torch.device:
                 param="device",
             )
     return device
-

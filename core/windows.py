@@ -9,7 +9,6 @@ ones, which keeps the weighted divisor separable.
 from __future__ import annotations
 
 import numpy as np
-
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 

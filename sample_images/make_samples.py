@@ -1,6 +1,6 @@
 """Regenerate the sample images (deterministic; run from the repository root).
 
-    python sample_images/make_samples.py
+python sample_images/make_samples.py
 """
 
 from pathlib import Path

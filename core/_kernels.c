@@ -1,0 +1,75 @@
+/* Compiled inner loops for patchfold's CPU engine, called through ctypes (which releases the GIL,
+ * so Python threads split the work). Plain C99 with one tiny module stub so the file also builds as
+ * a regular extension. If it fails to build, patchfold falls back to its numpy loops.
+ *
+ * fold2d_<src>_<acc>: overlap-add of one 2-D patch matrix into padded output rows [lo, hi):
+ *   acc[c*cs + (r - lo)*W + kj*d1 + j*s1] += src[((c*K0 + ki)*K1 + kj)*a + (i*L1 + j)*b]
+ *   for every channel c, kernel offset (ki, kj) and block (i, j) with r = ki*d0 + i*s0 in [lo, hi).
+ * (a, b) = (L, 1) reads the ncl layout (N, C*K, L); (1, C*K) reads nlc (N, L, C*K).
+ * Output rows are visited in small bands so the accumulator stays in cache; with zero != 0 each band
+ * is zeroed first (so threads touch fresh memory in parallel, while it is hot).
+ */
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BAND 8
+
+static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 1) / y : -((-x) / y); }
+
+#define FOLD2D(NAME, ST, AT)                                                                        \
+  void NAME(const ST *src, AT *acc, int64_t C, int64_t K0, int64_t K1, int64_t L0, int64_t L1,      \
+            int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t W, int64_t lo, int64_t hi,      \
+            int64_t a, int64_t b, int64_t cs, int64_t zero) {                                       \
+    for (int64_t top = lo; top < hi; top += BAND) {                                                 \
+      const int64_t bottom = top + BAND < hi ? top + BAND : hi;                                     \
+      if (zero)                                                                                     \
+        for (int64_t c = 0; c < C; c++)                                                             \
+          memset(acc + c * cs + (top - lo) * W, 0, (size_t)((bottom - top) * W) * sizeof(AT));      \
+      for (int64_t c = 0; c < C; c++) {                                                             \
+        for (int64_t ki = 0; ki < K0; ki++) {                                                       \
+          const int64_t base = ki * d0;                                                             \
+          int64_t i0 = ceil_div(top - base, s0), i1 = ceil_div(bottom - base, s0);                  \
+          if (i0 < 0) i0 = 0;                                                                       \
+          if (i1 > L0) i1 = L0;                                                                     \
+          for (int64_t i = i0; i < i1; i++) {                                                       \
+            AT *row = acc + c * cs + (base + i * s0 - lo) * W;                                  \
+            if (a == 1) { /* nlc: one patch row's kernel offsets are contiguous */                 \
+              const ST *in = src + (c * K0 + ki) * K1 + i * L1 * b;                                 \
+              for (int64_t j = 0; j < L1; j++) {                                                    \
+                AT *out = row + j * s1;                                                             \
+                const ST *patch = in + j * b;                                                       \
+                for (int64_t kj = 0; kj < K1; kj++) out[kj * d1] += (AT)patch[kj];                  \
+              }                                                                                     \
+              continue;                                                                             \
+            }                                                                                       \
+            for (int64_t kj = 0; kj < K1; kj++) {                                                   \
+              const ST *in = src + ((c * K0 + ki) * K1 + kj) * a + i * L1 * b;                      \
+              AT *out = row + kj * d1;                                                              \
+              if (s1 == 1 && b == 1) {                                                              \
+                for (int64_t j = 0; j < L1; j++) out[j] += (AT)in[j];                               \
+              } else {                                                                              \
+                for (int64_t j = 0; j < L1; j++) out[j * s1] += (AT)in[j * b];                      \
+              }                                                                                     \
+            }                                                                                       \
+          }                                                                                         \
+        }                                                                                           \
+      }                                                                                             \
+    }                                                                                               \
+  }
+
+FOLD2D(fold2d_f32_f32, float, float)
+FOLD2D(fold2d_f64_f64, double, double)
+FOLD2D(fold2d_f16_f32, _Float16, float)
+FOLD2D(fold2d_u8_i64, uint8_t, int64_t)
+FOLD2D(fold2d_i8_i64, int8_t, int64_t)
+FOLD2D(fold2d_u16_i64, uint16_t, int64_t)
+FOLD2D(fold2d_i16_i64, int16_t, int64_t)
+FOLD2D(fold2d_u32_i64, uint32_t, int64_t)
+FOLD2D(fold2d_i32_i64, int32_t, int64_t)
+FOLD2D(fold2d_i64_i64, int64_t, int64_t)
+FOLD2D(fold2d_u64_u64, uint64_t, uint64_t)
+
+static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels", "patchfold's C loops (used via ctypes)", -1, NULL};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

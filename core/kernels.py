@@ -1,0 +1,62 @@
+"""Access to the compiled loops in ``_kernels`` (through ctypes), or None where they did not build."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+_SOURCE_NAMES = {
+    "float32": "f32_f32",
+    "float64": "f64_f64",
+    "float16": "f16_f32",
+    "uint8": "u8_i64",
+    "bool": "u8_i64",
+    "int8": "i8_i64",
+    "uint16": "u16_i64",
+    "int16": "i16_i64",
+    "uint32": "u32_i64",
+    "int32": "i32_i64",
+    "int64": "i64_i64",
+    "uint64": "u64_u64",
+}
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        spec = importlib.util.find_spec("patchfold._kernels")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    try:
+        return ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+@cache
+def fold2d(dtype_name: str) -> Any | None:
+    """The C overlap-add for patches of this dtype, or None."""
+    library = _library()
+    suffix = _SOURCE_NAMES.get(dtype_name)
+    if library is None or suffix is None:
+        return None
+    function = getattr(library, f"fold2d_{suffix}", None)
+    if function is None:
+        return None
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 16
+    return function
+
+
+def pointer(array: np.ndarray) -> int:
+    return array.ctypes.data
