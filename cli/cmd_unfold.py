@@ -76,10 +76,11 @@ def unfold(
     io.check_output_path(output)
     started = time.perf_counter()
     batch = io.load_inputs(inputs, spatial_dims, max_pixels)
-    array, scale = io.convert_dtype(batch.array, dtype)
+    array = batch.array
+    out_dtype, scale = io.target_dtype(array.dtype, dtype)
     geometry = block.geometry(batch.spatial_size)
     device, engine = resolve(device, engine)
-    plan = pipeline.plan_unfold(array.shape, array.dtype, geometry, layout, max_memory)
+    plan = pipeline.plan_unfold(array.shape, out_dtype, geometry, layout, max_memory)
     sidecar = io.Sidecar(
         kernel_size=list(geometry.kernel_size),
         stride=list(geometry.stride),
@@ -87,13 +88,15 @@ def unfold(
         dilation=list(geometry.dilation),
         input_shape=list(array.shape),
         input_dtype=str(batch.array.dtype),
-        output_dtype=str(array.dtype),
+        output_dtype=str(out_dtype),
         scale=scale,
         layout=layout,
         padding_mode=geometry.padding_mode,
         sources=[str(Path(s).resolve()) for s in batch.sources],
     )
-    job = pipeline.unfold_to_npy(array, plan, output, layout, sidecar=sidecar.to_json(), device=device, engine=engine)
+    job = pipeline.unfold_to_npy(
+        array, plan, output, layout, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine
+    )
     track(job, "unfold", not no_progress)
     seconds = time.perf_counter() - started
     summary = {
@@ -102,7 +105,7 @@ def unfold(
         "inputs": len(set(batch.sources)),
         "input_shape": list(array.shape),
         "input_dtype": str(batch.array.dtype),
-        "output_dtype": str(array.dtype),
+        "output_dtype": str(out_dtype),
         "kernel_size": list(geometry.kernel_size),
         "stride": list(geometry.stride),
         "padding": list(geometry.padding),

@@ -189,19 +189,29 @@ def _describe(array: np.ndarray) -> str:
     return f"{size} with {array.shape[1]} channel(s)"
 
 
+def target_dtype(dtype: np.dtype, target: str) -> tuple[np.dtype, float]:
+    """The dtype ``--dtype target`` gives for input of ``dtype``, and the scale integers get
+    (1/max of the integer type when going to float, else 1.0)."""
+    if target not in DTYPES:
+        raise PatchfoldError(f"dtype must be one of {', '.join(DTYPES)}, got {target!r}", param="dtype")
+    dtype = np.dtype(dtype)
+    if target == "keep":
+        return dtype, 1.0
+    scale = 1.0 / np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+    return np.dtype(target), scale
+
+
 def convert_dtype(array: np.ndarray, target: str) -> tuple[np.ndarray, float]:
     """Cast to ``target`` (one of :data:`DTYPES`); integers going to float are scaled into [0, 1].
 
     Returns the array and the scale applied (1.0 when none).
     """
-    if target not in DTYPES:
-        raise PatchfoldError(f"dtype must be one of {', '.join(DTYPES)}, got {target!r}", param="dtype")
-    if target == "keep":
-        return array, 1.0
-    scale = 1.0 / np.iinfo(array.dtype).max if array.dtype.kind in "iu" else 1.0
-    converted = array.astype(target)
+    dtype, scale = target_dtype(array.dtype, target)
+    if dtype == array.dtype:
+        return array, scale
+    converted = array.astype(dtype)
     if scale != 1.0:
-        converted *= np.asarray(scale, dtype=target)
+        converted *= dtype.type(scale)
     return converted, scale
 
 

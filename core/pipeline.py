@@ -106,6 +106,7 @@ def unfold_to_npy(
     path: Path,
     layout: str = "ncl",
     *,
+    scale: float = 1.0,
     sidecar: str | None = None,
     device: str = "cpu",
     engine: str = "auto",
@@ -114,14 +115,16 @@ def unfold_to_npy(
     """Unfold ``array`` ``(N, C, *spatial)`` into the ``.npy`` at ``path``, one band at a time.
 
     Bands are computed into one reused buffer and written with positioned writes, so memory stays
-    near one band whatever the output size. ``sidecar`` (JSON text) is written beside it, and both
-    files appear together only when every band is written.
+    near one band whatever the output size. Values are cast to ``plan.dtype`` and multiplied by
+    ``scale`` band by band (never a converted copy of the whole input). ``sidecar`` (JSON text) is
+    written beside it, and both files appear together only when every band is written.
     """
     check_output_path(path)
     check_free_space(path, plan.output_bytes)
     geometry = plan.geometry
     padded = pad_input(array, geometry)
     band = _band_computer(padded, geometry, plan, layout, device, engine, threads)
+    factor = plan.dtype.type(scale) if scale != 1.0 else None
     targets = [path] + ([path.with_suffix(".json")] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
@@ -130,6 +133,8 @@ def unfold_to_npy(
             written = 0
             for index, (first, last) in enumerate(plan.band_ranges()):
                 values = band(first, last)
+                if factor is not None:
+                    values *= factor
                 write_band(handle.fileno(), header, values, plan, first, layout)
                 written += values.nbytes
                 yield Progress(index + 1, plan.bands, written, plan.output_bytes)
