@@ -7,10 +7,17 @@ from pathlib import Path
 
 import click
 import numpy as np
-from patchfold import io, ops
+from patchfold import io, ops, pipeline
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import POSITIVE, block_options, device_options, json_option
-from patchfold.cli.present import emit_summary
+from patchfold.cli.options import (
+    POSITIVE,
+    block_options,
+    device_options,
+    json_option,
+    max_memory_option,
+    progress_option,
+)
+from patchfold.cli.present import emit_summary, track
 from patchfold.devices import resolve
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS
@@ -45,6 +52,8 @@ from patchfold.windows import WINDOWS
     help="Blend overlapping patches with a window (gaussian:SIGMA sets its width).",
 )
 @device_options
+@max_memory_option
+@progress_option
 @json_option
 @handle_errors
 def fold(
@@ -57,6 +66,8 @@ def fold(
     window: str,
     device: str,
     engine: str,
+    max_memory: int | None,
+    no_progress: bool,
     as_json: bool,
 ) -> None:
     """Overlap-add a patch matrix PATCHES.npy back into images.
@@ -90,6 +101,51 @@ def fold(
         io.check_against_sidecar(cols, sidecar, layout, patches)
     targets = _targets(output, cols.shape[0], sidecar)
     device, engine = resolve(device, engine)
+    restore = (sidecar.input_dtype, sidecar.scale) if normalize and sidecar is not None else None
+    streamed = None
+    if targets is None and engine == "cpu":
+        channels = geometry.check_fold_input(*_matrix_dims(cols, layout))
+        dtype = io.fold_output_dtype(cols.dtype, normalize, window not in (None, "none"), restore)
+        plan = pipeline.plan_fold(cols.shape, channels, geometry, dtype, max_memory)
+        job = pipeline.fold_to_npy(cols, plan, output, layout, normalize=normalize, window=window, restore=restore)
+        track(job, "fold", not no_progress)
+        output_shape, output_dtype, streamed = plan.output_shape, dtype, plan.bands
+    else:
+        images = _fold_in_memory(cols, geometry, normalize, layout, window, device, engine)
+        if restore is not None:
+            images = io.restore_dtype(images, *restore)
+        if targets is None:
+            io.save_npy(output, images)
+        else:
+            io.save_images(targets, images)
+        output_shape, output_dtype = images.shape, images.dtype
+    summary = {
+        "output": [str(t) for t in targets] if targets else str(output),
+        "patches": str(patches),
+        "patches_shape": list(cols.shape),
+        "output_shape": list(output_shape),
+        "output_dtype": str(output_dtype),
+        "kernel_size": list(geometry.kernel_size),
+        "stride": list(geometry.stride),
+        "padding": list(geometry.padding),
+        "dilation": list(geometry.dilation),
+        "padding_mode": geometry.padding_mode,
+        "layout": layout,
+        "normalize": normalize,
+        "window": window,
+        "device": device,
+        "engine": engine,
+        "bands": streamed or 1,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    emit_summary(f"fold → {output}", summary, as_json)
+
+
+def _matrix_dims(cols: np.ndarray, layout: str) -> tuple[int, int]:
+    return (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
+
+
+def _fold_in_memory(cols, geometry, normalize: bool, layout: str, window: str, device: str, engine: str) -> np.ndarray:
     tensor_in = _to_device(cols, device) if engine == "torch" else cols
     images = ops.fold(
         tensor_in,
@@ -104,32 +160,7 @@ def fold(
         window=window,
         engine=engine,
     )
-    images = images.cpu().numpy() if ops.is_tensor(images) else images
-    if normalize and sidecar is not None:
-        images = io.restore_dtype(images, sidecar.input_dtype, sidecar.scale)
-    if targets is None:
-        io.save_npy(output, images)
-    else:
-        io.save_images(targets, images)
-    summary = {
-        "output": [str(t) for t in targets] if targets else str(output),
-        "patches": str(patches),
-        "patches_shape": list(cols.shape),
-        "output_shape": list(images.shape),
-        "output_dtype": str(images.dtype),
-        "kernel_size": list(geometry.kernel_size),
-        "stride": list(geometry.stride),
-        "padding": list(geometry.padding),
-        "dilation": list(geometry.dilation),
-        "padding_mode": geometry.padding_mode,
-        "layout": layout,
-        "normalize": normalize,
-        "window": window,
-        "device": device,
-        "engine": engine,
-        "seconds": round(time.perf_counter() - started, 4),
-    }
-    emit_summary(f"fold → {output}", summary, as_json)
+    return images.cpu().numpy() if ops.is_tensor(images) else images
 
 
 def _targets(output: Path, count: int, sidecar: io.Sidecar | None) -> list[Path] | None:

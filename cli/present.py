@@ -64,6 +64,9 @@ def track(events: Iterator[Progress], label: str, enabled: bool) -> Progress | N
     finally:
         if bar is not None:
             bar.stop()
+        close = getattr(events, "close", None)
+        if close is not None:  # an interrupted job deletes its temporary files now, not at exit
+            close()
     return last
 
 

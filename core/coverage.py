@@ -24,16 +24,17 @@ def source_index(size: int, pad: int, padding_mode: str) -> np.ndarray | None:
     return np.pad(np.arange(size), (pad, pad), mode=_NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
 
 
-def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int) -> np.ndarray:
+def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int, first_dim: int = 0) -> np.ndarray:
     """Map an array over padded coordinates back to the input: crop, or for non-zero modes add
     each padded position onto the input pixel it repeated (the adjoint of padding).
 
     ``axis_offset`` is the axis of the first spatial dim (2 for ``(N, C, *spatial)``). Works on
     numpy arrays and torch tensors alike (slicing and in-place adds only); may reuse ``padded``.
+    Dims before ``first_dim`` are left alone (a band of rows that the caller crops itself).
     """
     result = padded
     for dim, (size, pad) in enumerate(zip(geometry.spatial_size, geometry.padding)):
-        if pad == 0:
+        if pad == 0 or dim < first_dim:
             continue
         lead = (slice(None),) * (axis_offset + dim)
         inner = result[(*lead, slice(pad, pad + size))]

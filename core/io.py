@@ -453,6 +453,21 @@ def restore_dtype(images: np.ndarray, input_dtype: str, scale: float) -> np.ndar
     return np.clip(np.rint(images.astype(np.float64) / scale), info.min, info.max).astype(target)
 
 
+def fold_output_dtype(
+    cols_dtype: np.dtype, normalize: bool, weighted: bool, restore: tuple[str, float] | None = None
+) -> np.dtype:
+    """The dtype a fold of ``cols_dtype`` patches writes (see :func:`patchfold.fold`)."""
+    cols_dtype = np.dtype(cols_dtype)
+    integer = cols_dtype.kind in "biu"
+    if normalize:
+        if restore is not None and restore[1] != 1.0 and cols_dtype.kind == "f" and np.dtype(restore[0]).kind in "iu":
+            return np.dtype(restore[0])
+        return cols_dtype
+    if integer:
+        return np.dtype(np.float64) if weighted else np.dtype(np.uint64 if cols_dtype == np.uint64 else np.int64)
+    return cols_dtype
+
+
 def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[Path]:
     """Where each of ``count`` images goes: one file, ``{i}``-numbered files, or a directory."""
     if output.is_dir() or str(output).endswith(os.sep):

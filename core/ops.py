@@ -203,14 +203,14 @@ def fold(
         tensor = _as_tensor(batch)
         summed = torch_engine.fold(tensor, geometry, layout, weights)
         divisor_map = torch_engine.divisor(geometry, weights, tensor.device) if normalize else None
-        result = _finish_fold(summed, divisor_map, tensor.dtype, weights is not None)
+        result = finish_fold(summed, divisor_map, tensor.dtype, weights is not None)
     else:
         source = _as_numpy(batch)
         summed = coverage.unpad_adjoint(
             cpu.fold_padded(source, geometry, layout, weights, threads=threads), geometry, 2
         )
         divisor_map = coverage.divisor_map(geometry, weights) if normalize else None
-        result = _like(_finish_fold(summed, divisor_map, source.dtype, weights is not None), batch)
+        result = _like(finish_fold(summed, divisor_map, source.dtype, weights is not None), batch)
     return result[0] if unbatched else result
 
 
@@ -223,7 +223,7 @@ def _output_for(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,
     return out
 
 
-def _finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> Any:
+def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> Any:
     """Normalise (or not) and pick the output dtype; works for numpy arrays and tensors."""
     integer = not _is_float(dtype)
     if divisor_map is None:

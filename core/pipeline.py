@@ -226,3 +226,124 @@ def _pwrite_all(fd: int, values: np.ndarray, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """How a fold to ``.npy`` runs: output rows per band, so one band's accumulator fits the budget."""
+
+    geometry: Geometry
+    output_shape: tuple[int, ...]
+    dtype: np.dtype
+    band_rows: int
+    budget: int
+
+    @property
+    def output_bytes(self) -> int:
+        return math.prod(self.output_shape) * self.dtype.itemsize
+
+    @property
+    def bands(self) -> int:
+        return -(-self.geometry.spatial_size[0] // self.band_rows)
+
+    @property
+    def streaming(self) -> bool:
+        return self.bands > 1
+
+    def band_ranges(self) -> Iterator[tuple[int, int]]:
+        height = self.geometry.spatial_size[0]
+        for top in range(0, height, self.band_rows):
+            yield top, min(height, top + self.band_rows)
+
+
+def plan_fold(
+    cols_shape: tuple[int, ...], channels: int, geometry: Geometry, dtype: Any, budget: int | None = None
+) -> FoldPlan:
+    """Bands of output rows whose accumulator (8 bytes a value) and output fit in ``budget``."""
+    budget = default_budget() if budget is None else budget
+    dtype = np.dtype(dtype)
+    output_shape = geometry.fold_shape(cols_shape[0], channels)
+    row_values = cols_shape[0] * channels * math.prod(geometry.padded_size[1:])
+    rows = max(1, budget // max(1, row_values * (8 + dtype.itemsize)))
+    if geometry.padding_mode != "zeros" and geometry.padding[0] > 0:
+        rows = geometry.spatial_size[0]  # padding folds back across the first dim: one band
+    return FoldPlan(geometry, output_shape, dtype, min(rows, geometry.spatial_size[0]), budget)
+
+
+def fold_to_npy(
+    cols: np.ndarray,
+    plan: FoldPlan,
+    path: Path,
+    layout: str = "ncl",
+    *,
+    normalize: bool = True,
+    window: str | None = None,
+    restore: tuple[str, float] | None = None,
+    threads: int | None = None,
+) -> Iterator[Progress]:
+    """Overlap-add ``cols`` into the ``.npy`` at ``path`` band by band of output rows.
+
+    Gives the same values as :func:`patchfold.fold` (then :func:`patchfold.io.restore_dtype` with
+    ``restore=(input_dtype, scale)``), holding only one band of the image at a time; pages of a
+    memory-mapped ``cols`` are released after each band.
+    """
+    from patchfold.coverage import coverage_vectors, unpad_adjoint
+    from patchfold.io import restore_dtype
+    from patchfold.ops import finish_fold
+    from patchfold.windows import window_weights
+
+    check_output_path(path)
+    check_free_space(path, plan.output_bytes)
+    geometry = plan.geometry
+    weights = window_weights(geometry, window)
+    vectors = coverage_vectors(geometry, weights) if normalize else None
+    single_band = plan.bands == 1
+    with atomic_paths(path) as (temporary,), open(temporary, "r+b") as handle:
+        header = write_npy_header(handle, plan.output_shape, plan.dtype)
+        handle.truncate(header + plan.output_bytes)
+        written = 0
+        for index, (top, bottom) in enumerate(plan.band_ranges()):
+            pad = geometry.padding[0]
+            rows = None if single_band else (top + pad, bottom + pad)
+            summed = cpu.fold_padded(cols, geometry, layout, weights, rows=rows, threads=threads)
+            summed = unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if single_band else 1)
+            divisor_band = None
+            if vectors is not None:
+                divisor_band = np.multiply.outer(vectors[0][top:bottom], _outer_rest(vectors))
+            values = finish_fold(summed, divisor_band, cols.dtype, weights is not None)
+            if restore is not None:
+                values = restore_dtype(values, *restore)
+            _write_rows(handle.fileno(), header, values.astype(plan.dtype, copy=False), plan, top)
+            written += values.nbytes
+            _release(cols)
+            yield Progress(index + 1, plan.bands, written, plan.output_bytes)
+
+
+def _outer_rest(vectors: list[np.ndarray]) -> np.ndarray:
+    rest = vectors[1:]
+    if not rest:
+        return np.ones((), dtype=vectors[0].dtype)
+    result = rest[0]
+    for vector in rest[1:]:
+        result = np.multiply.outer(result, vector)
+    return result
+
+
+def _write_rows(fd: int, header: int, values: np.ndarray, plan: FoldPlan, top: int) -> None:
+    """Write output rows ``[top, top + band)`` of every (item, channel) plane."""
+    n, c = plan.output_shape[:2]
+    plane = math.prod(plan.output_shape[2:])
+    row = plane // plan.output_shape[2]
+    for item in range(n):
+        for channel in range(c):
+            offset = header + ((item * c + channel) * plane + top * row) * plan.dtype.itemsize
+            _pwrite_all(fd, values[item, channel], offset)
+
+
+def _release(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process (they stay in the page cache)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        import mmap
+
+        mapping.madvise(mmap.MADV_DONTNEED)
