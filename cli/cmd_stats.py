@@ -16,6 +16,7 @@ from patchfold.cli.options import (
     max_pixels_option,
     size_option,
     spatial_dims_option,
+    stack_option,
 )
 from patchfold.cli.present import emit_summary, human_bytes
 from patchfold.errors import PatchfoldError
@@ -27,11 +28,15 @@ def shape_of(
     spatial_size: tuple[int, ...] | None,
     block: BlockParams,
     spatial_dims: int | None,
+    stack: bool,
     max_pixels: int,
 ) -> tuple[tuple[int, ...], np.dtype | None]:
     """``(N, C, *spatial)`` and dtype from INPUT (headers only), or ``(1, 1, *size)`` from --size."""
     if bool(inputs) == bool(spatial_size):
         raise click.UsageError("give either INPUT or --size H,W (exactly one)")
+    if inputs and stack:  # volumes are assembled from their slices: read them
+        array = io.load_inputs(inputs, spatial_dims, max_pixels, stack=True).array
+        return array.shape, array.dtype
     if inputs:
         return io.probe_shape(inputs, spatial_dims, max_pixels)
     assert spatial_size is not None
@@ -91,6 +96,7 @@ def compute_stats(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout
 )
 @click.option("--layout", type=click.Choice(("ncl", "nlc")), default="ncl", show_default=True)
 @spatial_dims_option
+@stack_option
 @max_pixels_option
 @json_option
 @handle_errors
@@ -103,6 +109,7 @@ def stats(
     dtype: str,
     layout: str,
     spatial_dims: int | None,
+    stack: bool,
     max_pixels: int,
     as_json: bool,
 ) -> None:
@@ -115,7 +122,7 @@ def stats(
       patchfold stats --size 512,512 -k 16 -s 8
       patchfold stats sample_images/astronaut.png -k 32 -s 16 --json
     """
-    shape, input_dtype = shape_of(inputs, spatial_size, block, spatial_dims, max_pixels)
+    shape, input_dtype = shape_of(inputs, spatial_size, block, spatial_dims, stack, max_pixels)
     shape = (batch or shape[0], channels or shape[1], *shape[2:])
     out_dtype = dtype if dtype != "keep" else (input_dtype or np.dtype(np.float32))
     geometry = block.geometry(tuple(shape[2:]))
@@ -132,6 +139,7 @@ def stats(
     "--png", "png_path", type=click.Path(path_type=Path), default=None, help="Write a heatmap PNG with a legend."
 )
 @spatial_dims_option
+@stack_option
 @max_pixels_option
 @json_option
 @handle_errors
@@ -142,6 +150,7 @@ def divisor(
     npy_path: Path | None,
     png_path: Path | None,
     spatial_dims: int | None,
+    stack: bool,
     max_pixels: int,
     as_json: bool,
 ) -> None:
@@ -152,7 +161,7 @@ def divisor(
     Example:
       patchfold divisor --size 256,256 -k 32 -s 24 --png divisor.png --npy divisor.npy
     """
-    shape, _ = shape_of(inputs, spatial_size, block, spatial_dims, max_pixels)
+    shape, _ = shape_of(inputs, spatial_size, block, spatial_dims, stack, max_pixels)
     geometry = block.geometry(tuple(shape[2:]))
     for path, suffix in ((npy_path, ".npy"), (png_path, ".png")):
         if path is not None:

@@ -16,6 +16,7 @@ from patchfold.cli.options import (
     max_pixels_option,
     progress_option,
     spatial_dims_option,
+    stack_option,
 )
 from patchfold.cli.present import emit_summary, human_bytes, track
 from patchfold.devices import resolve
@@ -42,6 +43,7 @@ from patchfold.geometry import LAYOUTS
 )
 @device_options
 @spatial_dims_option
+@stack_option
 @max_pixels_option
 @max_memory_option
 @progress_option
@@ -56,6 +58,7 @@ def unfold(
     device: str,
     engine: str,
     spatial_dims: int | None,
+    stack: bool,
     max_pixels: int,
     max_memory: int | None,
     no_progress: bool,
@@ -75,7 +78,7 @@ def unfold(
         raise click.BadParameter(f"the patch matrix is written as .npy, got '{output}'", param_hint="'-o/--output'")
     io.check_output_path(output)
     started = time.perf_counter()
-    batch = io.load_inputs(inputs, spatial_dims, max_pixels)
+    batch = io.load_inputs(inputs, spatial_dims, max_pixels, stack)
     array = batch.array
     out_dtype, scale = io.target_dtype(array.dtype, dtype)
     geometry = block.geometry(batch.spatial_size)

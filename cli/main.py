@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 from patchfold import __version__
 from patchfold.cli.cmd_fold import fold
@@ -24,3 +26,13 @@ def main() -> None:
 
 for command in (unfold, fold, divisor, stats):
     main.add_command(command)
+
+
+def run() -> None:
+    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    main(prog_name="patchfold")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -241,3 +241,11 @@ def max_memory_option(command: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Memory budget, e.g. 2GB (default: a quarter of available RAM); larger outputs are streamed in bands.",
     )(command)
+
+
+def stack_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--stack",
+        is_flag=True,
+        help="Read a multi-page TIFF as a 3-D volume, or stack 2-D images (a directory of slices) into one.",
+    )(command)

@@ -1,5 +1,5 @@
 """``python -m patchfold`` runs the command line."""
 
-from patchfold.cli.main import main
+from patchfold.cli.main import run
 
-main()
+run()

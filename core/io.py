@@ -155,37 +155,107 @@ def shape_array(array: np.ndarray, path: Path | str, spatial_dims: int | None = 
     return array.reshape((1,) * (spatial_dims + 2 - rank) + array.shape)
 
 
-def read_input(path: Path, spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One input file as ``(N, C, *spatial)``."""
+def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """Read a TIFF with tifffile, memory-mapped where the file allows (uncompressed, contiguous),
+    so a gigapixel TIFF is not decoded into a second copy. Returns ``(C, H, W)``, or ``(C, D, H, W)``
+    for a multi-page stack; None when tifffile is not installed (Pillow reads it instead)."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            shape, axes = tuple(series.shape), series.axes
+            pages = len(tiff.pages)
+    except Exception as error:  # tifffile raises many types for a broken file
+        raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {error}") from None
+    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    if height * width > max_pixels:
+        raise PatchfoldError(
+            f"'{path}' has {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(raise it with --max-pixels)"
+        )
+    try:
+        data = tifffile.memmap(path, mode="r", series=0)
+    except (ValueError, OSError):
+        try:
+            data = tifffile.imread(path, series=0)
+        except Exception as error:
+            raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+    if data.dtype.kind not in "biuf":
+        raise PatchfoldError(f"'{path}' holds {data.dtype} pixels; expected real numbers")
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("="))
+    return _tiff_axes_to_channels_first(np.asarray(data) if not isinstance(data, np.ndarray) else data, axes, pages)
+
+
+def _tiff_axes_to_channels_first(data: np.ndarray, axes: str, pages: int) -> np.ndarray:
+    """Reorder tifffile's axes (Y, X, S samples, C channels, and one page axis such as Z/Q/I/T)
+    into ``(C, H, W)`` or ``(C, D, H, W)`` views, copying nothing."""
+    channel_axes = [i for i, a in enumerate(axes) if a in "SC"]
+    page_axes = [i for i, a in enumerate(axes) if a not in "SCYX"]
+    if len(channel_axes) > 1 or len(page_axes) > 1:
+        raise PatchfoldError(f"TIFF axes {axes!r} are not supported (expected pages, Y, X and samples)")
+    order = channel_axes + page_axes + [axes.index("Y"), axes.index("X")]
+    result = np.transpose(data, order)
+    return result if channel_axes else result[None]
+
+
+def read_input(
+    path: Path, spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, stack: bool = False
+) -> np.ndarray:
+    """One input file as ``(N, C, *spatial)``; a multi-page TIFF is a volume ``(1, C, D, H, W)``
+    and needs ``stack=True``."""
     if path.suffix.lower() == ".npy":
         return read_npy(path, spatial_dims)
     if path.stat().st_size == 0:
         raise PatchfoldError(f"'{path}' is an empty file")
-    image = read_image(path, max_pixels)[None]
-    if spatial_dims not in (None, 2):
-        raise PatchfoldError(f"'{path}' is a 2-D image but --spatial-dims {spatial_dims} was asked for")
-    return image
+    image = read_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
+    if image is None:
+        image = read_image(path, max_pixels)
+    if image.ndim == 4 and not stack:
+        raise PatchfoldError(f"'{path}' has {image.shape[1]} pages: pass --stack to read it as a 3-D volume (D, H, W)")
+    wanted = image.ndim - 1
+    if spatial_dims not in (None, wanted):
+        raise PatchfoldError(f"'{path}' is a {wanted}-D image but --spatial-dims {spatial_dims} was asked for")
+    return image[None]
 
 
 def load_inputs(
-    inputs: Sequence[str | Path], spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    inputs: Sequence[str | Path],
+    spatial_dims: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stack: bool = False,
 ) -> Batch:
-    """Load and stack inputs into one batch; sizes and channel counts must agree."""
+    """Load inputs into one batch; sizes and channel counts must agree.
+
+    With ``stack``, 2-D images (a directory of slices, or several files) become the slices of one
+    3-D volume ``(1, C, D, H, W)`` in the order given, and multi-page TIFFs are volumes.
+    """
     paths = expand_inputs(inputs)
-    arrays = [read_input(path, spatial_dims, max_pixels) for path in paths]
+    arrays = [read_input(path, spatial_dims, max_pixels, stack) for path in paths]
+    if stack and all(a.ndim == 4 for a in arrays):
+        _check_agree(paths, arrays, "stack into one volume")
+        dtype = np.result_type(*arrays)
+        volume = np.stack([a[0].astype(dtype, copy=False) for a in arrays], axis=1)[None]
+        return Batch(volume, [str(paths[0].parent if len(paths) > 1 else paths[0])])
     if len(arrays) == 1:
         return Batch(arrays[0], [str(paths[0])] * arrays[0].shape[0])
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) > 1:
-        listing = "; ".join(f"'{p}' {_describe(a)}" for p, a in zip(paths, arrays))
-        raise PatchfoldError(f"inputs must agree in size and channel count to stack into one batch: {listing}")
+    _check_agree(paths, arrays, "stack into one batch")
     dtype = np.result_type(*arrays)
     sources = [str(p) for p, a in zip(paths, arrays) for _ in range(a.shape[0])]
     return Batch(np.concatenate([a.astype(dtype, copy=False) for a in arrays]), sources)
 
 
+def _check_agree(paths: Sequence[Path], arrays: Sequence[np.ndarray], purpose: str) -> None:
+    if len({a.shape[1:] for a in arrays}) > 1:
+        listing = "; ".join(f"'{p}' {_describe(a)}" for p, a in zip(paths, arrays))
+        raise PatchfoldError(f"inputs must agree in size and channel count to {purpose}: {listing}")
+
+
 def _describe(array: np.ndarray) -> str:
-    size = "x".join(str(s) for s in reversed(array.shape[2:]))
+    size = "x".join(str(s) for s in array.shape[2:][::-1])
     return f"{size} with {array.shape[1]} channel(s)"
 
 
@@ -486,22 +556,41 @@ def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[P
 
 
 def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
-    """Write ``(N, C, H, W)`` as image files, all or none (temporary files renamed at the end)."""
-    from PIL import Image
-
-    encoded = []
+    """Write ``(N, C, H, W)`` as image files (or ``(N, C, D, H, W)`` volumes as multi-page TIFF),
+    all or none: temporary files are renamed into place only when every one is written."""
+    writers = []
     for target, pixels in zip(targets, images):
         check_output_path(target)
-        encoded.append(Image.fromarray(to_image_array(pixels, target)))
+        writers.append(_volume_writer(pixels, target) if pixels.ndim == 4 else _image_writer(pixels, target))
     with atomic_paths(*targets) as temporaries:
-        for image, temporary, target in zip(encoded, temporaries, targets):
-            suffix = target.suffix.lower()
+        for write, temporary, target in zip(writers, temporaries, targets):
             try:
-                image.save(temporary, format=Image.registered_extensions()[suffix])
+                write(temporary)
             except (KeyError, ValueError, OSError) as error:
-                raise PatchfoldError(
-                    f"cannot write '{target}' as a {suffix or 'file without suffix'} image: {error}"
-                ) from None
+                suffix = target.suffix.lower() or "file without suffix"
+                raise PatchfoldError(f"cannot write '{target}' as a {suffix} image: {error}") from None
+
+
+def _image_writer(pixels: np.ndarray, target: Path) -> Any:
+    from PIL import Image
+
+    image = Image.fromarray(to_image_array(pixels, target))
+    image_format = Image.registered_extensions().get(target.suffix.lower())
+    if image_format is None:
+        raise PatchfoldError(f"'{target}': unknown image type {target.suffix!r}; use .png, .tif, .jpg, ... or .npy")
+    return lambda temporary: image.save(temporary, format=image_format)
+
+
+def _volume_writer(pixels: np.ndarray, target: Path) -> Any:
+    """A 3-D volume ``(C, D, H, W)`` as one multi-page TIFF (one page per slice)."""
+    if target.suffix.lower() not in (".tif", ".tiff"):
+        raise PatchfoldError(f"'{target}': a 3-D volume is written as .tif (multi-page) or .npy")
+    try:
+        import tifffile
+    except ImportError:
+        raise PatchfoldError(f"'{target}': writing a volume as TIFF needs tifffile (pip install tifffile)") from None
+    pages = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+    return lambda temporary: tifffile.imwrite(temporary, np.ascontiguousarray(pages))
 
 
 def probe_shape(
