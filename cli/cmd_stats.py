@@ -19,7 +19,6 @@ from patchfold.cli.options import (
     stack_option,
 )
 from patchfold.cli.present import emit_summary, human_bytes
-from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 
 
@@ -163,10 +162,10 @@ def divisor(
     """
     shape, _ = shape_of(inputs, spatial_size, block, spatial_dims, stack, max_pixels)
     geometry = block.geometry(tuple(shape[2:]))
-    for path, suffix in ((npy_path, ".npy"), (png_path, ".png")):
+    for path, suffix, option in ((npy_path, ".npy", "'--npy'"), (png_path, ".png", "'--png'")):
         if path is not None:
             if path.suffix.lower() != suffix:
-                raise PatchfoldError(f"expected a {suffix} path, got '{path}'", param=None)
+                raise click.BadParameter(f"expected a {suffix} path, got '{path}'", param_hint=option)
             io.check_output_path(path)
     if npy_path is not None:
         io.save_npy(

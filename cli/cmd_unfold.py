@@ -77,6 +77,7 @@ def unfold(
     if output.suffix.lower() != ".npy":
         raise click.BadParameter(f"the patch matrix is written as .npy, got '{output}'", param_hint="'-o/--output'")
     io.check_output_path(output)
+    io.check_output_path(io.sidecar_path(output), "sidecar")
     started = time.perf_counter()
     batch = io.load_inputs(inputs, spatial_dims, max_pixels, stack)
     array = batch.array

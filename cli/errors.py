@@ -40,5 +40,5 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def as_click_error(error: PatchfoldError) -> click.ClickException:
     message = str(error).replace("\n", " ")
     if error.param in OPTION_NAMES:
-        return click.BadParameter(message, param_hint=f"'{OPTION_NAMES[error.param]}'")
+        return click.BadParameter(message, param_hint=OPTION_NAMES[error.param])
     return click.ClickException(message)

@@ -13,19 +13,19 @@ from patchfold.geometry import PADDING_MODES, Geometry
 
 #: How each block parameter is named on the command line (for error messages).
 OPTION_NAMES = {
-    "kernel_size": "-k/--kernel-size",
-    "stride": "-s/--stride",
-    "padding": "-p/--padding",
-    "dilation": "-d/--dilation",
-    "padding_mode": "--padding-mode",
-    "spatial_size": "--size",
-    "output_size": "--output-size",
-    "device": "--device",
-    "dtype": "--dtype",
-    "layout": "--layout",
-    "window": "--window",
-    "engine": "--engine",
-    "spatial_dims": "--spatial-dims",
+    "kernel_size": "'-k' / '--kernel-size'",
+    "stride": "'-s' / '--stride'",
+    "padding": "'-p' / '--padding'",
+    "dilation": "'-d' / '--dilation'",
+    "padding_mode": "'--padding-mode'",
+    "spatial_size": "'--size'",
+    "output_size": "'--output-size'",
+    "device": "'--device'",
+    "dtype": "'--dtype'",
+    "layout": "'--layout'",
+    "window": "'--window'",
+    "engine": "'--engine'",
+    "spatial_dims": "'--spatial-dims'",
 }
 
 

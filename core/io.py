@@ -117,6 +117,13 @@ def _normalise_mode(image: Any, path: Path) -> Any:
 def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
     """Read a ``.npy`` (memory-mapped, never unpickled) and shape it ``(N, C, *spatial)``."""
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as error:
+        raise PatchfoldError(f"cannot read '{path}': {error.strerror or error}") from None
+    if magic != b"\x93NUMPY":
+        raise PatchfoldError(f"'{path}' is not a .npy file (no NumPy header)")
+    try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
         if "pickle" in str(error).lower() or "object" in str(error).lower():
@@ -305,21 +312,58 @@ def check_free_space(path: Path, needed: int) -> None:
 
 @contextlib.contextmanager
 def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
-    """Yield temporary paths beside ``targets``; rename all into place on success, delete on failure."""
+    """Yield temporary paths beside ``targets``; on success move them all into place, on failure
+    delete them. If one move fails, the targets already moved are put back as they were, so a set
+    of outputs (a patch matrix and its sidecar) is replaced whole or not at all."""
+    for target in targets:
+        check_output_path(target)
     temporaries: list[Path] = []
+    backups: list[tuple[Path, Path | None]] = []
     try:
         for target in targets:
             handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
             os.close(handle)
             temporaries.append(Path(name))
         yield temporaries
-        for temporary, target in zip(temporaries, targets):
-            os.chmod(temporary, 0o666 & ~_umask())
-            os.replace(temporary, target)
+        mode = 0o666 & ~_umask()
+        try:
+            for temporary, target in zip(temporaries, targets):
+                backups.append((target, _backup(target)))
+                os.chmod(temporary, mode)
+                os.replace(temporary, target)
+        except OSError as error:
+            _restore(backups[:-1])
+            raise PatchfoldError(f"cannot write '{backups[-1][0]}': {error.strerror or error}") from None
     finally:
         for temporary in temporaries:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
+        for _, backup in backups:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to the file a move is about to replace (None when there is none)."""
+    if not target.exists():
+        return None
+    backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent or "."))
+    try:
+        os.link(target, backup)
+    except OSError:
+        backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent or "."))
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _restore(moved: list[tuple[Path, Path | None]]) -> None:
+    for target, backup in reversed(moved):
+        with contextlib.suppress(OSError):
+            if backup is None:
+                target.unlink()
+            else:
+                os.replace(backup, target)
 
 
 def _umask() -> int:

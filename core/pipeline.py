@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from patchfold.geometry import Geometry, check_layout
 from patchfold.io import atomic_paths, check_free_space, check_output_path
 from patchfold.ops import pad_input
 
-#: Share of available memory a job may use when no budget is given.
+#: Share of available memory a job may use when no budget is given, and a cap on it: bands larger
+#: than this write no faster, and smaller ones keep a gigapixel job's footprint modest.
 DEFAULT_MEMORY_FRACTION = 0.25
+DEFAULT_MEMORY_CAP = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def available_memory() -> int:
 
 
 def default_budget() -> int:
-    return int(available_memory() * DEFAULT_MEMORY_FRACTION)
+    return min(DEFAULT_MEMORY_CAP, int(available_memory() * DEFAULT_MEMORY_FRACTION))
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def plan_unfold(
     budget = default_budget() if budget is None else budget
     plan = UnfoldPlan(geometry, geometry.unfold_shape(shape[0], shape[1], layout), np.dtype(dtype), 1, budget)
     rows = max(1, min(geometry.blocks_per_dim[0], budget // max(1, plan.row_bytes)))
+    if rows < geometry.blocks_per_dim[0]:  # streaming: two band buffers share the budget
+        rows = max(1, rows // 2)
     return UnfoldPlan(geometry, plan.output_shape, plan.dtype, rows, budget)
 
 
@@ -114,7 +119,7 @@ def unfold_to_npy(
 ) -> Iterator[Progress]:
     """Unfold ``array`` ``(N, C, *spatial)`` into the ``.npy`` at ``path``, one band at a time.
 
-    Bands are computed into one reused buffer and written with positioned writes, so memory stays
+    Bands are computed into two reused buffers and written with positioned writes, so memory stays
     near one band whatever the output size. Values are cast to ``plan.dtype`` and multiplied by
     ``scale`` band by band (never a converted copy of the whole input). ``sidecar`` (JSON text) is
     written beside it, and both files appear together only when every band is written.
@@ -123,43 +128,67 @@ def unfold_to_npy(
     check_free_space(path, plan.output_bytes)
     geometry = plan.geometry
     padded = pad_input(array, geometry)
-    band = _band_computer(padded, geometry, plan, layout, device, engine, threads)
     factor = plan.dtype.type(scale) if scale != 1.0 else None
+    band = _band_computer(padded, geometry, plan, layout, device, engine, threads, factor)
     targets = [path] + ([path.with_suffix(".json")] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
             header = write_npy_header(handle, plan.output_shape, plan.dtype)
             handle.truncate(header + plan.output_bytes)
             written = 0
-            for index, (first, last) in enumerate(plan.band_ranges()):
-                values = band(first, last)
-                if factor is not None:
-                    values *= factor
-                write_band(handle.fileno(), header, values, plan, first, layout)
-                written += values.nbytes
-                yield Progress(index + 1, plan.bands, written, plan.output_bytes)
+            # Double buffering: band k is written by a second thread while band k+1 is computed.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-writer") as writer:
+                pending: Future[None] | None = None
+                for index, (first, last) in enumerate(plan.band_ranges()):
+                    values = band(first, last, index % 2)
+                    if pending is not None:
+                        pending.result()
+                        yield Progress(index, plan.bands, written, plan.output_bytes)
+                    pending = writer.submit(write_band, handle.fileno(), header, values, plan, first, layout)
+                    written += values.nbytes
+                    _release(padded)
+                if pending is not None:
+                    pending.result()
+                    yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
         if sidecar is not None:
             temporaries[1].write_text(sidecar, encoding="utf-8")
 
 
 def _band_computer(
-    padded: np.ndarray, geometry: Geometry, plan: UnfoldPlan, layout: str, device: str, engine: str, threads: int | None
+    padded: np.ndarray,
+    geometry: Geometry,
+    plan: UnfoldPlan,
+    layout: str,
+    device: str,
+    engine: str,
+    threads: int | None,
+    factor: Any,
 ) -> Any:
-    """A function ``(first, last) -> band`` that unfolds block rows into a contiguous array."""
+    """A function ``(first, last, slot) -> band`` that unfolds block rows into a contiguous array,
+    alternating between two buffers (``slot`` 0 or 1) so one can be written while the other fills."""
     rows_total = geometry.blocks_per_dim[0]
     per_row = plan.output_shape[1 if layout == "nlc" else 2] // rows_total
-    buffer = np.empty(plan.band_rows * plan.row_bytes // plan.dtype.itemsize, dtype=plan.dtype)
+    size = plan.band_rows * plan.row_bytes // plan.dtype.itemsize
+    buffers = [np.empty(size, dtype=plan.dtype), np.empty(size if plan.bands > 1 else 0, dtype=plan.dtype)]
 
     def shape_of(rows: int) -> tuple[int, int, int]:
         n, a, b = plan.output_shape
         return (n, a, rows * per_row) if layout == "ncl" else (n, rows * per_row, b)
 
+    direct = padded.flags.c_contiguous and padded.dtype == plan.dtype and factor is None
     if device == "cpu" and engine != "torch":
 
-        def compute(first: int, last: int) -> np.ndarray:
+        def compute(first: int, last: int, slot: int) -> np.ndarray:
             shape = shape_of(last - first)
-            out = buffer[: math.prod(shape)].reshape(shape)
-            cpu.unfold_into(padded, geometry, out, layout, rows=(first, last), threads=threads)
+            out = buffers[slot][: math.prod(shape)].reshape(shape)
+            if direct:
+                cpu.unfold_into(padded, geometry, out, layout, rows=(first, last), threads=threads)
+            else:  # a contiguous slab in the output dtype first: strided or casting copies are slow
+                slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
+                slab = np.ascontiguousarray(slab, dtype=plan.dtype)
+                if factor is not None:
+                    slab *= factor
+                cpu.unfold_into(slab, slab_geometry, out, layout, threads=threads)
             return out
 
         return compute
@@ -169,12 +198,14 @@ def _band_computer(
 
     target = torch_engine.resolve_device(device)
 
-    def compute_torch(first: int, last: int) -> np.ndarray:
+    def compute_torch(first: int, last: int, slot: int) -> np.ndarray:
         slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
         result = torch_engine.unfold(torch.from_numpy(np.ascontiguousarray(slab)).to(target), slab_geometry, layout)
         shape = shape_of(last - first)
-        out = buffer[: math.prod(shape)].reshape(shape)
+        out = buffers[slot][: math.prod(shape)].reshape(shape)
         out[...] = result.cpu().numpy()
+        if factor is not None:
+            out *= factor
         return out
 
     return compute_torch
@@ -228,6 +259,9 @@ def _pwrite_all(fd: int, values: np.ndarray, offset: int) -> None:
         offset += written
 
 
+_FOLD_BYTES_PER_VALUE = 40
+
+
 @dataclass(frozen=True)
 class FoldPlan:
     """How a fold to ``.npy`` runs: output rows per band, so one band's accumulator fits the budget."""
@@ -264,7 +298,8 @@ def plan_fold(
     dtype = np.dtype(dtype)
     output_shape = geometry.fold_shape(cols_shape[0], channels)
     row_values = cols_shape[0] * channels * math.prod(geometry.padded_size[1:])
-    rows = max(1, budget // max(1, row_values * (8 + dtype.itemsize)))
+    # per output value: the accumulator, float64 temporaries of normalising, and the output itself
+    rows = max(1, budget // max(1, row_values * (_FOLD_BYTES_PER_VALUE + dtype.itemsize)))
     if geometry.padding_mode != "zeros" and geometry.padding[0] > 0:
         rows = geometry.spatial_size[0]  # padding folds back across the first dim: one band
     return FoldPlan(geometry, output_shape, dtype, min(rows, geometry.spatial_size[0]), budget)

@@ -60,12 +60,12 @@ def fold(
 ) -> torch.Tensor:
     """Overlap-add a patch matrix into ``(N, C, *spatial)``: sums, in the accumulation dtype."""
     check_layout(layout)
+    patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
+    channels = geometry.check_fold_input(patch_length, num_blocks)
     if _native_ok(cols, geometry) and layout == "ncl" and weights is None:
         return F.fold(
             cols, geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride
         )
-    patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
-    channels = geometry.check_fold_input(patch_length, num_blocks)
     blocks = band_view(cols, geometry, channels, geometry.blocks_per_dim[0], layout)
     dtype = accumulator_dtype(cols.dtype, weighted=weights is not None)
     acc = cols.new_zeros((cols.shape[0], channels, *geometry.padded_size), dtype=dtype)

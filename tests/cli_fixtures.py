@@ -1,0 +1,169 @@
+"""Shared helpers for the command-line tests (test_cli.py, test_cli_subprocess.py).
+
+Plain functions rather than pytest fixtures, so the test modules can import them without
+shadowing warnings; each test module wraps what it needs in its own fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from click.testing import CliRunner, Result
+from patchfold.cli.main import main
+from PIL import Image
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
+#: name -> (file, PIL mode, (width, height), numpy dtype)
+SAMPLE_IMAGES = {
+    "rgb": ("scene_rgb.png", "RGB", (320, 240), np.uint8),
+    "gray": ("scene_gray.png", "L", (160, 120), np.uint8),
+    "rgba": ("badge_rgba.png", "RGBA", (128, 128), np.uint8),
+    "depth16": ("depth_16bit.png", "I;16", (128, 120), np.uint16),
+}
+VOLUME = SAMPLES / "volume_stack.tif"
+
+
+def sample(name: str) -> Path:
+    return SAMPLES / SAMPLE_IMAGES[name][0]
+
+
+def invoke(*args: Any, env: dict[str, str] | None = None) -> Result:
+    """Run ``patchfold ARGS`` in-process (stdout and stderr kept apart)."""
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def describe(result: Result) -> str:
+    return (f"exit {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n"
+            f"--- exception ---\n{result.exception!r}")
+
+
+def ok(*args: Any, env: dict[str, str] | None = None) -> Result:
+    """Run and require success."""
+    result = invoke(*args, env=env)
+    assert result.exit_code == 0, describe(result)
+    return result
+
+
+def ok_json(*args: Any) -> dict[str, Any]:
+    """Run with ``--json`` and parse stdout."""
+    return json.loads(ok(*args, "--json").stdout)
+
+
+def pixels(path: Path) -> np.ndarray:
+    """An image file's pixels as PIL decodes them (H, W) or (H, W, C)."""
+    with Image.open(path) as image:
+        return np.asarray(image).copy()
+
+
+def as_nchw(values: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) pixels as a batch of one (1, C, H, W)."""
+    return (values[None] if values.ndim == 2 else np.moveaxis(values, -1, 0))[None]
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("Error: ")]
+
+
+def assert_runtime_error(result: Result, *fragments: str) -> str:
+    """Exit 1, stderr exactly one ``Error: `` line (no traceback), nothing on stdout; returns the line."""
+    assert result.exit_code == 1, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), describe(result)
+    assert result.stdout == "", describe(result)
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def assert_bad_parameter(result: Result, option: str, *fragments: str) -> str:
+    """Exit 2 with click's usage error naming ``option`` (e.g. ``--stride``); returns the Error line."""
+    assert result.exit_code == 2, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, describe(result)
+    assert option in lines[0], f"{option!r} not named in {lines[0]!r}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def part_files(directory: Path) -> list[Path]:
+    """Temporary files an interrupted write could leave (``.<name>.*.part``)."""
+    return sorted(p for p in directory.rglob("*") if p.name.endswith(".part"))
+
+
+def unfold_ref(images: np.ndarray, kernel: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1,
+               layout: str = "ncl") -> np.ndarray:
+    """torch.nn.functional.unfold of (N, C, H, W) integer or float images, in float64."""
+    import torch
+    import torch.nn.functional as F
+
+    cols = F.unfold(torch.from_numpy(np.ascontiguousarray(images)).to(torch.float64), kernel,
+                    dilation=dilation, padding=padding, stride=stride).numpy()
+    return cols.transpose(0, 2, 1) if layout == "nlc" else cols
+
+
+def fold_ref(cols: np.ndarray, size: tuple[int, int], kernel: Any, dilation: Any = 1, padding: Any = 0,
+             stride: Any = 1, layout: str = "ncl") -> np.ndarray:
+    """torch.nn.functional.fold of a patch matrix, summed in float64."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(cols)).to(torch.float64)
+    if layout == "nlc":
+        tensor = tensor.transpose(1, 2)
+    return F.fold(tensor, size, kernel, dilation=dilation, padding=padding, stride=stride).numpy()
+
+
+def build_bad_inputs(directory: Path) -> dict[str, Path]:
+    """Broken and mismatched inputs for the error-path tests, written into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    good = directory / "good.npy"
+    ok("unfold", sample("gray"), "-k", 8, "-s", 4, "-o", good, "--no-progress")
+    sidecar = json.loads(good.with_suffix(".json").read_text())
+    cols = np.load(good)
+    files["good"] = good
+
+    def patch_set(name: str, array: np.ndarray, side: dict[str, Any] | str | None) -> None:
+        path = directory / f"{name}.npy"
+        np.save(path, array)
+        if isinstance(side, dict):
+            path.with_suffix(".json").write_text(json.dumps(side))
+        elif isinstance(side, str):
+            path.with_suffix(".json").write_text(side)
+        files[name] = path
+
+    for field in ("kernel_size", "input_shape", "input_dtype"):
+        patch_set(f"no_{field}", cols, {k: v for k, v in sidecar.items() if k != field})
+    patch_set("short", cols[:, :, :-1], sidecar)
+    patch_set("bad_json", cols, "{not json")
+    patch_set("foreign_json", cols, {k: v for k, v in sidecar.items() if k != "format"})
+    patch_set("bad_stride", cols, {**sidecar, "stride": [0, 4]})
+    patch_set("no_sidecar", cols, None)
+    objects = directory / "objects.npy"
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    files["objects"] = objects
+    strings = directory / "strings.npy"
+    np.save(strings, np.array(["a", "b"]))
+    files["strings"] = strings
+    truncated = directory / "truncated.npy"
+    truncated.write_bytes(good.read_bytes()[:300])
+    files["truncated"] = truncated
+    corrupt = directory / "corrupt.png"
+    corrupt.write_bytes(sample("gray").read_bytes()[:200])
+    files["corrupt_png"] = corrupt
+    not_image = directory / "notes.png"
+    not_image.write_text("this is not a picture\n")
+    files["not_image"] = not_image
+    empty = directory / "empty.png"
+    empty.write_bytes(b"")
+    files["empty_png"] = empty
+    empty_dir = directory / "empty_dir"
+    empty_dir.mkdir()
+    files["empty_dir"] = empty_dir
+    return files

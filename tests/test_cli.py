@@ -1,0 +1,800 @@
+"""The command line, run in-process with click's CliRunner: success paths checked against PyTorch
+and the original pixels, the error contract (exit codes, one ``Error:`` line), and atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import patchfold
+import pytest
+import torch
+from patchfold.errors import PatchfoldError
+from PIL import Image
+
+try:
+    from cli_fixtures import (
+        SAMPLE_IMAGES,
+        SAMPLES,
+        VOLUME,
+        as_nchw,
+        assert_bad_parameter,
+        assert_runtime_error,
+        build_bad_inputs,
+        describe,
+        fold_ref,
+        invoke,
+        ok,
+        ok_json,
+        part_files,
+        pixels,
+        sample,
+        unfold_ref,
+    )
+except ModuleNotFoundError:  # tests/ made a package
+    from tests.cli_fixtures import (
+        SAMPLE_IMAGES,
+        SAMPLES,
+        VOLUME,
+        as_nchw,
+        assert_bad_parameter,
+        assert_runtime_error,
+        build_bad_inputs,
+        describe,
+        fold_ref,
+        invoke,
+        ok,
+        ok_json,
+        part_files,
+        pixels,
+        sample,
+        unfold_ref,
+    )
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+no_cuda = pytest.mark.skipif(HAS_CUDA, reason="checks the error for a machine without CUDA")
+
+STATS_KEYS = {"input_shape", "kernel_size", "stride", "padding", "dilation", "blocks_per_dim", "num_blocks",
+              "patch_length", "output_shape", "output_bytes", "coverage", "uncovered_pixels", "uncovered_fraction",
+              "redundancy", "invertible"}
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Broken inputs, shared read-only by the error tests."""
+    return build_bad_inputs(tmp_path_factory.mktemp("bad_inputs"))
+
+
+@pytest.fixture
+def rgb_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Two different RGB images of the same size (a.png is the sample, b.png its mirror image)."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    original = pixels(sample("rgb"))
+    Image.fromarray(original).save(folder / "a.png")
+    Image.fromarray(np.ascontiguousarray(original[::-1, ::-1])).save(folder / "b.png")
+    return folder / "a.png", folder / "b.png"
+
+
+def sample_nchw(name: str) -> np.ndarray:
+    return as_nchw(pixels(sample(name)))
+
+
+# ----- unfold ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("name", list(SAMPLE_IMAGES))
+def test_unfold_each_sample_image(tmp_path: Path, name: str, layout: str) -> None:
+    path = sample(name)
+    out = tmp_path / "patches.npy"
+    summary = ok_json("unfold", path, "-k", 16, "-s", 8, "-o", out, "--layout", layout, "--no-progress")
+    images = as_nchw(pixels(path))
+    cols = np.load(out)
+    assert cols.dtype == images.dtype, "dtype keep must keep the image's dtype (16-bit stays 16-bit)"
+    np.testing.assert_array_equal(cols, unfold_ref(images, 16, stride=8, layout=layout))
+    assert list(cols.shape) == summary["output_shape"]
+    assert summary["input_shape"] == list(images.shape)
+    assert summary["layout"] == layout
+    assert summary["input_dtype"] == summary["output_dtype"] == str(images.dtype)
+    h, w = images.shape[2:]
+    assert summary["blocks_per_dim"] == [(h - 16) // 8 + 1, (w - 16) // 8 + 1]
+    assert summary["num_blocks"] == summary["blocks_per_dim"][0] * summary["blocks_per_dim"][1]
+    assert summary["output_bytes"] == cols.nbytes
+    assert summary["sidecar"] == str(out.with_suffix(".json"))
+
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar == {
+        "kernel_size": [16, 16], "stride": [8, 8], "padding": [0, 0], "dilation": [1, 1],
+        "input_shape": list(images.shape), "input_dtype": str(images.dtype), "output_dtype": str(images.dtype),
+        "scale": 1.0, "layout": layout, "padding_mode": "zeros", "sources": [str(path.resolve())],
+        "format": "patchfold-patches", "version": 1,
+    }
+
+
+@pytest.mark.parametrize("name", ["rgb", "depth16"])
+def test_unfold_dtype_float32_scales_to_unit_range(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "p.npy"
+    ok("unfold", sample(name), "-k", 8, "-s", 4, "--dtype", "float32", "-o", out)
+    cols = np.load(out)
+    images = sample_nchw(name)
+    maximum = np.iinfo(images.dtype).max
+    assert cols.dtype == np.float32
+    np.testing.assert_allclose(cols, unfold_ref(images, 8, stride=4) / maximum, rtol=2e-7, atol=0)
+    assert cols.min() >= 0.0 and cols.max() <= 1.0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["input_dtype"] == str(images.dtype)
+    assert sidecar["output_dtype"] == "float32"
+    assert sidecar["scale"] == pytest.approx(1 / maximum, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_unfold_other_float_dtypes(tmp_path: Path, dtype: str) -> None:
+    out = tmp_path / "p.npy"
+    ok("unfold", sample("gray"), "-k", 4, "-s", 4, "--dtype", dtype, "-o", out)
+    cols = np.load(out)
+    assert cols.dtype == np.dtype(dtype)
+    ref = unfold_ref(sample_nchw("gray"), 4, stride=4) / 255
+    np.testing.assert_allclose(cols.astype(np.float64), ref, rtol=1e-3 if dtype == "float16" else 1e-12)
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_unfold_all_block_parameters_match_torch(tmp_path: Path, layout: str) -> None:
+    out = tmp_path / "p.npy"
+    summary = ok_json("unfold", sample("rgb"), "-k", "5,3", "-s", "2,3", "-p", "1,2", "-d", "2,1",
+                      "--layout", layout, "-o", out)
+    cols = np.load(out)
+    np.testing.assert_array_equal(cols, unfold_ref(sample_nchw("rgb"), (5, 3), (2, 1), (1, 2), (2, 3), layout))
+    assert summary["kernel_size"] == [5, 3] and summary["stride"] == [2, 3]
+    assert summary["padding"] == [1, 2] and summary["dilation"] == [2, 1]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_unfold_padding_modes(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "p.npy"
+    ok("unfold", sample("gray"), "-k", 7, "-s", 3, "-p", 4, "--padding-mode", mode, "-o", out)
+    images = sample_nchw("gray")
+    numpy_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
+    padded = np.pad(images, [(0, 0), (0, 0), (4, 4), (4, 4)], mode=numpy_mode)
+    np.testing.assert_array_equal(np.load(out), unfold_ref(padded, 7, stride=3))
+    assert json.loads(out.with_suffix(".json").read_text())["padding_mode"] == mode
+    restored = tmp_path / "r.png"
+    ok("fold", out, "-o", restored)
+    np.testing.assert_array_equal(pixels(restored), pixels(sample("gray")))
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_unfold_streamed_in_bands_equals_whole(tmp_path: Path, layout: str) -> None:
+    whole, banded = tmp_path / "whole.npy", tmp_path / "banded.npy"
+    first = ok_json("unfold", sample("rgb"), "-k", 16, "-s", 8, "--layout", layout, "-o", whole)
+    second = ok_json("unfold", sample("rgb"), "-k", 16, "-s", 8, "--layout", layout, "-o", banded,
+                     "--max-memory", "40KB")
+    assert first["streamed"] is False and first["bands"] == 1
+    assert second["streamed"] is True and second["bands"] > 1
+    np.testing.assert_array_equal(np.load(banded), np.load(whole))
+
+
+def test_unfold_torch_engine_equals_cpu_engine(tmp_path: Path) -> None:
+    ok("unfold", sample("rgba"), "-k", 6, "-s", 5, "-p", 2, "-o", tmp_path / "cpu.npy", "--engine", "cpu")
+    summary = ok_json("unfold", sample("rgba"), "-k", 6, "-s", 5, "-p", 2, "-o", tmp_path / "torch.npy",
+                      "--engine", "torch", "--device", "cpu")
+    assert summary["engine"] == "torch" and summary["device"] == "cpu"
+    np.testing.assert_array_equal(np.load(tmp_path / "torch.npy"), np.load(tmp_path / "cpu.npy"))
+
+
+def test_unfold_npy_input_1d_and_3d(tmp_path: Path) -> None:
+    signal = np.arange(50, dtype=np.int32) * 3 - 7
+    np.save(tmp_path / "signal.npy", signal)
+    summary = ok_json("unfold", tmp_path / "signal.npy", "-k", 5, "-s", 2, "-o", tmp_path / "s.npy")
+    assert summary["input_shape"] == [1, 1, 50]
+    expected = np.lib.stride_tricks.sliding_window_view(signal, 5)[::2].T[None]
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), expected)
+
+    volume = np.random.default_rng(0).integers(0, 1000, size=(2, 12, 16, 20)).astype(np.uint16)
+    np.save(tmp_path / "volume.npy", volume)
+    summary = ok_json("unfold", tmp_path / "volume.npy", "--spatial-dims", 3, "-k", "4,4,5", "-s", "2,4,5",
+                      "-o", tmp_path / "v.npy")
+    assert summary["input_shape"] == [1, 2, 12, 16, 20]
+    assert summary["blocks_per_dim"] == [5, 4, 4]
+    assert np.load(tmp_path / "v.npy").shape == (1, 2 * 4 * 4 * 5, 80)
+    ok("fold", tmp_path / "v.npy", "-o", tmp_path / "back.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), volume[None])
+
+
+def test_unfold_directory_input_is_sorted_by_name(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
+    a, b = rgb_pair
+    out = tmp_path / "p.npy"
+    summary = ok_json("unfold", a.parent, "-k", 16, "-s", 16, "-o", out)
+    assert summary["inputs"] == 2 and summary["input_shape"] == [2, 3, 240, 320]
+    cols = np.load(out)
+    np.testing.assert_array_equal(cols[0], unfold_ref(as_nchw(pixels(a)), 16, stride=16)[0])
+    np.testing.assert_array_equal(cols[1], unfold_ref(as_nchw(pixels(b)), 16, stride=16)[0])
+    assert json.loads(out.with_suffix(".json").read_text())["sources"] == [str(a.resolve()), str(b.resolve())]
+
+
+def test_unfold_stacks_several_inputs(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
+    a, b = rgb_pair
+    out = tmp_path / "p.npy"
+    summary = ok_json("unfold", b, a, b, "-k", 8, "-s", 8, "-o", out)
+    assert summary["input_shape"] == [3, 3, 240, 320]
+    assert summary["inputs"] == 2
+    cols = np.load(out)
+    ref_a, ref_b = (unfold_ref(as_nchw(pixels(p)), 8, stride=8)[0] for p in (a, b))
+    assert not np.array_equal(ref_a, ref_b)
+    for item, ref in zip(cols, (ref_b, ref_a, ref_b), strict=True):
+        np.testing.assert_array_equal(item, ref)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["sources"] == [str(b.resolve()), str(a.resolve()), str(b.resolve())]
+    assert sidecar["input_shape"] == [3, 3, 240, 320]
+
+
+def test_unfold_mismatched_inputs_lists_each_file_and_size(tmp_path: Path) -> None:
+    out = tmp_path / "p.npy"
+    result = invoke("unfold", sample("rgb"), sample("gray"), sample("depth16"), "-k", 4, "-o", out)
+    line = assert_runtime_error(result, "agree")
+    for path, size in ((sample("rgb"), "320x240 with 3 channel(s)"), (sample("gray"), "160x120 with 1 channel(s)"),
+                       (sample("depth16"), "128x120 with 1 channel(s)")):
+        assert f"'{path}' {size}" in line
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def volume_pages() -> np.ndarray:
+    with Image.open(VOLUME) as image:
+        pages = []
+        for index in range(image.n_frames):
+            image.seek(index)
+            pages.append(np.asarray(image).copy())
+    return np.stack(pages)
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_unfold_volume_stack_as_3d_volume(tmp_path: Path, layout: str) -> None:
+    """sample_images/README.md documents volume_stack.tif (16 pages) as 'a 3-D volume (`--stack`)'."""
+    out = tmp_path / "v.npy"
+    summary = ok_json("unfold", VOLUME, "--stack", "-k", "4,8,8", "-s", "4,8,8", "--layout", layout, "-o", out)
+    volume = volume_pages()
+    assert volume.shape == (16, 64, 64)
+    assert summary["input_shape"] == [1, 1, 16, 64, 64]
+    assert summary["blocks_per_dim"] == [4, 8, 8]
+    cols = np.load(out)
+    # non-overlapping 4x8x8 blocks: block (a, b, c) holds volume[4a:4a+4, 8b:8b+8, 8c:8c+8] flattened
+    blocks = volume.reshape(4, 4, 8, 8, 8, 8).transpose(0, 2, 4, 1, 3, 5).reshape(256, 256)
+    np.testing.assert_array_equal(cols[0], blocks.T if layout == "ncl" else blocks)
+    assert json.loads(out.with_suffix(".json").read_text())["input_shape"] == [1, 1, 16, 64, 64]
+    ok("fold", out, "-o", tmp_path / "back.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), volume[None, None])
+
+
+def test_unfold_multipage_tiff_without_stack_is_not_silently_cut(tmp_path: Path) -> None:
+    """Without --stack a 16-page TIFF must not quietly become its first page."""
+    out = tmp_path / "v.npy"
+    result = invoke("unfold", VOLUME, "-k", 8, "-o", out, "--json")
+    if result.exit_code == 0:
+        assert json.loads(result.stdout)["input_shape"] != [1, 1, 64, 64], "15 of 16 pages were dropped"
+    else:
+        assert_runtime_error(result, "--stack")
+        assert not out.exists()
+
+
+# ----- fold ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["keep", "float32"])
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("name", list(SAMPLE_IMAGES))
+def test_fold_round_trip_is_bit_exact(tmp_path: Path, name: str, layout: str, dtype: str) -> None:
+    patches, restored = tmp_path / "p.npy", tmp_path / "restored.png"
+    ok("unfold", sample(name), "-k", 16, "-s", 8, "--layout", layout, "--dtype", dtype, "-o", patches)
+    summary = ok_json("fold", patches, "-o", restored)
+    _, mode, size, np_dtype = SAMPLE_IMAGES[name]
+    with Image.open(restored) as image:
+        assert image.size == size
+        assert image.mode == mode
+    original = pixels(sample(name))
+    back = pixels(restored)
+    assert back.dtype == np_dtype
+    np.testing.assert_array_equal(back, original)
+    assert summary["output"] == [str(restored)]
+    assert summary["output_dtype"] == str(np.dtype(np_dtype))
+
+
+@pytest.mark.parametrize("name", ["rgb", "depth16"])
+def test_fold_to_npy(tmp_path: Path, name: str) -> None:
+    ok("unfold", sample(name), "-k", 12, "-s", 4, "-o", tmp_path / "p.npy")
+    summary = ok_json("fold", tmp_path / "p.npy", "-o", tmp_path / "back.npy")
+    back = np.load(tmp_path / "back.npy")
+    expected = sample_nchw(name)
+    assert back.dtype == expected.dtype
+    np.testing.assert_array_equal(back, expected)
+    assert summary["output"] == str(tmp_path / "back.npy")
+    assert summary["output_shape"] == list(expected.shape)
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("dtype", ["keep", "float32", "float64"])
+def test_fold_no_normalize_equals_torch_fold(tmp_path: Path, dtype: str, layout: str) -> None:
+    patches, summed = tmp_path / "p.npy", tmp_path / "sum.npy"
+    ok("unfold", sample("rgba"), "-k", 5, "-s", 3, "-p", 2, "-d", 2, "--dtype", dtype, "--layout", layout,
+       "-o", patches)
+    ok("fold", patches, "--no-normalize", "-o", summed)
+    cols = np.load(patches)
+    out = np.load(summed)
+    ref = fold_ref(cols, (128, 128), 5, dilation=2, padding=2, stride=3, layout=layout)
+    if cols.dtype.kind in "iu":
+        assert out.dtype == np.int64
+        np.testing.assert_array_equal(out, ref.astype(np.int64))
+    else:
+        assert out.dtype == cols.dtype
+        np.testing.assert_allclose(out, ref.astype(cols.dtype), rtol=1e-6 if dtype == "float32" else 1e-12)
+    assert out.shape == (1, 4, 128, 128)
+    # overlap-add really summed: interior pixels are covered several times
+    assert out.max() > cols.max()
+
+
+def test_fold_several_images_numbered_and_into_directory(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
+    a, b = rgb_pair
+    patches = tmp_path / "p.npy"
+    ok("unfold", a, b, "-k", 16, "-s", 8, "-o", patches)
+
+    summary = ok_json("fold", patches, "-o", tmp_path / "out_{i}.png")
+    numbered = [tmp_path / "out_0000.png", tmp_path / "out_0001.png"]
+    assert summary["output"] == [str(p) for p in numbered]
+    np.testing.assert_array_equal(pixels(numbered[0]), pixels(a))
+    np.testing.assert_array_equal(pixels(numbered[1]), pixels(b))
+
+    folder = tmp_path / "restored"
+    folder.mkdir()
+    ok("fold", patches, "-o", folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]
+    np.testing.assert_array_equal(pixels(folder / "a.png"), pixels(a))
+    np.testing.assert_array_equal(pixels(folder / "b.png"), pixels(b))
+
+
+def test_fold_several_images_into_one_file_is_an_error(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
+    patches = tmp_path / "p.npy"
+    ok("unfold", *rgb_pair, "-k", 16, "-s", 8, "-o", patches)
+    assert_runtime_error(invoke("fold", patches, "-o", tmp_path / "one.png"), "{i}", "2 images")
+    assert not (tmp_path / "one.png").exists()
+    assert part_files(tmp_path) == []
+
+
+def test_fold_directory_with_duplicate_names_numbers_files(tmp_path: Path) -> None:
+    patches = tmp_path / "p.npy"
+    ok("unfold", sample("gray"), sample("gray"), "-k", 8, "-s", 8, "-o", patches)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    ok("fold", patches, "-o", folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png"]
+    np.testing.assert_array_equal(pixels(folder / "0001.png"), pixels(sample("gray")))
+
+
+def test_fold_without_sidecar_uses_options(tmp_path: Path) -> None:
+    patches = tmp_path / "p.npy"
+    ok("unfold", sample("rgb"), "-k", 16, "-s", 8, "-o", patches)
+    patches.with_suffix(".json").unlink()
+    ok("fold", patches, "-k", 16, "-s", 8, "--output-size", "240,320", "-o", tmp_path / "back.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), sample_nchw("rgb"))
+    result = invoke("fold", patches, "-o", tmp_path / "x.npy")
+    assert result.exit_code == 2 and "-k/--kernel-size" in result.stderr, describe(result)
+    result = invoke("fold", patches, "-k", 16, "-o", tmp_path / "x.npy")
+    assert result.exit_code == 2 and "--output-size" in result.stderr, describe(result)
+    assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize("window", ["hann", "gaussian:3"])
+def test_fold_window_blend_of_exact_patches_gives_the_image(tmp_path: Path, window: str) -> None:
+    ok("unfold", sample("depth16"), "-k", 16, "-s", 4, "-o", tmp_path / "p.npy")
+    summary = ok_json("fold", tmp_path / "p.npy", "--window", window, "-o", tmp_path / "w.png")
+    assert summary["window"] == window
+    np.testing.assert_array_equal(pixels(tmp_path / "w.png"), pixels(sample("depth16")))
+
+
+def test_fold_json_summary(tmp_path: Path) -> None:
+    ok("unfold", sample("gray"), "-k", 8, "-s", 4, "-p", 1, "-o", tmp_path / "p.npy", "--layout", "nlc")
+    summary = ok_json("fold", tmp_path / "p.npy", "-o", tmp_path / "g.png")
+    assert summary["patches_shape"] == list(np.load(tmp_path / "p.npy").shape)
+    assert summary["output_shape"] == [1, 1, 120, 160]
+    assert summary["kernel_size"] == [8, 8] and summary["stride"] == [4, 4] and summary["padding"] == [1, 1]
+    assert summary["layout"] == "nlc" and summary["normalize"] is True and summary["window"] == "none"
+
+
+# ----- stats and divisor -----------------------------------------------------------------------
+def test_stats_json_for_size(tmp_path: Path) -> None:
+    result = ok("stats", "--size", "512,512", "-k", 16, "-s", 8, "--json")
+    assert result.stderr == ""
+    stats = json.loads(result.stdout)
+    assert set(stats) == STATS_KEYS
+    assert set(stats["coverage"]) == {"min", "max", "mean", "histogram"}
+    assert stats == {
+        "input_shape": [1, 1, 512, 512], "kernel_size": [16, 16], "stride": [8, 8], "padding": [0, 0],
+        "dilation": [1, 1], "blocks_per_dim": [63, 63], "num_blocks": 3969, "patch_length": 256,
+        "output_shape": [1, 256, 3969], "output_bytes": 256 * 3969 * 4,
+        "coverage": {"min": 1, "max": 4, "mean": 3.8759765625, "histogram": {"1": 256, "2": 15872, "4": 246016}},
+        "uncovered_pixels": 0, "uncovered_fraction": 0.0, "redundancy": 3.8759765625, "invertible": True,
+    }
+
+
+def test_stats_for_an_input_file_with_overrides() -> None:
+    stats = ok_json("stats", sample("rgb"), "-k", 32, "-s", 24)
+    assert stats["input_shape"] == [1, 3, 240, 320]
+    assert stats["blocks_per_dim"] == [9, 13]
+    assert stats["coverage"]["histogram"] == {"0": 5120, "1": 35840, "2": 29696, "4": 6144}
+    assert stats["uncovered_pixels"] == 16 * 320
+    assert stats["uncovered_fraction"] == pytest.approx(16 / 240)
+    assert stats["invertible"] is False
+    assert stats["output_bytes"] == 3 * 32 * 32 * 117  # uint8 kept
+
+    stats = ok_json("stats", sample("rgb"), "-k", 32, "-s", 24, "--batch", 3, "--channels", 2, "--dtype", "float64",
+                    "--layout", "nlc")
+    assert stats["input_shape"] == [3, 2, 240, 320]
+    assert stats["output_shape"] == [3, 117, 2048]
+    assert stats["output_bytes"] == 3 * 117 * 2048 * 8
+
+    assert ok_json("stats", sample("depth16"), "-k", 8)["output_bytes"] == 1 * 64 * 113 * 121 * 2  # uint16 kept
+
+
+@pytest.mark.parametrize(("size", "expected"), [("64", [1, 1, 64, 64]), ("10,20,30", [1, 1, 10, 20, 30])])
+def test_stats_size_forms(size: str, expected: list[int]) -> None:
+    assert ok_json("stats", "--size", size, "-k", 3)["input_shape"] == expected
+
+
+GEOMETRIES = [
+    ((37, 53), (5, 4), (3, 2), (2, 1), (2, 3)),
+    ((64, 64), (8, 8), (8, 8), (0, 0), (1, 1)),
+    ((40, 30), (7, 3), (4, 5), (0, 0), (1, 2)),
+]
+
+
+def torch_divisor(size, kernel, stride, padding, dilation) -> np.ndarray:
+    ones = np.ones((1, 1, *size))
+    return fold_ref(unfold_ref(ones, kernel, dilation, padding, stride), size, kernel, dilation, padding, stride)[0, 0]
+
+
+def csv(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation"), GEOMETRIES)
+def test_stats_coverage_matches_torch_divisor(size, kernel, stride, padding, dilation) -> None:
+    stats = ok_json("stats", "--size", csv(size), "-k", csv(kernel), "-s", csv(stride), "-p", csv(padding),
+                    "-d", csv(dilation))
+    counts = torch_divisor(size, kernel, stride, padding, dilation).astype(np.int64)
+    values, pixels_per_value = np.unique(counts, return_counts=True)
+    histogram = {str(v): int(c) for v, c in zip(values, pixels_per_value, strict=True)}
+    assert {k: v for k, v in stats["coverage"]["histogram"].items() if v} == histogram
+    assert stats["coverage"]["min"] == counts.min() and stats["coverage"]["max"] == counts.max()
+    assert stats["coverage"]["mean"] == pytest.approx(counts.mean())
+    assert stats["uncovered_pixels"] == int((counts == 0).sum())
+    assert stats["invertible"] == bool((counts > 0).all())
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation"), GEOMETRIES)
+def test_divisor_npy_equals_torch_fold_of_unfold_of_ones(tmp_path: Path, size, kernel, stride, padding,
+                                                         dilation) -> None:
+    out = tmp_path / "d.npy"
+    summary = ok_json("divisor", "--size", csv(size), "-k", csv(kernel), "-s", csv(stride), "-p", csv(padding),
+                      "-d", csv(dilation), "--npy", out)
+    assert summary["written"] == [str(out)]
+    assert set(summary) == STATS_KEYS | {"written"}
+    divisor = np.load(out)
+    assert divisor.shape == size
+    np.testing.assert_array_equal(divisor, torch_divisor(size, kernel, stride, padding, dilation))
+
+
+def test_divisor_from_input_file_matches_size(tmp_path: Path) -> None:
+    ok("divisor", sample("gray"), "-k", 9, "-s", 5, "--npy", tmp_path / "a.npy")
+    ok("divisor", "--size", "120,160", "-k", 9, "-s", 5, "--npy", tmp_path / "b.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    assert np.load(tmp_path / "a.npy").shape == (120, 160)
+
+
+def test_divisor_png_is_a_valid_png(tmp_path: Path) -> None:
+    out = tmp_path / "d.png"
+    assert ok_json("divisor", "--size", "64,64", "-k", 8, "-s", 6, "--png", out)["written"] == [str(out)]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as image:
+        image.verify()
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        assert image.mode in ("RGB", "RGBA")
+        assert min(image.size) >= 64
+        picture = np.asarray(image.convert("RGB"))
+    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 2, "a heatmap, not a blank picture"
+
+
+# ----- output channels -------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["unfold", "fold", "stats", "divisor"])
+def test_json_goes_to_stdout_and_tables_to_stderr(tmp_path: Path, command: str) -> None:
+    ok("unfold", sample("gray"), "-k", 8, "-s", 8, "-o", tmp_path / "p.npy")
+    args = {
+        "unfold": ["unfold", sample("gray"), "-k", 8, "-o", tmp_path / "q.npy"],
+        "fold": ["fold", tmp_path / "p.npy", "-o", tmp_path / "f.png"],
+        "stats": ["stats", "--size", "64,64", "-k", 8],
+        "divisor": ["divisor", "--size", "64,64", "-k", 8],
+    }[command]
+    as_json = ok(*args, "--json")
+    assert as_json.stderr == ""
+    assert isinstance(json.loads(as_json.stdout), dict)
+    table = ok(*args)
+    assert table.stdout == ""
+    assert table.stderr.strip()
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(table.stderr)
+
+
+def test_version_and_help() -> None:
+    assert ok("--version").stdout.strip() == f"patchfold, version {patchfold.__version__}"
+    assert ok("-V").stdout.strip() == f"patchfold, version {patchfold.__version__}"
+    text = ok("--help").stdout
+    for command in ("unfold", "fold", "divisor", "stats"):
+        assert command in text
+    for command in ("unfold", "fold", "divisor", "stats"):
+        assert "Usage: " in ok(command, "-h").stdout
+
+
+def test_debug_env_shows_the_exception(tmp_path: Path) -> None:
+    result = invoke("unfold", tmp_path / "missing.png", "-k", 4, "-o", tmp_path / "o.npy",
+                    env={"PATCHFOLD_DEBUG": "1"})
+    assert result.exit_code == 1
+    assert isinstance(result.exception, PatchfoldError)
+    plain = invoke("unfold", tmp_path / "missing.png", "-k", 4, "-o", tmp_path / "o.npy")
+    assert isinstance(plain.exception, SystemExit)
+
+
+# ----- error contract --------------------------------------------------------------------------
+# (args, option named in click's message) for values that are wrong on their own: exit 2.
+G, R, OUT = "{gray}", "{rgb}", "{out}"
+BAD_PARAMETERS = [
+    ("k0", ["unfold", G, "-k", "0", "-o", OUT], "--kernel-size"),
+    ("k_negative", ["unfold", G, "-k", "-3", "-o", OUT], "--kernel-size"),
+    ("k_text", ["unfold", G, "-k", "abc", "-o", OUT], "--kernel-size"),
+    ("s0", ["unfold", G, "-k", "4", "-s", "0", "-o", OUT], "--stride"),
+    ("s0_in_list", ["unfold", G, "-k", "4", "-s", "2,0", "-o", OUT], "--stride"),
+    ("d0", ["unfold", G, "-k", "4", "-d", "0", "-o", OUT], "--dilation"),
+    ("p_negative", ["unfold", G, "-k", "4", "-p", "-1", "-o", OUT], "--padding"),
+    ("k_three_values", ["unfold", G, "-k", "4,4,4", "-o", OUT], "--kernel-size"),
+    ("s_three_values", ["unfold", G, "-k", "4", "-s", "2,2,2", "-o", OUT], "--stride"),
+    ("p_three_values", ["unfold", G, "-k", "4", "-p", "1,1,1", "-o", OUT], "--padding"),
+    ("d_three_values", ["unfold", G, "-k", "4", "-d", "1,1,1", "-o", OUT], "--dilation"),
+    ("layout", ["unfold", G, "-k", "4", "--layout", "nchw", "-o", OUT], "--layout"),
+    ("dtype", ["unfold", G, "-k", "4", "--dtype", "int8", "-o", OUT], "--dtype"),
+    ("padding_mode", ["unfold", G, "-k", "4", "--padding-mode", "mirror", "-o", OUT], "--padding-mode"),
+    ("engine", ["unfold", G, "-k", "4", "--engine", "gpu", "-o", OUT], "--engine"),
+    ("device_word", ["unfold", G, "-k", "4", "--device", "gpu", "-o", OUT], "--device"),
+    ("device_index", ["unfold", G, "-k", "4", "--device", "cuda:x", "-o", OUT], "--device"),
+    ("cpu_engine_on_cuda", ["unfold", G, "-k", "4", "--device", "cuda", "--engine", "cpu", "-o", OUT], "--engine"),
+    ("max_memory", ["unfold", G, "-k", "4", "--max-memory", "lots", "-o", OUT], "--max-memory"),
+    ("max_pixels", ["unfold", G, "-k", "4", "--max-pixels", "0", "-o", OUT], "--max-pixels"),
+    ("output_not_npy", ["unfold", G, "-k", "4", "-o", "{tmp}/p.txt"], "--output"),
+    ("fold_k0", ["fold", "{good}", "-k", "0", "-o", OUT], "--kernel-size"),
+    ("fold_output_size", ["fold", "{good}", "--output-size", "0,5", "-o", OUT], "--output-size"),
+    ("fold_window", ["fold", "{good}", "--window", "boxcar", "-o", OUT], "--window"),
+    ("fold_layout", ["fold", "{good}", "--layout", "abc", "-o", OUT], "--layout"),
+    ("fold_output_no_type", ["fold", "{good}", "-o", "{tmp}/restored"], "--output"),
+    ("stats_size0", ["stats", "--size", "0,64", "-k", "8"], "--size"),
+    ("stats_k_three_values", ["stats", "--size", "64,64", "-k", "8,8,8"], "--kernel-size"),
+    ("stats_channels", ["stats", "--size", "64,64", "-k", "8", "--channels", "0"], "--channels"),
+    ("stats_batch", ["stats", "--size", "64,64", "-k", "8", "--batch", "-1"], "--batch"),
+    ("stats_no_kernel", ["stats", "--size", "64,64"], "--kernel-size"),
+    ("divisor_s0", ["divisor", "--size", "64,64", "-k", "8", "-s", "0"], "--stride"),
+    ("divisor_png_suffix", ["divisor", "--size", "64,64", "-k", "8", "--png", "{tmp}/d.jpg"], "--png"),
+]
+CUDA_PARAMETERS = [
+    ("unfold_cuda", ["unfold", G, "-k", "4", "--device", "cuda", "-o", OUT], "--device"),
+    ("unfold_cuda_1", ["unfold", G, "-k", "4", "--device", "cuda:1", "-o", OUT], "--device"),
+    ("fold_cuda", ["fold", "{good}", "--device", "cuda", "-o", OUT], "--device"),
+]
+# (args, fragments of the one Error line) for failures that show only against the input: exit 1.
+RUNTIME_ERRORS = [
+    ("kernel_over_image", ["unfold", R, "-k", "300", "-o", OUT], ["no block fits", "[240, 320]"]),
+    ("kernel_over_padded_image", ["unfold", G, "-k", "200", "-p", "30", "-o", OUT], ["no block fits", "[180, 220]"]),
+    ("dilated_kernel_over_image", ["unfold", G, "-k", "9", "-d", "20", "-o", OUT], ["no block fits", "[161, 161]"]),
+    ("stats_kernel_over_size", ["stats", "--size", "64,64", "-k", "100"], ["no block fits"]),
+    ("stats_kernel_over_file", ["stats", R, "-k", "300"], ["no block fits"]),
+    ("divisor_kernel_over_size", ["divisor", "--size", "64,64", "-k", "65", "--npy", OUT], ["no block fits"]),
+    ("reflect_padding_too_big", ["unfold", G, "-k", "3", "-p", "200", "--padding-mode", "reflect", "-o", OUT],
+     ["reflect padding"]),
+    ("missing_input", ["unfold", "{tmp}/nope.png", "-k", "4", "-o", OUT], ["nope.png", "does not exist"]),
+    ("truncated_png", ["unfold", "{corrupt_png}", "-k", "4", "-o", OUT], ["corrupt.png", "corrupt or truncated"]),
+    ("text_as_png", ["unfold", "{not_image}", "-k", "4", "-o", OUT], ["notes.png", "not an image"]),
+    ("empty_png", ["unfold", "{empty_png}", "-k", "4", "-o", OUT], ["empty.png", "empty"]),
+    ("empty_directory", ["unfold", "{empty_dir}", "-k", "4", "-o", OUT], ["empty_dir", "no images"]),
+    ("pickled_npy", ["unfold", "{objects}", "-k", "1", "-o", OUT], ["objects.npy", "pickle"]),
+    ("string_npy", ["unfold", "{strings}", "-k", "1", "-o", OUT], ["strings.npy", "dtype"]),
+    ("truncated_npy", ["unfold", "{truncated}", "-k", "1", "-o", OUT], ["truncated.npy", "not a valid .npy"]),
+    ("pixel_limit", ["unfold", R, "-k", "4", "--max-pixels", "1000", "-o", OUT], ["pixel limit"]),
+    ("mismatched_inputs", ["unfold", R, G, "-k", "4", "-o", OUT], ["scene_rgb.png", "scene_gray.png"]),
+    ("stats_mismatched_inputs", ["stats", R, G, "-k", "4"], ["scene_rgb.png", "scene_gray.png"]),
+    ("output_dir_missing", ["unfold", G, "-k", "4", "-o", "{tmp}/no/such/dir/p.npy"], ["does not exist"]),
+    ("output_is_directory", ["unfold", G, "-k", "4", "-o", "{tmp}/folder.npy"], ["is a directory"]),
+    ("fold_missing_patches", ["fold", "{tmp}/nope.npy", "-o", OUT], ["nope.npy", "does not exist"]),
+    ("sidecar_no_kernel", ["fold", "{no_kernel_size}", "-o", OUT], ["no_kernel_size.json", "kernel_size"]),
+    ("sidecar_no_input_shape", ["fold", "{no_input_shape}", "-o", OUT], ["input_shape"]),
+    ("sidecar_no_input_dtype", ["fold", "{no_input_dtype}", "-o", OUT], ["input_dtype"]),
+    ("sidecar_bad_json", ["fold", "{bad_json}", "-o", OUT], ["bad_json.json", "not valid JSON"]),
+    ("sidecar_foreign", ["fold", "{foreign_json}", "-o", OUT], ["not a patchfold sidecar"]),
+    ("sidecar_bad_stride", ["fold", "{bad_stride}", "-o", OUT], ["stride"]),
+    ("patches_disagree_with_sidecar", ["fold", "{short}", "-o", OUT], ["short.npy", "[1, 64, 1130]", "[1, 64, 1131]"]),
+    ("fold_override_disagrees", ["fold", "{good}", "-s", "3", "-o", OUT], ["L=1131", "L=1938"]),
+    ("fold_kernel_not_divisor", ["fold", "{good}", "-k", "7", "-o", OUT], ["prod(kernel_size)=49"]),
+    ("fold_int64_sum_as_png", ["fold", "{good}", "--no-normalize", "-o", "{tmp}/sum.png"], ["int64"]),
+    ("fold_unknown_image_type", ["fold", "{good}", "-o", "{tmp}/out.xyz"], ["out.xyz"]),
+    ("fold_numbered_dir_missing", ["fold", "{good}", "-o", "{tmp}/nodir/out_{{i}}.png"], ["does not exist"]),
+]
+
+
+def expand(args: list[str], tmp_path: Path, bad: dict[str, Path]) -> list[str]:
+    names = {"tmp": tmp_path, "out": tmp_path / "out.npy", "gray": sample("gray"), "rgb": sample("rgb"), **bad}
+    return [arg.format(**names) for arg in args]
+
+
+def listing(directory: Path) -> set[Path]:
+    return set(directory.rglob("*"))
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    *(pytest.param(args, option, id=name) for name, args, option in BAD_PARAMETERS),
+    *(pytest.param(args, option, id=name, marks=no_cuda) for name, args, option in CUDA_PARAMETERS),
+])
+def test_bad_option_values_exit_2(tmp_path: Path, bad: dict[str, Path], args: list[str], option: str) -> None:
+    before = listing(tmp_path)
+    result = invoke(*expand(args, tmp_path, bad))
+    assert_bad_parameter(result, option)
+    assert result.stdout == ""
+    assert listing(tmp_path) == before, "a rejected command must write nothing"
+
+
+@pytest.mark.parametrize(("args", "fragments"),
+                         [pytest.param(args, fragments, id=name) for name, args, fragments in RUNTIME_ERRORS])
+def test_runtime_failures_exit_1_with_one_error_line(tmp_path: Path, bad: dict[str, Path], args: list[str],
+                                                     fragments: list[str]) -> None:
+    (tmp_path / "folder.npy").mkdir()
+    before = listing(tmp_path)
+    result = invoke(*expand(args, tmp_path, bad))
+    assert_runtime_error(result, *fragments)
+    assert listing(tmp_path) == before, "a failed command must write nothing"
+
+
+def test_error_table_is_large_enough() -> None:
+    assert len(BAD_PARAMETERS) + len(RUNTIME_ERRORS) >= 15
+
+
+def test_fold_with_missing_sidecar_and_no_kernel_is_a_usage_error(tmp_path: Path, bad: dict[str, Path]) -> None:
+    result = invoke("fold", bad["no_sidecar"], "-o", tmp_path / "x.png")
+    assert result.exit_code == 2, describe(result)
+    assert "no sidecar" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stats_needs_exactly_one_of_input_and_size() -> None:
+    for args in (["stats", "-k", 4], ["stats", sample("gray"), "--size", "64,64", "-k", 4]):
+        result = invoke(*args)
+        assert result.exit_code == 2, describe(result)
+        assert "--size" in result.stderr
+
+
+# ----- atomic outputs --------------------------------------------------------------------------
+ORIGINAL = b"pre-existing output, must survive a failed run\n"
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    pytest.param(["unfold", R, "-k", "300", "-o", "{tmp}/out.npy"], 1, id="unfold_geometry"),
+    pytest.param(["unfold", R, "-k", "0", "-o", "{tmp}/out.npy"], 2, id="unfold_bad_option"),
+    pytest.param(["unfold", R, G, "-k", "4", "-o", "{tmp}/out.npy"], 1, id="unfold_mismatch"),
+    pytest.param(["fold", "{short}", "-o", "{tmp}/out.png"], 1, id="fold_shape"),
+    pytest.param(["fold", "{good}", "-s", "3", "-o", "{tmp}/out.npy"], 1, id="fold_geometry"),
+    pytest.param(["fold", "{good}", "--no-normalize", "-o", "{tmp}/out.png"], 1, id="fold_encode"),
+    pytest.param(["divisor", "--size", "64,64", "-k", "65", "--npy", "{tmp}/out.npy", "--png", "{tmp}/out.png"], 1,
+                 id="divisor_geometry"),
+])
+def test_failed_run_leaves_existing_outputs_untouched(tmp_path: Path, bad: dict[str, Path], args: list[str],
+                                                      code: int) -> None:
+    existing = [tmp_path / "out.npy", tmp_path / "out.png", tmp_path / "out.json"]
+    for path in existing:
+        path.write_bytes(ORIGINAL)
+    result = invoke(*expand(args, tmp_path, bad))
+    assert result.exit_code == code, describe(result)
+    for path in existing:
+        assert path.read_bytes() == ORIGINAL, f"{path.name} was touched"
+    assert part_files(tmp_path) == []
+    assert {p.name for p in tmp_path.iterdir()} == {p.name for p in existing}
+
+
+def test_unfold_failing_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from patchfold import pipeline
+
+    real_write_band = pipeline.write_band
+    calls = []
+
+    def failing_write_band(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write_band(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_band", failing_write_band)
+    out = tmp_path / "out.npy"
+    out.write_bytes(ORIGINAL)
+    result = invoke("unfold", sample("rgb"), "-k", 16, "-s", 8, "--max-memory", "40KB", "-o", out)
+    assert len(calls) == 2, "the failure must come after a band was written"
+    assert_runtime_error(result, "No space left on device")
+    assert out.read_bytes() == ORIGINAL
+    assert not out.with_suffix(".json").exists()
+    assert part_files(tmp_path) == []
+
+
+def test_unfold_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from patchfold import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_band", interrupted)
+    out = tmp_path / "new.npy"
+    result = invoke("unfold", sample("gray"), "-k", 8, "-o", out)
+    assert result.exit_code == 130, describe(result)
+    assert "Error: interrupted" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fold_failing_on_second_image_writes_none(tmp_path: Path, rgb_pair: tuple[Path, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    patches = tmp_path / "p.npy"
+    ok("unfold", *rgb_pair, "-k", 16, "-s", 8, "-o", patches)
+    first = tmp_path / "out_0000.png"
+    first.write_bytes(ORIGINAL)
+    real_save = Image.Image.save
+    calls = []
+
+    def failing_save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    result = invoke("fold", patches, "-o", tmp_path / "out_{i}.png")
+    assert len(calls) == 2
+    assert_runtime_error(result, "out_0001.png")
+    assert first.read_bytes() == ORIGINAL
+    assert not (tmp_path / "out_0001.png").exists()
+    assert part_files(tmp_path) == []
+
+
+def test_unfold_with_unwritable_sidecar_leaves_existing_npy_untouched(tmp_path: Path) -> None:
+    """The sidecar target (OUT.json) is a directory: the run must fail without replacing OUT.npy."""
+    out = tmp_path / "out.npy"
+    out.write_bytes(ORIGINAL)
+    (tmp_path / "out.json").mkdir()
+    result = invoke("unfold", sample("gray"), "-k", 8, "-o", out)
+    assert_runtime_error(result)
+    assert part_files(tmp_path) == []
+    assert out.read_bytes() == ORIGINAL, "out.npy was replaced although the run failed"
+
+
+def test_successful_runs_leave_no_temporary_files(tmp_path: Path) -> None:
+    ok("unfold", sample("rgb"), "-k", 16, "-s", 8, "-o", tmp_path / "p.npy", "--max-memory", "40KB")
+    ok("fold", tmp_path / "p.npy", "-o", tmp_path / "r.png")
+    ok("divisor", "--size", "32,32", "-k", 4, "--npy", tmp_path / "d.npy", "--png", tmp_path / "d.png")
+    assert part_files(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "d.png", "p.json", "p.npy", "r.png"]
+    if os.name == "posix":
+        mode = (tmp_path / "p.npy").stat().st_mode & 0o777
+        umask = os.umask(0)
+        os.umask(umask)
+        assert mode == 0o666 & ~umask, "outputs get normal permissions, not mkstemp's 0600"
+
+
+# ----- CUDA (only where a GPU is present) ------------------------------------------------------
+@needs_cuda
+def test_cuda_unfold_and_fold_match_cpu(tmp_path: Path) -> None:
+    ok("unfold", sample("rgb"), "-k", 16, "-s", 8, "-o", tmp_path / "cpu.npy", "--device", "cpu")
+    summary = ok_json("unfold", sample("rgb"), "-k", 16, "-s", 8, "-o", tmp_path / "gpu.npy", "--device", "cuda")
+    assert summary["device"].startswith("cuda") and summary["engine"] == "torch"
+    np.testing.assert_array_equal(np.load(tmp_path / "gpu.npy"), np.load(tmp_path / "cpu.npy"))
+    ok("fold", tmp_path / "gpu.npy", "-o", tmp_path / "r.png", "--device", "cuda")
+    np.testing.assert_array_equal(pixels(tmp_path / "r.png"), pixels(sample("rgb")))
+
+
+def test_samples_present() -> None:
+    assert SAMPLES.is_dir() and VOLUME.exists() and all(sample(name).exists() for name in SAMPLE_IMAGES)
+    assert sys.version_info >= (3, 10)
