@@ -99,7 +99,7 @@ def fold(
     geometry = block.geometry(tuple(size))
     if sidecar is not None and geometry == sidecar.geometry() and layout == sidecar.layout:
         io.check_against_sidecar(cols, sidecar, layout, patches)
-    targets = _targets(output, cols.shape[0], sidecar)
+    targets = output_targets(output, cols.shape[0], sidecar.sources if sidecar else ())
     device, engine = resolve(device, engine)
     restore = (sidecar.input_dtype, sidecar.scale) if normalize and sidecar is not None else None
     streamed = None
@@ -163,17 +163,17 @@ def _fold_in_memory(cols, geometry, normalize: bool, layout: str, window: str, d
     return images.cpu().numpy() if ops.is_tensor(images) else images
 
 
-def _targets(output: Path, count: int, sidecar: io.Sidecar | None) -> list[Path] | None:
-    """None for a .npy output, else the image files to write."""
+def output_targets(output: Path, count: int, names: tuple[str, ...] | list[str] = ()) -> list[Path] | None:
+    """None for a .npy output, else the image files to write (shared with ``untile``)."""
     if output.suffix.lower() == ".npy":
         io.check_output_path(output)
         return None
     if not output.suffix and not output.is_dir() and not str(output).endswith("/"):
         raise click.BadParameter(
             f"'{output}' has no file type: use .npy, an image suffix (.png, .tif...) or an existing directory",
-            param_hint="'-o/--output'",
+            param_hint="'-o' / '--output'",
         )
-    return io.image_targets(output, count, sidecar.sources if sidecar else ())
+    return io.image_targets(output, count, names)
 
 
 def _to_device(cols: np.ndarray, device: str):

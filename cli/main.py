@@ -8,6 +8,7 @@ import click
 from patchfold import __version__
 from patchfold.cli.cmd_fold import fold
 from patchfold.cli.cmd_stats import divisor, stats
+from patchfold.cli.cmd_tiles import tiles, untile
 from patchfold.cli.cmd_unfold import unfold
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     """
 
 
-for command in (unfold, fold, divisor, stats):
+for command in (unfold, fold, divisor, stats, tiles, untile):
     main.add_command(command)
 
 

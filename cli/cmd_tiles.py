@@ -1,0 +1,165 @@
+"""``patchfold tiles`` and ``patchfold untile``: the shell workflow tiles → any program → untile."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from patchfold import io, ops
+from patchfold.cli.cmd_fold import output_targets
+from patchfold.cli.errors import handle_errors
+from patchfold.cli.options import (
+    block_options,
+    json_option,
+    max_pixels_option,
+    progress_option,
+    spatial_dims_option,
+    stack_option,
+)
+from patchfold.cli.present import emit_summary, track
+from patchfold.tiles import TILE_FORMATS, TileSet, read_tiles, write_tiles
+from patchfold.windows import WINDOWS
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Directory to create.")
+@block_options()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(TILE_FORMATS),
+    default="png",
+    show_default=True,
+    help="Tile file format (npy keeps any dtype exactly).",
+)
+@spatial_dims_option
+@stack_option
+@max_pixels_option
+@progress_option
+@json_option
+@handle_errors
+def tiles(
+    inputs: tuple[Path, ...],
+    output: Path,
+    block,
+    fmt: str,
+    spatial_dims: int | None,
+    stack: bool,
+    max_pixels: int,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """Write every patch of INPUTS as its own file in a new directory OUTPUT, with manifest.json
+    and manifest.csv listing each tile's file, image, block row/column and pixel box.
+
+    Process the files with any program (keeping their size), then fold them back with untile.
+
+    \b
+    Example:
+      patchfold tiles sample_images/scene_rgb.png -k 64 -s 48 -o out/tiles
+      mogrify -blur 0x2 out/tiles/*.png            # any per-tile processing
+      patchfold untile out/tiles --window hann -o out/blended.png
+    """
+    started = time.perf_counter()
+    batch = io.load_inputs(inputs, spatial_dims, max_pixels, stack)
+    geometry = block.geometry(batch.spatial_size)
+    sources = list(dict.fromkeys(batch.sources)) if len(set(batch.sources)) == batch.array.shape[0] else batch.sources
+    track(write_tiles(batch.array, geometry, output, sources, fmt), "tiles", not no_progress)
+    count = batch.array.shape[0] * geometry.num_blocks
+    summary = {
+        "output": str(output),
+        "tiles": count,
+        "images": batch.array.shape[0],
+        "format": fmt,
+        "tile_shape": [batch.array.shape[1], *geometry.kernel_size],
+        "blocks_per_dim": list(geometry.blocks_per_dim),
+        "manifest": [str(output / "manifest.json"), str(output / "manifest.csv")],
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    emit_summary(f"tiles → {output}", summary, as_json)
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=".npy, an image file ({i} for several images), or a directory.",
+)
+@click.option(
+    "--window",
+    default="none",
+    show_default=True,
+    metavar="|".join(WINDOWS),
+    help="Blend overlapping tiles with a window (edge-aware).",
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="Divide by the (weighted) divisor, so untouched tiles give back the image.",
+)
+@progress_option
+@json_option
+@handle_errors
+def untile(directory: Path, output: Path, window: str, normalize: bool, no_progress: bool, as_json: bool) -> None:
+    """Fold a tile DIRECTORY written by `patchfold tiles` (and possibly processed since) back into
+    images, using its manifest.
+
+    \b
+    Example:
+      patchfold untile out/tiles -o out/restored.png
+      patchfold untile out/tiles --window gaussian:0.2 -o out/blended.png
+    """
+    started = time.perf_counter()
+    tileset = None
+    for event in _drain(read_tiles(directory), not no_progress):
+        tileset = event
+    assert isinstance(tileset, TileSet)
+    geometry = tileset.geometry
+    sources = [image.get("source", "") for image in tileset.manifest.get("images", [])]
+    targets = output_targets(output, tileset.cols.shape[0], sources)
+    images = ops.fold(
+        tileset.cols,
+        geometry.spatial_size,
+        geometry.kernel_size,
+        geometry.dilation,
+        geometry.padding,
+        geometry.stride,
+        normalize,
+        padding_mode=geometry.padding_mode,
+        window=window,
+    )
+    if targets is None:
+        io.save_npy(output, images)
+    else:
+        io.save_images(targets, images)
+    summary = {
+        "output": [str(t) for t in targets] if targets else str(output),
+        "tiles": tileset.cols.shape[2] * tileset.cols.shape[0],
+        "output_shape": list(images.shape),
+        "output_dtype": str(images.dtype),
+        "window": window,
+        "normalize": normalize,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    emit_summary(f"untile → {output}", summary, as_json)
+
+
+def _drain(events, show: bool):
+    """Pass progress events to a progress bar and yield the final result."""
+    results = []
+
+    def progress_only():
+        for event in events:
+            if isinstance(event, TileSet):
+                results.append(event)
+            else:
+                yield event
+
+    track(progress_only(), "untile", show)
+    yield from results
