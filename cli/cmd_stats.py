@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from patchfold.cli.options import (
     spatial_dims_option,
     stack_option,
 )
-from patchfold.cli.present import emit_summary, human_bytes
+from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
 from patchfold.geometry import Geometry
 
 
@@ -184,6 +185,8 @@ def divisor(
 
         write_divisor_png(png_path, geometry)
     result = compute_stats(shape, np.float32, geometry)
+    if not as_json and sys.stderr.isatty():
+        divisor_preview(geometry)
     written = [str(p) for p in (npy_path, png_path) if p is not None]
     emit_summary(
         "divisor map",

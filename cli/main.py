@@ -7,6 +7,7 @@ import signal
 import click
 from patchfold import __version__
 from patchfold.cli.cmd_fold import fold
+from patchfold.cli.cmd_show import show
 from patchfold.cli.cmd_stats import divisor, stats
 from patchfold.cli.cmd_tiles import tiles, untile
 from patchfold.cli.cmd_unfold import unfold
@@ -25,7 +26,7 @@ def main() -> None:
     """
 
 
-for command in (unfold, fold, divisor, stats, tiles, untile):
+for command in (unfold, fold, divisor, stats, tiles, untile, show):
     main.add_command(command)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
+import numpy as np
 from patchfold.io import format_bytes
 from patchfold.pipeline import Progress
 
@@ -89,3 +90,23 @@ def _start_bar(label: str, first: Progress) -> tuple[Any, Any]:
 
 def human_bytes(count: int) -> str:
     return f"{format_bytes(count)} ({count:,} B)"
+
+
+def divisor_preview(geometry: Any, width: int = 48) -> None:
+    """A small colour picture of the divisor map on stderr, two map rows per text line (▀)."""
+    from patchfold.render import UNCOVERED, colormap, sampled_divisor
+    from rich.text import Text
+
+    values = sampled_divisor(geometry, max_side=width, min_side=1)
+    covered = values > 0
+    low = float(values[covered].min()) if covered.any() else 0.0
+    colours = colormap(values, low, float(values.max()))
+    colours[~covered] = UNCOVERED
+    if len(colours) % 2:
+        colours = np.concatenate([colours, np.full((1, *colours.shape[1:]), 255, np.uint8)])
+    text = Text()
+    for top, bottom in zip(colours[::2], colours[1::2]):
+        for upper, lower in zip(top, bottom):
+            text.append("▀", style=f"rgb({upper[0]},{upper[1]},{upper[2]}) on rgb({lower[0]},{lower[1]},{lower[2]})")
+        text.append("\n")
+    stderr_console().print(text, end="")

@@ -6,10 +6,12 @@ Maps are drawn from the per-dim coverage vectors, sampled to the picture's size,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from patchfold.coverage import coverage_vectors, outer
+from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io import atomic_paths, check_output_path
 
@@ -108,3 +110,92 @@ def save_png(path: Path, pixels: np.ndarray) -> None:
 
 def write_divisor_png(path: Path, geometry: Geometry) -> None:
     save_png(path, heatmap_image(sampled_divisor(geometry)))
+
+
+# ----- pictures of images and patches ------------------------------------------------------------
+def display_rgb(pixels: np.ndarray) -> np.ndarray:
+    """Any ``(C, H, W)`` image as viewable RGB uint8 ``(H, W, 3)`` (floats and 16-bit stretched)."""
+    channels = pixels.shape[0]
+    picked = pixels[:3] if channels >= 3 else pixels[:1].repeat(3, axis=0)
+    values = np.moveaxis(picked, 0, -1)
+    if values.dtype == np.uint8:
+        return np.ascontiguousarray(values)
+    values = values.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    span = high - low if high > low else 1.0
+    return np.rint(np.clip(np.nan_to_num((values - low) / span), 0, 1) * 255).astype(np.uint8)
+
+
+def _zoom_for(height: int, width: int, target: int = 512) -> int:
+    return max(1, min(8, target // max(height, width, 1)))
+
+
+def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12) -> np.ndarray:
+    """The image with its padding shaded and block outlines drawn over it (every n-th block along
+    each dim, so the grid stays readable; the first block is drawn in a second colour)."""
+    from PIL import Image, ImageDraw
+
+    if geometry.ndim != 2:
+        raise PatchfoldError("grid pictures are drawn for 2-D images only")
+    (pad_y, pad_x), (height, width) = geometry.padding, geometry.spatial_size
+    zoom = _zoom_for(height + 2 * pad_y, width + 2 * pad_x)
+    canvas = np.full((height + 2 * pad_y, width + 2 * pad_x, 3), 0, dtype=np.uint8)
+    yy, xx = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]
+    canvas[:] = np.where(((yy + xx) // 4 % 2 == 0)[..., None], 150, 110)  # hatched padding
+    canvas[pad_y : pad_y + height, pad_x : pad_x + width] = display_rgb(pixels)
+    picture = Image.fromarray(canvas).resize((canvas.shape[1] * zoom, canvas.shape[0] * zoom), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    steps = [max(1, -(-count // max_outlines)) for count in geometry.blocks_per_dim]
+    outlines = [
+        (row, col)
+        for row in range(0, geometry.blocks_per_dim[0], steps[0])
+        for col in range(0, geometry.blocks_per_dim[1], steps[1])
+    ]
+    for row, col in [*outlines[1:], outlines[0]]:  # the first block last, in its own colour, on top
+        top, left = row * geometry.stride[0] * zoom, col * geometry.stride[1] * zoom
+        bottom, right = top + geometry.span[0] * zoom - 1, left + geometry.span[1] * zoom - 1
+        colour = (0, 220, 255) if (row, col) == (0, 0) else (255, 230, 0)
+        draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, zoom // 2))
+    return np.asarray(picture)
+
+
+def mosaic_picture(
+    cols: np.ndarray, channels: int, kernel_size: Sequence[int], layout: str, count: int, spread: bool = False
+) -> np.ndarray:
+    """The first ``count`` patches of item 0 of a 2-D patch matrix (or ``count`` spread evenly over
+    all of them), laid out in a square grid."""
+    if len(kernel_size) != 2:
+        raise PatchfoldError("mosaics are drawn for 2-D patches only")
+    kh, kw = kernel_size
+    blocks = cols.shape[2] if layout == "ncl" else cols.shape[1]
+    count = max(1, min(count, blocks))
+    per_row = int(np.ceil(np.sqrt(count)))
+    rows = -(-count // per_row)
+    zoom = _zoom_for(rows * (kh + 1), per_row * (kw + 1))
+    sheet = np.full((rows * (kh + 1) + 1, per_row * (kw + 1) + 1, 3), 255, dtype=np.uint8)
+    chosen = np.linspace(0, blocks - 1, count).astype(np.int64) if spread else np.arange(count)
+    patches = np.asarray(cols[0][:, chosen] if layout == "ncl" else cols[0][chosen, :].T)
+    side_by_side = patches.reshape(channels, kh, kw, count).transpose(0, 1, 3, 2).reshape(channels, kh, count * kw)
+    shown = display_rgb(side_by_side).reshape(kh, count, kw, 3)
+    for index in range(count):
+        top, left = 1 + (index // per_row) * (kh + 1), 1 + (index % per_row) * (kw + 1)
+        sheet[top : top + kh, left : left + kw] = shown[:, index]
+    return sheet.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def divisor_beside_image(pixels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The image and its divisor heatmap (with legend) side by side, at the same scale."""
+    if geometry.ndim != 2:
+        raise PatchfoldError("divisor pictures beside the image are drawn for 2-D images only")
+    height, width = geometry.spatial_size
+    zoom = _zoom_for(height, width, 384)
+    image = display_rgb(pixels).repeat(zoom, axis=0).repeat(zoom, axis=1)
+    vectors = coverage_vectors(geometry)
+    heat = heatmap_image(np.multiply.outer(vectors[0].repeat(zoom), vectors[1].repeat(zoom)))
+    out = np.full((max(image.shape[0], heat.shape[0]), image.shape[1] + 8 + heat.shape[1], 3), 255, np.uint8)
+    out[: image.shape[0], : image.shape[1]] = image
+    out[: heat.shape[0], image.shape[1] + 8 :] = heat
+    return out
