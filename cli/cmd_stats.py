@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
-from patchfold import io, ops
+from patchfold import io, ops, pipeline
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     BlockParams,
     block_options,
     json_option,
+    max_memory_option,
     max_pixels_option,
     size_option,
     spatial_dims_option,
@@ -98,6 +100,7 @@ def compute_stats(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout
 @spatial_dims_option
 @stack_option
 @max_pixels_option
+@max_memory_option
 @json_option
 @handle_errors
 def stats(
@@ -111,6 +114,7 @@ def stats(
     spatial_dims: int | None,
     stack: bool,
     max_pixels: int,
+    max_memory: int | None,
     as_json: bool,
 ) -> None:
     """Print overlap statistics for INPUT (or --size) without unfolding anything.
@@ -127,7 +131,19 @@ def stats(
     out_dtype = dtype if dtype != "keep" else (input_dtype or np.dtype(np.float32))
     geometry = block.geometry(tuple(shape[2:]))
     result = compute_stats(shape, out_dtype, geometry, layout)
-    emit_summary("overlap statistics", result, as_json, stats_rows(result))
+    plan = pipeline.plan_unfold(shape, out_dtype, geometry, layout, max_memory)
+    input_bytes = math.prod(shape) * np.dtype(input_dtype or out_dtype).itemsize
+    streaming = (
+        f"yes: {plan.bands} bands of {plan.band_rows} block rows within {human_bytes(plan.budget)}"
+        if plan.streaming
+        else f"no: the whole output fits the {human_bytes(plan.budget)} budget"
+    )
+    rows = [
+        *stats_rows(result),
+        ("unfold would stream", streaming),
+        ("unfold peak memory", f"≈ {human_bytes(plan.peak_memory(input_bytes))} (input, padding, bands)"),
+    ]
+    emit_summary("overlap statistics", result, as_json, rows)
 
 
 @click.command()

@@ -87,9 +87,11 @@ class UnfoldPlan:
             yield first, min(rows, first + self.band_rows)
 
     def peak_memory(self, input_bytes: int) -> int:
-        """Estimated peak: the input, its padded copy when padded, and one output band."""
+        """Estimated peak: the input, its padded copy when padded, and the band buffers (two when
+        streaming: one is written while the other fills)."""
         padded = input_bytes * math.prod(self.geometry.padded_size) // math.prod(self.geometry.spatial_size)
-        return input_bytes + (padded if any(self.geometry.padding) else 0) + self.band_rows * self.row_bytes
+        buffers = 2 if self.streaming else 1
+        return input_bytes + (padded if any(self.geometry.padding) else 0) + buffers * self.band_rows * self.row_bytes
 
 
 def plan_unfold(
