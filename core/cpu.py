@@ -171,7 +171,7 @@ def fold_rows(
         if weights is not None:
             source = source * block_weights(weights, offset, first, last)
         view = acc[tuple(target)]
-        view += source
+        view += source if isinstance(source, np.ndarray) else source.to(view.dtype)
 
 
 def block_weights(weights: Sequence[np.ndarray], offset: tuple[int, ...], first: int, last: int) -> np.ndarray:

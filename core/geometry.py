@@ -143,6 +143,7 @@ class Geometry:
         if any(c < 1 for c in counts):
             raise PatchfoldError(
                 f"no block fits: kernel_size={list(self.kernel_size)} dilation={list(self.dilation)} "
+                f"stride={list(self.stride)} "
                 f"spans {list(self.span)} but the input size {list(self.spatial_size)} padded by "
                 f"{list(self.padding)} is {list(self.padded_size)}; blocks per dim "
                 f"L_d = floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1 = "

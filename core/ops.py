@@ -54,7 +54,10 @@ def _batched(x: Any, spatial_dims: int, what: str) -> tuple[Any, bool]:
 
 
 def check_real_dtype(dtype: Any, what: str) -> None:
-    kind = np.dtype(dtype).kind if isinstance(dtype, np.dtype | type) else None
+    if isinstance(dtype, np.dtype | type):
+        kind = np.dtype(dtype).kind
+    else:  # a torch dtype
+        kind = "c" if getattr(dtype, "is_complex", False) else None
     if kind is not None and kind not in "biuf":
         raise PatchfoldError(f"{what} must hold real numbers (bool, int, uint or float), got dtype {dtype}")
 
@@ -127,7 +130,7 @@ def unfold(
     if _use_torch(batch, engine):
         from patchfold import torch_engine
 
-        result = torch_engine.unfold(_as_tensor(batch), geometry, layout)
+        result = _unlike(torch_engine.unfold(_as_tensor(batch), geometry, layout), batch)
     else:
         source = _as_numpy(batch)
         result = _output_for(out, geometry.unfold_shape(*source.shape[:2], layout), source.dtype, unbatched)
@@ -203,7 +206,7 @@ def fold(
         tensor = _as_tensor(batch)
         summed = torch_engine.fold(tensor, geometry, layout, weights)
         divisor_map = torch_engine.divisor(geometry, weights, tensor.device) if normalize else None
-        result = finish_fold(summed, divisor_map, tensor.dtype, weights is not None)
+        result = _unlike(finish_fold(summed, divisor_map, tensor.dtype, weights is not None), batch)
     else:
         source = _as_numpy(batch)
         summed = coverage.unpad_adjoint(
@@ -236,16 +239,29 @@ def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> An
         work = np.float64 if integer or weighted else summed.dtype
         values = np.divide(summed, safe, dtype=work) * covered
         if integer:
-            info = np.iinfo(dtype)
-            values = np.clip(np.rint(values), info.min, info.max)
+            low, high = _integer_range(dtype)
+            values = np.clip(np.rint(values), low, high)
         return values.astype(dtype)
     import torch
 
     values = summed.to(torch.float64 if integer or weighted else summed.dtype) / safe * covered
     if integer:
-        info = torch.iinfo(dtype)
-        values = values.round().clamp(info.min, info.max)
+        low, high = _integer_range(dtype)
+        values = values.round().clamp(low, high)
     return values.to(dtype)
+
+
+def _integer_range(dtype: Any) -> tuple[int, int]:
+    """Smallest and largest value of an integer (or bool) numpy or torch dtype."""
+    if str(dtype) in ("bool", "torch.bool"):
+        return 0, 1
+    if isinstance(dtype, np.dtype):
+        info = np.iinfo(dtype)
+    else:
+        import torch
+
+        info = torch.iinfo(dtype)
+    return int(info.min), int(info.max)
 
 
 def _is_float(dtype: Any) -> bool:
@@ -349,6 +365,11 @@ def _as_tensor(x: Any) -> Any:
     import torch
 
     return x if is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _unlike(result: Any, original: Any) -> Any:
+    """Give a torch-engine result back as numpy when the caller passed numpy."""
+    return result if is_tensor(original) else result.cpu().numpy()
 
 
 def _like(result: np.ndarray, original: Any) -> Any:

@@ -62,7 +62,8 @@ def fold(
     check_layout(layout)
     patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
     channels = geometry.check_fold_input(patch_length, num_blocks)
-    if _native_ok(cols, geometry) and layout == "ncl" and weights is None:
+    single_or_double = cols.dtype in (torch.float32, torch.float64)  # halves accumulate in float32 below
+    if _native_ok(cols, geometry) and single_or_double and layout == "ncl" and weights is None:
         return F.fold(
             cols, geometry.spatial_size, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride
         )

@@ -1,0 +1,727 @@
+"""unfold / fold / divisor / overlap_stats against PyTorch and the slow reference."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import patchfold
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers_ref import (
+    PADDING_MODES,
+    as_tuple,
+    blocks_per_dim,
+    reference_divisor,
+    reference_fold,
+    reference_unfold,
+    to_numpy,
+)
+from patchfold import PatchfoldError, windows
+
+ENGINES = ("cpu", "torch")
+FLOATS = (np.float32, np.float64)
+
+# (spatial size, kernel_size, dilation, padding, stride): odd and rectangular sizes, every option
+# away from its default somewhere, one case that leaves pixels uncovered.
+CASES_2D = [
+    ((7, 9), 3, 1, 0, 1),
+    ((7, 9), (3, 2), 1, 0, 1),
+    ((8, 6), 2, 1, 0, 2),
+    ((7, 9), (3, 2), (2, 1), (1, 2), (2, 3)),
+    ((5, 5), 1, 1, 0, 1),
+    ((9, 7), 4, 2, 3, 3),
+    ((6, 10), (2, 5), (3, 1), (0, 1), (1, 4)),
+    ((5, 8), 2, 1, 1, 3),  # leaves rows/columns uncovered
+    ((11, 3), (5, 3), 1, (2, 0), (2, 1)),
+]
+CASE_IDS = [f"case{i}" for i in range(len(CASES_2D))]
+CHANNELS = (1, 3, 4)
+BATCH = 2
+
+
+def channels_for(index: int) -> int:
+    return CHANNELS[index % len(CHANNELS)]
+
+
+def component(value, dim: int, ndim: int) -> int:
+    return as_tuple(value, ndim)[dim]
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def torch_divisor(size, kernel_size, dilation, padding, stride) -> np.ndarray:
+    ones = torch.ones(1, 1, *size, dtype=torch.float64)
+    cols = F.unfold(ones, kernel_size, dilation, padding, stride)
+    return F.fold(cols, size, kernel_size, dilation, padding, stride)[0, 0].numpy()
+
+
+def torch_pad_unfold(x: torch.Tensor, kernel_size, dilation, padding, stride, mode) -> torch.Tensor:
+    """PyTorch's unfold of ``F.pad(x, mode)`` for 2-D inputs (the oracle for padding modes)."""
+    p = as_tuple(padding, 2)
+    padded = F.pad(x, (p[1], p[1], p[0], p[0]), mode=mode) if any(p) else x
+    return F.unfold(padded, kernel_size, dilation, 0, stride)
+
+
+# ================================================================================================
+# (1) float data against torch.nn.functional.unfold / fold
+# ================================================================================================
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tensor"])
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES_2D)), ids=CASE_IDS)
+def test_unfold_matches_torch(index, case, dtype, engine, as_tensor):
+    size, k, d, p, s = case
+    x = rng(index).standard_normal((BATCH, channels_for(index), *size)).astype(dtype)
+    expected = F.unfold(torch.from_numpy(x), k, d, p, s).numpy()
+    source = torch.from_numpy(x) if as_tensor else x
+    for layout, want in (("ncl", expected), ("nlc", expected.transpose(0, 2, 1))):
+        result = to_numpy(patchfold.unfold(source, k, d, p, s, layout=layout, engine=engine))
+        assert result.dtype == x.dtype
+        assert result.shape == want.shape
+        assert np.array_equal(result, want), layout
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tensor"])
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES_2D)), ids=CASE_IDS)
+def test_fold_matches_torch(index, case, dtype, engine, as_tensor):
+    size, k, d, p, s = case
+    c = channels_for(index)
+    length = math.prod(blocks_per_dim(size, k, d, p, s))
+    shape = (BATCH, c * math.prod(as_tuple(k, 2)), length)
+    generator = rng(100 + index)
+    random_cols = generator.standard_normal(shape).astype(dtype)
+    integer_cols = generator.integers(-50, 50, shape).astype(dtype)
+    for cols, exact in ((random_cols, False), (integer_cols, True)):
+        expected = F.fold(torch.from_numpy(cols), size, k, d, p, s).numpy()
+        for layout, given in (("ncl", cols), ("nlc", np.ascontiguousarray(cols.transpose(0, 2, 1)))):
+            source = torch.from_numpy(given) if as_tensor else given
+            result = to_numpy(patchfold.fold(source, size, k, d, p, s, layout=layout, engine=engine))
+            assert result.dtype == cols.dtype
+            assert result.shape == (BATCH, c, *size)
+            if exact:
+                assert np.array_equal(result, expected), layout
+            else:
+                np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5, err_msg=layout)
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_numpy_in_numpy_out(engine):
+    x = rng().standard_normal((1, 2, 6, 5)).astype(np.float32)
+    cols = patchfold.unfold(x, 2, engine=engine)
+    assert isinstance(cols, np.ndarray), type(cols)
+    folded = patchfold.fold(np.asarray(to_numpy(cols)), (6, 5), 2, engine=engine)
+    assert isinstance(folded, np.ndarray), type(folded)
+    normalised = patchfold.fold(np.asarray(to_numpy(cols)), (6, 5), 2, normalize=True, engine=engine)
+    assert isinstance(normalised, np.ndarray), type(normalised)
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "auto"])
+def test_tensor_in_tensor_out(engine):
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64)
+    cols = patchfold.unfold(x, 2, engine=engine)
+    assert isinstance(cols, torch.Tensor)
+    assert cols.dtype == torch.float64
+    folded = patchfold.fold(cols, (6, 5), 2, normalize=True, engine=engine)
+    assert isinstance(folded, torch.Tensor)
+    assert folded.dtype == torch.float64
+    torch.testing.assert_close(folded, x)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES_2D[:5])), ids=CASE_IDS[:5])
+def test_unbatched_input_like_pytorch(index, case, engine):
+    size, k, d, p, s = case
+    c = channels_for(index) + 1
+    x = torch.randn(c, *size, dtype=torch.float64)
+    expected = F.unfold(x, k, d, p, s)
+    cols = patchfold.unfold(x, k, d, p, s, engine=engine)
+    assert cols.shape == expected.shape
+    assert torch.equal(cols, expected)
+    cols_np = patchfold.unfold(x.numpy(), k, d, p, s, engine="cpu")
+    assert cols_np.shape == tuple(expected.shape)
+    folded = patchfold.fold(expected, size, k, d, p, s, engine=engine)
+    torch.testing.assert_close(folded, F.fold(expected, size, k, d, p, s))
+    assert folded.shape == (c, *size)
+
+
+def test_noncontiguous_inputs():
+    base = rng().standard_normal((2, 3, 9, 7))
+    views = [base[..., ::-1], base.transpose(0, 1, 3, 2), np.asfortranarray(base), base[:, ::2, 1:, :]]
+    for view in views:
+        expected = F.unfold(torch.from_numpy(np.ascontiguousarray(view)), 3, 1, 1, 2).numpy()
+        for engine in ENGINES:
+            assert np.array_equal(to_numpy(patchfold.unfold(view, 3, 1, 1, 2, engine=engine)), expected)
+        tensor_view = torch.from_numpy(np.ascontiguousarray(view)).transpose(2, 3)
+        expected_t = F.unfold(tensor_view.contiguous(), 3, 1, 1, 2)
+        for engine in ENGINES:
+            assert torch.equal(patchfold.unfold(tensor_view, 3, 1, 1, 2, engine=engine), expected_t)
+    cols = F.unfold(torch.from_numpy(base), 3)
+    nlc_view = cols.transpose(1, 2)  # non-contiguous nlc matrix
+    expected_fold = F.fold(cols, (9, 7), 3)
+    for engine in ENGINES:
+        torch.testing.assert_close(patchfold.fold(nlc_view, (9, 7), 3, layout="nlc", engine=engine), expected_fold)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_cpu_engine_matches_torch(threads):
+    # Large enough (> 4 MiB of patches) that the CPU engine splits the work over threads.
+    x = rng(7).integers(0, 1000, (1, 4, 130, 129)).astype(np.float32)
+    k, d, p, s = (5, 4), (1, 2), (2, 1), 1
+    expected = F.unfold(torch.from_numpy(x), k, d, p, s)
+    assert expected.numel() * 4 > 4 << 20
+    for layout in ("ncl", "nlc"):
+        cols = patchfold.unfold(x, k, d, p, s, layout=layout, engine="cpu", threads=threads)
+        want = expected.numpy() if layout == "ncl" else expected.numpy().transpose(0, 2, 1)
+        assert np.array_equal(cols, want)
+        folded = patchfold.fold(cols, (130, 129), k, d, p, s, layout=layout, engine="cpu", threads=threads)
+        assert np.array_equal(folded, F.fold(expected, (130, 129), k, d, p, s).numpy())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_half_precision(engine):
+    x = torch.randn(2, 3, 7, 6)
+    expected = F.unfold(x, 3, 1, 1, 2)
+    for dtype in (torch.float16, torch.bfloat16):
+        cols = patchfold.unfold(x.to(dtype), 3, 1, 1, 2, engine=engine)
+        assert cols.dtype == dtype
+        assert torch.equal(cols, expected.to(dtype))
+    x16 = x.numpy().astype(np.float16)
+    cols16 = to_numpy(patchfold.unfold(x16, 3, 1, 1, 2, engine=engine))
+    assert cols16.dtype == np.float16
+    assert np.array_equal(cols16, expected.numpy().astype(np.float16))
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_half_precision_fold_accumulates_in_float32(engine, layout):
+    size, k, d, p, s = (9, 8), (3, 2), (2, 1), 1, (1, 2)
+    length = math.prod(blocks_per_dim(size, k, d, p, s))
+    cols = rng(3).integers(1000, 2048, (2, 3 * 6, length)).astype(np.float16)
+    expected = F.fold(torch.from_numpy(cols.astype(np.float32)), size, k, d, p, s).numpy()
+    assert np.abs(expected).max() > 2048  # sums a float16 accumulator could not hold exactly
+    given = cols if layout == "ncl" else np.ascontiguousarray(cols.transpose(0, 2, 1))
+    result = to_numpy(patchfold.fold(given, size, k, d, p, s, layout=layout, engine=engine))
+    assert result.dtype == np.float16
+    assert np.array_equal(result, expected.astype(np.float16))
+
+
+def test_unfold_into_preallocated_out():
+    x = rng().integers(0, 255, (2, 3, 7, 6)).astype(np.uint8)
+    expected = F.unfold(torch.from_numpy(x.astype(np.float64)), 3, 1, 1, 2).numpy()
+    out = np.full(expected.shape, -1.0)
+    result = patchfold.unfold(x, 3, 1, 1, 2, out=out, engine="cpu")
+    assert result is out
+    assert np.array_equal(out, expected)
+    with pytest.raises(PatchfoldError):
+        patchfold.unfold(x, 3, 1, 1, 2, out=np.empty((2, 27, 5)), engine="cpu")
+
+
+# ================================================================================================
+# (2) integer and bool dtypes
+# ================================================================================================
+INT_DTYPES = (np.uint8, np.uint16, np.int32, np.bool_)
+
+
+def random_ints(shape, dtype, seed=0) -> np.ndarray:
+    generator = rng(seed)
+    if dtype == np.bool_:
+        return generator.integers(0, 2, shape).astype(bool)
+    info = np.iinfo(dtype)
+    return generator.integers(max(info.min, -30000), info.max, shape, endpoint=True).astype(dtype)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize(("index", "case"), [(3, CASES_2D[3]), (5, CASES_2D[5]), (7, CASES_2D[7])])
+def test_integer_unfold_equals_torch_of_float_cast(index, case, dtype, engine):
+    size, k, d, p, s = case
+    x = random_ints((BATCH, channels_for(index), *size), dtype, seed=index)
+    expected = F.unfold(torch.from_numpy(x.astype(np.float64)), k, d, p, s).numpy().astype(dtype)
+    for layout, want in (("ncl", expected), ("nlc", expected.transpose(0, 2, 1))):
+        result = to_numpy(patchfold.unfold(x, k, d, p, s, layout=layout, engine=engine))
+        assert result.dtype == np.dtype(dtype)
+        assert np.array_equal(result, want)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize(("index", "case"), [(3, CASES_2D[3]), (5, CASES_2D[5]), (7, CASES_2D[7])])
+def test_integer_fold_sums_in_int64(index, case, dtype, engine):
+    size, k, d, p, s = case
+    c = channels_for(index)
+    shape = (BATCH, c * math.prod(as_tuple(k, 2)), math.prod(blocks_per_dim(size, k, d, p, s)))
+    cols = random_ints(shape, dtype, seed=50 + index)
+    expected = F.fold(torch.from_numpy(cols.astype(np.float64)), size, k, d, p, s).numpy().astype(np.int64)
+    result = to_numpy(patchfold.fold(cols, size, k, d, p, s, engine=engine))
+    assert result.dtype == np.int64
+    assert np.array_equal(result, expected)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_fold_never_wraps(dtype, engine):
+    top = np.iinfo(dtype).max
+    x = np.full((1, 1, 31, 31), top, dtype=dtype)
+    cols = patchfold.unfold(x, 16, engine=engine)
+    summed = to_numpy(patchfold.fold(cols, (31, 31), 16, engine=engine))
+    assert summed.dtype == np.int64
+    assert summed[0, 0, 15, 15] == top * 256  # the centre pixel is covered by all 16·16 blocks
+    assert np.array_equal(summed[0, 0], top * torch_divisor((31, 31), 16, 1, 0, 1).astype(np.int64))
+    normalised = to_numpy(patchfold.fold(cols, (31, 31), 16, normalize=True, engine=engine))
+    assert normalised.dtype == np.dtype(dtype)
+    assert np.array_equal(normalised, x)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_normalised_fold_of_integers_returns_input_dtype_exactly(dtype, engine, layout):
+    size, k, d, p, s = (9, 7), (4, 3), (1, 2), (2, 1), (2, 1)
+    x = random_ints((2, 3, *size), dtype, seed=3)
+    cols = patchfold.unfold(x, k, d, p, s, layout=layout, engine=engine)
+    back = to_numpy(patchfold.fold(cols, size, k, d, p, s, normalize=True, layout=layout, engine=engine))
+    assert back.dtype == np.dtype(dtype)
+    assert np.array_equal(back, x)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_normalised_fold_of_arbitrary_integer_patches_rounds(engine):
+    size, k, s = (6, 7), 3, 2
+    length = math.prod(blocks_per_dim(size, k, 1, 0, s))
+    cols = random_ints((1, 2 * 9, length), np.uint8, seed=11)
+    summed = F.fold(torch.from_numpy(cols.astype(np.float64)), size, k, 1, 0, s).numpy()
+    div = torch_divisor(size, k, 1, 0, s)
+    expected = np.where(div > 0, np.rint(summed / np.maximum(div, 1)), 0).astype(np.uint8)
+    result = to_numpy(patchfold.fold(cols, size, k, stride=s, normalize=True, engine=engine))
+    assert result.dtype == np.uint8
+    assert np.array_equal(result, expected)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_complex_input_rejected(kind, engine):
+    x = np.zeros((1, 1, 4, 4), dtype=np.complex64)
+    source = torch.from_numpy(x) if kind == "tensor" else x
+    with pytest.raises(PatchfoldError):
+        patchfold.unfold(source, 2, engine=engine)
+    cols = np.zeros((1, 4, 9), dtype=np.complex64)
+    with pytest.raises(PatchfoldError):
+        patchfold.fold(torch.from_numpy(cols) if kind == "tensor" else cols, (4, 4), 2, engine=engine)
+
+
+# ================================================================================================
+# (3) divisor
+# ================================================================================================
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES_2D)), ids=CASE_IDS)
+def test_divisor_equals_torch_fold_of_unfold_ones(index, case):
+    size, k, d, p, s = case
+    result = patchfold.divisor(size, k, d, p, s)
+    assert result.shape == size
+    assert result.dtype == np.int64
+    assert np.array_equal(result, torch_divisor(size, k, d, p, s))
+
+
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES_2D)), ids=CASE_IDS)
+def test_divisor_separable(index, case, mode):
+    size, k, d, p, s = case
+    if mode == "reflect" and any(pi >= si for pi, si in zip(as_tuple(p, 2), size)):
+        pytest.skip("reflect padding must be smaller than the size")
+    full = patchfold.divisor(size, k, d, p, s, padding_mode=mode)
+    parts = [
+        patchfold.divisor((size[i],), *(component(v, i, 2) for v in (k, d, p, s)), padding_mode=mode) for i in range(2)
+    ]
+    assert parts[0].shape == (size[0],)
+    assert np.array_equal(full, np.multiply.outer(parts[0], parts[1]))
+    assert np.array_equal(full, reference_divisor(size, k, d, p, s, mode))
+
+
+def test_divisor_known_values():
+    assert patchfold.divisor((1, 5), (1, 3)).tolist() == [[1, 2, 3, 2, 1]]
+    assert patchfold.divisor((7,), 2, stride=3).tolist() == [1, 1, 0, 1, 1, 0, 0]
+    assert patchfold.divisor((4,), 3, padding=1, padding_mode="replicate").tolist() == [3, 3, 3, 3]
+    assert patchfold.divisor((4,), 3, padding=1, padding_mode="circular").tolist() == [3, 3, 3, 3]
+    assert patchfold.divisor((4,), 3, padding=1, padding_mode="reflect").tolist() == [2, 4, 4, 2]
+
+
+def test_divisor_three_d_separable():
+    size, k, d, p, s = (5, 6, 7), (2, 3, 2), (1, 1, 2), (0, 1, 1), (2, 1, 3)
+    full = patchfold.divisor(size, k, d, p, s)
+    parts = [patchfold.divisor((size[i],), k[i], d[i], p[i], s[i]) for i in range(3)]
+    assert np.array_equal(full, np.multiply.outer(np.multiply.outer(parts[0], parts[1]), parts[2]))
+    assert np.array_equal(full, reference_divisor(size, k, d, p, s))
+
+
+# ================================================================================================
+# (4) round trips
+# ================================================================================================
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("index", "case"), list(enumerate(CASES_2D)), ids=CASE_IDS)
+def test_round_trip_is_divisor_times_x(index, case, engine, layout):
+    size, k, d, p, s = case
+    x = rng(index).integers(-100, 100, (BATCH, channels_for(index), *size)).astype(np.float32)
+    div = patchfold.divisor(size, k, d, p, s)
+    cols = patchfold.unfold(x, k, d, p, s, layout=layout, engine=engine)
+    summed = to_numpy(patchfold.fold(cols, size, k, d, p, s, layout=layout, engine=engine))
+    assert np.array_equal(summed, div * x)
+    normalised = to_numpy(patchfold.fold(cols, size, k, d, p, s, normalize=True, layout=layout, engine=engine))
+    assert not np.isnan(normalised).any()
+    assert np.array_equal(normalised, np.where(div > 0, x, 0))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_normalised_round_trip_random_floats_and_uncovered_zero(engine):
+    size, k, d, p, s = (5, 8), 2, 1, 1, 3
+    div = patchfold.divisor(size, k, d, p, s)
+    assert (div == 0).any() and (div > 0).any()
+    for dtype in FLOATS:
+        x = rng(5).standard_normal((3, 2, *size)).astype(dtype)
+        x[..., div == 0] = np.nan  # uncovered pixels must come back 0 whatever they held
+        cols = patchfold.unfold(x, k, d, p, s, engine=engine)
+        back = to_numpy(patchfold.fold(cols, size, k, d, p, s, normalize=True, engine=engine))
+        assert back.dtype == np.dtype(dtype)
+        assert not np.isnan(back).any()
+        assert np.all(back[..., div == 0] == 0)
+        np.testing.assert_allclose(back[..., div > 0], x[..., div > 0], rtol=1e-6)
+
+
+# ================================================================================================
+# (5) 1-D, 3-D and padding modes against the slow reference
+# ================================================================================================
+CASES_ND = [
+    ((13,), 3, 2, 1, 2),
+    ((8,), 4, 1, 3, 3),
+    ((6,), 1, 1, 0, 2),
+    ((4, 5, 6), (2, 3, 2), 1, 0, 1),
+    ((5, 4, 6), 2, (2, 1, 1), (1, 0, 2), (2, 1, 3)),
+    ((3, 3, 3), 3, 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("case", CASES_ND, ids=[f"nd{i}" for i in range(len(CASES_ND))])
+def test_nd_against_reference(case, mode, engine):
+    size, k, d, p, s = case
+    nd = len(size)
+    x = rng(nd).integers(-100, 100, (2, 3, *size)).astype(np.float64)
+    expected = reference_unfold(x, k, d, p, s, mode)
+    kwargs = {"padding_mode": mode, "engine": engine}
+    if nd == 1:
+        kwargs["spatial_dims"] = 1
+    cols = to_numpy(patchfold.unfold(x, k, d, p, s, **kwargs))
+    assert np.array_equal(cols, expected)
+    nlc = to_numpy(patchfold.unfold(x, k, d, p, s, layout="nlc", **kwargs))
+    assert np.array_equal(nlc, expected.transpose(0, 2, 1))
+    kwargs.pop("spatial_dims", None)
+    random_cols = rng(9).integers(-100, 100, expected.shape).astype(np.float64)
+    want = reference_fold(random_cols, size, k, d, p, s, mode)
+    assert np.array_equal(to_numpy(patchfold.fold(random_cols, size, k, d, p, s, **kwargs)), want)
+    nlc_cols = np.ascontiguousarray(random_cols.transpose(0, 2, 1))
+    assert np.array_equal(to_numpy(patchfold.fold(nlc_cols, size, k, d, p, s, layout="nlc", **kwargs)), want)
+    normalised = to_numpy(patchfold.fold(cols, size, k, d, p, s, normalize=True, **kwargs))
+    div = reference_divisor(size, k, d, p, s, mode)
+    assert np.array_equal(normalised, np.where(div > 0, x, 0))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_one_d_unbatched_and_int_output_size(engine):
+    x = rng().standard_normal((3, 10))
+    cols = to_numpy(patchfold.unfold(x, 3, 1, 1, 2, spatial_dims=1, engine=engine))
+    expected = reference_unfold(x[None], 3, 1, 1, 2)[0]
+    assert np.array_equal(cols, expected)
+    back = to_numpy(patchfold.fold(cols, (10,), 3, 1, 1, 2, normalize=True, engine=engine))
+    assert back.shape == (3, 10)
+    np.testing.assert_allclose(back, x)
+
+
+def test_three_d_int_output_size_inferred_from_kernel():
+    x = rng().integers(0, 9, (1, 2, 4, 4, 4)).astype(np.float64)
+    cols = patchfold.unfold(x, (2, 2, 2), stride=2)
+    assert cols.shape == (1, 16, 8)
+    back = patchfold.fold(cols, 4, (2, 2, 2), stride=2)
+    assert back.shape == x.shape
+    assert np.array_equal(back, x)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize(
+    "case",
+    [((7, 9), (3, 2), (2, 1), (1, 2), (2, 3)), ((6, 5), 3, 1, 2, 1), ((5, 8), 2, 1, 1, 3), ((4, 4), 2, 1, (3, 0), 1)],
+    ids=["a", "b", "c", "d"],
+)
+def test_2d_padding_modes_against_torch_pad(case, mode, dtype, engine):
+    size, k, d, p, s = case
+    if mode == "reflect" and any(pi >= si for pi, si in zip(as_tuple(p, 2), size)):
+        pytest.skip("reflect padding must be smaller than the size")
+    x = torch.from_numpy(rng(1).standard_normal((2, 3, *size)).astype(dtype)).requires_grad_()
+    expected = torch_pad_unfold(x, k, d, p, s, mode)
+    cols = patchfold.unfold(x.detach(), k, d, p, s, padding_mode=mode, engine=engine)
+    assert torch.equal(cols, expected.detach())
+    # fold with a padding mode is the adjoint of (pad then unfold): PyTorch's gradient.
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    folded = patchfold.fold(grad, size, k, d, p, s, padding_mode=mode, engine=engine)
+    torch.testing.assert_close(folded, x.grad)
+    assert folded.dtype == x.dtype
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, np.float64], ids=lambda t: np.dtype(t).name)
+def test_normalised_round_trip_exact_every_padding_mode(dtype, mode, engine):
+    size, k, d, p, s = (7, 6), (3, 4), (2, 1), (2, 3), (1, 2)
+    x = random_ints((2, 2, *size), np.uint8, seed=4).astype(dtype)
+    cols = patchfold.unfold(x, k, d, p, s, padding_mode=mode, engine=engine)
+    back = to_numpy(patchfold.fold(cols, size, k, d, p, s, normalize=True, padding_mode=mode, engine=engine))
+    assert back.dtype == np.dtype(dtype)
+    assert np.array_equal(back, x)
+
+
+# ================================================================================================
+# (6) windows
+# ================================================================================================
+WINDOW_SPECS = ("none", "hann", "triangular", "gaussian", "gaussian:0.3", "pyramid")
+WINDOW_CASES = [
+    ((8, 8), 4, 1, 0, 2),
+    ((9, 7), (4, 3), 1, (1, 0), (2, 1)),
+    ((5, 8), 2, 1, 1, 3),  # uncovered pixels
+    ((7, 6), (3, 4), (2, 1), (2, 1), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("window", WINDOW_SPECS)
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=[f"w{i}" for i in range(len(WINDOW_CASES))])
+def test_windowed_normalised_fold_gives_back_x(case, window, engine):
+    size, k, d, p, s = case
+    div = patchfold.divisor(size, k, d, p, s, window=window)
+    covered = patchfold.divisor(size, k, d, p, s) > 0
+    assert np.array_equal(div > 0, covered)
+    x = random_ints((2, 3, *size), np.uint8, seed=8)
+    for mode in PADDING_MODES:
+        mode_covered = reference_divisor(size, k, d, p, s, mode) > 0
+        cols = patchfold.unfold(x, k, d, p, s, padding_mode=mode, engine=engine)
+        back = to_numpy(
+            patchfold.fold(cols, size, k, d, p, s, normalize=True, padding_mode=mode, window=window, engine=engine)
+        )
+        assert back.dtype == np.uint8
+        assert np.array_equal(back, np.where(mode_covered, x, 0)), mode
+    xf = rng(8).standard_normal((2, 3, *size)).astype(np.float32)
+    cols = patchfold.unfold(xf, k, d, p, s, engine=engine)
+    back = to_numpy(patchfold.fold(cols, size, k, d, p, s, normalize=True, window=window, engine=engine))
+    assert back.dtype == np.float32
+    assert not np.isnan(back).any()
+    np.testing.assert_allclose(back, np.where(covered, xf, 0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("window", WINDOW_SPECS[1:])
+def test_windowed_fold_matches_reference_weighting(window, mode, engine):
+    size, k, d, p, s = (9, 7), (4, 3), (1, 2), (2, 1), (2, 1)
+    geometry = patchfold.Geometry.create(size, k, s, p, d, mode)
+    weights = windows.window_weights(geometry, window)
+    assert [w.shape for w in weights] == [(geometry.blocks_per_dim[i], geometry.kernel_size[i]) for i in range(2)]
+    assert all(np.all(w > 0) and np.all(w <= 1) for w in weights)
+
+    def weight(block, offset):
+        return math.prod(float(weights[i][block[i], offset[i]]) for i in range(2))
+
+    cols = rng(2).standard_normal((1, 2 * 12, geometry.num_blocks))
+    expected = reference_fold(cols, size, k, d, p, s, mode, weights=weight)
+    result = to_numpy(patchfold.fold(cols, size, k, d, p, s, padding_mode=mode, window=window, engine=engine))
+    np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        patchfold.divisor(size, k, d, p, s, padding_mode=mode, window=window),
+        reference_divisor(size, k, d, p, s, mode, weights=weight),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("window", WINDOW_SPECS[1:])
+def test_window_does_not_zero_image_borders(window):
+    # hann etc. vanish at their ends in the textbook form; here the border pixels must keep weight.
+    size, k, s = (8, 10), 4, 2
+    div = patchfold.divisor(size, k, stride=s, window=window)
+    assert np.all(div > 0)
+    # only the first/last block reaches a corner, with the edge-aware full weight
+    for corner in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        assert div[corner] == pytest.approx(1.0)
+    assert np.allclose(div, div[::-1, ::-1])  # symmetric windows give a symmetric divisor
+    x = np.full((1, 1, *size), 200, dtype=np.uint8)
+    back = patchfold.fold(patchfold.unfold(x, k, stride=s), size, k, stride=s, normalize=True, window=window)
+    assert np.array_equal(back, x)
+
+
+@pytest.mark.parametrize("window", WINDOW_SPECS[1:])
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=[f"w{i}" for i in range(len(WINDOW_CASES))])
+def test_weighted_divisor_separable(case, window):
+    size, k, d, p, s = case
+    full = patchfold.divisor(size, k, d, p, s, window=window)
+    assert full.dtype == np.float64
+    parts = [
+        patchfold.divisor((size[i],), *(component(v, i, 2) for v in (k, d, p, s)), window=window) for i in range(2)
+    ]
+    np.testing.assert_allclose(full, np.multiply.outer(parts[0], parts[1]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["hamming", "hann:0.2", "gaussian:-1", "gaussian:abc", "gaussian:nan", "gaussian:0"])
+def test_bad_window_specs(spec):
+    cols = np.zeros((1, 4, 9), dtype=np.float32)
+    with pytest.raises(PatchfoldError) as info:
+        patchfold.fold(cols, (4, 4), 2, window=spec)
+    assert info.value.param == "window"
+
+
+# ================================================================================================
+# (7) overlap_stats against a brute-force divisor
+# ================================================================================================
+STATS_KEYS = {
+    "input_shape",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "blocks_per_dim",
+    "num_blocks",
+    "patch_length",
+    "output_shape",
+    "output_bytes",
+    "coverage",
+    "uncovered_pixels",
+    "uncovered_fraction",
+    "redundancy",
+    "invertible",
+}
+STATS_CASES = [
+    # size, kernel, dilation, padding, stride, mode, channels, batch, dtype, layout
+    ((7, 9), 3, 1, 0, 1, "zeros", 1, 1, "float32", "ncl"),
+    ((5, 8), 2, 1, 1, 3, "zeros", 3, 2, "uint8", "nlc"),  # uncovered pixels and padding
+    ((9, 7), 4, 2, 3, 3, "zeros", 4, 1, "float64", "ncl"),
+    ((7, 9), (3, 2), (2, 1), (1, 2), (2, 3), "zeros", 2, 3, "uint16", "nlc"),
+    ((10, 10), 3, 1, 0, 4, "zeros", 1, 1, "float32", "ncl"),  # stride > kernel: gaps
+    ((7, 6), (3, 4), (2, 1), (2, 3), (1, 2), "reflect", 3, 1, "float32", "ncl"),
+    ((7, 6), (3, 4), (2, 1), (2, 3), (1, 2), "circular", 3, 1, "float32", "ncl"),
+    ((7, 6), (3, 4), 1, 2, (3, 2), "replicate", 1, 2, "int32", "nlc"),
+    ((6, 5, 4), 2, 1, 0, (2, 3, 1), "zeros", 1, 1, "float32", "ncl"),
+]
+
+
+@pytest.mark.parametrize("case", STATS_CASES, ids=[f"s{i}" for i in range(len(STATS_CASES))])
+def test_overlap_stats_against_brute_force(case):
+    size, k, d, p, s, mode, channels, batch, dtype, layout = case
+    nd = len(size)
+    stats = patchfold.overlap_stats(
+        size, k, d, p, s, channels=channels, batch=batch, dtype=dtype, layout=layout, padding_mode=mode
+    )
+    assert set(stats) == STATS_KEYS
+    assert set(stats["coverage"]) == {"min", "max", "mean", "histogram"}
+    json.dumps(stats)  # plain JSON types only
+
+    if mode == "zeros" and nd == 2:
+        div = torch_divisor(size, k, d, p, s).astype(np.int64)
+    else:
+        div = reference_divisor(size, k, d, p, s, mode)
+    kt, dt, pt, st = (list(as_tuple(v, nd)) for v in (k, d, p, s))
+    counts = blocks_per_dim(size, k, d, p, s)
+    num_blocks = math.prod(counts)
+    patch_length = channels * math.prod(kt)
+    pixels = math.prod(size)
+    assert stats["input_shape"] == [batch, channels, *size]
+    assert stats["kernel_size"] == kt
+    assert stats["dilation"] == dt
+    assert stats["padding"] == pt
+    assert stats["stride"] == st
+    assert stats["blocks_per_dim"] == list(counts)
+    assert stats["num_blocks"] == num_blocks
+    assert stats["patch_length"] == patch_length
+    shape = [batch, patch_length, num_blocks] if layout == "ncl" else [batch, num_blocks, patch_length]
+    assert stats["output_shape"] == shape
+    assert stats["output_bytes"] == math.prod(shape) * np.dtype(dtype).itemsize
+    if mode == "zeros" and nd == 2:
+        cols = F.unfold(torch.zeros(batch, channels, *size), k, d, p, s)
+        assert list(cols.shape) == [batch, patch_length, num_blocks]
+    coverage = stats["coverage"]
+    assert coverage["min"] == int(div.min())
+    assert coverage["max"] == int(div.max())
+    assert coverage["mean"] == pytest.approx(float(div.mean()))
+    histogram = {str(value): count for value, count in Counter(div.ravel().tolist()).items()}
+    assert coverage["histogram"] == histogram
+    assert all(isinstance(key, str) for key in coverage["histogram"])
+    uncovered = int((div == 0).sum())
+    assert stats["uncovered_pixels"] == uncovered
+    assert stats["uncovered_fraction"] == pytest.approx(uncovered / pixels)
+    assert ("0" in coverage["histogram"]) == (uncovered > 0)
+    assert stats["invertible"] is (uncovered == 0)
+    assert stats["redundancy"] == pytest.approx(math.prod(kt) * num_blocks / pixels)
+
+
+def test_overlap_stats_uncovered_case_has_zero_bucket():
+    stats = patchfold.overlap_stats((5, 8), 2, 1, 1, 3)
+    assert stats["uncovered_pixels"] > 0
+    assert "0" in stats["coverage"]["histogram"]
+    assert stats["coverage"]["min"] == 0
+    assert stats["invertible"] is False
+    assert sum(stats["coverage"]["histogram"].values()) == 40
+
+
+def test_overlap_stats_rejects_bad_values():
+    with pytest.raises(PatchfoldError):
+        patchfold.overlap_stats((4, 4), 5)
+    with pytest.raises(PatchfoldError):
+        patchfold.overlap_stats((4, 4), 2, channels=0)
+    with pytest.raises(PatchfoldError) as info:
+        patchfold.overlap_stats((4, 4), 2, stride=0)
+    assert info.value.param == "stride"
+
+
+# ================================================================================================
+# (8) CUDA
+# ================================================================================================
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("mode", PADDING_MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.uint8, torch.int32])
+def test_cuda_matches_cpu(dtype, mode):
+    size, k, d, p, s = (9, 7), (3, 2), (2, 1), (1, 1), (2, 1)
+    x = torch.from_numpy(random_ints((2, 3, *size), np.uint8, seed=6)).to(dtype)
+    for layout in ("ncl", "nlc"):
+        cpu_cols = patchfold.unfold(x, k, d, p, s, padding_mode=mode, layout=layout, engine="cpu")
+        gpu_cols = patchfold.unfold(x.cuda(), k, d, p, s, padding_mode=mode, layout=layout)
+        assert gpu_cols.device.type == "cuda"
+        assert torch.equal(gpu_cols.cpu(), cpu_cols)
+        for normalize in (False, True):
+            cpu_back = patchfold.fold(cpu_cols, size, k, d, p, s, normalize, padding_mode=mode, layout=layout)
+            gpu_back = patchfold.fold(gpu_cols, size, k, d, p, s, normalize, padding_mode=mode, layout=layout)
+            assert gpu_back.device.type == "cuda"
+            assert gpu_back.dtype == cpu_back.dtype
+            assert torch.equal(gpu_back.cpu(), cpu_back)
+        back = patchfold.fold(gpu_cols, size, k, d, p, s, True, padding_mode=mode, layout=layout, window="hann")
+        covered = torch.from_numpy(reference_divisor(size, k, d, p, s, mode) > 0)
+        want = torch.where(covered, x, torch.zeros_like(x))
+        assert back.dtype == x.dtype
+        assert torch.equal(back.cpu(), want) if not dtype.is_floating_point else torch.allclose(back.cpu(), want)
+
+
+@cuda
+def test_cuda_three_d_and_engine_cpu_refused():
+    x = torch.randn(1, 2, 4, 5, 6, dtype=torch.float64)
+    cols = patchfold.unfold(x.cuda(), (2, 3, 2), stride=(1, 2, 2), padding=1)
+    assert torch.equal(cols.cpu(), patchfold.unfold(x, (2, 3, 2), stride=(1, 2, 2), padding=1))
+    with pytest.raises(PatchfoldError) as info:
+        patchfold.unfold(x.cuda(), 2, engine="cpu")
+    assert info.value.param == "engine"
