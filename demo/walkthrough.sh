@@ -12,3 +12,13 @@ python demo/blur_patches.py out/walk.npy out/walk_blur.npy --sigma 2.5
 patchfold fold out/walk_blur.npy --window none -o docs/img/blend_none.png --json > /dev/null
 patchfold fold out/walk_blur.npy --window hann -o docs/img/blend_hann.png --json > /dev/null
 python demo/seam_measure.py docs/img/blend_none.png docs/img/blend_hann.png -k 40 -s 20
+python - <<'PY'
+from PIL import Image
+# the same crop of both blends, enlarged 3x, side by side: the seams of plain averaging show as a grid
+crops = [Image.open(f"docs/img/blend_{w}.png").crop((150, 10, 300, 110)).resize((450, 300), Image.NEAREST)
+         for w in ("none", "hann")]
+sheet = Image.new("RGB", (908, 300), "white")
+sheet.paste(crops[0], (0, 0))
+sheet.paste(crops[1], (458, 0))
+sheet.save("docs/img/seams_zoom.png")
+PY
