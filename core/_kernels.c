@@ -70,6 +70,81 @@ FOLD2D(fold2d_i32_i64, int32_t, int64_t)
 FOLD2D(fold2d_i64_i64, int64_t, int64_t)
 FOLD2D(fold2d_u64_u64, uint64_t, uint64_t)
 
+/* unfold2d_<bits>: copy block rows [i0, i1) of one item x (C, H, W), contiguous, into out, with
+ * zero padding (p0, p1) applied on the fly (no padded copy of the input). Elements are moved as
+ * opaque words of the dtype's size, so one kernel per item size serves every dtype.
+ *   ncl: out[((c*K0 + ki)*K1 + kj)*rs + (i - i0)*L1 + j]      (rs: out row stride, >= (i1-i0)*L1)
+ *   nlc: out[((i - i0)*L1 + j)*P + (c*K0 + ki)*K1 + kj]        (P = C*K0*K1)
+ * value = x[c][ki*d0 + i*s0 - p0][kj*d1 + j*s1 - p1], or 0 outside the image.
+ */
+#define UNFOLD2D(NAME, T)                                                                           \
+  void NAME(const T *x, T *out, int64_t C, int64_t H, int64_t W, int64_t K0, int64_t K1,            \
+            int64_t L1, int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t p0, int64_t p1,     \
+            int64_t i0, int64_t i1, int64_t nlc, int64_t rs) {                                       \
+    const int64_t P = C * K0 * K1;                                                                  \
+    if (nlc) { /* patch by patch: each (c, ki) run of K1 values is one contiguous write */          \
+      for (int64_t i = i0; i < i1; i++)                                                             \
+        for (int64_t c = 0; c < C; c++)                                                             \
+          for (int64_t ki = 0; ki < K0; ki++) {                                                     \
+            const int64_t y = ki * d0 + i * s0 - p0;                                                \
+            const int inside = y >= 0 && y < H;                                                     \
+            const T *src = x + (c * H + (inside ? y : 0)) * W;                                      \
+            T *dst = out + (i - i0) * L1 * P + (c * K0 + ki) * K1;                                  \
+            for (int64_t j = 0; j < L1; j++, dst += P) {                                            \
+              const int64_t xs = j * s1 - p1;                                                       \
+              if (!inside) {                                                                        \
+                memset(dst, 0, (size_t)K1 * sizeof(T));                                             \
+              } else if (xs >= 0 && xs + (K1 - 1) * d1 < W) {                                       \
+                if (d1 == 1) memcpy(dst, src + xs, (size_t)K1 * sizeof(T));                         \
+                else for (int64_t kj = 0; kj < K1; kj++) dst[kj] = src[xs + kj * d1];               \
+              } else {                                                                              \
+                for (int64_t kj = 0; kj < K1; kj++) {                                               \
+                  const int64_t col = xs + kj * d1;                                                 \
+                  dst[kj] = (col >= 0 && col < W) ? src[col] : 0;                                   \
+                }                                                                                   \
+              }                                                                                     \
+            }                                                                                       \
+          }                                                                                         \
+      return;                                                                                       \
+    }                                                                                               \
+    /* ncl: one source row y serves the K1 output rows (c, ki, 0..K1-1) of block row i, so loop  \
+       over it once while it is in cache */                                                        \
+    for (int64_t c = 0; c < C; c++) {                                                               \
+      for (int64_t ki = 0; ki < K0; ki++) {                                                         \
+        for (int64_t i = i0; i < i1; i++) {                                                         \
+          const int64_t y = ki * d0 + i * s0 - p0;                                                  \
+          const int inside = y >= 0 && y < H;                                                       \
+          for (int64_t kj = 0; kj < K1; kj++) {                                                     \
+            T *dst = out + ((c * K0 + ki) * K1 + kj) * rs + (i - i0) * L1;                          \
+            if (!inside) {                                                                          \
+              memset(dst, 0, (size_t)L1 * sizeof(T));                                               \
+              continue;                                                                             \
+            }                                                                                       \
+            /* blocks j whose column kj*d1 + j*s1 - p1 falls inside [0, W) */                       \
+            const int64_t base = kj * d1 - p1;                                                      \
+            int64_t j0 = ceil_div(-base, s1), j1 = ceil_div(W - base, s1);                          \
+            if (j0 < 0) j0 = 0;                                                                     \
+            if (j1 > L1) j1 = L1;                                                                   \
+            if (j1 < j0) j1 = j0;                                                                   \
+            const T *src = x + (c * H + y) * W + base;                                              \
+            for (int64_t j = 0; j < j0; j++) dst[j] = 0;                                            \
+            if (s1 == 1) {                                                                          \
+              memcpy(dst + j0, src + j0, (size_t)(j1 - j0) * sizeof(T));                            \
+            } else {                                                                                \
+              for (int64_t j = j0; j < j1; j++) dst[j] = src[j * s1];                               \
+            }                                                                                       \
+            for (int64_t j = j1; j < L1; j++) dst[j] = 0;                                           \
+          }                                                                                         \
+        }                                                                                           \
+      }                                                                                             \
+    }                                                                                               \
+  }
+
+UNFOLD2D(unfold2d_8, uint8_t)
+UNFOLD2D(unfold2d_16, uint16_t)
+UNFOLD2D(unfold2d_32, uint32_t)
+UNFOLD2D(unfold2d_64, uint64_t)
+
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels", "patchfold's C loops (used via ctypes)", -1, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

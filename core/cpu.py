@@ -104,30 +104,107 @@ def select_blocks(matrix: np.ndarray, columns: slice, layout: str) -> np.ndarray
 
 
 def unfold_rows(padded: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, first: int, last: int) -> None:
-    """Copy block rows ``[first, last)`` of ``padded`` into ``out``, the matching band of the matrix."""
+    """Copy block rows ``[first, last)`` of ``padded`` (already padded: the geometry's padding is
+    ignored) into ``out``, the matching band of the matrix, with numpy's strided copy."""
     channels = padded.shape[1]
     target = band_view(out, geometry, channels, last - first, layout)
     np.copyto(target, window_view(padded, geometry, first, last), casting="unsafe")
 
 
 def unfold_into(
-    padded: np.ndarray,
+    x: np.ndarray,
     geometry: Geometry,
     out: np.ndarray,
     layout: str = "ncl",
     rows: tuple[int, int] | None = None,
     threads: int | None = None,
 ) -> None:
-    """Unfold block rows ``rows`` (all by default) of an already padded ``(N, C, *padded_size)``
-    array into ``out``: the whole patch matrix, or just those rows' band of it when streaming."""
+    """Unfold block rows ``rows`` (all by default) of ``x`` ``(N, C, *spatial_size)`` into ``out``:
+    the whole patch matrix, or just those rows' band of it when streaming. Values are cast to
+    ``out.dtype``. Calls for many bands should pass the result of :func:`prepare_input`, so any
+    padding is copied once."""
     check_layout(layout)
+    source, source_geometry = prepare_input(x, geometry, out.dtype)
     first, last = rows or (0, geometry.blocks_per_dim[0])
+    compiled = _compiled_unfold(source, source_geometry, out, layout)
+    if compiled is None and source is x and any(geometry.padding):  # the numpy copy needs real padding
+        from patchfold.ops import pad_input
+
+        source = pad_input(x, geometry)
 
     def task(lo: int, hi: int) -> None:
         part = select_blocks(out, block_columns(geometry, lo - first, hi - first), layout)
-        unfold_rows(padded, geometry, part, layout, lo, hi)
+        if compiled is not None:
+            compiled(part, lo, hi)
+        else:
+            unfold_rows(source, source_geometry, part, layout, lo, hi)
 
     run_parallel(task, first, last, out.nbytes, threads)
+
+
+def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> tuple[np.ndarray, Geometry]:
+    """The array and geometry to cut blocks from into an output of ``dtype`` (default: ``x``'s):
+    ``x`` itself where the compiled loop pads on the fly (2-D, contiguous, zero padding, no cast),
+    else a padded copy with an unpadded geometry."""
+    if not any(geometry.padding) or _compiled_unfold_fits(x, geometry, dtype):
+        return x, geometry
+    from patchfold.ops import pad_input
+
+    padded_geometry = Geometry.create(geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation)
+    return pad_input(x, geometry), padded_geometry
+
+
+def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> bool:
+    return (
+        (dtype is None or np.dtype(dtype) == x.dtype)
+        and geometry.ndim == 2
+        and x.ndim == 4
+        and x.flags.c_contiguous
+        and x.dtype.byteorder != ">"
+        and geometry.padding_mode == "zeros"
+        and kernels.unfold2d(x.dtype.itemsize) is not None
+    )
+
+
+def _compiled_unfold(
+    x: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str
+) -> Callable[[np.ndarray, int, int], None] | None:
+    """The C block copy for 2-D unfolds without casting, or None to use numpy's."""
+    if not _compiled_unfold_fits(x, geometry, out.dtype) or out.strides[-1] != out.itemsize:
+        return None
+    function = kernels.unfold2d(x.dtype.itemsize)
+    (k0, k1), (_, l1) = geometry.kernel_size, geometry.blocks_per_dim
+    (s0, s1), (d0, d1), (p0, p1) = geometry.stride, geometry.dilation, geometry.padding
+    channels, height, width = x.shape[1:]
+    if layout == "nlc" and out.strides[1] != out.shape[2] * out.itemsize:
+        return None
+    row_stride = out.strides[1] // out.itemsize if layout == "ncl" else 0
+    nlc = int(layout == "nlc")
+
+    def run(part: np.ndarray, lo: int, hi: int) -> None:
+        for item in range(x.shape[0]):
+            function(
+                x[item].ctypes.data,
+                part[item].ctypes.data,
+                channels,
+                height,
+                width,
+                k0,
+                k1,
+                l1,
+                s0,
+                s1,
+                d0,
+                d1,
+                p0,
+                p1,
+                lo,
+                hi,
+                nlc,
+                row_stride,
+            )
+
+    return run
 
 
 # ----- fold --------------------------------------------------------------------------------------

@@ -60,3 +60,17 @@ def fold2d(dtype_name: str) -> Any | None:
 
 def pointer(array: np.ndarray) -> int:
     return array.ctypes.data
+
+
+@cache
+def unfold2d(itemsize: int) -> Any | None:
+    """The C block copy for items of this many bytes, or None."""
+    library = _library()
+    if library is None or itemsize not in (1, 2, 4, 8):
+        return None
+    function = getattr(library, f"unfold2d_{itemsize * 8}", None)
+    if function is None:
+        return None
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 16
+    return function

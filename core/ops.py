@@ -134,7 +134,7 @@ def unfold(
     else:
         source = _as_numpy(batch)
         result = _output_for(out, geometry.unfold_shape(*source.shape[:2], layout), source.dtype, unbatched)
-        cpu.unfold_into(pad_input(source, geometry), geometry, result, layout, threads=threads)
+        cpu.unfold_into(source, geometry, result, layout, threads=threads)
         result = _like(result, batch)
     return result[0] if unbatched else result
 

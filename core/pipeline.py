@@ -129,9 +129,13 @@ def unfold_to_npy(
     check_output_path(path)
     check_free_space(path, plan.output_bytes)
     geometry = plan.geometry
-    padded = pad_input(array, geometry)
     factor = plan.dtype.type(scale) if scale != 1.0 else None
-    band = _band_computer(padded, geometry, plan, layout, device, engine, threads, factor)
+    direct = device == "cpu" and engine != "torch" and array.flags.c_contiguous and array.dtype == plan.dtype
+    if direct and factor is None:  # blocks straight from the input (padded once if it must be)
+        source, source_geometry = cpu.prepare_input(array, geometry)
+    else:  # via contiguous slabs in the output dtype
+        source, source_geometry = pad_input(array, geometry), None
+    band = _band_computer(source, source_geometry, plan, layout, device, engine, threads, factor)
     targets = [path] + ([path.with_suffix(".json")] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
@@ -148,7 +152,7 @@ def unfold_to_npy(
                         yield Progress(index, plan.bands, written, plan.output_bytes)
                     pending = writer.submit(write_band, handle.fileno(), header, values, plan, first, layout)
                     written += values.nbytes
-                    _release(padded)
+                    _release(source)
                 if pending is not None:
                     pending.result()
                     yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
@@ -158,7 +162,7 @@ def unfold_to_npy(
 
 def _band_computer(
     padded: np.ndarray,
-    geometry: Geometry,
+    direct_geometry: Geometry | None,
     plan: UnfoldPlan,
     layout: str,
     device: str,
@@ -167,7 +171,12 @@ def _band_computer(
     factor: Any,
 ) -> Any:
     """A function ``(first, last, slot) -> band`` that unfolds block rows into a contiguous array,
-    alternating between two buffers (``slot`` 0 or 1) so one can be written while the other fills."""
+    alternating between two buffers (``slot`` 0 or 1) so one can be written while the other fills.
+
+    With ``direct_geometry`` blocks are cut from ``padded`` (the input as :func:`cpu.prepare_input`
+    gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype.
+    """
+    geometry = plan.geometry
     rows_total = geometry.blocks_per_dim[0]
     per_row = plan.output_shape[1 if layout == "nlc" else 2] // rows_total
     size = plan.band_rows * plan.row_bytes // plan.dtype.itemsize
@@ -177,14 +186,13 @@ def _band_computer(
         n, a, b = plan.output_shape
         return (n, a, rows * per_row) if layout == "ncl" else (n, rows * per_row, b)
 
-    direct = padded.flags.c_contiguous and padded.dtype == plan.dtype and factor is None
     if device == "cpu" and engine != "torch":
 
         def compute(first: int, last: int, slot: int) -> np.ndarray:
             shape = shape_of(last - first)
             out = buffers[slot][: math.prod(shape)].reshape(shape)
-            if direct:
-                cpu.unfold_into(padded, geometry, out, layout, rows=(first, last), threads=threads)
+            if direct_geometry is not None:
+                cpu.unfold_into(padded, direct_geometry, out, layout, rows=(first, last), threads=threads)
             else:  # a contiguous slab in the output dtype first: strided or casting copies are slow
                 slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
                 slab = np.ascontiguousarray(slab, dtype=plan.dtype)
