@@ -6,6 +6,7 @@ import signal
 
 import click
 from patchfold import __version__
+from patchfold.cli.cmd_batch import batch
 from patchfold.cli.cmd_fold import fold
 from patchfold.cli.cmd_show import show
 from patchfold.cli.cmd_stats import divisor, stats
@@ -26,7 +27,7 @@ def main() -> None:
     """
 
 
-for command in (unfold, fold, divisor, stats, tiles, untile, show):
+for command in (unfold, fold, divisor, stats, tiles, untile, show, batch):
     main.add_command(command)
 
 

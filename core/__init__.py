@@ -9,6 +9,7 @@
 True
 """
 
+from patchfold.batch import PatchDataset, load_dataset
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS, PADDING_MODES, Geometry
 from patchfold.ops import ENGINES, divisor, fold, overlap_stats, unfold
@@ -22,10 +23,12 @@ __all__ = [
     "PADDING_MODES",
     "WINDOWS",
     "Geometry",
+    "PatchDataset",
     "PatchfoldError",
     "__version__",
     "divisor",
     "fold",
+    "load_dataset",
     "overlap_stats",
     "unfold",
 ]

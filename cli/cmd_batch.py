@@ -1,0 +1,226 @@
+"""``patchfold batch unfold`` and ``patchfold batch tiles``: whole datasets, in parallel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from patchfold import batch as batch_jobs
+from patchfold import io
+from patchfold.cli.errors import handle_errors
+from patchfold.cli.options import ByteSize, block_options, json_option, max_pixels_option, progress_option
+from patchfold.cli.present import emit_summary, stderr_console
+from patchfold.cpu import cpu_count
+from patchfold.tiles import TILE_FORMATS
+
+
+def _common(command):
+    """Options shared by batch commands: sources, parallelism, resumption."""
+    decorators = [
+        click.argument("sources", nargs=-1, required=True),
+        click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Dataset directory."),
+        click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories (and ** in globs)."),
+        click.option("--workers", type=click.IntRange(1), default=None, help="Local worker processes [all cores]."),
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Send the work to a Dask cluster, e.g. tcp://host:8786 (pip install 'patchfold[distributed]').",
+        ),
+        click.option(
+            "--channels",
+            type=click.IntRange(1, 4),
+            default=None,
+            help="Convert every image to this many channels (grey<->RGB, alpha dropped).",
+        ),
+        click.option("--fail-fast", is_flag=True, help="Stop at the first image that fails."),
+        max_pixels_option,
+        progress_option,
+        json_option,
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+@click.group()
+def batch() -> None:
+    """Unfold or tile whole datasets of images of different sizes, in parallel, resumably.
+
+    \b
+    Example:
+      patchfold batch unfold photos/ -r -k 64 -s 32 -o dataset/ --workers 8
+      patchfold batch unfold 'scans/*.tif' -k 256 -o dataset/ --scheduler tcp://head:8786
+      patchfold batch tiles photos/ -k 128 -s 96 -o tiles/
+    """
+
+
+@batch.command("unfold")
+@_common
+@block_options()
+@click.option("--dtype", type=click.Choice(io.DTYPES), default="keep", show_default=True)
+@click.option("--shard-size", type=ByteSize(), default="1GB", show_default=True, help="Largest shard file.")
+@handle_errors
+def batch_unfold(
+    sources,
+    output: Path,
+    recursive: bool,
+    workers: int | None,
+    scheduler: str | None,
+    channels: int | None,
+    fail_fast: bool,
+    max_pixels: int,
+    no_progress: bool,
+    as_json: bool,
+    block,
+    dtype: str,
+    shard_size: int,
+) -> None:
+    """Unfold every image of SOURCES (files, directories, globs) into a sharded patch dataset in
+    OUTPUT: shard-NNNNN.npy (one patch per row), index.npy and manifest.json. Images may differ in
+    size. A re-run of the same command skips images already done; failed images are reported and
+    do not stop the others.
+
+    \b
+    Example:
+      patchfold batch unfold sample_images/ -k 16 -s 8 --channels 3 -o out/dataset
+      python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
+    """
+    started = time.perf_counter()
+    paths = batch_jobs.find_sources(sources, recursive)
+    block = block.merged(None)
+    plan = batch_jobs.plan_dataset(
+        paths,
+        output,
+        block.kernel_size,
+        block.stride,
+        block.padding,
+        block.dilation,
+        block.padding_mode,
+        dtype=dtype,
+        channels=channels,
+        shard_size=shard_size,
+        max_pixels=max_pixels,
+    )
+    results = _track(
+        batch_jobs.run_dataset(plan, workers=workers or cpu_count(), scheduler=scheduler, fail_fast=fail_fast),
+        len(plan.tasks),
+        not no_progress,
+        "patches",
+    )
+    failed = [*plan.failed, *(r for r in results if not r.ok)]
+    summary = {
+        "output": str(output),
+        "images": len(paths),
+        "done": sum(1 for r in results if r.ok and not r.skipped),
+        "skipped": sum(1 for r in results if r.skipped),
+        "failed": len(failed),
+        "patches": plan.total_rows,
+        "shards": len(plan.manifest["shards"]),
+        "patch_length": plan.manifest["patch_length"],
+        "dtype": plan.manifest["dtype"],
+        "workers": "dask " + scheduler if scheduler else workers or cpu_count(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "errors": {r.source: r.error for r in failed},
+    }
+    emit_summary(f"batch unfold → {output}", summary, as_json)
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(paths)} image(s) failed (listed above); the others "
+            "are done, and a re-run retries only the failed ones"
+        )
+
+
+@batch.command("tiles")
+@_common
+@block_options()
+@click.option("--format", "fmt", type=click.Choice(TILE_FORMATS), default="png", show_default=True)
+@handle_errors
+def batch_tiles(
+    sources,
+    output: Path,
+    recursive: bool,
+    workers: int | None,
+    scheduler: str | None,
+    channels: int | None,
+    fail_fast: bool,
+    max_pixels: int,
+    no_progress: bool,
+    as_json: bool,
+    block,
+    fmt: str,
+) -> None:
+    """Write the tiles of every image of SOURCES into its own directory under OUTPUT (as
+    `patchfold tiles` does for one image), with a top-level manifest.json. Resumable.
+
+    \b
+    Example:
+      patchfold batch tiles sample_images/ -k 32 -s 32 -o out/tiles --channels 3
+    """
+    started = time.perf_counter()
+    paths = batch_jobs.find_sources(sources, recursive)
+    block = block.merged(None)
+    params = (block.kernel_size, block.stride, block.padding, block.dilation, block.padding_mode)
+    tasks = batch_jobs.plan_tiles(paths, output, params, fmt, channels, max_pixels)
+    results = _track(
+        batch_jobs.run_tiles(tasks, output, workers=workers or cpu_count(), scheduler=scheduler, fail_fast=fail_fast),
+        len(tasks),
+        not no_progress,
+        "tiles",
+    )
+    failed = [r for r in results if not r.ok]
+    summary = {
+        "output": str(output),
+        "images": len(paths),
+        "done": sum(1 for r in results if r.ok and not r.skipped),
+        "skipped": sum(1 for r in results if r.skipped),
+        "failed": len(failed),
+        "tiles": sum(r.rows for r in results),
+        "seconds": round(time.perf_counter() - started, 3),
+        "errors": {r.source: r.error for r in failed},
+    }
+    emit_summary(f"batch tiles → {output}", summary, as_json)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths)} image(s) failed (listed above)")
+
+
+def _track(results: Iterator[batch_jobs.ImageResult], total: int, show: bool, unit: str) -> list:
+    """Collect results, with a progress bar on stderr (images, patches, failures) when a TTY."""
+    import sys
+
+    collected: list[batch_jobs.ImageResult] = []
+    bar = task = None
+    try:
+        for result in results:
+            collected.append(result)
+            if show and sys.stderr.isatty() and bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                bar = Progress(
+                    TextColumn("[bold]images"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[patches]:,} " + unit),
+                    TextColumn("{task.fields[failed]} failed"),
+                    TimeRemainingColumn(),
+                    console=stderr_console(),
+                    transient=True,
+                )
+                bar.start()
+                task = bar.add_task("images", total=total, patches=0, failed=0)
+            if bar is not None:
+                bar.update(
+                    task,
+                    advance=1,
+                    patches=sum(r.rows for r in collected),
+                    failed=sum(1 for r in collected if not r.ok),
+                )
+    finally:
+        if bar is not None:
+            bar.stop()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+    return collected

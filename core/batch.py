@@ -1,0 +1,566 @@
+"""Dataset scale: unfold thousands of images of different sizes into a sharded patch dataset, in
+parallel on a local process pool or a Dask cluster, resumably.
+
+Layout of a dataset directory::
+
+    manifest.json        parameters, images (source, shape, rows, shard, status), shards
+    index.npy            one row per patch: image id, block index per dim, shard, row in shard
+    shard-00000.npy ...  patches, one per row: (rows, C·∏k), the ``nlc`` layout
+
+Everything is planned up front from the images' headers: which shard and rows each image gets.
+Workers then write their image's rows in place, so any scheduler produces byte-identical files and a
+killed job resumes by skipping the images whose rows are already complete.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from patchfold import io
+from patchfold.errors import PatchfoldError
+from patchfold.geometry import Geometry
+
+DATASET_FORMAT = "patchfold-dataset"
+DATASET_VERSION = 1
+DONE_DIR = ".done"
+DEFAULT_SHARD_SIZE = 10**9
+
+
+# ----- inputs ------------------------------------------------------------------------------------
+def find_sources(sources: Sequence[str], recursive: bool = False) -> list[Path]:
+    """Files, directories (their images; all levels with ``recursive``) and glob patterns, sorted
+    and without duplicates."""
+    found: dict[str, Path] = {}
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            matches = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in io.INPUT_SUFFIXES]
+        elif path.exists():
+            matches = [path]
+        elif glob.has_magic(source):
+            matches = [Path(p) for p in glob.glob(source, recursive=recursive) if Path(p).is_file()]
+        else:
+            raise PatchfoldError(f"input '{source}' does not exist")
+        for match in matches:
+            found.setdefault(str(match), match)
+    if not found:
+        raise PatchfoldError(f"no images found in {', '.join(repr(s) for s in sources)}")
+    return [found[key] for key in sorted(found)]
+
+
+def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
+    """``(1, C, H, W)`` to ``channels``: grey↔RGB, alpha dropped; None keeps what there is."""
+    have = array.shape[1]
+    if channels is None or channels == have:
+        return array
+    if channels == 3 and have in (1, 2):
+        return np.repeat(array[:, :1], 3, axis=1)
+    if channels == 3 and have == 4:
+        return array[:, :3]
+    if channels == 1 and have in (3, 4):
+        weights = np.array([0.299, 0.587, 0.114])
+        grey = np.tensordot(weights, array[0, :3].astype(np.float64), axes=1)[None, None]
+        return np.rint(grey).astype(array.dtype) if array.dtype.kind in "iu" else grey.astype(array.dtype)
+    if channels == 1 and have == 2:
+        return array[:, :1]
+    raise PatchfoldError(f"'{source}' has {have} channel(s); cannot convert to {channels}")
+
+
+# ----- plan --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageTask:
+    """One image's share of the work: where its patches go. Picklable, sent to workers."""
+
+    image_id: int
+    source: str
+    shard_path: str
+    header: int
+    first_row: int
+    rows: int
+    patch_length: int
+    dtype: str
+    scale: float
+    channels: int | None
+    params: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]
+    marker: str
+    max_pixels: int
+
+
+@dataclass
+class ImageResult:
+    image_id: int
+    source: str
+    rows: int
+    error: str | None = None
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class DatasetPlan:
+    directory: Path
+    manifest: dict[str, Any]
+    tasks: list[ImageTask]
+    failed: list[ImageResult]
+    index: np.ndarray
+
+    @property
+    def total_rows(self) -> int:
+        return sum(task.rows for task in self.tasks)
+
+
+def plan_dataset(
+    sources: Sequence[Path],
+    directory: Path,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    padding_mode: str = "zeros",
+    *,
+    dtype: str = "keep",
+    channels: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_pixels: int = io.DEFAULT_MAX_PIXELS,
+) -> DatasetPlan:
+    """Read every image's header, check geometry and channels, and assign rows in shards."""
+    shapes: list[tuple[Path, tuple[int, ...], np.dtype]] = []
+    failed: list[ImageResult] = []
+    for image_id, path in enumerate(sources):
+        try:
+            shape, image_dtype = io.probe_shape([path], None, max_pixels)
+            shapes.append((path, shape, image_dtype))
+        except PatchfoldError as error:
+            failed.append(ImageResult(image_id, str(path), 0, str(error)))
+            shapes.append((path, (), np.dtype(np.uint8)))
+    counts = sorted({shape[1] for _, shape, _ in shapes if shape})
+    if channels is None and len(counts) > 1:
+        listing = ", ".join(f"{c}: {sum(1 for _, s, _ in shapes if s and s[1] == c)} image(s)" for c in counts)
+        raise PatchfoldError(f"images differ in channel count ({listing}); convert them with --channels C")
+    channel_count = channels or (counts[0] if counts else 1)
+    dtypes = [d for _, s, d in shapes if s]
+    source_dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint8)
+    out_dtype, scale = io.target_dtype(source_dtype, dtype)
+    ndim = len(shapes[0][1]) - 2 if shapes and shapes[0][1] else 2
+    geometry_args = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    patch_length = channel_count * math.prod(_expand(kernel_size, ndim))
+    row_bytes = patch_length * out_dtype.itemsize
+    capacity = max(1, shard_size // row_bytes)
+
+    images: list[dict[str, Any]] = []
+    shard_rows: list[int] = []
+    index_parts: list[np.ndarray] = []
+    placements: list[tuple[int, int, int, Path]] = []  # image id, shard, first row, path
+    failed_ids = {f.image_id for f in failed}
+    for image_id, (path, shape, _) in enumerate(shapes):
+        record: dict[str, Any] = {"id": image_id, "source": str(path), "shape": list(shape[1:]) if shape else None}
+        images.append(record)
+        if image_id in failed_ids:
+            continue
+        try:
+            geometry = Geometry.create(shape[2:], *geometry_args, padding_mode)
+        except PatchfoldError as error:
+            failed.append(ImageResult(image_id, str(path), 0, str(error)))
+            failed_ids.add(image_id)
+            continue
+        rows = geometry.num_blocks
+        if not shard_rows or (shard_rows[-1] and shard_rows[-1] + rows > capacity):
+            shard_rows.append(0)
+        shard, first = len(shard_rows) - 1, shard_rows[-1]
+        shard_rows[-1] += rows
+        record.update(blocks_per_dim=list(geometry.blocks_per_dim), shard=shard, first_row=first, rows=rows)
+        placements.append((image_id, shard, first, path))
+        blocks = np.indices(geometry.blocks_per_dim).reshape(geometry.ndim, -1).T
+        index_parts.append(
+            np.column_stack(
+                [np.full(rows, image_id), blocks, np.full(rows, shard), np.arange(first, first + rows)]
+            ).astype(np.int64)
+        )
+    failed.sort(key=lambda f: f.image_id)
+    for result in failed:
+        images[result.image_id]["error"] = result.error
+    shards = [{"file": f"shard-{i:05d}.npy", "rows": rows} for i, rows in enumerate(shard_rows)]
+    manifest = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "kernel_size": list(geometry_args[0]),
+        "stride": list(geometry_args[1]),
+        "padding": list(geometry_args[2]),
+        "dilation": list(geometry_args[3]),
+        "padding_mode": padding_mode,
+        "channels": channel_count,
+        "dtype": str(out_dtype),
+        "scale": scale,
+        "patch_length": patch_length,
+        "layout": "nlc",
+        "index_columns": ["image", *(f"block_{d}" for d in range(ndim)), "shard", "row"],
+        "images": images,
+        "shards": shards,
+        "complete": False,
+    }
+    headers = {i: _header_size((s["rows"], patch_length), out_dtype) for i, s in enumerate(shards)}
+    tasks = [
+        ImageTask(
+            image_id,
+            str(path),
+            str(directory / shards[shard]["file"]),
+            headers[shard],
+            first,
+            images[image_id]["rows"],
+            patch_length,
+            str(out_dtype),
+            scale,
+            channels,
+            (*geometry_args, padding_mode),
+            str(directory / DONE_DIR / f"{image_id:08d}"),
+            max_pixels,
+        )
+        for image_id, shard, first, path in placements
+    ]
+    columns = 3 + ndim
+    index = np.concatenate(index_parts) if index_parts else np.empty((0, columns), np.int64)
+    return DatasetPlan(directory, manifest, tasks, failed, index)
+
+
+def _expand(values: Sequence[int], ndim: int) -> tuple[int, ...]:
+    return tuple(values) * ndim if len(values) == 1 else tuple(values)
+
+
+def _header_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    import io as stdio
+
+    from patchfold.pipeline import write_npy_header
+
+    return write_npy_header(stdio.BytesIO(), shape, dtype)
+
+
+# ----- preparing the directory -------------------------------------------------------------------
+def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
+    """Create (or check, for a resumed run) the dataset files; return the tasks still to do."""
+    directory = plan.directory
+    manifest_path = directory / "manifest.json"
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if _identity(existing) != _identity(plan.manifest):
+            raise PatchfoldError(
+                f"'{directory}' holds a different dataset (other parameters or images); write to a new directory"
+            )
+        if existing.get("complete"):
+            return []
+        done = directory / DONE_DIR
+        return [task for task in plan.tasks if not (done / f"{task.image_id:08d}").exists()]
+    if directory.exists() and any(directory.iterdir()):
+        raise PatchfoldError(f"output directory '{directory}' exists, is not empty and holds no patchfold dataset")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / DONE_DIR).mkdir(exist_ok=True)
+    needed = (
+        sum(s["rows"] for s in plan.manifest["shards"])
+        * plan.manifest["patch_length"]
+        * np.dtype(plan.manifest["dtype"]).itemsize
+    )
+    io.check_free_space(directory / "x", needed)
+    from patchfold.pipeline import write_npy_header
+
+    for shard in plan.manifest["shards"]:
+        with open(directory / shard["file"], "wb") as handle:
+            header = write_npy_header(
+                handle, (shard["rows"], plan.manifest["patch_length"]), np.dtype(plan.manifest["dtype"])
+            )
+            handle.truncate(
+                header + shard["rows"] * plan.manifest["patch_length"] * np.dtype(plan.manifest["dtype"]).itemsize
+            )
+    io.save_npy(directory / "index.npy", plan.index)
+    _write_manifest(directory, plan.manifest)
+    return list(plan.tasks)
+
+
+def _identity(manifest: dict[str, Any]) -> str:
+    keys = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "channels", "dtype", "shards")
+    images = [{k: v for k, v in image.items() if k != "error"} for image in manifest.get("images", [])]
+    return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    with io.atomic_paths(directory / "manifest.json") as (temporary,):
+        temporary.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+# ----- the work ----------------------------------------------------------------------------------
+def process_image(task: ImageTask) -> ImageResult:
+    """Unfold one image into its rows of its shard (runs in a worker process)."""
+    from patchfold.ops import unfold
+
+    try:
+        array = io.read_input(Path(task.source), None, task.max_pixels)
+        array = convert_channels(array, task.channels, task.source)
+        target = np.dtype(task.dtype)
+        values = array
+        if target != array.dtype:
+            values, _ = io.convert_dtype(array, target.name) if target.kind == "f" else (array.astype(target), 1.0)
+        kernel, stride, padding, dilation, mode = task.params
+        patches = unfold(
+            np.ascontiguousarray(values), kernel, dilation, padding, stride, padding_mode=mode, layout="nlc", threads=1
+        )[0]
+        if patches.shape != (task.rows, task.patch_length):
+            raise PatchfoldError(
+                f"'{task.source}' changed since the dataset was planned: {patches.shape[0]} "
+                f"patches of {patches.shape[1]} values, expected {task.rows} of {task.patch_length}"
+            )
+        offset = task.header + task.first_row * task.patch_length * patches.itemsize
+        descriptor = os.open(task.shard_path, os.O_WRONLY)
+        try:
+            view = memoryview(np.ascontiguousarray(patches)).cast("B")
+            while view:
+                written = os.pwrite(descriptor, view, offset)
+                view, offset = view[written:], offset + written
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        Path(task.marker).touch()
+        return ImageResult(task.image_id, task.source, task.rows)
+    except (PatchfoldError, OSError, ValueError, MemoryError) as error:
+        return ImageResult(
+            task.image_id,
+            task.source,
+            0,
+            f"{type(error).__name__}: {error}" if not isinstance(error, PatchfoldError) else str(error),
+        )
+
+
+def run_local(
+    tasks: Sequence[Any], workers: int, fail_fast: bool = False, function: Callable[[Any], ImageResult] | None = None
+) -> Iterator[ImageResult]:
+    """Run tasks on a pool of ``workers`` processes (in this process when 1), yielding results as
+    they finish."""
+    function = function or process_image
+    if workers <= 1:
+        for task in tasks:
+            result = function(task)
+            yield result
+            if fail_fast and not result.ok:
+                return
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+        pending: set[Future[ImageResult]] = set()
+        queue = iter(tasks)
+        try:
+            for task in queue:
+                pending.add(pool.submit(function, task))
+                if len(pending) >= workers * 4:
+                    break
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    result = future.result()
+                    yield result
+                    if fail_fast and not result.ok:
+                        return
+                    task = next(queue, None)
+                    if task is not None:
+                        pending.add(pool.submit(function, task))
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_dask(
+    tasks: Sequence[Any], scheduler: str, fail_fast: bool = False, function: Callable[[Any], ImageResult] | None = None
+) -> Iterator[ImageResult]:
+    """Send tasks to a running Dask distributed cluster; workers write to the shared directory."""
+    function = function or process_image
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise PatchfoldError("--scheduler needs dask.distributed: pip install 'patchfold[distributed]'") from None
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise PatchfoldError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    try:
+        futures = client.map(function, list(tasks), pure=False)
+        for future in as_completed(futures):
+            result = future.result()
+            yield result
+            if fail_fast and not result.ok:
+                client.cancel(futures)
+                return
+    finally:
+        client.close()
+
+
+def finish(plan: DatasetPlan, failures: Sequence[ImageResult]) -> dict[str, Any]:
+    """Record the outcome in the manifest; a run with no failure marks the dataset complete."""
+    manifest = json.loads(json.dumps(plan.manifest))
+    errors = {f.image_id: f.error for f in [*plan.failed, *failures]}
+    for image in manifest["images"]:
+        if image["id"] in errors:
+            image["error"] = errors[image["id"]]
+    done = plan.directory / DONE_DIR
+    pending = [t for t in plan.tasks if not (done / f"{t.image_id:08d}").exists()]
+    manifest["complete"] = not pending
+    _write_manifest(plan.directory, manifest)
+    if manifest["complete"]:
+        shutil.rmtree(done, ignore_errors=True)
+    return manifest
+
+
+def run_dataset(
+    plan: DatasetPlan, *, workers: int = 1, scheduler: str | None = None, fail_fast: bool = False
+) -> Iterator[ImageResult]:
+    """Prepare the directory, run what is left, and record the outcome. Yields one result per image
+    (skipped ones first, marked ``skipped``)."""
+    remaining = prepare_directory(plan)
+    todo = {task.image_id for task in remaining}
+    for task in plan.tasks:
+        if task.image_id not in todo:
+            yield ImageResult(task.image_id, task.source, task.rows, skipped=True)
+    failures: list[ImageResult] = []
+    runner = run_dask(remaining, scheduler, fail_fast) if scheduler else run_local(remaining, workers, fail_fast)
+    try:
+        for result in runner:
+            if not result.ok:
+                failures.append(result)
+            yield result
+    finally:
+        finish(plan, failures)
+
+
+# ----- reading -----------------------------------------------------------------------------------
+class PatchDataset:
+    """A patch dataset opened for reading: memory-mapped shards and the index.
+
+    ``dataset[i]`` is patch ``i`` as ``(C, *kernel_size)``; ``dataset.index[i]`` says where it
+    came from (image id, block index, shard, row).
+    """
+
+    def __init__(self, directory: str | Path, allow_incomplete: bool = False) -> None:
+        self.directory = Path(directory)
+        path = self.directory / "manifest.json"
+        if not path.exists():
+            raise PatchfoldError(f"'{self.directory}' is not a patchfold dataset (no manifest.json)")
+        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        if self.manifest.get("format") != DATASET_FORMAT:
+            raise PatchfoldError(f"'{path}' is not a patchfold dataset manifest")
+        if not self.manifest.get("complete") and not allow_incomplete:
+            raise PatchfoldError(
+                f"dataset '{self.directory}' is incomplete (a run failed or was stopped); "
+                "re-run the same command to finish it"
+            )
+        self.index = np.load(self.directory / "index.npy", allow_pickle=False)
+        self.shards = [
+            np.load(self.directory / s["file"], mmap_mode="r", allow_pickle=False) for s in self.manifest["shards"]
+        ]
+        kernel = self.manifest["kernel_size"]
+        ndim = len(self.manifest["index_columns"]) - 3
+        self.patch_shape = (self.manifest["channels"], *_expand(kernel, ndim))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        shard, row = self.index[i, -2], self.index[i, -1]
+        return np.asarray(self.shards[shard][row]).reshape(self.patch_shape)
+
+    def image_rows(self, image_id: int) -> np.ndarray:
+        """Dataset indices of one image's patches, in block order."""
+        return np.flatnonzero(self.index[:, 0] == image_id)
+
+
+def load_dataset(directory: str | Path, allow_incomplete: bool = False) -> PatchDataset:
+    """Open a dataset written by ``patchfold batch unfold`` (memory-mapped; nothing is read yet)."""
+    return PatchDataset(directory, allow_incomplete)
+
+
+# ----- tiles at scale ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TilesTask:
+    """One image's tiles: written to their own directory (atomic, so a finished one is skipped)."""
+
+    image_id: int
+    source: str
+    directory: str
+    fmt: str
+    channels: int | None
+    params: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]
+    max_pixels: int
+
+
+def plan_tiles(
+    sources: Sequence[Path], directory: Path, params: tuple, fmt: str, channels: int | None, max_pixels: int
+) -> list[TilesTask]:
+    stems = [f"{i:06d}_{path.stem}" for i, path in enumerate(sources)]
+    return [
+        TilesTask(i, str(path), str(directory / stem), fmt, channels, params, max_pixels)
+        for i, (path, stem) in enumerate(zip(sources, stems))
+    ]
+
+
+def process_tiles(task: TilesTask) -> ImageResult:
+    """Write one image's tiles (runs in a worker process); an existing complete directory is kept."""
+    from patchfold.tiles import write_tiles
+
+    target = Path(task.directory)
+    if (target / "manifest.json").exists():
+        return ImageResult(task.image_id, task.source, 0, skipped=True)
+    try:
+        array = convert_channels(io.read_input(Path(task.source), None, task.max_pixels), task.channels, task.source)
+        kernel, stride, padding, dilation, mode = task.params
+        geometry = Geometry.create(array.shape[2:], kernel, stride, padding, dilation, mode)
+        for _ in write_tiles(array, geometry, target, [task.source], task.fmt):
+            pass
+        return ImageResult(task.image_id, task.source, geometry.num_blocks)
+    except (PatchfoldError, OSError, ValueError, MemoryError) as error:
+        message = str(error) if isinstance(error, PatchfoldError) else f"{type(error).__name__}: {error}"
+        return ImageResult(task.image_id, task.source, 0, message)
+
+
+def run_tiles(
+    tasks: Sequence[TilesTask],
+    directory: Path,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    fail_fast: bool = False,
+) -> Iterator[ImageResult]:
+    """Write every image's tile directory under ``directory`` and a top-level manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    results: dict[int, ImageResult] = {}
+    runner = (
+        run_dask(tasks, scheduler, fail_fast, process_tiles)
+        if scheduler
+        else run_local(tasks, workers, fail_fast, process_tiles)
+    )
+    try:
+        for result in runner:
+            results[result.image_id] = result
+            yield result
+    finally:
+        images = [
+            {
+                "id": t.image_id,
+                "source": t.source,
+                "directory": Path(t.directory).name,
+                **(
+                    {"error": results[t.image_id].error} if t.image_id in results and not results[t.image_id].ok else {}
+                ),
+            }
+            for t in tasks
+        ]
+        complete = all((Path(t.directory) / "manifest.json").exists() for t in tasks)
+        manifest = {"format": "patchfold-tile-dataset", "version": 1, "images": images, "complete": complete}
+        _write_manifest(directory, manifest)

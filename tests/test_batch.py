@@ -1,0 +1,157 @@
+"""Datasets at scale: sharding, local pool vs Dask, resume after a kill, reading back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import patchfold
+import pytest
+from patchfold import batch
+from PIL import Image
+
+EXE = Path(sys.executable).parent / "patchfold"
+
+
+def make_images(folder: Path, count: int = 12, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        height, width = rng.integers(20, 70, 2)
+        mode_gray = i % 5 == 4
+        shape = (height, width) if mode_gray else (height, width, 3)
+        path = folder / f"img_{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def plan(paths: list[Path], out: Path, shard_size: int = 40_000, **kwargs) -> batch.DatasetPlan:
+    return batch.plan_dataset(paths, out, (8,), (4,), (0,), (1,), channels=3, shard_size=shard_size, **kwargs)
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_dataset_matches_per_image_unfold(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "in")
+    the_plan = plan(paths, tmp_path / "ds")
+    results = list(batch.run_dataset(the_plan, workers=2))
+    assert all(r.ok for r in results) and len(results) == len(paths)
+    dataset = patchfold.load_dataset(tmp_path / "ds")
+    manifest = dataset.manifest
+    assert manifest["complete"] and len(manifest["shards"]) > 1
+    assert all(s["rows"] * 192 <= 40_000 or s["rows"] == manifest["images"][0]["rows"] for s in manifest["shards"])
+    assert not (tmp_path / "ds" / batch.DONE_DIR).exists()
+    for image in manifest["images"]:
+        x = batch.convert_channels(patchfold.io.read_input(Path(image["source"])), 3, "")
+        expected = patchfold.unfold(x, 8, stride=4, layout="nlc")[0]
+        rows = dataset.image_rows(image["id"])
+        got = np.stack([dataset[i].reshape(-1) for i in rows])
+        np.testing.assert_array_equal(got, expected)
+        blocks = dataset.index[rows, 1:3]
+        assert blocks[0].tolist() == [0, 0] and blocks[-1].tolist() == [b - 1 for b in image["blocks_per_dim"]]
+    assert len(dataset) == sum(image["rows"] for image in manifest["images"])
+
+
+def test_channels_must_agree_without_conversion(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "in")
+    with pytest.raises(patchfold.PatchfoldError, match=r"differ in channel count \(1: 2 image\(s\), 3: 10"):
+        batch.plan_dataset(paths, tmp_path / "ds", (8,), (4,), (0,), (1,))
+
+
+def test_failed_image_is_reported_and_others_finish(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "in", 5)
+    paths[2].write_bytes(b"not an image")
+    the_plan = plan(paths, tmp_path / "ds")
+    results = list(batch.run_dataset(the_plan, workers=1))
+    assert len(the_plan.failed) == 1 and "not an image" in the_plan.failed[0].error
+    assert all(r.ok for r in results) and len(results) == 4
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["complete"] and "error" in manifest["images"][2]
+
+
+def test_dataset_from_different_parameters_is_refused(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "in", 3)
+    list(batch.run_dataset(plan(paths, tmp_path / "ds"), workers=1))
+    other = batch.plan_dataset(paths, tmp_path / "ds", (4,), (4,), (0,), (1,), channels=3)
+    with pytest.raises(patchfold.PatchfoldError, match="different dataset"):
+        list(batch.run_dataset(other, workers=1))
+
+
+def test_torch_dataset_feeds_a_dataloader(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    paths = make_images(tmp_path / "in", 4)
+    list(batch.run_dataset(plan(paths, tmp_path / "ds"), workers=1))
+    patches = patchfold.load_dataset(tmp_path / "ds")
+
+    class Patches(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(patches)
+
+        def __getitem__(self, i: int):
+            return torch.from_numpy(patches[i].astype(np.float32) / 255), int(patches.index[i, 0])
+
+    loader = torch.utils.data.DataLoader(Patches(), batch_size=16, shuffle=False)
+    images, ids = next(iter(loader))
+    assert images.shape == (16, 3, 8, 8) and ids.tolist() == [0] * min(16, patches.manifest["images"][0]["rows"]) + \
+        [1] * max(0, 16 - patches.manifest["images"][0]["rows"])
+    assert sum(len(b[0]) for b in loader) == len(patches)
+
+
+def test_dask_cluster_gives_byte_identical_dataset(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("dask.distributed")
+    paths = make_images(tmp_path / "in")
+    list(batch.run_dataset(plan(paths, tmp_path / "local"), workers=2))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        results = list(batch.run_dataset(plan(paths, tmp_path / "dask"), scheduler=cluster.scheduler_address))
+    assert all(r.ok for r in results)
+    assert files(tmp_path / "local") == files(tmp_path / "dask")
+
+
+def test_killed_run_resumes_and_ends_identical(tmp_path: Path) -> None:
+    if not EXE.exists():
+        pytest.skip("the patchfold command is not installed")
+    paths = make_images(tmp_path / "in", 40, seed=1)
+    for path in paths:  # larger images so the run lasts long enough to be killed mid-way
+        Image.open(path).resize((400, 300)).convert("RGB").save(path)
+    args = [str(EXE), "batch", "unfold", str(tmp_path / "in"), "-k", "8", "-s", "2", "--workers", "1",
+            "--shard-size", "20MB", "--no-progress"]
+    process = subprocess.Popen([*args, "-o", str(tmp_path / "killed")], stderr=subprocess.PIPE)
+    done = tmp_path / "killed" / batch.DONE_DIR
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (done.exists() and len(os.listdir(done)) >= 3):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = len(os.listdir(done))
+    assert 3 <= finished_before < len(paths), "the run should have been killed part-way"
+    with pytest.raises(patchfold.PatchfoldError, match="incomplete"):
+        patchfold.load_dataset(tmp_path / "killed")
+    resumed = subprocess.run([*args, "-o", str(tmp_path / "killed"), "--json"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["skipped"] >= finished_before and summary["done"] + summary["skipped"] == len(paths)
+    fresh = subprocess.run([*args, "-o", str(tmp_path / "fresh")], capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    assert files(tmp_path / "killed") == files(tmp_path / "fresh")
+
+
+def test_batch_tiles_writes_one_directory_per_image(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "in", 4)
+    tasks = batch.plan_tiles(paths, tmp_path / "t", ((8,), (8,), (0,), (1,), "zeros"), "png", 3, 10**9)
+    results = list(batch.run_tiles(tasks, tmp_path / "t", workers=2))
+    assert all(r.ok for r in results)
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["images"][0]["directory"] == "000000_img_000"
+    again = list(batch.run_tiles(tasks, tmp_path / "t", workers=1))
+    assert all(r.skipped for r in again)
