@@ -110,27 +110,13 @@ def batch_unfold(
         not no_progress,
         "patches",
     )
-    failed = [*plan.failed, *(r for r in results if not r.ok)]
-    summary = {
-        "output": str(output),
-        "images": len(paths),
-        "done": sum(1 for r in results if r.ok and not r.skipped),
-        "skipped": sum(1 for r in results if r.skipped),
-        "failed": len(failed),
+    extra = {
         "patches": plan.total_rows,
         "shards": len(plan.manifest["shards"]),
         "patch_length": plan.manifest["patch_length"],
         "dtype": plan.manifest["dtype"],
-        "workers": "dask " + scheduler if scheduler else workers or cpu_count(),
-        "seconds": round(time.perf_counter() - started, 3),
-        "errors": {r.source: r.error for r in failed},
     }
-    emit_summary(f"batch unfold → {output}", summary, as_json)
-    if failed:
-        raise click.ClickException(
-            f"{len(failed)} of {len(paths)} image(s) failed (listed above); the others "
-            "are done, and a re-run retries only the failed ones"
-        )
+    _report("batch unfold", output, len(paths), results, plan.failed, extra, scheduler, workers, started, as_json)
 
 
 @batch.command("tiles")
@@ -170,20 +156,41 @@ def batch_tiles(
         not no_progress,
         "tiles",
     )
-    failed = [r for r in results if not r.ok]
+    extra = {"tiles": sum(r.rows for r in results)}
+    _report("batch tiles", output, len(paths), results, [], extra, scheduler, workers, started, as_json)
+
+
+def _report(
+    title: str,
+    output: Path,
+    count: int,
+    results: list,
+    failed_early: list,
+    extra: dict,
+    scheduler: str | None,
+    workers: int | None,
+    started: float,
+    as_json: bool,
+) -> None:
+    """The summary of a batch run; exit 1 (after the summary) when any image failed."""
+    failed = [*failed_early, *(r for r in results if not r.ok)]
     summary = {
         "output": str(output),
-        "images": len(paths),
+        "images": count,
         "done": sum(1 for r in results if r.ok and not r.skipped),
         "skipped": sum(1 for r in results if r.skipped),
         "failed": len(failed),
-        "tiles": sum(r.rows for r in results),
+        **extra,
+        "workers": "dask " + scheduler if scheduler else workers or cpu_count(),
         "seconds": round(time.perf_counter() - started, 3),
         "errors": {r.source: r.error for r in failed},
     }
-    emit_summary(f"batch tiles → {output}", summary, as_json)
+    emit_summary(f"{title} → {output}", summary, as_json)
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(paths)} image(s) failed (listed above)")
+        raise click.ClickException(
+            f"{len(failed)} of {count} image(s) failed (listed above); the others are done, and a re-run "
+            "retries only the failed ones"
+        )
 
 
 def _track(results: Iterator[batch_jobs.ImageResult], total: int, show: bool, unit: str) -> list:

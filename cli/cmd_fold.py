@@ -13,43 +13,24 @@ from patchfold.cli.options import (
     POSITIVE,
     block_options,
     device_options,
+    fold_output_options,
     json_option,
     max_memory_option,
     progress_option,
 )
-from patchfold.cli.present import emit_summary, track
+from patchfold.cli.present import emit_summary, geometry_fields, track
 from patchfold.devices import resolve
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS
-from patchfold.windows import WINDOWS
 
 
 @click.command()
 @click.argument("patches", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.",
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=True,
-    show_default=True,
-    help="Divide by the divisor map (gives back the original image); --no-normalize writes F.fold's sum.",
-)
+@fold_output_options
 @click.option("--output-size", type=POSITIVE, default=None, help="Spatial size H,W (default: from the sidecar).")
 @block_options(required=False)
 @click.option(
     "--layout", type=click.Choice(LAYOUTS), default=None, help="Layout of PATCHES (default: sidecar, else ncl)."
-)
-@click.option(
-    "--window",
-    default="none",
-    show_default=True,
-    metavar="|".join(WINDOWS),
-    help="Blend overlapping patches with a window (gaussian:SIGMA sets its width).",
 )
 @device_options
 @max_memory_option
@@ -125,11 +106,7 @@ def fold(
         "patches_shape": list(cols.shape),
         "output_shape": list(output_shape),
         "output_dtype": str(output_dtype),
-        "kernel_size": list(geometry.kernel_size),
-        "stride": list(geometry.stride),
-        "padding": list(geometry.padding),
-        "dilation": list(geometry.dilation),
-        "padding_mode": geometry.padding_mode,
+        **geometry_fields(geometry),
         "layout": layout,
         "normalize": normalize,
         "window": window,

@@ -11,6 +11,7 @@ from patchfold.cli.cmd_fold import output_targets
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     block_options,
+    fold_output_options,
     json_option,
     max_pixels_option,
     progress_option,
@@ -19,7 +20,6 @@ from patchfold.cli.options import (
 )
 from patchfold.cli.present import emit_summary, track
 from patchfold.tiles import TILE_FORMATS, TileSet, read_tiles, write_tiles
-from patchfold.windows import WINDOWS
 
 
 @click.command()
@@ -83,26 +83,7 @@ def tiles(
 
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path),
-    help=".npy, an image file ({i} for several images), or a directory.",
-)
-@click.option(
-    "--window",
-    default="none",
-    show_default=True,
-    metavar="|".join(WINDOWS),
-    help="Blend overlapping tiles with a window (edge-aware).",
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=True,
-    show_default=True,
-    help="Divide by the (weighted) divisor, so untouched tiles give back the image.",
-)
+@fold_output_options
 @progress_option
 @json_option
 @handle_errors

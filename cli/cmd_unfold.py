@@ -18,7 +18,7 @@ from patchfold.cli.options import (
     spatial_dims_option,
     stack_option,
 )
-from patchfold.cli.present import emit_summary, human_bytes, track
+from patchfold.cli.present import emit_summary, geometry_fields, human_bytes, track
 from patchfold.devices import resolve
 from patchfold.geometry import LAYOUTS
 
@@ -110,11 +110,7 @@ def unfold(
         "input_shape": list(array.shape),
         "input_dtype": str(batch.array.dtype),
         "output_dtype": str(out_dtype),
-        "kernel_size": list(geometry.kernel_size),
-        "stride": list(geometry.stride),
-        "padding": list(geometry.padding),
-        "dilation": list(geometry.dilation),
-        "padding_mode": geometry.padding_mode,
+        **geometry_fields(geometry),
         "layout": layout,
         "blocks_per_dim": list(geometry.blocks_per_dim),
         "num_blocks": geometry.num_blocks,

@@ -6,6 +6,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -249,3 +250,35 @@ def stack_option(command: Callable[..., Any]) -> Callable[..., Any]:
         is_flag=True,
         help="Read a multi-page TIFF as a 3-D volume, or stack 2-D images (a directory of slices) into one.",
     )(command)
+
+
+def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o/--output``, ``--normalize/--no-normalize`` and ``--window``: how fold and untile write."""
+    from patchfold.windows import WINDOWS
+
+    options = [
+        click.option(
+            "-o",
+            "--output",
+            required=True,
+            type=click.Path(path_type=Path),
+            help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.",
+        ),
+        click.option(
+            "--normalize/--no-normalize",
+            default=True,
+            show_default=True,
+            help="Divide by the (weighted) divisor map, so untouched patches give back the image; "
+            "--no-normalize writes the plain sum (F.fold's).",
+        ),
+        click.option(
+            "--window",
+            default="none",
+            show_default=True,
+            metavar="|".join(WINDOWS),
+            help="Blend overlapping patches with an edge-aware window (gaussian:SIGMA sets its width).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

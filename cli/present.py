@@ -37,6 +37,17 @@ def emit_summary(
     stderr_console().print(table)
 
 
+def geometry_fields(geometry: Any) -> dict[str, Any]:
+    """The block parameters of a geometry, for summaries."""
+    return {
+        "kernel_size": list(geometry.kernel_size),
+        "stride": list(geometry.stride),
+        "padding": list(geometry.padding),
+        "dilation": list(geometry.dilation),
+        "padding_mode": geometry.padding_mode,
+    }
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "×".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else ", ".join(map(str, value))

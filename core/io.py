@@ -294,14 +294,20 @@ def convert_dtype(array: np.ndarray, target: str) -> tuple[np.ndarray, float]:
 
 # ----- writing -----------------------------------------------------------------------------------
 def check_output_path(path: Path, what: str = "output") -> None:
-    """Fail before any work if ``path`` cannot be written."""
+    """Fail before any work if the file ``path`` cannot be written."""
     if path.is_dir():
         raise PatchfoldError(f"{what} '{path}' is a directory; give a file path")
+    check_parent(path, f"{what} directory")
+
+
+def check_parent(path: Path, what: str) -> Path:
+    """The directory that will hold ``path``; it must exist and be writable."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise PatchfoldError(f"{what} directory '{parent}' does not exist")
+        raise PatchfoldError(f"{what} '{parent}' does not exist")
     if not os.access(parent, os.W_OK):
-        raise PatchfoldError(f"{what} directory '{parent}' is not writable")
+        raise PatchfoldError(f"{what} '{parent}' is not writable")
+    return parent
 
 
 def check_free_space(path: Path, needed: int) -> None:

@@ -55,36 +55,49 @@ def default_budget() -> int:
 
 
 @dataclass(frozen=True)
-class UnfoldPlan:
-    """How an unfold job will run: the output's shape and size, and the bands it is written in."""
+class BandPlan:
+    """A job's output (shape, dtype) and the bands of ``band_rows`` rows it is computed in, out of
+    ``total_rows`` (block rows for unfold, output rows for fold)."""
 
     geometry: Geometry
-    output_shape: tuple[int, int, int]
+    output_shape: tuple[int, ...]
     dtype: np.dtype
     band_rows: int
     budget: int
+
+    @property
+    def total_rows(self) -> int:
+        raise NotImplementedError
 
     @property
     def output_bytes(self) -> int:
         return math.prod(self.output_shape) * self.dtype.itemsize
 
     @property
-    def row_bytes(self) -> int:
-        """Output bytes of one row of blocks along the first spatial dim."""
-        return self.output_bytes // self.geometry.blocks_per_dim[0]
-
-    @property
     def bands(self) -> int:
-        return -(-self.geometry.blocks_per_dim[0] // self.band_rows)
+        return -(-self.total_rows // self.band_rows)
 
     @property
     def streaming(self) -> bool:
         return self.bands > 1
 
     def band_ranges(self) -> Iterator[tuple[int, int]]:
-        rows = self.geometry.blocks_per_dim[0]
-        for first in range(0, rows, self.band_rows):
-            yield first, min(rows, first + self.band_rows)
+        for first in range(0, self.total_rows, self.band_rows):
+            yield first, min(self.total_rows, first + self.band_rows)
+
+
+@dataclass(frozen=True)
+class UnfoldPlan(BandPlan):
+    """How an unfold job will run, in bands of block rows along the first spatial dim."""
+
+    @property
+    def total_rows(self) -> int:
+        return self.geometry.blocks_per_dim[0]
+
+    @property
+    def row_bytes(self) -> int:
+        """Output bytes of one row of blocks along the first spatial dim."""
+        return self.output_bytes // self.geometry.blocks_per_dim[0]
 
     def peak_memory(self, input_bytes: int) -> int:
         """Estimated peak: the input, its padded copy when padded, and the band buffers (two when
@@ -273,31 +286,12 @@ _FOLD_BYTES_PER_VALUE = 40
 
 
 @dataclass(frozen=True)
-class FoldPlan:
-    """How a fold to ``.npy`` runs: output rows per band, so one band's accumulator fits the budget."""
-
-    geometry: Geometry
-    output_shape: tuple[int, ...]
-    dtype: np.dtype
-    band_rows: int
-    budget: int
+class FoldPlan(BandPlan):
+    """How a fold to ``.npy`` runs, in bands of output rows along the first spatial dim."""
 
     @property
-    def output_bytes(self) -> int:
-        return math.prod(self.output_shape) * self.dtype.itemsize
-
-    @property
-    def bands(self) -> int:
-        return -(-self.geometry.spatial_size[0] // self.band_rows)
-
-    @property
-    def streaming(self) -> bool:
-        return self.bands > 1
-
-    def band_ranges(self) -> Iterator[tuple[int, int]]:
-        height = self.geometry.spatial_size[0]
-        for top in range(0, height, self.band_rows):
-            yield top, min(height, top + self.band_rows)
+    def total_rows(self) -> int:
+        return self.geometry.spatial_size[0]
 
 
 def plan_fold(

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.io import read_image, read_npy, read_tiff, to_image_array
+from patchfold.io import check_parent, read_image, read_npy, read_tiff, to_image_array
 from patchfold.pipeline import Progress
 
 #: Tile file formats: ``png`` (uint8 with 1-4 channels, or one 16-bit channel), ``tif`` (also one
@@ -171,11 +171,7 @@ def _atomic_directory(directory: Path) -> Iterator[Path]:
     """Stage files in a hidden sibling directory and move it into place at the end."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise PatchfoldError(f"output directory '{directory}' already exists and is not empty")
-    parent = directory.parent if str(directory.parent) else Path(".")
-    if not parent.is_dir():
-        raise PatchfoldError(f"output directory's parent '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PatchfoldError(f"output directory's parent '{parent}' is not writable")
+    parent = check_parent(directory, "output directory's parent")
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".part", dir=parent))
     try:
         yield staging
