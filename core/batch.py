@@ -39,8 +39,8 @@ DEFAULT_SHARD_SIZE = 10**9
 
 # ----- inputs ------------------------------------------------------------------------------------
 def find_sources(sources: Sequence[str], recursive: bool = False) -> list[Path]:
-    """Files, directories (their images; all levels with ``recursive``) and glob patterns, sorted
-    and without duplicates."""
+    """Files, directories (their images; all levels with ``recursive``) and glob patterns, in the
+    order given (each directory or pattern sorted by name), without duplicates."""
     found: dict[str, Path] = {}
     for source in sources:
         path = Path(source)
@@ -53,11 +53,11 @@ def find_sources(sources: Sequence[str], recursive: bool = False) -> list[Path]:
             matches = [Path(p) for p in glob.glob(source, recursive=recursive) if Path(p).is_file()]
         else:
             raise PatchfoldError(f"input '{source}' does not exist")
-        for match in matches:
+        for match in sorted(matches):
             found.setdefault(str(match), match)
     if not found:
         raise PatchfoldError(f"no images found in {', '.join(repr(s) for s in sources)}")
-    return [found[key] for key in sorted(found)]
+    return list(found.values())
 
 
 def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
