@@ -328,7 +328,6 @@ def process_image(task: ImageTask) -> ImageResult:
             while view:
                 written = os.pwrite(descriptor, view, offset)
                 view, offset = view[written:], offset + written
-            os.fsync(descriptor)
         finally:
             os.close(descriptor)
         Path(task.marker).touch()
@@ -340,6 +339,17 @@ def process_image(task: ImageTask) -> ImageResult:
             0,
             f"{type(error).__name__}: {error}" if not isinstance(error, PatchfoldError) else str(error),
         )
+
+
+def process_chunk(tasks: Sequence[Any], function: Callable[[Any], ImageResult]) -> list[ImageResult]:
+    """Several small images per scheduled task, so scheduling costs stay small next to the work."""
+    return [function(task) for task in tasks]
+
+
+def chunks(tasks: Sequence[Any], workers: int) -> list[list[Any]]:
+    """Groups of consecutive tasks: about 16 per worker, and never more than 32 images each."""
+    size = max(1, min(32, len(tasks) // max(1, workers * 16)))
+    return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
 
 
 def run_local(
@@ -356,23 +366,23 @@ def run_local(
                 return
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-        pending: set[Future[ImageResult]] = set()
-        queue = iter(tasks)
+        pending: set[Future[list[ImageResult]]] = set()
+        queue = iter(chunks(tasks, workers))
         try:
-            for task in queue:
-                pending.add(pool.submit(function, task))
-                if len(pending) >= workers * 4:
+            for group in queue:
+                pending.add(pool.submit(process_chunk, group, function))
+                if len(pending) >= workers * 2:
                     break
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    result = future.result()
-                    yield result
-                    if fail_fast and not result.ok:
-                        return
-                    task = next(queue, None)
-                    if task is not None:
-                        pending.add(pool.submit(function, task))
+                    for result in future.result():
+                        yield result
+                        if fail_fast and not result.ok:
+                            return
+                    group = next(queue, None)
+                    if group is not None:
+                        pending.add(pool.submit(process_chunk, group, function))
         finally:
             for future in pending:
                 future.cancel()
@@ -392,13 +402,15 @@ def run_dask(
     except (OSError, TimeoutError) as error:
         raise PatchfoldError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
     try:
-        futures = client.map(function, list(tasks), pure=False)
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        groups = chunks(tasks, workers)
+        futures = client.map(process_chunk, groups, function=function, pure=False)
         for future in as_completed(futures):
-            result = future.result()
-            yield result
-            if fail_fast and not result.ok:
-                client.cancel(futures)
-                return
+            for result in future.result():
+                yield result
+                if fail_fast and not result.ok:
+                    client.cancel(futures)
+                    return
     finally:
         client.close()
 
