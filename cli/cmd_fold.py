@@ -157,6 +157,6 @@ def _to_device(cols: np.ndarray, device: str):
     import torch
 
     try:
-        return torch.from_numpy(np.ascontiguousarray(cols)).to(device)
+        return torch.from_numpy(np.array(cols, copy=True)).to(device)
     except RuntimeError as error:
         raise PatchfoldError(f"cannot move the patch matrix to {device}: {error}") from None

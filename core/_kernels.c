@@ -60,6 +60,8 @@ static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 
 
 FOLD2D(fold2d_f32_f32, float, float)
 FOLD2D(fold2d_f64_f64, double, double)
+FOLD2D(fold2d_f32_f64, float, double)
+FOLD2D(fold2d_f16_f64, _Float16, double)
 FOLD2D(fold2d_f16_f32, _Float16, float)
 FOLD2D(fold2d_u8_i64, uint8_t, int64_t)
 FOLD2D(fold2d_i8_i64, int8_t, int64_t)

@@ -346,9 +346,9 @@ def process_chunk(tasks: Sequence[Any], function: Callable[[Any], ImageResult]) 
     return [function(task) for task in tasks]
 
 
-def chunks(tasks: Sequence[Any], workers: int) -> list[list[Any]]:
-    """Groups of consecutive tasks: about 16 per worker, and never more than 32 images each."""
-    size = max(1, min(32, len(tasks) // max(1, workers * 16)))
+def chunks(tasks: Sequence[Any], workers: int, per_worker: int = 16, largest: int = 32) -> list[list[Any]]:
+    """Groups of consecutive tasks: about ``per_worker`` per worker, at most ``largest`` each."""
+    size = max(1, min(largest, len(tasks) // max(1, workers * per_worker)))
     return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
 
 
@@ -403,7 +403,7 @@ def run_dask(
         raise PatchfoldError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
-        groups = chunks(tasks, workers)
+        groups = chunks(tasks, workers, per_worker=4, largest=128)  # a cluster's tasks cost more to schedule
         futures = client.map(process_chunk, groups, function=function, pure=False)
         for future in as_completed(futures):
             for result in future.result():

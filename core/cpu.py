@@ -208,11 +208,15 @@ def _compiled_unfold(
 
 
 # ----- fold --------------------------------------------------------------------------------------
-def accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    """Integers sum in int64 (never wraps), float16 in float32, other floats in themselves."""
+def accumulator_dtype(dtype: np.dtype, exact: bool = False) -> np.dtype:
+    """Integers sum in int64 (never wraps). Floats sum in their own precision, as F.fold does
+    (float16 in float32), or in float64 with ``exact``: then a normalised fold of untouched
+    patches gives the input back bit-exactly and near-maximal values cannot overflow."""
     dtype = np.dtype(dtype)
     if dtype.kind in "biu":
         return np.dtype(np.int64) if dtype != np.uint64 else np.dtype(np.uint64)
+    if exact:
+        return np.dtype(np.float64)
     if dtype == np.float16:
         return np.dtype(np.float32)
     return dtype
@@ -281,18 +285,19 @@ def fold_padded(
     rows: tuple[int, int] | None = None,
     out: np.ndarray | None = None,
     threads: int | None = None,
+    exact: bool = False,
 ) -> np.ndarray:
     """Overlap-add ``cols`` into padded output rows ``rows`` (all by default) of dim 0.
 
     Returns the accumulator ``(N, C, hi-lo, *padded_size[1:])`` in :func:`accumulator_dtype`
-    (float64 when weighted).
+    (float64 when weighted or ``exact``).
     """
     check_layout(layout)
     blocks = blocks_view(cols, geometry, layout)
     lo, hi = rows or (0, geometry.padded_size[0])
     fresh = out is None
     if out is None:
-        dtype = np.dtype(np.float64) if weights is not None else accumulator_dtype(cols.dtype)
+        dtype = np.dtype(np.float64) if weights is not None else accumulator_dtype(cols.dtype, exact)
         out = np.empty((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
 
     compiled = _compiled_fold(cols, geometry, layout, weights, out)
@@ -317,8 +322,8 @@ def _compiled_fold(
     """The C loop for 2-D, unweighted folds of contiguous patch matrices, or None to use numpy's."""
     if geometry.ndim != 2 or weights is not None or not cols.flags.c_contiguous or cols.dtype.byteorder == ">":
         return None
-    function = kernels.fold2d(cols.dtype.name)
-    if function is None or out.dtype != accumulator_dtype(cols.dtype) or out.strides[-1] != out.itemsize:
+    function = kernels.fold2d(cols.dtype.name, out.dtype.name)
+    if function is None or out.strides[-1] != out.itemsize:
         return None
     (k0, k1), (l0, l1) = geometry.kernel_size, geometry.blocks_per_dim
     (s0, s1), (d0, d1) = geometry.stride, geometry.dilation

@@ -25,6 +25,9 @@ LAYOUTS = ("ncl", "nlc")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 _PARAM_MINIMUM = {"kernel_size": 1, "stride": 1, "dilation": 1, "padding": 0}
+#: Largest size or parameter accepted: far beyond any real array, and small enough that every
+#: product of them the engines form (byte offsets, padded sizes) fits in 64 bits.
+MAX_VALUE = 2**40
 
 
 def to_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
@@ -56,6 +59,8 @@ def to_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
     if minimum is not None and any(v < minimum for v in values):
         what = "positive" if minimum == 1 else "non-negative"
         raise PatchfoldError(f"{name} must be {what}, got {list(values)}", param=name)
+    if any(v > MAX_VALUE for v in values):
+        raise PatchfoldError(f"{name} must be at most 2**40, got {list(values)}", param=name)
     return values
 
 

@@ -303,6 +303,8 @@ def check_output_path(path: Path, what: str = "output") -> None:
 def check_parent(path: Path, what: str) -> Path:
     """The directory that will hold ``path``; it must exist and be writable."""
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise PatchfoldError(f"{what} '{parent}' is a file, not a directory")
     if not parent.is_dir():
         raise PatchfoldError(f"{what} '{parent}' does not exist")
     if not os.access(parent, os.W_OK):
@@ -330,7 +332,10 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
             handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
             os.close(handle)
             temporaries.append(Path(name))
-        yield temporaries
+        try:
+            yield temporaries
+        except OSError as error:  # disk full, file too large, I/O error: name the file being written
+            raise PatchfoldError(f"cannot write '{targets[0]}': {_reason(error)}") from None
         mode = 0o666 & ~_umask()
         try:
             for temporary, target in zip(temporaries, targets):
@@ -348,6 +353,13 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
             if backup is not None:
                 with contextlib.suppress(FileNotFoundError):
                     backup.unlink()
+
+
+def _reason(error: OSError) -> str:
+    """An OSError in words; numpy's short writes carry no errno, so say what they usually mean."""
+    if error.strerror:
+        return error.strerror
+    return f"{error} (is the disk full?)"
 
 
 def _backup(target: Path) -> Path | None:
@@ -466,9 +478,12 @@ class Sidecar:
         return tuple(self.input_shape[2:])
 
     def geometry(self) -> Geometry:
-        return Geometry.create(
-            self.spatial_size, self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode
-        )
+        try:
+            return Geometry.create(
+                self.spatial_size, self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode
+            )
+        except PatchfoldError as error:  # a fault in the file, not in an option
+            raise PatchfoldError(f"the sidecar's parameters do not fit: {error}") from None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -523,6 +538,10 @@ class Sidecar:
             )
         if not isinstance(self.scale, int | float) or not math.isfinite(self.scale) or self.scale <= 0:
             raise PatchfoldError(f"sidecar '{path}': scale must be a positive number, got {self.scale!r}")
+        try:
+            self.geometry()
+        except PatchfoldError as error:
+            raise PatchfoldError(f"sidecar '{path}': {error}") from None
 
 
 def sidecar_path(npy_path: Path) -> Path:
@@ -663,9 +682,12 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
     """A zero-stride stand-in array with the image's shape and dtype (only the header is read)."""
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as image:
             mode, width, height = image.mode, image.width, image.height
+    except Image.DecompressionBombError as error:
+        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (--max-pixels): {error}") from None
     except UnidentifiedImageError:
         raise PatchfoldError(f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...)") from None
     except OSError as error:

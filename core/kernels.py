@@ -44,10 +44,10 @@ def available() -> bool:
 
 
 @cache
-def fold2d(dtype_name: str) -> Any | None:
-    """The C overlap-add for patches of this dtype, or None."""
+def fold2d(dtype_name: str, accumulator_name: str) -> Any | None:
+    """The C overlap-add for patches of one dtype into an accumulator of another, or None."""
     library = _library()
-    suffix = _SOURCE_NAMES.get(dtype_name)
+    suffix = _SOURCE_NAMES.get((dtype_name, accumulator_name))
     if library is None or suffix is None:
         return None
     function = getattr(library, f"fold2d_{suffix}", None)

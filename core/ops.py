@@ -204,13 +204,13 @@ def fold(
         from patchfold import torch_engine
 
         tensor = _as_tensor(batch)
-        summed = torch_engine.fold(tensor, geometry, layout, weights)
+        summed = torch_engine.fold(tensor, geometry, layout, weights, exact=normalize)
         divisor_map = torch_engine.divisor(geometry, weights, tensor.device) if normalize else None
         result = _unlike(finish_fold(summed, divisor_map, tensor.dtype, weights is not None), batch)
     else:
         source = _as_numpy(batch)
         summed = coverage.unpad_adjoint(
-            cpu.fold_padded(source, geometry, layout, weights, threads=threads), geometry, 2
+            cpu.fold_padded(source, geometry, layout, weights, threads=threads, exact=normalize), geometry, 2
         )
         divisor_map = coverage.divisor_map(geometry, weights) if normalize else None
         result = _like(finish_fold(summed, divisor_map, source.dtype, weights is not None), batch)

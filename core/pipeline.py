@@ -344,7 +344,7 @@ def fold_to_npy(
         for index, (top, bottom) in enumerate(plan.band_ranges()):
             pad = geometry.padding[0]
             rows = None if single_band else (top + pad, bottom + pad)
-            summed = cpu.fold_padded(cols, geometry, layout, weights, rows=rows, threads=threads)
+            summed = cpu.fold_padded(cols, geometry, layout, weights, rows=rows, threads=threads, exact=normalize)
             summed = unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if single_band else 1)
             divisor_band = None
             if vectors is not None:

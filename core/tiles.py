@@ -44,10 +44,14 @@ class TileSet:
 
     @property
     def geometry(self) -> Geometry:
-        m = self.manifest
-        return Geometry.create(
-            m["input_shape"][2:], m["kernel_size"], m["stride"], m["padding"], m["dilation"], m["padding_mode"]
-        )
+        return manifest_geometry(self.manifest)
+
+
+def manifest_geometry(manifest: dict[str, Any]) -> Geometry:
+    m = manifest
+    return Geometry.create(
+        m["input_shape"][2:], m["kernel_size"], m["stride"], m["padding"], m["dilation"], m["padding_mode"]
+    )
 
 
 def tile_name(stem: str, index: Sequence[int], suffix: str) -> str:
@@ -174,10 +178,16 @@ def _atomic_directory(directory: Path) -> Iterator[Path]:
     parent = check_parent(directory, "output directory's parent")
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".part", dir=parent))
     try:
-        yield staging
-        if directory.exists():
-            directory.rmdir()
-        os.replace(staging, directory)
+        try:
+            yield staging
+        except OSError as error:
+            raise PatchfoldError(f"cannot write tiles into '{directory}': {error.strerror or error}") from None
+        try:
+            if directory.exists():
+                directory.rmdir()
+            os.replace(staging, directory)
+        except OSError:
+            raise PatchfoldError(f"output directory '{directory}' was filled by another run meanwhile") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -201,6 +211,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if missing:
         raise PatchfoldError(f"manifest '{path}' lacks field(s) {', '.join(missing)}")
     manifest.setdefault("padding_mode", "zeros")
+    tiles = manifest["tiles"]
+    if not isinstance(tiles, list) or not all(isinstance(t, dict) and isinstance(t.get("file"), str) for t in tiles):
+        raise PatchfoldError(f'manifest \'{path}\': "tiles" must be a list of objects with a "file" name')
+    if not isinstance(manifest.get("images", []), list):
+        raise PatchfoldError(f"manifest '{path}': \"images\" must be a list")
+    shape = manifest["input_shape"]
+    if not (isinstance(shape, list) and len(shape) >= 3 and all(type(v) is int and v > 0 for v in shape)):
+        raise PatchfoldError(f"manifest '{path}': input_shape must be [N, C, *spatial] of positive ints, got {shape!r}")
+    try:
+        manifest_geometry(manifest)
+    except (PatchfoldError, TypeError) as error:  # a fault in the file, not in an option
+        raise PatchfoldError(f"manifest '{path}': {error}") from None
     return manifest
 
 

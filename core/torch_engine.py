@@ -57,9 +57,13 @@ def fold(
     geometry: Geometry,
     layout: str = "ncl",
     weights: list[np.ndarray] | None = None,
+    exact: bool = False,
 ) -> torch.Tensor:
-    """Overlap-add a patch matrix into ``(N, C, *spatial)``: sums, in the accumulation dtype."""
+    """Overlap-add a patch matrix into ``(N, C, *spatial)``: sums, in the accumulation dtype
+    (float64 for floats with ``exact``, as the CPU engine does for normalised folds)."""
     check_layout(layout)
+    if exact and cols.is_floating_point():
+        cols = cols.to(torch.float64)
     patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
     channels = geometry.check_fold_input(patch_length, num_blocks)
     single_or_double = cols.dtype in (torch.float32, torch.float64)  # halves accumulate in float32 below

@@ -1,0 +1,377 @@
+"""Hypothesis fuzzing of the block parameter space: the library's geometry and operations, and the
+command line's option parser.
+
+Any combination of parameters must either give a correct result or raise ``PatchfoldError`` (the
+command line: exit 0, 1 or 2, never an unhandled exception), and quickly. Validity is predicted here
+independently (PyTorch's block formula plus the padding-mode limits), so a wrong acceptance or a
+wrong refusal fails too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import patchfold
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+from patchfold import PatchfoldError
+from patchfold.cli.main import main
+
+FUZZ = settings(max_examples=300, deadline=2000, database=None, suppress_health_check=[HealthCheck.too_slow])
+CLI_FUZZ = settings(max_examples=150, deadline=2000, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+NUMPY_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+DTYPES = (np.uint8, np.int32, np.float32)
+
+
+# ----- an independent model of validity and of unfold ---------------------------------------------
+def per_dim(value: int | list[int], nd: int) -> tuple[int, ...] | None:
+    """One value per dim as patchfold documents it (int or length-1 list replicated), None if the
+    list has the wrong length."""
+    if isinstance(value, int):
+        return (value,) * nd
+    if len(value) == 1:
+        return tuple(value) * nd
+    return tuple(value) if len(value) == nd else None
+
+
+def expected_valid(size: tuple[int, ...], k: Any, s: Any, p: Any, d: Any, mode: str) -> bool:
+    nd = len(size)
+    values = [per_dim(v, nd) for v in (k, s, p, d)]
+    if any(v is None for v in values):
+        return False
+    kk, ss, pp, dd = values
+    if min(kk) < 1 or min(ss) < 1 or min(dd) < 1 or min(pp) < 0:
+        return False
+    if mode == "reflect" and any(p_ >= n for p_, n in zip(pp, size)):
+        return False
+    if mode == "circular" and any(p_ > n for p_, n in zip(pp, size)):
+        return False
+    return all((n + 2 * p_ - d_ * (k_ - 1) - 1) // s_ + 1 >= 1 for n, k_, s_, p_, d_ in zip(size, kk, ss, pp, dd))
+
+
+def naive_unfold(x: np.ndarray, k: Any, s: Any, p: Any, d: Any, mode: str, layout: str) -> np.ndarray:
+    """Loops over blocks on top of ``np.pad``: (N, C, *size) → (N, C·∏k, L) or (N, L, C·∏k)."""
+    nd = x.ndim - 2
+    kk, ss, pp, dd = (per_dim(v, nd) for v in (k, s, p, d))
+    widths = [(0, 0), (0, 0), *((q, q) for q in pp)]
+    padded = np.pad(x, widths, mode=NUMPY_MODES[mode])
+    counts = [(n + 2 * q - e * (m - 1) - 1) // t + 1 for n, m, t, q, e in zip(x.shape[2:], kk, ss, pp, dd)]
+    columns = []
+    for block in product(*(range(c) for c in counts)):
+        index = np.ix_(*(b * t + np.arange(m) * e for b, t, m, e in zip(block, ss, kk, dd)))
+        columns.append(padded[(slice(None), slice(None), *index)].reshape(x.shape[0], -1))
+    cols = np.stack(columns, axis=-1)
+    return cols.transpose(0, 2, 1) if layout == "nlc" else cols
+
+
+# ----- strategies ----------------------------------------------------------------------------------
+@st.composite
+def parameter(draw: st.DrawFn, nd: int, low: int, high: int, usual: tuple[int, int]) -> int | list[int]:
+    """Mostly (3 in 4) a usual value: an int or one per dim from the ``usual`` range, so that enough
+    combinations are valid; else anything from [low, high]: an int, or a list of any length to 4."""
+    if draw(st.sampled_from([True, True, True, False])):
+        values = st.integers(*usual)
+        return draw(st.one_of(values, st.lists(values, min_size=nd, max_size=nd)))
+    values = st.integers(low, high)
+    return draw(st.one_of(values, st.lists(values, min_size=nd, max_size=nd), st.lists(values, max_size=4)))
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> dict[str, Any]:
+    nd = draw(st.integers(1, 3))
+    size = tuple(draw(st.lists(st.integers(1, 12), min_size=nd, max_size=nd)))
+    return {
+        "size": size,
+        "batch": draw(st.integers(1, 2)),
+        "channels": draw(st.integers(1, 3)),
+        "kernel_size": draw(parameter(nd, -2, 6, (1, 4))),
+        "stride": draw(parameter(nd, -2, 6, (1, 4))),
+        "padding": draw(parameter(nd, -1, 5, (0, 2))),
+        "dilation": draw(parameter(nd, -2, 6, (1, 2))),
+        "padding_mode": draw(st.sampled_from(patchfold.PADDING_MODES)),
+        "layout": draw(st.sampled_from(patchfold.LAYOUTS)),
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "engine": draw(st.sampled_from(["auto", "auto", "torch"])),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+def make_input(case: dict[str, Any]) -> np.ndarray:
+    rng = np.random.default_rng(case["seed"])
+    shape = (case["batch"], case["channels"], *case["size"])
+    dtype = np.dtype(case["dtype"])
+    if dtype.kind == "f":
+        return rng.uniform(-1000, 1000, shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+
+
+def block_args(case: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(kernel_size, dilation, padding, stride): the positional order of unfold/fold/divisor."""
+    return case["kernel_size"], case["dilation"], case["padding"], case["stride"]
+
+
+def must_refuse(call: Any, what: str) -> None:
+    with pytest.raises(PatchfoldError):
+        call()
+        pytest.fail(f"{what} accepted parameters that Geometry.create refuses")
+
+
+# ----- the library -------------------------------------------------------------------------------------
+@FUZZ
+@given(problems())
+def test_operations_give_a_correct_result_or_a_patchfold_error(case: dict[str, Any]) -> None:
+    size, mode, layout, engine = case["size"], case["padding_mode"], case["layout"], case["engine"]
+    k, d, p, s = block_args(case)
+    valid = expected_valid(size, k, s, p, d, mode)
+    x = make_input(case)
+    n, c = x.shape[:2]
+    try:
+        geometry = patchfold.Geometry.create(size, k, s, p, d, mode)
+    except PatchfoldError:
+        geometry = None
+    assert (geometry is not None) == valid, f"Geometry.create {'refused' if valid else 'accepted'} {case}"
+    event("valid geometry" if valid else "invalid geometry")
+
+    if geometry is None:
+        must_refuse(lambda: patchfold.unfold(x, k, d, p, s, padding_mode=mode, layout=layout, spatial_dims=len(size),
+                                             engine=engine), "unfold")
+        cols = np.zeros((n, c, 1), x.dtype)
+        must_refuse(lambda: patchfold.fold(cols, size, k, d, p, s, normalize=True, padding_mode=mode, layout=layout,
+                                           engine=engine), "fold")
+        must_refuse(lambda: patchfold.divisor(size, k, d, p, s, padding_mode=mode), "divisor")
+        must_refuse(lambda: patchfold.overlap_stats(size, k, d, p, s, channels=c, batch=n, padding_mode=mode),
+                    "overlap_stats")
+        return
+
+    cols = patchfold.unfold(x, k, d, p, s, padding_mode=mode, layout=layout, spatial_dims=len(size), engine=engine)
+    assert isinstance(cols, np.ndarray) and cols.shape == geometry.unfold_shape(n, c, layout)
+    assert cols.dtype == x.dtype
+    np.testing.assert_array_equal(cols, naive_unfold(x, k, s, p, d, mode, layout))
+
+    div = patchfold.divisor(size, k, d, p, s, padding_mode=mode)
+    assert div.shape == size and div.dtype == np.int64 and div.min() >= 0
+    ones = patchfold.unfold(np.ones((1, 1, *size), np.uint8), k, d, p, s, padding_mode=mode, spatial_dims=len(size))
+    np.testing.assert_array_equal(patchfold.fold(ones, size, k, d, p, s, padding_mode=mode)[0, 0], div)
+
+    back = patchfold.fold(cols, size, k, d, p, s, normalize=True, padding_mode=mode, layout=layout, engine=engine)
+    assert isinstance(back, np.ndarray) and back.shape == x.shape and back.dtype == x.dtype
+    covered = np.broadcast_to(div > 0, x.shape)
+    assert (back[~covered] == 0).all(), "pixels no block covers must fold back to 0"
+    if x.dtype.kind in "iu":
+        np.testing.assert_array_equal(back[covered], x[covered])
+    else:
+        np.testing.assert_allclose(back[covered], x[covered], rtol=1e-4, atol=1e-3)
+
+    stats = patchfold.overlap_stats(size, k, d, p, s, channels=c, batch=n, dtype=x.dtype, layout=layout,
+                                    padding_mode=mode)
+    histogram = {int(key): count for key, count in stats["coverage"]["histogram"].items()}
+    assert sum(histogram.values()) == math.prod(size)
+    assert histogram == dict(Counter(div.ravel().tolist()))
+    assert stats["num_blocks"] == geometry.num_blocks and stats["blocks_per_dim"] == list(geometry.blocks_per_dim)
+    assert stats["output_shape"] == list(geometry.unfold_shape(n, c, layout))
+    assert stats["output_bytes"] == cols.nbytes
+    assert stats["uncovered_pixels"] == int((div == 0).sum())
+    assert stats["invertible"] == bool((div > 0).all())
+
+
+HUGE = [2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 2**64 + 3, 10**23]
+#: Paddings only beyond any machine's memory (2**31 would really be allocated, and then written).
+HUGE_PADDING = [2**62, 2**63, 2**64, 10**23]
+
+#: Runs in a child interpreter (a crash in compiled code must fail the test, not end the session):
+#: argv[1] is JSON [nd, which, [[value, engine, op], ...]]; prints "start I" before and
+#: "done I OUTCOME" after each.
+_CHILD = """
+import json, sys
+import numpy as np
+import patchfold
+nd, which, runs = json.loads(sys.argv[1])
+x = np.arange(5**nd, dtype=np.uint8).reshape(1, 1, *(5,) * nd)
+first = x[(0, 0, *(slice(0, 2),) * nd)].reshape(-1)
+for index, (value, engine, op) in enumerate(runs):
+    print("start", index, flush=True)
+    params = {"kernel_size": 2, "stride": 1, "padding": 0, "dilation": 1, which: value}
+    k, d, p, s = params["kernel_size"], params["dilation"], params["padding"], params["stride"]
+    try:
+        if op == "unfold":
+            cols = patchfold.unfold(x, k, d, p, s, spatial_dims=nd, engine=engine)
+            ok = cols.shape == (1, 2**nd, 1) and (cols[0, :, 0] == first).all()
+        else:
+            cols = np.zeros((1, 2**nd, 1), np.float32)
+            cols[0, :, 0] = first
+            back = patchfold.fold(cols, (5,) * nd, k, d, p, s, normalize=True, engine=engine)
+            ok = back.shape == x.shape and (back[(0, 0, *(slice(0, 2),) * nd)].reshape(-1) == first).all()
+        outcome = "result" if ok else "wrong-result"
+    except patchfold.PatchfoldError:
+        outcome = "PatchfoldError"
+    except MemoryError:
+        outcome = "MemoryError"
+    except Exception as error:
+        outcome = f"{type(error).__name__}:{error}"
+    print("done", index, outcome.replace(chr(10), " "), flush=True)
+"""
+
+
+def run_in_child(nd: int, which: str, runs: list[tuple[int, str, str]]) -> dict[int, str]:
+    """Outcome of each run; a run that killed the child is reported as ``crash:SIGNAL``."""
+    import signal
+    import subprocess
+    import sys
+
+    outcomes: dict[int, str] = {}
+    offset = 0
+    while offset < len(runs):
+        done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([nd, which, runs[offset:]])],
+                              capture_output=True, text=True, timeout=120, check=False)
+        started = None
+        for line in done.stdout.splitlines():
+            word, index, *rest = line.split(" ", 2)
+            if word == "start":
+                started = offset + int(index)
+            else:
+                outcomes[offset + int(index)] = rest[0]
+                started = None
+        if done.returncode == 0:
+            break
+        if started is None:
+            raise AssertionError(f"the child failed outside a run:\n{done.stderr}")
+        name = signal.Signals(-done.returncode).name if done.returncode < 0 else f"exit {done.returncode}"
+        outcomes[started] = f"crash:{name}"
+        offset = started + 1
+    return outcomes
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("which", ["kernel_size", "stride", "padding", "dilation"])
+def test_huge_parameters_give_a_result_or_a_patchfold_error(nd: int, which: str) -> None:
+    """Absurd but well-typed values, for unfold and fold: a huge stride is legal (one block per
+    dim at the origin) and must give the right result, unless it is above the documented limit
+    of 2**40 (PatchfoldError); a huge kernel or dilation fits nowhere (PatchfoldError); a huge
+    padding needs memory nobody has (PatchfoldError or MemoryError). Never an overflow, a numpy
+    error, a wrong result or a crash."""
+    values = HUGE_PADDING if which == "padding" else HUGE
+    runs = [(value, engine, op) for value in values for engine in ("auto", "cpu") for op in ("unfold", "fold")]
+    def allowed(value: int) -> set[str]:
+        if which == "stride":
+            return {"result"} if value <= 2**40 else {"PatchfoldError"}
+        return {"PatchfoldError", "MemoryError"} if which == "padding" else {"PatchfoldError"}
+
+    outcomes = run_in_child(nd, which, runs)
+    problems = [f"{op} {which}={value} engine={engine}: {outcomes.get(index, 'no outcome')}"
+                for index, (value, engine, op) in enumerate(runs) if outcomes.get(index) not in allowed(value)]
+    assert not problems, "\n".join(problems)
+
+
+# ----- the command line's option parser ---------------------------------------------------------------
+SEPARATED = st.lists(st.integers(-12, 40).map(str), min_size=1, max_size=4).flatmap(
+    lambda parts: st.sampled_from([",", "x", " , ", ",,", ";"]).map(lambda sep: sep.join(parts)))
+PLAUSIBLE = st.one_of(st.integers(1, 4).map(str),
+                      st.lists(st.integers(1, 4).map(str), min_size=1, max_size=3).map(",".join))
+HOSTILE = st.one_of(
+    st.text(max_size=10),  # anything at all, unicode and control characters included
+    st.text(alphabet="0123456789,x+- \t", max_size=10),
+    SEPARATED,
+    st.integers(10**18, 10**30).map(str),
+)
+#: Each option is plausible 3 times in 4 (so whole command lines often parse and run), else hostile.
+OPTION_TEXT = st.sampled_from([True, True, True, False]).flatmap(lambda plain: PLAUSIBLE if plain else HOSTILE)
+#: Padding (with the kernel it lets fit) decides how much work and memory a run needs, so its fuzzing
+#: keeps to short strings: up to 999 for stats (per-axis work), 99 for unfold (which writes the
+#: patches). Astronomical paddings are the explicit examples.
+PLAUSIBLE_PADDING = st.one_of(st.integers(0, 3).map(str), st.lists(st.integers(0, 3).map(str), min_size=1,
+                                                                     max_size=3).map(",".join))
+PADDING_TEXT = st.sampled_from([True, True, True, False]).flatmap(
+    lambda plain: PLAUSIBLE_PADDING if plain else st.one_of(st.text(max_size=3),
+                                                            st.text(alphabet="0123456789,x+- ", max_size=3), SEPARATED))
+UNFOLD_PADDING_TEXT = st.sampled_from([True, True, True, False]).flatmap(
+    lambda plain: PLAUSIBLE_PADDING if plain else st.one_of(st.text(alphabet="0123456789,x+- ", max_size=2), SEPARATED))
+
+
+def invoke(args: list[str]) -> Any:
+    return CliRunner().invoke(main, args, catch_exceptions=True)
+
+
+def check_cli_outcome(result: Any, args: list[str]) -> None:
+    where = f"args {args!r}\nexit {result.exit_code}\nstdout {result.stdout}\nstderr {result.stderr}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"unhandled {type(result.exception).__name__}: {result.exception}\n{where}")
+    assert result.exit_code in (0, 1, 2), where
+    assert "Traceback" not in result.stderr, where
+    if result.exit_code != 0:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, where
+    if result.exit_code == 2:
+        named = ("--kernel-size", "--stride", "--padding", "--dilation", "--size", "no such option")
+        assert any(option in result.stderr for option in named), where
+
+
+def stats_args(k: str, s: str, p: str, d: str) -> list[str]:
+    return ["stats", "--size", "9,7", f"--kernel-size={k}", f"--stride={s}", f"--padding={p}", f"--dilation={d}",
+            "--json"]
+
+
+@pytest.mark.parametrize("padding", ["1" + "0" * 12, str(2**62), "1" + "0" * 21, "1,1" + "0" * 30])
+def test_stats_with_astronomical_padding_fails_cleanly(padding: str) -> None:
+    """No machine holds the per-axis coverage of such a padding: a clean error, not a crash: out of
+    memory (exit 1) up to the limit of 2**40, a bad option value (exit 2) above it."""
+    args = stats_args("3", "1", padding, "1")
+    result = invoke(args)
+    check_cli_outcome(result, args)
+    assert result.exit_code == (1 if max(int(v) for v in padding.split(",")) <= 2**40 else 2)
+
+
+@CLI_FUZZ
+@given(k=OPTION_TEXT, s=OPTION_TEXT, p=PADDING_TEXT, d=OPTION_TEXT)
+@example(k="3", s="1" + "0" * 23, p="0", d="1")
+@example(k="16,8", s="2x3", p="0, 1", d="+1")
+def test_stats_option_parser(k: str, s: str, p: str, d: str) -> None:
+    args = stats_args(k, s, p, d)
+    result = invoke(args)
+    event(f"exit {result.exit_code}")
+    check_cli_outcome(result, args)
+    if result.exit_code == 0:
+        stats = json.loads(result.stdout)
+        assert stats["input_shape"][2:] == [9, 7]
+        assert sum(stats["coverage"]["histogram"].values()) == 63
+
+
+@pytest.fixture(scope="module")
+def small_npy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fuzz_cli") / "small.npy"
+    np.save(path, np.arange(6 * 5, dtype=np.uint8).reshape(1, 1, 6, 5))
+    return path
+
+
+@CLI_FUZZ
+@given(k=OPTION_TEXT, s=OPTION_TEXT, p=UNFOLD_PADDING_TEXT, d=OPTION_TEXT)
+@example(k="3", s="1" + "0" * 23, p="0", d="1")
+@example(k="3", s="1", p="1" + "0" * 21, d="1")
+def test_unfold_option_parser(small_npy: Path, k: str, s: str, p: str, d: str) -> None:
+    out = small_npy.parent / "out.npy"
+    args = ["unfold", str(small_npy), "-o", str(out), f"--kernel-size={k}", f"--stride={s}", f"--padding={p}",
+            f"--dilation={d}", "--no-progress", "--device", "cpu"]
+    try:
+        result = invoke(args)
+        event(f"exit {result.exit_code}")
+        check_cli_outcome(result, args)
+        if result.exit_code == 0:
+            sidecar = json.loads(out.with_suffix(".json").read_text())
+            geometry = patchfold.Geometry.create((6, 5), sidecar["kernel_size"], sidecar["stride"],
+                                                 sidecar["padding"], sidecar["dilation"])
+            assert np.load(out).shape == geometry.unfold_shape(1, 1)
+        else:
+            assert not out.exists()
+        assert sorted(p.name for p in small_npy.parent.iterdir() if p.name.endswith(".part")) == []
+    finally:
+        out.unlink(missing_ok=True)
+        out.with_suffix(".json").unlink(missing_ok=True)
