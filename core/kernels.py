@@ -9,19 +9,22 @@ from typing import Any
 
 import numpy as np
 
+#: (patch dtype, accumulator dtype) -> suffix of the compiled fold for that pair.
 _SOURCE_NAMES = {
-    "float32": "f32_f32",
-    "float64": "f64_f64",
-    "float16": "f16_f32",
-    "uint8": "u8_i64",
-    "bool": "u8_i64",
-    "int8": "i8_i64",
-    "uint16": "u16_i64",
-    "int16": "i16_i64",
-    "uint32": "u32_i64",
-    "int32": "i32_i64",
-    "int64": "i64_i64",
-    "uint64": "u64_u64",
+    ("float32", "float32"): "f32_f32",
+    ("float32", "float64"): "f32_f64",
+    ("float64", "float64"): "f64_f64",
+    ("float16", "float32"): "f16_f32",
+    ("float16", "float64"): "f16_f64",
+    ("uint8", "int64"): "u8_i64",
+    ("bool", "int64"): "u8_i64",
+    ("int8", "int64"): "i8_i64",
+    ("uint16", "int64"): "u16_i64",
+    ("int16", "int64"): "i16_i64",
+    ("uint32", "int64"): "u32_i64",
+    ("int32", "int64"): "i32_i64",
+    ("int64", "int64"): "i64_i64",
+    ("uint64", "uint64"): "u64_u64",
 }
 
 

@@ -725,3 +725,16 @@ def test_cuda_three_d_and_engine_cpu_refused():
     with pytest.raises(PatchfoldError) as info:
         patchfold.unfold(x.cuda(), 2, engine="cpu")
     assert info.value.param == "engine"
+
+
+def test_compiled_loops_are_used_where_built() -> None:
+    """The compiled loops are an optional build; where it exists, every dtype pair must find its loop."""
+    from patchfold import kernels
+
+    if not kernels.available():
+        pytest.skip("the optional C loops were not built here")
+    for source, accumulator in (("float32", "float32"), ("float32", "float64"), ("float64", "float64"),
+                                ("float16", "float32"), ("uint8", "int64"), ("uint16", "int64"), ("bool", "int64")):
+        assert kernels.fold2d(source, accumulator) is not None, (source, accumulator)
+    for itemsize in (1, 2, 4, 8):
+        assert kernels.unfold2d(itemsize) is not None
