@@ -124,34 +124,56 @@ def peers(x: np.ndarray, case: Case) -> dict[str, Timer]:
     return found
 
 
-def run_case(case: Case, repeats: int) -> list[str]:
-    x = make_input(case)
+def settle() -> None:
+    """Let torch's OpenMP threads stop spinning after its last parallel region: they would
+    otherwise take the cores from the next measurement."""
+    time.sleep(0.5)
+
+
+def time_floor(shape: tuple[int, ...], dtype: np.dtype, repeats: int) -> float:
+    """np.copyto of the output's size between two preallocated arrays (freed on return)."""
+    source = np.ones(shape, dtype=dtype)
+    target = np.empty_like(source)
+    return best(lambda: np.copyto(target, source), repeats)
+
+
+def time_unfold(x: np.ndarray, params: dict, layout: str, shape: tuple[int, ...], repeats: int) -> tuple[float, float]:
+    """patchfold.unfold allocating its result, and into a preallocated one."""
     nd = x.ndim - 2
+    settle()
+    allocating = best(lambda: patchfold.unfold(x, **params, layout=layout, spatial_dims=nd), repeats)
+    out = np.empty(shape, dtype=x.dtype)
+    into = best(lambda: patchfold.unfold(x, **params, layout=layout, spatial_dims=nd, out=out), repeats)
+    return allocating, into
+
+
+def time_fold(x: np.ndarray, params: dict, repeats: int) -> tuple[float, float | None]:
+    """patchfold.fold and F.fold (on a float copy of integer patches) of the same patch matrix."""
+    cols = patchfold.unfold(x, **params, spatial_dims=x.ndim - 2)
+    settle()
+    ours = best(lambda: patchfold.fold(cols, x.shape[2:], **params), repeats)
+    if x.ndim != 4:
+        return ours, None
+    cols_t = torch.from_numpy(cols if cols.dtype.kind == "f" else cols.astype(np.float32))
+    return ours, best(lambda: F.fold(cols_t, x.shape[2:], **params), repeats)
+
+
+def run_case(case: Case, repeats: int) -> list[str]:
+    """One case's rows; every measurement allocates (and frees) its own arrays, so the process
+    never holds more than one output at a time, as a user's would."""
+    x = make_input(case)
     params = dict(kernel_size=case.kernel, dilation=case.dilation, padding=case.padding, stride=case.stride)
     geometry = patchfold.Geometry.create(x.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
     out_shape = geometry.unfold_shape(*x.shape[:2])
     out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
-    floor_src = np.ones(out_shape, dtype=x.dtype)
-    floor_dst = np.empty_like(floor_src)
-    t_floor = best(lambda: np.copyto(floor_dst, floor_src), repeats)
-
-    t_ncl = best(lambda: patchfold.unfold(x, **params, spatial_dims=nd), repeats)
-    t_nlc = best(lambda: patchfold.unfold(x, **params, layout="nlc", spatial_dims=nd), repeats)
-    t_ncl_into = best(lambda: patchfold.unfold(x, **params, spatial_dims=nd, out=floor_dst), repeats)
-    nlc_out = np.empty(geometry.unfold_shape(*x.shape[:2], "nlc"), dtype=x.dtype)
-    t_nlc_into = best(lambda: patchfold.unfold(x, **params, layout="nlc", spatial_dims=nd, out=nlc_out), repeats)
-    xt = torch.from_numpy(x)
-    t_torch = best(torch_reference_unfold(xt, case), repeats)
+    t_floor = time_floor(out_shape, x.dtype, repeats)
+    t_ncl, t_ncl_into = time_unfold(x, params, "ncl", out_shape, repeats)
+    t_nlc, t_nlc_into = time_unfold(x, params, "nlc", geometry.unfold_shape(*x.shape[:2], "nlc"), repeats)
+    t_torch = best(torch_reference_unfold(torch.from_numpy(x), case), repeats)
     ref_np = numpy_reference(x, case)
     t_numpy = best(ref_np, repeats) if ref_np else None
     t_peers = {name: best(fn, max(1, repeats // 2)) for name, fn in peers(x, case).items()}
-
-    cols = patchfold.unfold(x, **params, spatial_dims=nd)
-    t_fold = best(lambda: patchfold.fold(cols, x.shape[2:], **params), repeats)
-    t_torch_fold = None
-    if nd == 2:
-        cols_t = torch.from_numpy(cols if cols.dtype.kind == "f" else cols.astype(np.float32))
-        t_torch_fold = best(lambda: F.fold(cols_t, x.shape[2:], **params), repeats)
+    t_fold, t_torch_fold = time_fold(x, params, repeats)
 
     def unfold_row(label: str, t_alloc: float, t_into: float, name: str = "") -> str:
         return (

@@ -92,14 +92,18 @@ def main() -> None:
         nbytes = summary["output_bytes"]
         plain = sequential_write(work / "plain.bin", nbytes)
         check_blocks(tiff, patches, args.size)
-        print(f"input {args.size}x{args.size} RGB uint8 TIFF, output {nbytes / 1e9:.2f} GB float32 in "
-              f"{summary['bands']} bands")
+        print(
+            f"input {args.size}x{args.size} RGB uint8 TIFF, output {nbytes / 1e9:.2f} GB float32 in "
+            f"{summary['bands']} bands"
+        )
         print(f"unfold: {seconds:.1f} s wall, peak RSS {peak / 2**30:.2f} GiB, {nbytes / seconds / 1e9:.2f} GB/s")
         print(f"plain sequential write of the same bytes: {plain:.1f} s, {nbytes / plain / 1e9:.2f} GB/s")
         print(f"unfold throughput / plain write: {plain / seconds:.0%}")
         seconds, peak, out = timed([exe, "fold", str(patches), "-o", str(back), "--no-progress", "--json"])
-        print(f"fold back: {seconds:.1f} s wall, peak RSS {peak / 2**30:.2f} GiB, {nbytes / seconds / 1e9:.2f} GB/s "
-              f"read, {json.loads(out)['bands']} bands")
+        print(
+            f"fold back: {seconds:.1f} s wall, peak RSS {peak / 2**30:.2f} GiB, {nbytes / seconds / 1e9:.2f} GB/s "
+            f"read, {json.loads(out)['bands']} bands"
+        )
         image = tifffile.memmap(tiff, mode="r")
         restored = np.load(back, mmap_mode="r")
         for row in np.random.default_rng(1).integers(0, args.size, 16):
