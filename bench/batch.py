@@ -46,7 +46,8 @@ def digest(directory: Path) -> str:
     return hasher.hexdigest()
 
 
-def run_cli(images: Path, out: Path, workers: int) -> float:
+def batch_command(images: Path, out: Path, *extra: str) -> float:
+    """Wall seconds of one `patchfold batch unfold` run."""
     exe = Path(sys.executable).parent / "patchfold"
     started = time.perf_counter()
     subprocess.run(
@@ -61,15 +62,18 @@ def run_cli(images: Path, out: Path, workers: int) -> float:
             "32",
             "-o",
             str(out),
-            "--workers",
-            str(workers),
             "--no-progress",
             "--json",
+            *extra,
         ],
         check=True,
         capture_output=True,
     )
     return time.perf_counter() - started
+
+
+def run_cli(images: Path, out: Path, workers: int) -> float:
+    return batch_command(images, out, "--workers", str(workers))
 
 
 def run_dask(images: Path, out: Path) -> float:
@@ -78,29 +82,7 @@ def run_dask(images: Path, out: Path) -> float:
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
-        exe = Path(sys.executable).parent / "patchfold"
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                str(exe),
-                "batch",
-                "unfold",
-                str(images),
-                "-k",
-                "32",
-                "-s",
-                "32",
-                "-o",
-                str(out),
-                "--scheduler",
-                cluster.scheduler_address,
-                "--no-progress",
-                "--json",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return time.perf_counter() - started
+        return batch_command(images, out, "--scheduler", cluster.scheduler_address)
 
 
 def main() -> None:
@@ -121,9 +103,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=base, prefix="batch-") as tmp:
         work = Path(tmp)
         times, digests = {}, {}
-        for label, runner in (("1 local worker", lambda o: run_cli(images, o, 1)),
-                              ("2 local workers", lambda o: run_cli(images, o, 2)),
-                              ("Dask LocalCluster, 2 workers", lambda o: run_dask(images, o))):
+        for label, runner in (
+            ("1 local worker", lambda o: run_cli(images, o, 1)),
+            ("2 local workers", lambda o: run_cli(images, o, 2)),
+            ("Dask LocalCluster, 2 workers", lambda o: run_dask(images, o)),
+        ):
             runs = []
             for _ in range(2):  # best of two, each starting with no dirty pages left by the one before
                 out = work / "out"
@@ -134,8 +118,11 @@ def main() -> None:
             digests[label] = digest(out)
             manifest = json.loads((out / "manifest.json").read_text())
             rows = sum(s["rows"] for s in manifest["shards"])
-            print(f"{label}: {times[label]:.1f} s, best of {', '.join(f'{r:.1f}' for r in runs)} "
-                  f"({rows:,} patches, {len(manifest['shards'])} shards)", flush=True)
+            print(
+                f"{label}: {times[label]:.1f} s, best of {', '.join(f'{r:.1f}' for r in runs)} "
+                f"({rows:,} patches, {len(manifest['shards'])} shards)",
+                flush=True,
+            )
             shutil.rmtree(out)
         one, two, dask = times.values()
         print(

@@ -124,19 +124,7 @@ def _matrix_dims(cols: np.ndarray, layout: str) -> tuple[int, int]:
 
 def _fold_in_memory(cols, geometry, normalize: bool, layout: str, window: str, device: str, engine: str) -> np.ndarray:
     tensor_in = _to_device(cols, device) if engine == "torch" else cols
-    images = ops.fold(
-        tensor_in,
-        geometry.spatial_size,
-        geometry.kernel_size,
-        geometry.dilation,
-        geometry.padding,
-        geometry.stride,
-        normalize,
-        padding_mode=geometry.padding_mode,
-        layout=layout,
-        window=window,
-        engine=engine,
-    )
+    images = ops.fold_with(tensor_in, geometry, normalize, layout=layout, window=window, engine=engine)
     return images.cpu().numpy() if ops.is_tensor(images) else images
 
 

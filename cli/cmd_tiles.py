@@ -104,17 +104,7 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
     geometry = tileset.geometry
     sources = [image.get("source", "") for image in tileset.manifest.get("images", [])]
     targets = output_targets(output, tileset.cols.shape[0], sources)
-    images = ops.fold(
-        tileset.cols,
-        geometry.spatial_size,
-        geometry.kernel_size,
-        geometry.dilation,
-        geometry.padding,
-        geometry.stride,
-        normalize,
-        padding_mode=geometry.padding_mode,
-        window=window,
-    )
+    images = ops.fold_with(tileset.cols, geometry, normalize, window=window)
     if targets is None:
         io.save_npy(output, images)
     else:

@@ -226,6 +226,21 @@ def _output_for(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype,
     return out
 
 
+def fold_with(cols: Any, geometry: Geometry, normalize: bool = False, **options: Any) -> Any:
+    """:func:`fold` with the output size and block parameters of a :class:`Geometry`."""
+    return fold(
+        cols,
+        geometry.spatial_size,
+        geometry.kernel_size,
+        geometry.dilation,
+        geometry.padding,
+        geometry.stride,
+        normalize,
+        padding_mode=geometry.padding_mode,
+        **options,
+    )
+
+
 def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> Any:
     """Normalise (or not) and pick the output dtype; works for numpy arrays and tensors."""
     integer = not _is_float(dtype)
