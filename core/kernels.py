@@ -7,8 +7,6 @@ import importlib.util
 from functools import cache
 from typing import Any
 
-import numpy as np
-
 #: (patch dtype, accumulator dtype) -> suffix of the compiled fold for that pair.
 _SOURCE_NAMES = {
     ("float32", "float32"): "f32_f32",
@@ -59,10 +57,6 @@ def fold2d(dtype_name: str, accumulator_name: str) -> Any | None:
     function.restype = None
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 16
     return function
-
-
-def pointer(array: np.ndarray) -> int:
-    return array.ctypes.data
 
 
 @cache
