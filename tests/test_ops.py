@@ -738,3 +738,20 @@ def test_compiled_loops_are_used_where_built() -> None:
         assert kernels.fold2d(source, accumulator) is not None, (source, accumulator)
     for itemsize in (1, 2, 4, 8):
         assert kernels.unfold2d(itemsize) is not None
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_volume_unfold_with_depth_padding_on_threads(monkeypatch: pytest.MonkeyPatch, layout: str, dtype) -> None:
+    """3-D blocks cut by the compiled loop, slice by slice, with depth padding and both threads busy."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    x = rng(5).integers(0, 200, (2, 3, 7, 9, 8)).astype(dtype)
+    params = dict(kernel_size=(3, 2, 3), dilation=(2, 1, 1), padding=(2, 1, 0), stride=(2, 3, 2))
+    expected = reference_unfold(x, **params)
+    if layout == "nlc":
+        expected = expected.transpose(0, 2, 1)
+    result = patchfold.unfold(x, **params, layout=layout, threads=2)
+    assert result.dtype == x.dtype
+    np.testing.assert_array_equal(result, expected)
