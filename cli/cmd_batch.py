@@ -85,7 +85,7 @@ def batch_unfold(
 
     \b
     Example:
-      patchfold batch unfold sample_images/ -k 16 -s 8 --channels 3 -o out/dataset
+      patchfold batch unfold 'sample_images/*.png' -k 16 -s 8 --channels 3 -o out/dataset
       python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
     """
     started = time.perf_counter()
@@ -143,7 +143,7 @@ def batch_tiles(
 
     \b
     Example:
-      patchfold batch tiles sample_images/ -k 32 -s 32 -o out/tiles --channels 3
+      patchfold batch tiles 'sample_images/*.png' -k 32 -s 32 --format npy -o out/tiles
     """
     started = time.perf_counter()
     paths = batch_jobs.find_sources(sources, recursive)

@@ -58,7 +58,7 @@ def fold(
 
     \b
     Example:
-      patchfold unfold sample_images/astronaut.png -k 16 -s 8 -o p.npy
+      patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o p.npy
       patchfold fold p.npy -o restored.png
       patchfold fold p.npy --window hann -o blended.png
     """

@@ -124,7 +124,7 @@ def stats(
     \b
     Example:
       patchfold stats --size 512,512 -k 16 -s 8
-      patchfold stats sample_images/astronaut.png -k 32 -s 16 --json
+      patchfold stats sample_images/scene_rgb.png -k 32 -s 16 --json
     """
     shape, input_dtype = shape_of(inputs, spatial_size, block, spatial_dims, stack, max_pixels)
     shape = (batch or shape[0], channels or shape[1], *shape[2:])

@@ -71,8 +71,8 @@ def unfold(
 
     \b
     Example:
-      patchfold unfold sample_images/astronaut.png -k 16 -s 8 -o patches.npy
-      patchfold unfold sample_images/ -k 32,16 --layout nlc --dtype float32 -o all.npy
+      patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o patches.npy
+      patchfold unfold my_scans/ -k 32,16 --layout nlc --dtype float32 -o all.npy
     """
     if output.suffix.lower() != ".npy":
         raise click.BadParameter(f"the patch matrix is written as .npy, got '{output}'", param_hint="'-o/--output'")

@@ -21,7 +21,7 @@ def main() -> None:
 
     \b
     Example:
-      patchfold unfold sample_images/astronaut.png -k 16 -s 8 -o p.npy
+      patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o p.npy
       patchfold fold p.npy -o restored.png
       patchfold stats --size 512,512 -k 16 -s 8
     """
