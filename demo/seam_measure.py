@@ -29,10 +29,12 @@ def seam_ratio(path: str, kernel: int, stride: int) -> float:
     pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
     dx = np.abs(np.diff(pixels, axis=1)).mean(axis=(0, 2))  # gradient between column x-1 and x, x = 1..W-1
     dy = np.abs(np.diff(pixels, axis=0)).mean(axis=(1, 2))
-    across = np.concatenate([dx[border_mask(pixels.shape[1], kernel, stride)[1:]],
-                             dy[border_mask(pixels.shape[0], kernel, stride)[1:]]])
-    elsewhere = np.concatenate([dx[~border_mask(pixels.shape[1], kernel, stride)[1:]],
-                                dy[~border_mask(pixels.shape[0], kernel, stride)[1:]]])
+    across = np.concatenate(
+        [dx[border_mask(pixels.shape[1], kernel, stride)[1:]], dy[border_mask(pixels.shape[0], kernel, stride)[1:]]]
+    )
+    elsewhere = np.concatenate(
+        [dx[~border_mask(pixels.shape[1], kernel, stride)[1:]], dy[~border_mask(pixels.shape[0], kernel, stride)[1:]]]
+    )
     return float(across.mean() / elsewhere.mean())
 
 
