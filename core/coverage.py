@@ -14,14 +14,15 @@ from functools import reduce
 import numpy as np
 from patchfold.geometry import Geometry
 
-_NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+#: numpy's names for the padding modes that repeat image content.
+NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def source_index(size: int, pad: int, padding_mode: str) -> np.ndarray | None:
     """Index of the input pixel each padded position repeats, or None for zero padding."""
     if padding_mode == "zeros":
         return None
-    return np.pad(np.arange(size), (pad, pad), mode=_NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
+    return np.pad(np.arange(size), (pad, pad), mode=NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
 
 
 def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int, first_dim: int = 0) -> np.ndarray:

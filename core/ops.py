@@ -79,8 +79,7 @@ def pad_input(x: np.ndarray, geometry: Geometry) -> np.ndarray:
     widths = [(0, 0), (0, 0), *((p, p) for p in geometry.padding)]
     if geometry.padding_mode == "zeros":
         return np.pad(x, widths)
-    mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[geometry.padding_mode]
-    return np.pad(x, widths, mode=mode)  # type: ignore[call-overload]
+    return np.pad(x, widths, mode=coverage.NUMPY_PAD_MODE[geometry.padding_mode])  # type: ignore[call-overload]
 
 
 def unfold(
