@@ -8,6 +8,11 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("patchfold._kernels", ["core/_kernels.c"], extra_compile_args=["-O3", "-std=c11"], optional=True),
+        Extension(
+            "patchfold._kernels",
+            ["core/_kernels.c"],
+            extra_compile_args=["-O3", "-std=c11", "-funroll-loops"],
+            optional=True,
+        ),
     ]
 )
