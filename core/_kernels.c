@@ -43,6 +43,19 @@ static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 
               }                                                                                     \
               continue;                                                                             \
             }                                                                                       \
+            if (b == 1 && d1 == 1 && K1 == 2 * s1) {                                                \
+              /* half-overlapping blocks: kernel columns r and r + s1 of neighbouring blocks land  \
+                 on the same output column; add them together, touching the output once */         \
+              for (int64_t r = 0; r < s1; r++) {                                                    \
+                const ST *lo = src + ((c * K0 + ki) * K1 + r) * a + i * L1;                         \
+                const ST *hi = lo + s1 * a;                                                         \
+                AT *out = row + r;                                                                  \
+                out[0] += (AT)lo[0];                                                                \
+                for (int64_t m = 1; m < L1; m++) out[m * s1] += (AT)lo[m] + (AT)hi[m - 1];          \
+                out[L1 * s1] += (AT)hi[L1 - 1];                                                     \
+              }                                                                                     \
+              continue;                                                                             \
+            }                                                                                       \
             for (int64_t kj = 0; kj < K1; kj++) {                                                   \
               const ST *in = src + ((c * K0 + ki) * K1 + kj) * a + i * L1 * b;                      \
               AT *out = row + kj * d1;                                                              \

@@ -755,3 +755,19 @@ def test_volume_unfold_with_depth_padding_on_threads(monkeypatch: pytest.MonkeyP
     result = patchfold.unfold(x, **params, layout=layout, threads=2)
     assert result.dtype == x.dtype
     np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [((4, 6), (3, 3), (1, 2)), (16, 8, 0), ((3, 2), (2, 1), 0)])
+def test_half_overlap_fold_matches_torch_on_threads(monkeypatch: pytest.MonkeyPatch, dtype, kernel, stride,
+                                                    padding) -> None:
+    """Kernel width twice the stride takes the compiled loop's paired path; check it in every band."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    size = (37, 45)
+    x = rng(9).integers(0, 100, (2, 3, *size)).astype(dtype)
+    cols = patchfold.unfold(x, kernel, 1, padding, stride)
+    expected = F.fold(torch.from_numpy(cols.astype(np.float64)), size, kernel, 1, padding, stride).numpy()
+    result = patchfold.fold(cols, size, kernel, 1, padding, stride, threads=2)
+    np.testing.assert_array_equal(result, expected.astype(result.dtype))
