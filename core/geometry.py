@@ -144,7 +144,7 @@ class Geometry:
                 f"circular padding {list(self.padding)} must not exceed the input size "
                 f"{list(self.spatial_size)} in any dim"
             )
-        counts = self.raw_blocks_per_dim
+        counts = self.blocks_per_dim
         if any(c < 1 for c in counts):
             raise PatchfoldError(
                 f"no block fits: kernel_size={list(self.kernel_size)} dilation={list(self.dilation)} "
@@ -170,15 +170,12 @@ class Geometry:
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
 
     @property
-    def raw_blocks_per_dim(self) -> tuple[int, ...]:
+    def blocks_per_dim(self) -> tuple[int, ...]:
+        """``L_d = floor((size_d + 2·pad_d − dil_d·(k_d − 1) − 1) / stride_d) + 1`` (may be < 1
+        before :meth:`create` has validated the geometry)."""
         return tuple(
             (padded - span) // stride + 1 for padded, span, stride in zip(self.padded_size, self.span, self.stride)
         )
-
-    @property
-    def blocks_per_dim(self) -> tuple[int, ...]:
-        """``L_d = floor((size_d + 2·pad_d − dil_d·(k_d − 1) − 1) / stride_d) + 1``."""
-        return self.raw_blocks_per_dim
 
     @property
     def num_blocks(self) -> int:
@@ -217,11 +214,6 @@ class Geometry:
     def kernel_offsets(self) -> Iterable[tuple[int, ...]]:
         """Kernel offsets in row-major order (the order of the rows within one channel)."""
         return product(*(range(k) for k in self.kernel_size))
-
-    def block_starts(self, dim: int, start: int = 0, stop: int | None = None) -> range:
-        """Padded coordinates of the first pixel of blocks ``start:stop`` along ``dim``."""
-        stop = self.blocks_per_dim[dim] if stop is None else stop
-        return range(start * self.stride[dim], stop * self.stride[dim], self.stride[dim])
 
     def block_box(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Per-dim ``(start, stop)`` in unpadded coordinates of the block at a multi-index.
