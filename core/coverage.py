@@ -7,7 +7,6 @@ per-dim weights. Everything here costs O(sum of sizes), not O(pixels·∏k).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from functools import reduce
 
@@ -116,6 +115,4 @@ def coverage_summary(geometry: Geometry) -> dict[str, object]:
         "histogram": {str(value): count for value, count in histogram.items()},
         "uncovered_pixels": uncovered,
         "uncovered_fraction": uncovered / pixels,
-        "total": total,
-        "pixels": math.prod(geometry.spatial_size),
     }

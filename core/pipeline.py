@@ -326,7 +326,7 @@ def fold_to_npy(
     ``restore=(input_dtype, scale)``), holding only one band of the image at a time; pages of a
     memory-mapped ``cols`` are released after each band.
     """
-    from patchfold.coverage import coverage_vectors, unpad_adjoint
+    from patchfold.coverage import coverage_vectors, outer, unpad_adjoint
     from patchfold.io import restore_dtype
     from patchfold.ops import finish_fold
     from patchfold.windows import window_weights
@@ -348,7 +348,7 @@ def fold_to_npy(
             summed = unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if single_band else 1)
             divisor_band = None
             if vectors is not None:
-                divisor_band = np.multiply.outer(vectors[0][top:bottom], _outer_rest(vectors))
+                divisor_band = outer([vectors[0][top:bottom], *vectors[1:]])
             values = finish_fold(summed, divisor_band, cols.dtype, weights is not None)
             if restore is not None:
                 values = restore_dtype(values, *restore)
@@ -356,16 +356,6 @@ def fold_to_npy(
             written += values.nbytes
             _release(cols)
             yield Progress(index + 1, plan.bands, written, plan.output_bytes)
-
-
-def _outer_rest(vectors: list[np.ndarray]) -> np.ndarray:
-    rest = vectors[1:]
-    if not rest:
-        return np.ones((), dtype=vectors[0].dtype)
-    result = rest[0]
-    for vector in rest[1:]:
-        result = np.multiply.outer(result, vector)
-    return result
 
 
 def _write_rows(fd: int, header: int, values: np.ndarray, plan: FoldPlan, top: int) -> None:
