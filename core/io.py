@@ -392,7 +392,6 @@ def _umask() -> int:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Write one ``.npy`` atomically."""
-    check_output_path(path)
     with atomic_paths(path) as (temporary,), open(temporary, "wb") as handle:
         np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
 
@@ -629,7 +628,6 @@ def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
     all or none: temporary files are renamed into place only when every one is written."""
     writers = []
     for target, pixels in zip(targets, images):
-        check_output_path(target)
         writers.append(_volume_writer(pixels, target) if pixels.ndim == 4 else _image_writer(pixels, target))
     with atomic_paths(*targets) as temporaries:
         for write, temporary, target in zip(writers, temporaries, targets):

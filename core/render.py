@@ -13,7 +13,7 @@ import numpy as np
 from patchfold.coverage import coverage_vectors, outer
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.io import atomic_paths, check_output_path
+from patchfold.io import atomic_paths
 
 #: Viridis (perceptually uniform, colour-blind safe), sampled at 11 stops.
 VIRIDIS = np.array(
@@ -103,7 +103,6 @@ def save_png(path: Path, pixels: np.ndarray) -> None:
     """Write an RGB/grey uint8 picture atomically."""
     from PIL import Image
 
-    check_output_path(path)
     with atomic_paths(path) as (temporary,):
         Image.fromarray(pixels).save(temporary, format="PNG")
 
