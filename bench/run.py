@@ -225,6 +225,7 @@ def command_times(repeats: int) -> list[str]:
             "x = torch.from_numpy(np.asarray(Image.open(sys.argv[1]))).permute(2, 0, 1)[None].float() / 255\n"
             "np.save(sys.argv[2], F.unfold(x, 16, stride=8).numpy())\n"
         )
+        stats_args = ["stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"]
         runs = {
             "patchfold unfold 2048² RGB -k 16 -s 8 --dtype float32": [
                 *patchfold_cmd,
@@ -242,32 +243,12 @@ def command_times(repeats: int) -> list[str]:
             ],
             "minimal script: PIL + F.unfold + np.save": [sys.executable, str(script), str(image_path), f"{tmp}/b.npy"],
             "patchfold --help": [*patchfold_cmd, "--help"],
-            "patchfold stats --size 100000,100000 -k 64 -s 32 --json": [
-                *patchfold_cmd,
-                "stats",
-                "--size",
-                "100000,100000",
-                "-k",
-                "64",
-                "-s",
-                "32",
-                "--json",
-            ],
+            "patchfold stats --size 100000,100000 -k 64 -s 32 --json": [*patchfold_cmd, *stats_args],
         }
         exe = Path(sys.executable).parent / "patchfold"
         if exe.exists():  # the installed console script, as users run it
             runs["patchfold --help (console script)"] = [str(exe), "--help"]
-            runs["patchfold stats … --json (console script)"] = [
-                str(exe),
-                "stats",
-                "--size",
-                "100000,100000",
-                "-k",
-                "64",
-                "-s",
-                "32",
-                "--json",
-            ]
+            runs["patchfold stats … --json (console script)"] = [str(exe), *stats_args]
         times = {}
         for label, argv in runs.items():
             times[label] = best(lambda argv=argv: subprocess.run(argv, check=True, capture_output=True), repeats, 1)
