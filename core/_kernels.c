@@ -15,6 +15,15 @@
 
 #define BAND 8
 
+static inline int64_t gcd(int64_t a, int64_t b) {
+  while (b) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  return a;
+}
+
 static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 1) / y : -((-x) / y); }
 
 #define FOLD2D(NAME, ST, AT)                                                                        \
@@ -91,65 +100,136 @@ FOLD2D(fold2d_u64_u64, uint64_t, uint64_t)
  *   ncl: out[((c*K0 + ki)*K1 + kj)*rs + (i - i0)*L1 + j]      (rs: out row stride, >= (i1-i0)*L1)
  *   nlc: out[((i - i0)*L1 + j)*P + (c*K0 + ki)*K1 + kj]        (P = C*K0*K1)
  * value = x[c][ki*d0 + i*s0 - p0][kj*d1 + j*s1 - p1], or 0 outside the image.
+ * Only kernel rows q = c*K0 + ki in [q0, q1) are written: for ncl these are contiguous output rows,
+ * so threads given disjoint q ranges fill (and first touch) disjoint memory.
+ *
+ * The inner copies dispatch on the stride (ncl) or run length (nlc) so that common values are
+ * compile-time constants: the compiler then vectorises the strided gather, or turns each run into
+ * a few moves instead of a memcpy call; other values take the generic loop.
  */
+#define GATHER_CASE(T, S)                                                                           \
+  case S:                                                                                           \
+    for (int64_t j = 0; j < n; j++) dst[j] = src[j * S];                                            \
+    return;
+
+#define DEFINE_GATHER(T)                                                                            \
+  static inline void gather_##T(T *restrict dst, const T *restrict src, int64_t n, int64_t step) {  \
+    switch (step) {                                                                                 \
+      case 1:                                                                                       \
+        memcpy(dst, src, (size_t)n * sizeof(T));                                                    \
+        return;                                                                                     \
+      GATHER_CASE(T, 2)                                                                             \
+      GATHER_CASE(T, 3)                                                                             \
+      GATHER_CASE(T, 4)                                                                             \
+      GATHER_CASE(T, 6)                                                                             \
+      GATHER_CASE(T, 8)                                                                             \
+      GATHER_CASE(T, 16)                                                                            \
+      GATHER_CASE(T, 32)                                                                            \
+      default:                                                                                      \
+        for (int64_t j = 0; j < n; j++) dst[j] = src[j * step];                                     \
+    }                                                                                               \
+  }
+
+#define RUNS_CASE(BYTES)                                                                            \
+  case BYTES:                                                                                       \
+    for (int64_t j = 0; j < n; j++) memcpy(dst + j * dst_step, src + j * src_step, BYTES);          \
+    return;
+
+/* n runs of `bytes` bytes, run j from src + j*src_step to dst + j*dst_step (steps in bytes) */
+static inline void copy_runs(char *restrict dst, const char *restrict src, int64_t n, int64_t dst_step,
+                             int64_t src_step, int64_t bytes) {
+  switch (bytes) {
+    RUNS_CASE(2)
+    RUNS_CASE(4)
+    RUNS_CASE(8)
+    RUNS_CASE(12)
+    RUNS_CASE(16)
+    RUNS_CASE(24)
+    RUNS_CASE(32)
+    RUNS_CASE(48)
+    RUNS_CASE(64)
+    RUNS_CASE(128)
+    RUNS_CASE(256)
+    default:
+      for (int64_t j = 0; j < n; j++) memcpy(dst + j * dst_step, src + j * src_step, (size_t)bytes);
+  }
+}
+
 #define UNFOLD2D(NAME, T)                                                                           \
+  DEFINE_GATHER(T)                                                                                  \
   void NAME(const T *x, T *out, int64_t C, int64_t H, int64_t W, int64_t K0, int64_t K1,            \
             int64_t L1, int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t p0, int64_t p1,     \
-            int64_t i0, int64_t i1, int64_t nlc, int64_t rs) {                                       \
+            int64_t i0, int64_t i1, int64_t q0, int64_t q1, int64_t nlc, int64_t rs) {              \
     const int64_t P = C * K0 * K1;                                                                  \
+    /* blocks j in [jf0, jf1) have all K1 columns xs + kj*d1 inside [0, W) */                      \
+    int64_t jf0 = ceil_div(p1, s1), jf1 = ceil_div(W - (K1 - 1) * d1 + p1, s1);                     \
+    if (jf1 > L1) jf1 = L1;                                                                         \
+    if (jf0 > jf1) jf0 = jf1;                                                                       \
     if (nlc) { /* patch by patch: each (c, ki) run of K1 values is one contiguous write */          \
       for (int64_t i = i0; i < i1; i++)                                                             \
-        for (int64_t c = 0; c < C; c++)                                                             \
-          for (int64_t ki = 0; ki < K0; ki++) {                                                     \
-            const int64_t y = ki * d0 + i * s0 - p0;                                                \
-            const int inside = y >= 0 && y < H;                                                     \
-            const T *src = x + (c * H + (inside ? y : 0)) * W;                                      \
-            T *dst = out + (i - i0) * L1 * P + (c * K0 + ki) * K1;                                  \
-            for (int64_t j = 0; j < L1; j++, dst += P) {                                            \
-              const int64_t xs = j * s1 - p1;                                                       \
-              if (!inside) {                                                                        \
-                memset(dst, 0, (size_t)K1 * sizeof(T));                                             \
-              } else if (xs >= 0 && xs + (K1 - 1) * d1 < W) {                                       \
-                if (d1 == 1) memcpy(dst, src + xs, (size_t)K1 * sizeof(T));                         \
-                else for (int64_t kj = 0; kj < K1; kj++) dst[kj] = src[xs + kj * d1];               \
+        for (int64_t q = q0; q < q1; q++) {                                                         \
+          const int64_t c = q / K0, ki = q % K0;                                                    \
+          const int64_t y = ki * d0 + i * s0 - p0;                                                  \
+          const int inside = y >= 0 && y < H;                                                       \
+          const T *src = x + (c * H + (inside ? y : 0)) * W;                                        \
+          T *row = out + (i - i0) * L1 * P + q * K1;                                                \
+          for (int64_t j = 0; j < L1; j++) {                                                        \
+            T *dst = row + j * P;                                                                   \
+            if (!inside) {                                                                          \
+              memset(dst, 0, (size_t)K1 * sizeof(T));                                               \
+            } else if (j >= jf0 && j < jf1) {                                                       \
+              if (d1 == 1) { /* the whole run of full blocks at once */                            \
+                copy_runs((char *)dst, (const char *)(src + (j * s1 - p1)), jf1 - j, P * sizeof(T),  \
+                          s1 * sizeof(T), K1 * sizeof(T));                                          \
+                j = jf1 - 1;                                                                        \
               } else {                                                                              \
-                for (int64_t kj = 0; kj < K1; kj++) {                                               \
-                  const int64_t col = xs + kj * d1;                                                 \
-                  dst[kj] = (col >= 0 && col < W) ? src[col] : 0;                                   \
-                }                                                                                   \
+                for (int64_t kj = 0; kj < K1; kj++) dst[kj] = src[j * s1 - p1 + kj * d1];           \
+              }                                                                                     \
+            } else {                                                                                \
+              for (int64_t kj = 0; kj < K1; kj++) {                                                 \
+                const int64_t col = j * s1 - p1 + kj * d1;                                          \
+                dst[kj] = (col >= 0 && col < W) ? src[col] : 0;                                     \
               }                                                                                     \
             }                                                                                       \
           }                                                                                         \
+        }                                                                                           \
       return;                                                                                       \
     }                                                                                               \
     /* ncl: one source row y serves the K1 output rows (c, ki, 0..K1-1) of block row i, so loop  \
-       over it once while it is in cache */                                                        \
-    for (int64_t c = 0; c < C; c++) {                                                               \
-      for (int64_t ki = 0; ki < K0; ki++) {                                                         \
-        for (int64_t i = i0; i < i1; i++) {                                                         \
-          const int64_t y = ki * d0 + i * s0 - p0;                                                  \
-          const int inside = y >= 0 && y < H;                                                       \
-          for (int64_t kj = 0; kj < K1; kj++) {                                                     \
-            T *dst = out + ((c * K0 + ki) * K1 + kj) * rs + (i - i0) * L1;                          \
-            if (!inside) {                                                                          \
-              memset(dst, 0, (size_t)L1 * sizeof(T));                                               \
-              continue;                                                                             \
-            }                                                                                       \
-            /* blocks j whose column kj*d1 + j*s1 - p1 falls inside [0, W) */                       \
-            const int64_t base = kj * d1 - p1;                                                      \
-            int64_t j0 = ceil_div(-base, s1), j1 = ceil_div(W - base, s1);                          \
-            if (j0 < 0) j0 = 0;                                                                     \
-            if (j1 > L1) j1 = L1;                                                                   \
-            if (j1 < j0) j1 = j0;                                                                   \
-            const T *src = x + (c * H + y) * W + base;                                              \
-            for (int64_t j = 0; j < j0; j++) dst[j] = 0;                                            \
-            if (s1 == 1) {                                                                          \
-              memcpy(dst + j0, src + j0, (size_t)(j1 - j0) * sizeof(T));                            \
-            } else {                                                                                \
-              for (int64_t j = j0; j < j1; j++) dst[j] = src[j * s1];                               \
-            }                                                                                       \
-            for (int64_t j = j1; j < L1; j++) dst[j] = 0;                                           \
+       over it once while it is in cache. Columns repeat across kernel columns: kj and kj - t     \
+       (t*d1 a multiple of s1) read the same source columns shifted by m = t*d1/s1 blocks, so     \
+       output row kj is mostly a copy of row kj - t, just written and still in cache. */         \
+    const int64_t t = s1 / gcd(d1, s1), m = t * d1 / s1;                                            \
+    for (int64_t q = q0; q < q1; q++) {                                                             \
+      const int64_t c = q / K0, ki = q % K0;                                                        \
+      for (int64_t i = i0; i < i1; i++) {                                                           \
+        const int64_t y = ki * d0 + i * s0 - p0;                                                    \
+        const int inside = y >= 0 && y < H;                                                         \
+        for (int64_t kj = 0; kj < K1; kj++) {                                                       \
+          T *dst = out + (q * K1 + kj) * rs + (i - i0) * L1;                                        \
+          if (!inside) {                                                                            \
+            memset(dst, 0, (size_t)L1 * sizeof(T));                                                 \
+            continue;                                                                               \
           }                                                                                         \
+          if (kj >= t && m < L1) {                                                                  \
+            memcpy(dst, dst - t * rs + m, (size_t)(L1 - m) * sizeof(T));                            \
+            const T *row = x + (c * H + y) * W;                                                     \
+            for (int64_t j = L1 - m; j < L1; j++) {                                                 \
+              const int64_t col = kj * d1 + j * s1 - p1;                                            \
+              dst[j] = (col >= 0 && col < W) ? row[col] : 0;                                        \
+            }                                                                                       \
+            continue;                                                                               \
+          }                                                                                         \
+          /* blocks j whose column kj*d1 + j*s1 - p1 falls inside [0, W) */                         \
+          const int64_t base = kj * d1 - p1;                                                        \
+          int64_t j0 = ceil_div(-base, s1), j1 = ceil_div(W - base, s1);                            \
+          if (j0 < 0) j0 = 0;                                                                       \
+          if (j1 > L1) j1 = L1;                                                                     \
+          if (j1 < j0) j1 = j0;                                                                     \
+          const T *src = x + ((c * H + y) * W + base + j0 * s1);                                    \
+          for (int64_t j = 0; j < j0; j++) dst[j] = 0;                                              \
+          gather_##T(dst + j0, src, j1 - j0, s1);                                                   \
+          for (int64_t j = j1; j < L1; j++) dst[j] = 0;                                             \
         }                                                                                           \
       }                                                                                             \
     }                                                                                               \

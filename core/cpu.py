@@ -132,14 +132,27 @@ def unfold_into(
 
         source = pad_input(x, geometry)
 
+    kernel_rows = x.shape[1] * geometry.kernel_size[0]
+    if compiled is not None and layout == "ncl" and _splits_evenly(kernel_rows, threads):
+        # Split over kernel rows: each thread fills (and first touches) its own contiguous rows
+        # of the matrix instead of both threads faulting in every page of a fresh result.
+        run_parallel(lambda lo, hi: compiled(out, first, last, lo, hi), 0, kernel_rows, out.nbytes, threads)
+        return
+
     def task(lo: int, hi: int) -> None:
         part = select_blocks(out, block_columns(geometry, lo - first, hi - first), layout)
         if compiled is not None:
-            compiled(part, lo, hi)
+            compiled(part, lo, hi, 0, kernel_rows)
         else:
             unfold_rows(source, source_geometry, part, layout, lo, hi)
 
     run_parallel(task, first, last, out.nbytes, threads)
+
+
+def _splits_evenly(count: int, threads: int | None) -> bool:
+    """Whether ``count`` items share out over the threads with at most 1/8 imbalance."""
+    threads = cpu_count() if threads is None else threads
+    return count > 1 and (count % threads == 0 or count >= 8 * threads)
 
 
 def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> tuple[np.ndarray, Geometry]:
@@ -168,8 +181,10 @@ def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | N
 
 def _compiled_unfold(
     x: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str
-) -> Callable[[np.ndarray, int, int], None] | None:
-    """The C block copy for 2-D unfolds without casting, or None to use numpy's."""
+) -> Callable[[np.ndarray, int, int, int, int], None] | None:
+    """The C block copy for 2-D unfolds without casting, or None to use numpy's. The returned
+    ``run(part, lo, hi, q0, q1)`` writes block rows ``[lo, hi)`` and kernel rows ``[q0, q1)``
+    (``q = c·kh + ki``) into ``part``, the band of the matrix that holds those block rows."""
     if not _compiled_unfold_fits(x, geometry, out.dtype) or out.strides[-1] != out.itemsize:
         return None
     function = kernels.unfold2d(x.dtype.itemsize)
@@ -181,7 +196,7 @@ def _compiled_unfold(
     row_stride = out.strides[1] // out.itemsize if layout == "ncl" else 0
     nlc = int(layout == "nlc")
 
-    def run(part: np.ndarray, lo: int, hi: int) -> None:
+    def run(part: np.ndarray, lo: int, hi: int, q0: int, q1: int) -> None:
         for item in range(x.shape[0]):
             function(
                 x[item].ctypes.data,
@@ -200,6 +215,8 @@ def _compiled_unfold(
                 p1,
                 lo,
                 hi,
+                q0,
+                q1,
                 nlc,
                 row_stride,
             )

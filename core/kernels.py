@@ -69,5 +69,5 @@ def unfold2d(itemsize: int) -> Any | None:
     if function is None:
         return None
     function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 16
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 18
     return function

@@ -740,6 +740,34 @@ def test_compiled_loops_are_used_where_built() -> None:
         assert kernels.unfold2d(itemsize) is not None
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding", "stride"),
+    [
+        ((3, 8), 1, (1, 2), (2, 4)),  # constant-stride gather, copied kernel columns (8 = 2·4)
+        ((2, 6), (1, 2), (0, 3), (1, 3)),  # dilation 2, stride 3: columns repeat every 3 kernel columns
+        ((3, 5), (2, 3), (2, 4), (3, 6)),  # shift of 1 block every 2 kernel columns, padding on both sides
+        ((2, 4), 1, 0, (1, 5)),  # a stride with no special case
+        ((1, 3), 1, (0, 1), (1, 32)),  # fewer blocks than the copy's shift
+        ((2, 33), 1, 0, (2, 16)),  # long runs for the nlc copy (33 values), stride 16
+        ((4, 2), 1, (1, 1), (1, 1)),  # stride 1: plain memcpy rows
+    ],
+)
+def test_compiled_unfold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel,
+                                               dilation, padding, stride) -> None:
+    """Every dispatch of the compiled unfold (strides, run lengths, repeated kernel columns, kernel-row
+    and block-row splits over threads) gives the reference result."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    x = rng(11).integers(0, 250, (2, 3, 13, 70)).astype(dtype)
+    params = dict(kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
+    expected = reference_unfold(x, **params)
+    result = patchfold.unfold(x, **params, layout=layout, threads=threads)
+    np.testing.assert_array_equal(result, expected if layout == "ncl" else expected.transpose(0, 2, 1))
+
 @pytest.mark.parametrize("layout", ["ncl", "nlc"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 def test_volume_unfold_with_depth_padding_on_threads(monkeypatch: pytest.MonkeyPatch, layout: str, dtype) -> None:
