@@ -5,7 +5,9 @@
 
 For each case: patchfold's time, and its speed-up over torch.nn.functional.unfold/fold, numpy's
 sliding_window_view + ascontiguousarray, the peers patchify and empatches where installed, and its
-share of the bandwidth floor (np.copyto of the output's size into a preallocated array). Then the
+share of the bandwidth floor: an np.copyto of the output's size, into a fresh array for
+patchfold allocating its result and into an already-touched one for patchfold writing into
+``out=``. Then the
 whole-command wall time of `patchfold unfold` against a minimal PIL + F.unfold + np.save script,
 and the start-up of `patchfold --help` and `patchfold stats` on a 100000² size.
 """
@@ -52,9 +54,13 @@ CASES = [
 ]
 
 
+#: How ``best`` summarises repeated runs: the median (default) or, with ``--stat min``, the fastest.
+SUMMARY: Callable[[list[float]], float] = statistics.median
+
+
 def best(fn: Timer, repeats: int, warmups: int = 3) -> float:
-    """Median of ``repeats`` runs after ``warmups`` unmeasured ones (seconds): the first large
-    allocations of a process pay for the kernel's page zeroing and huge-page setup."""
+    """:data:`SUMMARY` of ``repeats`` runs after ``warmups`` unmeasured ones (seconds): the first
+    large allocations of a process pay for the kernel's page zeroing and huge-page setup."""
     for _ in range(warmups):
         fn()
     times = []
@@ -62,7 +68,7 @@ def best(fn: Timer, repeats: int, warmups: int = 3) -> float:
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return SUMMARY(times)
 
 
 def make_input(case: Case) -> np.ndarray:
@@ -130,11 +136,15 @@ def settle() -> None:
     time.sleep(0.5)
 
 
-def time_floor(shape: tuple[int, ...], dtype: np.dtype, repeats: int) -> float:
-    """np.copyto of the output's size between two preallocated arrays (freed on return)."""
+def time_floor(shape: tuple[int, ...], dtype: np.dtype, repeats: int) -> tuple[float, float]:
+    """np.copyto of the output's size into an already-touched array, and into a fresh one (which,
+    like any new result, pays for the kernel's first touch of its pages)."""
     source = np.ones(shape, dtype=dtype)
     target = np.empty_like(source)
-    return best(lambda: np.copyto(target, source), repeats)
+    touched = best(lambda: np.copyto(target, source), repeats)
+    target.resize(0, refcheck=False)  # free it: the fresh copies must not find its pages
+    fresh = best(lambda: np.copyto(np.empty_like(source), source), repeats)
+    return touched, fresh
 
 
 def time_unfold(x: np.ndarray, params: dict, layout: str, shape: tuple[int, ...], repeats: int) -> tuple[float, float]:
@@ -166,7 +176,7 @@ def run_case(case: Case, repeats: int) -> list[str]:
     geometry = patchfold.Geometry.create(x.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
     out_shape = geometry.unfold_shape(*x.shape[:2])
     out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
-    t_floor = time_floor(out_shape, x.dtype, repeats)
+    t_floor, t_fresh_floor = time_floor(out_shape, x.dtype, repeats)
     t_ncl, t_ncl_into = time_unfold(x, params, "ncl", out_shape, repeats)
     t_nlc, t_nlc_into = time_unfold(x, params, "nlc", geometry.unfold_shape(*x.shape[:2], "nlc"), repeats)
     t_torch = best(torch_reference_unfold(torch.from_numpy(x), case), repeats)
@@ -179,11 +189,16 @@ def run_case(case: Case, repeats: int) -> list[str]:
         return (
             f"| {name} | {label} | {ms(t_alloc)} ({gbs(out_bytes, t_alloc)}) | {ratio(t_torch, t_alloc)} | "
             f"{ratio(t_numpy, t_alloc)} | {peer_cell(t_peers, t_alloc)} | "
-            f"{share(t_floor, t_alloc)} / {share(t_floor, t_into)} |"
+            f"{share(t_fresh_floor, t_alloc)} / {share(t_floor, t_into)} |"
         )
 
+    floor_row = (
+        f"| {case.name} | copyto floor | {ms(t_fresh_floor)} fresh / {ms(t_floor)} touched "
+        f"({gbs(out_bytes, t_fresh_floor)} / {gbs(out_bytes, t_floor)}) | – | – | – | – |"
+    )
     return [
-        unfold_row("unfold ncl", t_ncl, t_ncl_into, case.name),
+        floor_row,
+        unfold_row("unfold ncl", t_ncl, t_ncl_into),
         unfold_row("unfold nlc", t_nlc, t_nlc_into),
         f"| | fold | {ms(t_fold)} ({gbs(out_bytes, t_fold)} read) | {ratio(t_torch_fold, t_fold)} | – | – | – |",
     ]
@@ -263,15 +278,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="summary of the repeats, for every contender alike (min: timeit's choice, least hit by stalls)",
+    )
     args = parser.parse_args()
+    global SUMMARY
+    SUMMARY = min if args.stat == "min" else statistics.median
     repeats = 3 if args.quick else 7
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"patchfold {patchfold.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; median of {repeats} runs\n"
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {args.stat} of {repeats} runs\n"
     )
-    print("| case | op | patchfold | vs torch | vs numpy swv | vs peers | share of copyto floor (alloc / into) |")
+    print(
+        "| case | op | patchfold | vs torch | vs numpy swv | vs peers "
+        "| share of copyto floor (alloc÷fresh / into÷touched) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for case in CASES:
         for row in run_case(case, repeats):
