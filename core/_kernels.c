@@ -30,6 +30,7 @@ static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 
   void NAME(const ST *src, AT *acc, int64_t C, int64_t K0, int64_t K1, int64_t L0, int64_t L1,      \
             int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t W, int64_t lo, int64_t hi,      \
             int64_t a, int64_t b, int64_t cs, int64_t zero) {                                       \
+    const int64_t t = s1 / gcd(d1, s1), m = t * d1 / s1;                                            \
     for (int64_t top = lo; top < hi; top += BAND) {                                                 \
       const int64_t bottom = top + BAND < hi ? top + BAND : hi;                                     \
       if (zero)                                                                                     \
@@ -52,16 +53,33 @@ static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 
               }                                                                                     \
               continue;                                                                             \
             }                                                                                       \
-            if (b == 1 && d1 == 1 && K1 == 2 * s1) {                                                \
-              /* half-overlapping blocks: kernel columns r and r + s1 of neighbouring blocks land  \
-                 on the same output column; add them together, touching the output once */         \
-              for (int64_t r = 0; r < s1; r++) {                                                    \
-                const ST *lo = src + ((c * K0 + ki) * K1 + r) * a + i * L1;                         \
-                const ST *hi = lo + s1 * a;                                                         \
-                AT *out = row + r;                                                                  \
-                out[0] += (AT)lo[0];                                                                \
-                for (int64_t m = 1; m < L1; m++) out[m * s1] += (AT)lo[m] + (AT)hi[m - 1];          \
-                out[L1 * s1] += (AT)hi[L1 - 1];                                                     \
+            if (b == 1 && K1 > t) {                                                                 \
+              /* kernel columns r, r + t, r + 2t, ... land on the same output columns, shifted by  \
+                 m blocks each: sum them first, touching each output column once per residue r */  \
+              for (int64_t r = 0; r < t; r++) {                                                     \
+                const int64_t n = (K1 - r + t - 1) / t, shift = (n - 1) * m;                        \
+                const ST *in = src + ((c * K0 + ki) * K1 + r) * a + i * L1;                         \
+                const int64_t step = t * a; /* from kernel column r + q*t to r + (q+1)*t */         \
+                AT *out = row + r * d1;                                                             \
+                for (int64_t J = 0; J < L1 + shift; J++) {                                          \
+                  if (J == shift && n == 2) { /* the interior, where every column has a block */   \
+                    for (; J < L1; J++) out[J * s1] += (AT)in[J] + (AT)in[step + J - m];            \
+                    if (J >= L1 + shift) break;                                                     \
+                  } else if (J == shift && shift < L1) {                                            \
+                    for (; J < L1; J++) {                                                           \
+                      AT sum = 0;                                                                   \
+                      for (int64_t q = 0; q < n; q++) sum += (AT)in[q * step + J - q * m];          \
+                      out[J * s1] += sum;                                                           \
+                    }                                                                               \
+                    if (J >= L1 + shift) break;                                                     \
+                  }                                                                                 \
+                  /* head or tail: only columns q with 0 <= J - q*m < L1 */                         \
+                  const int64_t qlo = J < L1 ? 0 : (J - L1) / m + 1;                                \
+                  const int64_t qhi = J / m < n - 1 ? J / m : n - 1;                                \
+                  AT sum = 0;                                                                       \
+                  for (int64_t q = qlo; q <= qhi; q++) sum += (AT)in[q * step + J - q * m];         \
+                  out[J * s1] += sum;                                                               \
+                }                                                                                   \
               }                                                                                     \
               continue;                                                                             \
             }                                                                                       \
