@@ -785,6 +785,36 @@ def test_volume_unfold_with_depth_padding_on_threads(monkeypatch: pytest.MonkeyP
     np.testing.assert_array_equal(result, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding", "stride"),
+    [
+        ((3, 8), 1, (1, 2), (2, 4)),  # two kernel columns per output column (k = 2s)
+        ((2, 7), (1, 2), (0, 3), (1, 3)),  # dilation 2, stride 3: columns 0, 3, 6 meet, 2 blocks apart
+        ((3, 9), (2, 1), (2, 4), (3, 2)),  # five columns meet (k = 4.5s), uneven residues
+        ((2, 5), 1, 0, (1, 5)),  # no two columns meet
+        ((1, 9), 1, (0, 4), (1, 4)),  # fewer blocks than the shift between meeting columns
+        ((4, 2), 1, (1, 1), (1, 1)),  # stride 1
+    ],
+)
+def test_compiled_fold_paths_match_torch(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel, dilation,
+                                         padding, stride) -> None:
+    """Every path of the compiled fold (summed meeting columns, heads and tails, bands over threads)
+    gives F.fold's result."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    size = (15, 41)
+    geometry = patchfold.Geometry.create(size, kernel, stride, padding, dilation)
+    cols = rng(12).integers(0, 100, (2, 3 * geometry.kernel_volume, geometry.num_blocks))
+    expected = F.fold(torch.from_numpy(cols.astype(np.float64)), size, kernel, dilation, padding, stride).numpy()
+    source = cols.astype(dtype) if layout == "ncl" else np.ascontiguousarray(cols.astype(dtype).transpose(0, 2, 1))
+    result = patchfold.fold(source, size, kernel, dilation, padding, stride, layout=layout, threads=threads)
+    np.testing.assert_array_equal(result, expected.astype(result.dtype))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [((4, 6), (3, 3), (1, 2)), (16, 8, 0), ((3, 2), (2, 1), 0)])
 def test_half_overlap_fold_matches_torch_on_threads(monkeypatch: pytest.MonkeyPatch, dtype, kernel, stride,
