@@ -112,7 +112,7 @@ FOLD2D(fold2d_i32_i64, int32_t, int64_t)
 FOLD2D(fold2d_i64_i64, int64_t, int64_t)
 FOLD2D(fold2d_u64_u64, uint64_t, uint64_t)
 
-/* unfold2d_<bits>: copy block rows [i0, i1) of one item x (C, H, W), contiguous, into out, with
+/* unfold2d_<bits> (and unfold3d_<bits>, below): copy block rows [i0, i1) of one item x (C, H, W), contiguous, into out, with
  * zero padding (p0, p1) applied on the fly (no padded copy of the input). Elements are moved as
  * opaque words of the dtype's size, so one kernel per item size serves every dtype.
  *   ncl: out[((c*K0 + ki)*K1 + kj)*rs + (i - i0)*L1 + j]      (rs: out row stride, >= (i1-i0)*L1)
@@ -173,12 +173,47 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
   }
 }
 
-#define UNFOLD2D(NAME, T)                                                                           \
+#define UNFOLD(NAME, NAME3D, T)                                                                         \
   DEFINE_GATHER(T)                                                                                  \
+  static void plane_##T(const T *x, T *out, int64_t H, int64_t W, int64_t K0, int64_t K1,           \
+                        int64_t L1, int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t p0,     \
+                        int64_t p1, int64_t i0, int64_t i1, int64_t q0, int64_t q1, int64_t nlc,    \
+                        int64_t rs, int64_t P);                                                     \
   void NAME(const T *x, T *out, int64_t C, int64_t H, int64_t W, int64_t K0, int64_t K1,            \
             int64_t L1, int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t p0, int64_t p1,     \
             int64_t i0, int64_t i1, int64_t q0, int64_t q1, int64_t nlc, int64_t rs) {              \
-    const int64_t P = C * K0 * K1;                                                                  \
+    plane_##T(x, out, H, W, K0, K1, L1, s0, s1, d0, d1, p0, p1, i0, i1, q0, q1, nlc, rs,            \
+              C * K0 * K1);                                                                         \
+  }                                                                                                 \
+  /* 3-D: every (channel c, depth offset a, depth block p) is a 2-D unfold of one plane of x (or  \
+     of zeros, in the depth padding) into K1*K2 rows (ncl) or columns (nlc) of the matrix.        \
+     Block rows [lo, hi) are depth blocks here; q = c*K0 + a. */                                   \
+  void NAME3D(const T *x, T *out, int64_t C, int64_t D, int64_t H, int64_t W, int64_t K0,          \
+                 int64_t K1, int64_t K2, int64_t L1, int64_t L2, int64_t s0, int64_t s1,            \
+                 int64_t s2, int64_t d0, int64_t d1, int64_t d2, int64_t p0, int64_t p1,            \
+                 int64_t p2, int64_t lo, int64_t hi, int64_t q0, int64_t q1, int64_t nlc,           \
+                 int64_t rs) {                                                                      \
+    const int64_t P = C * K0 * K1 * K2, plane = L1 * L2, patch = K1 * K2;                          \
+    for (int64_t q = q0; q < q1; q++) {                                                             \
+      const int64_t c = q / K0, a = q % K0;                                                         \
+      for (int64_t p = lo; p < hi; p++) {                                                           \
+        const int64_t z = a * d0 + p * s0 - p0;                                                     \
+        T *base = nlc ? out + (p - lo) * plane * P + q * patch : out + q * patch * rs + (p - lo) * plane; \
+        if (z >= 0 && z < D) {                                                                      \
+          plane_##T(x + (c * D + z) * H * W, base, H, W, K1, K2, L2, s1, s2, d1, d2, p1, p2, 0, L1, \
+                    0, K1, nlc, rs, P);                                                             \
+        } else if (nlc) {                                                                           \
+          for (int64_t j = 0; j < plane; j++) memset(base + j * P, 0, (size_t)patch * sizeof(T));   \
+        } else {                                                                                    \
+          for (int64_t r = 0; r < patch; r++) memset(base + r * rs, 0, (size_t)plane * sizeof(T));  \
+        }                                                                                           \
+      }                                                                                             \
+    }                                                                                               \
+  }                                                                                                 \
+  static void plane_##T(const T *x, T *out, int64_t H, int64_t W, int64_t K0, int64_t K1,           \
+                        int64_t L1, int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t p0,     \
+                        int64_t p1, int64_t i0, int64_t i1, int64_t q0, int64_t q1, int64_t nlc,    \
+                        int64_t rs, int64_t P) {                                                    \
     /* blocks j in [jf0, jf1) have all K1 columns xs + kj*d1 inside [0, W) */                      \
     int64_t jf0 = ceil_div(p1, s1), jf1 = ceil_div(W - (K1 - 1) * d1 + p1, s1);                     \
     if (jf1 > L1) jf1 = L1;                                                                         \
@@ -253,10 +288,10 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
     }                                                                                               \
   }
 
-UNFOLD2D(unfold2d_8, uint8_t)
-UNFOLD2D(unfold2d_16, uint16_t)
-UNFOLD2D(unfold2d_32, uint32_t)
-UNFOLD2D(unfold2d_64, uint64_t)
+UNFOLD(unfold2d_8, unfold3d_8, uint8_t)
+UNFOLD(unfold2d_16, unfold3d_16, uint16_t)
+UNFOLD(unfold2d_32, unfold3d_32, uint32_t)
+UNFOLD(unfold2d_64, unfold3d_64, uint64_t)
 
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels", "patchfold's C loops (used via ctypes)", -1, NULL};
 

@@ -157,7 +157,7 @@ def _splits_evenly(count: int, threads: int | None) -> bool:
 
 def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> tuple[np.ndarray, Geometry]:
     """The array and geometry to cut blocks from into an output of ``dtype`` (default: ``x``'s):
-    ``x`` itself where the compiled loop pads on the fly (2-D, contiguous, zero padding, no cast),
+    ``x`` itself where the compiled loop pads on the fly (2-D or 3-D, contiguous, zero padding, no cast),
     else a padded copy with an unpadded geometry."""
     if not any(geometry.padding) or _compiled_unfold_fits(x, geometry, dtype):
         return x, geometry
@@ -170,56 +170,41 @@ def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = No
 def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> bool:
     return (
         (dtype is None or np.dtype(dtype) == x.dtype)
-        and geometry.ndim == 2
-        and x.ndim == 4
+        and x.ndim == geometry.ndim + 2
         and x.flags.c_contiguous
         and x.dtype.byteorder != ">"
         and geometry.padding_mode == "zeros"
-        and kernels.unfold2d(x.dtype.itemsize) is not None
+        and kernels.unfold(x.dtype.itemsize, geometry.ndim) is not None
     )
 
 
 def _compiled_unfold(
     x: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str
 ) -> Callable[[np.ndarray, int, int, int, int], None] | None:
-    """The C block copy for 2-D unfolds without casting, or None to use numpy's. The returned
-    ``run(part, lo, hi, q0, q1)`` writes block rows ``[lo, hi)`` and kernel rows ``[q0, q1)``
-    (``q = c·kh + ki``) into ``part``, the band of the matrix that holds those block rows."""
+    """The C block copy for 2-D and 3-D unfolds without casting, or None to use numpy's. The
+    returned ``run(part, lo, hi, q0, q1)`` writes block rows ``[lo, hi)`` (of dim 0) and kernel rows
+    ``[q0, q1)`` (``q = c·k0 + offset in dim 0``) into ``part``, the band of the matrix that holds
+    those block rows."""
     if not _compiled_unfold_fits(x, geometry, out.dtype) or out.strides[-1] != out.itemsize:
         return None
-    function = kernels.unfold2d(x.dtype.itemsize)
-    (k0, k1), (_, l1) = geometry.kernel_size, geometry.blocks_per_dim
-    (s0, s1), (d0, d1), (p0, p1) = geometry.stride, geometry.dilation, geometry.padding
-    channels, height, width = x.shape[1:]
     if layout == "nlc" and out.strides[1] != out.shape[2] * out.itemsize:
         return None
+    function = kernels.unfold(x.dtype.itemsize, geometry.ndim)
+    # C, *spatial size, *kernel, *blocks after dim 0, *stride, *dilation, *padding
+    shape = (
+        *x.shape[1:],
+        *geometry.kernel_size,
+        *geometry.blocks_per_dim[1:],
+        *geometry.stride,
+        *geometry.dilation,
+        *geometry.padding,
+    )
     row_stride = out.strides[1] // out.itemsize if layout == "ncl" else 0
     nlc = int(layout == "nlc")
 
     def run(part: np.ndarray, lo: int, hi: int, q0: int, q1: int) -> None:
         for item in range(x.shape[0]):
-            function(
-                x[item].ctypes.data,
-                part[item].ctypes.data,
-                channels,
-                height,
-                width,
-                k0,
-                k1,
-                l1,
-                s0,
-                s1,
-                d0,
-                d1,
-                p0,
-                p1,
-                lo,
-                hi,
-                q0,
-                q1,
-                nlc,
-                row_stride,
-            )
+            function(x[item].ctypes.data, part[item].ctypes.data, *shape, lo, hi, q0, q1, nlc, row_stride)
 
     return run
 

@@ -59,15 +59,19 @@ def fold2d(dtype_name: str, accumulator_name: str) -> Any | None:
     return function
 
 
+#: Integer arguments (after the two pointers) of the compiled unfold, by number of spatial dims.
+_UNFOLD_ARGUMENTS = {2: 18, 3: 24}
+
+
 @cache
-def unfold2d(itemsize: int) -> Any | None:
-    """The C block copy for items of this many bytes, or None."""
+def unfold(itemsize: int, ndim: int = 2) -> Any | None:
+    """The C block copy of ``ndim`` (2 or 3) spatial dims for items of this many bytes, or None."""
     library = _library()
-    if library is None or itemsize not in (1, 2, 4, 8):
+    if library is None or itemsize not in (1, 2, 4, 8) or ndim not in _UNFOLD_ARGUMENTS:
         return None
-    function = getattr(library, f"unfold2d_{itemsize * 8}", None)
+    function = getattr(library, f"unfold{ndim}d_{itemsize * 8}", None)
     if function is None:
         return None
     function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 18
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * _UNFOLD_ARGUMENTS[ndim]
     return function

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -736,8 +737,8 @@ def test_compiled_loops_are_used_where_built() -> None:
     for source, accumulator in (("float32", "float32"), ("float32", "float64"), ("float64", "float64"),
                                 ("float16", "float32"), ("uint8", "int64"), ("uint16", "int64"), ("bool", "int64")):
         assert kernels.fold2d(source, accumulator) is not None, (source, accumulator)
-    for itemsize in (1, 2, 4, 8):
-        assert kernels.unfold2d(itemsize) is not None
+    for itemsize, ndim in itertools.product((1, 2, 4, 8), (2, 3)):
+        assert kernels.unfold(itemsize, ndim) is not None
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
@@ -813,6 +814,27 @@ def test_compiled_fold_paths_match_torch(monkeypatch: pytest.MonkeyPatch, dtype,
     source = cols.astype(dtype) if layout == "ncl" else np.ascontiguousarray(cols.astype(dtype).transpose(0, 2, 1))
     result = patchfold.fold(source, size, kernel, dilation, padding, stride, layout=layout, threads=threads)
     np.testing.assert_array_equal(result, expected.astype(result.dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding", "stride"),
+    [((2, 3, 8), (1, 2, 1), (1, 2, 3), (3, 1, 4)), ((3, 1, 2), (2, 1, 3), (3, 0, 1), (1, 2, 6))],
+)
+def test_compiled_volume_unfold_matches_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel,
+                                                  dilation, padding, stride) -> None:
+    """The compiled 3-D unfold (planes cut by the 2-D loop, depth padding written as zeros) in every
+    split over threads."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    x = rng(13).integers(0, 250, (2, 2, 6, 7, 19)).astype(dtype)
+    params = dict(kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
+    expected = reference_unfold(x, **params)
+    result = patchfold.unfold(x, **params, layout=layout, threads=threads)
+    np.testing.assert_array_equal(result, expected if layout == "ncl" else expected.transpose(0, 2, 1))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
