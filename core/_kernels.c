@@ -98,19 +98,55 @@ static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 
     }                                                                                               \
   }
 
+/* fold3d_<src>_<acc>: the 3-D overlap-add into padded depth rows [lo, hi) of acc (C, hi-lo, H, W),
+ * H and W padded: every (channel c, depth offset A, depth block p) with A*d0 + p*s0 = z is a 2-D
+ * fold of one plane of patches (one channel, kernel K1 x K2, blocks L1 x L2) into depth row z. */
+#define FOLD3D(NAME, NAME2D, ST, AT)                                                                \
+  void NAME(const ST *src, AT *acc, int64_t C, int64_t K0, int64_t K1, int64_t K2, int64_t L0,      \
+            int64_t L1, int64_t L2, int64_t s0, int64_t s1, int64_t s2, int64_t d0, int64_t d1,     \
+            int64_t d2, int64_t H, int64_t W, int64_t lo, int64_t hi, int64_t a, int64_t b,         \
+            int64_t cs, int64_t zero) {                                                             \
+    for (int64_t z = lo; z < hi; z++) {                                                             \
+      AT *plane = acc + (z - lo) * H * W;                                                           \
+      if (zero)                                                                                     \
+        for (int64_t c = 0; c < C; c++) memset(plane + c * cs, 0, (size_t)(H * W) * sizeof(AT));    \
+      for (int64_t A = 0; A < K0; A++) {                                                            \
+        const int64_t rest = z - A * d0;                                                            \
+        if (rest < 0 || rest % s0 || rest / s0 >= L0) continue;                                     \
+        const int64_t p = rest / s0;                                                                \
+        for (int64_t c = 0; c < C; c++)                                                             \
+          NAME2D(src + (c * K0 + A) * K1 * K2 * a + p * L1 * L2 * b, plane + c * cs, 1, K1, K2, L1,  \
+                 L2, s1, s2, d1, d2, W, 0, H, a, b, 0, 0);                                          \
+      }                                                                                             \
+    }                                                                                               \
+  }
+
 FOLD2D(fold2d_f32_f32, float, float)
+FOLD3D(fold3d_f32_f32, fold2d_f32_f32, float, float)
 FOLD2D(fold2d_f64_f64, double, double)
+FOLD3D(fold3d_f64_f64, fold2d_f64_f64, double, double)
 FOLD2D(fold2d_f32_f64, float, double)
+FOLD3D(fold3d_f32_f64, fold2d_f32_f64, float, double)
 FOLD2D(fold2d_f16_f64, _Float16, double)
+FOLD3D(fold3d_f16_f64, fold2d_f16_f64, _Float16, double)
 FOLD2D(fold2d_f16_f32, _Float16, float)
+FOLD3D(fold3d_f16_f32, fold2d_f16_f32, _Float16, float)
 FOLD2D(fold2d_u8_i64, uint8_t, int64_t)
+FOLD3D(fold3d_u8_i64, fold2d_u8_i64, uint8_t, int64_t)
 FOLD2D(fold2d_i8_i64, int8_t, int64_t)
+FOLD3D(fold3d_i8_i64, fold2d_i8_i64, int8_t, int64_t)
 FOLD2D(fold2d_u16_i64, uint16_t, int64_t)
+FOLD3D(fold3d_u16_i64, fold2d_u16_i64, uint16_t, int64_t)
 FOLD2D(fold2d_i16_i64, int16_t, int64_t)
+FOLD3D(fold3d_i16_i64, fold2d_i16_i64, int16_t, int64_t)
 FOLD2D(fold2d_u32_i64, uint32_t, int64_t)
+FOLD3D(fold3d_u32_i64, fold2d_u32_i64, uint32_t, int64_t)
 FOLD2D(fold2d_i32_i64, int32_t, int64_t)
+FOLD3D(fold3d_i32_i64, fold2d_i32_i64, int32_t, int64_t)
 FOLD2D(fold2d_i64_i64, int64_t, int64_t)
+FOLD3D(fold3d_i64_i64, fold2d_i64_i64, int64_t, int64_t)
 FOLD2D(fold2d_u64_u64, uint64_t, uint64_t)
+FOLD3D(fold3d_u64_u64, fold2d_u64_u64, uint64_t, uint64_t)
 
 /* unfold2d_<bits> (and unfold3d_<bits>, below): copy block rows [i0, i1) of one item x (C, H, W), contiguous, into out, with
  * zero padding (p0, p1) applied on the fly (no padded copy of the input). Elements are moved as

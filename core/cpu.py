@@ -321,43 +321,38 @@ def fold_padded(
 def _compiled_fold(
     cols: np.ndarray, geometry: Geometry, layout: str, weights: list[np.ndarray] | None, out: np.ndarray
 ) -> Callable[[np.ndarray, int, int, bool], None] | None:
-    """The C loop for 2-D, unweighted folds of contiguous patch matrices, or None to use numpy's."""
-    if geometry.ndim != 2 or weights is not None or not cols.flags.c_contiguous or cols.dtype.byteorder == ">":
+    """The C loop for 2-D and 3-D unweighted folds of contiguous patch matrices, or None to use
+    numpy's. ``out`` must hold whole, contiguous rows of dim 0 (any channel stride)."""
+    if weights is not None or not cols.flags.c_contiguous or cols.dtype.byteorder == ">":
         return None
-    function = kernels.fold2d(cols.dtype.name, out.dtype.name)
-    if function is None or out.strides[-1] != out.itemsize:
+    function = kernels.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
+    if function is None or not _rows_contiguous(out):
         return None
-    (k0, k1), (l0, l1) = geometry.kernel_size, geometry.blocks_per_dim
-    (s0, s1), (d0, d1) = geometry.stride, geometry.dilation
-    width = out.shape[-1]
     channels = out.shape[1]
     a, b = (geometry.num_blocks, 1) if layout == "ncl" else (1, channels * geometry.kernel_volume)
+    # C, *kernel, *blocks, *stride, *dilation, *padded size after dim 0
+    shape = (
+        channels,
+        *geometry.kernel_size,
+        *geometry.blocks_per_dim,
+        *geometry.stride,
+        *geometry.dilation,
+        *geometry.padded_size[1:],
+    )
     channel_stride = out.strides[1] // out.itemsize
-    row_stride = out.strides[2] // out.itemsize
-    if row_stride != width:
-        return None
 
     def run(band: np.ndarray, lo: int, hi: int, zero: bool) -> None:
         for item in range(cols.shape[0]):
-            function(
-                cols[item].ctypes.data,
-                band[item].ctypes.data,
-                channels,
-                k0,
-                k1,
-                l0,
-                l1,
-                s0,
-                s1,
-                d0,
-                d1,
-                width,
-                lo,
-                hi,
-                a,
-                b,
-                channel_stride,
-                int(zero),
-            )
+            function(cols[item].ctypes.data, band[item].ctypes.data, *shape, lo, hi, a, b, channel_stride, int(zero))
 
     return run
+
+
+def _rows_contiguous(out: np.ndarray) -> bool:
+    """Whether every dim after channels is C-contiguous within the channel (rows of dim 0 packed)."""
+    expected = out.itemsize
+    for dim in range(out.ndim - 1, 1, -1):
+        if out.strides[dim] != expected:
+            return False
+        expected *= out.shape[dim]
+    return True

@@ -44,18 +44,23 @@ def available() -> bool:
     return _library() is not None
 
 
+#: Integer arguments (after the two pointers) of the compiled fold, by number of spatial dims.
+_FOLD_ARGUMENTS = {2: 16, 3: 21}
+
+
 @cache
-def fold2d(dtype_name: str, accumulator_name: str) -> Any | None:
-    """The C overlap-add for patches of one dtype into an accumulator of another, or None."""
+def fold(dtype_name: str, accumulator_name: str, ndim: int = 2) -> Any | None:
+    """The C overlap-add of ``ndim`` (2 or 3) spatial dims for patches of one dtype into an
+    accumulator of another, or None."""
     library = _library()
     suffix = _SOURCE_NAMES.get((dtype_name, accumulator_name))
-    if library is None or suffix is None:
+    if library is None or suffix is None or ndim not in _FOLD_ARGUMENTS:
         return None
-    function = getattr(library, f"fold2d_{suffix}", None)
+    function = getattr(library, f"fold{ndim}d_{suffix}", None)
     if function is None:
         return None
     function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 16
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * _FOLD_ARGUMENTS[ndim]
     return function
 
 

@@ -736,7 +736,8 @@ def test_compiled_loops_are_used_where_built() -> None:
         pytest.skip("the optional C loops were not built here")
     for source, accumulator in (("float32", "float32"), ("float32", "float64"), ("float64", "float64"),
                                 ("float16", "float32"), ("uint8", "int64"), ("uint16", "int64"), ("bool", "int64")):
-        assert kernels.fold2d(source, accumulator) is not None, (source, accumulator)
+        for ndim in (2, 3):
+            assert kernels.fold(source, accumulator, ndim) is not None, (source, accumulator, ndim)
     for itemsize, ndim in itertools.product((1, 2, 4, 8), (2, 3)):
         assert kernels.unfold(itemsize, ndim) is not None
 
@@ -835,6 +836,29 @@ def test_compiled_volume_unfold_matches_reference(monkeypatch: pytest.MonkeyPatc
     expected = reference_unfold(x, **params)
     result = patchfold.unfold(x, **params, layout=layout, threads=threads)
     np.testing.assert_array_equal(result, expected if layout == "ncl" else expected.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding", "stride"),
+    [((2, 3, 8), (1, 2, 1), (1, 1, 3), (1, 1, 4)), ((3, 1, 2), (2, 1, 3), (1, 0, 1), (2, 2, 3))],
+)
+def test_compiled_volume_fold_matches_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel,
+                                                dilation, padding, stride) -> None:
+    """The compiled 3-D fold (planes added by the 2-D loop into bands of depth rows) against the
+    reference overlap-add, in every split over threads."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    size = (6, 7, 19)
+    geometry = patchfold.Geometry.create(size, kernel, stride, padding, dilation)
+    cols = rng(14).integers(0, 100, (2, 2 * geometry.kernel_volume, geometry.num_blocks))
+    expected = reference_fold(cols, size, kernel, dilation, padding, stride)
+    source = cols.astype(dtype) if layout == "ncl" else np.ascontiguousarray(cols.astype(dtype).transpose(0, 2, 1))
+    result = patchfold.fold(source, size, kernel, dilation, padding, stride, layout=layout, threads=threads)
+    np.testing.assert_array_equal(result, expected.astype(result.dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
