@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
 
 import numpy as np
@@ -49,9 +49,15 @@ def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes
     if threads <= 1 or nbytes < _PARALLEL_MIN_BYTES:
         task(start, stop)
         return
-    pieces = split_range(start, stop, threads)
-    for future in [_executor(threads).submit(task, lo, hi) for lo, hi in pieces]:
-        future.result()
+    (first_lo, first_hi), *others = split_range(start, stop, threads)
+    # The calling thread takes the first piece itself: one hand-off fewer per call.
+    futures = [_executor(threads - 1).submit(task, lo, hi) for lo, hi in others]
+    try:
+        task(first_lo, first_hi)
+    finally:
+        wait(futures)  # never leave a worker writing into an array the caller may free
+    for future in futures:
+        future.result()  # re-raise a worker's error
 
 
 def reshape_view(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
