@@ -875,3 +875,36 @@ def test_half_overlap_fold_matches_torch_on_threads(monkeypatch: pytest.MonkeyPa
     expected = F.fold(torch.from_numpy(cols.astype(np.float64)), size, kernel, 1, padding, stride).numpy()
     result = patchfold.fold(cols, size, kernel, 1, padding, stride, threads=2)
     np.testing.assert_array_equal(result, expected.astype(result.dtype))
+
+
+@pytest.mark.parametrize("failing_piece", [0, 1])
+def test_run_parallel_waits_for_every_piece_and_reraises(failing_piece: int) -> None:
+    """Whichever piece fails (the caller's own or a worker's), every piece has finished when the
+    error reaches the caller, so no thread is still writing into an array the caller may free."""
+    import threading
+    import time
+
+    from patchfold import cpu
+
+    finished: list[int] = []
+    lock = threading.Lock()
+
+    def task(lo: int, hi: int) -> None:
+        if lo // 50 == failing_piece:
+            raise RuntimeError(f"piece {lo}")
+        time.sleep(0.05)
+        with lock:
+            finished.append(lo)
+
+    with pytest.raises(RuntimeError, match="piece"):
+        cpu.run_parallel(task, 0, 100, nbytes=1 << 30, threads=2)
+    assert finished == [50 if failing_piece == 0 else 0]
+
+
+def test_run_parallel_covers_the_range_once() -> None:
+    from patchfold import cpu
+
+    seen = np.zeros(1000, dtype=int)
+    cpu.run_parallel(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 0, 1000, 1 << 30, threads=3)
+    assert (seen == 1).all()
+    assert cpu.split_range(3, 5, 8) == [(3, 4), (4, 5)]
