@@ -908,3 +908,22 @@ def test_run_parallel_covers_the_range_once() -> None:
     cpu.run_parallel(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 0, 1000, 1 << 30, threads=3)
     assert (seen == 1).all()
     assert cpu.split_range(3, 5, 8) == [(3, 4), (4, 5)]
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("shape", [(2, 3, 13, 30), (1, 2, 5, 6, 9)])
+def test_numpy_loops_match_reference_where_nothing_was_compiled(monkeypatch: pytest.MonkeyPatch, layout, shape) -> None:
+    """Without the optional C build (no compiler at install), the numpy copies give the same results."""
+    from patchfold import cpu, kernels
+
+    monkeypatch.setattr(kernels, "unfold", lambda *args: None)
+    monkeypatch.setattr(kernels, "fold", lambda *args: None)
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    nd = len(shape) - 2
+    params = dict(kernel_size=(3,) * nd, dilation=(2,) + (1,) * (nd - 1), padding=1, stride=(2,) * nd)
+    x = rng(15).integers(0, 200, shape).astype(np.float32)
+    expected = reference_unfold(x, **params)
+    cols = patchfold.unfold(x, **params, layout=layout, threads=2)
+    np.testing.assert_array_equal(cols, expected if layout == "ncl" else expected.transpose(0, 2, 1))
+    summed = patchfold.fold(cols, shape[2:], **params, layout=layout, threads=2)
+    np.testing.assert_array_equal(summed, reference_fold(expected, shape[2:], **params).astype(np.float32))
