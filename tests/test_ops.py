@@ -746,29 +746,32 @@ def test_compiled_loops_are_used_where_built() -> None:
 @pytest.mark.parametrize("layout", ["ncl", "nlc"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(
-    ("kernel", "dilation", "padding", "stride"),
+    ("shape", "kernel", "dilation", "padding", "stride"),
     [
-        ((3, 8), 1, (1, 2), (2, 4)),  # constant-stride gather, copied kernel columns (8 = 2·4)
-        ((2, 6), (1, 2), (0, 3), (1, 3)),  # dilation 2, stride 3: columns repeat every 3 kernel columns
-        ((3, 5), (2, 3), (2, 4), (3, 6)),  # shift of 1 block every 2 kernel columns, padding on both sides
-        ((2, 4), 1, 0, (1, 5)),  # a stride with no special case
-        ((1, 3), 1, (0, 1), (1, 32)),  # fewer blocks than the copy's shift
-        ((2, 33), 1, 0, (2, 16)),  # long runs for the nlc copy (33 values), stride 16
-        ((4, 2), 1, (1, 1), (1, 1)),  # stride 1: plain memcpy rows
+        ((2, 3, 13, 70), (3, 8), 1, (1, 2), (2, 4)),  # constant-stride gather, copied kernel columns (8 = 2·4)
+        ((2, 3, 13, 70), (2, 6), (1, 2), (0, 3), (1, 3)),  # dilation 2, stride 3: columns repeat every 3
+        ((2, 3, 13, 70), (3, 5), (2, 3), (2, 4), (3, 6)),  # shift of 1 block every 2 columns, padding both sides
+        ((2, 3, 13, 70), (2, 4), 1, 0, (1, 5)),  # a stride with no special case
+        ((2, 3, 13, 70), (1, 3), 1, (0, 1), (1, 32)),  # fewer blocks than the copy's shift
+        ((2, 3, 13, 70), (2, 33), 1, 0, (2, 16)),  # long runs for the nlc copy (33 values), stride 16
+        ((2, 3, 13, 70), (4, 2), 1, (1, 1), (1, 1)),  # stride 1: plain memcpy rows
+        ((2, 2, 6, 7, 19), (2, 3, 8), (1, 2, 1), (1, 2, 3), (3, 1, 4)),  # 3-D: planes of the 2-D loop
+        ((2, 2, 6, 7, 19), (3, 1, 2), (2, 1, 3), (3, 0, 1), (1, 2, 6)),  # 3-D: depth padding written as zeros
     ],
 )
-def test_compiled_unfold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel,
+def test_compiled_unfold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, shape, kernel,
                                                dilation, padding, stride) -> None:
-    """Every dispatch of the compiled unfold (strides, run lengths, repeated kernel columns, kernel-row
-    and block-row splits over threads) gives the reference result."""
+    """Every dispatch of the compiled unfold (strides, run lengths, repeated kernel columns, 3-D
+    planes, kernel-row and block-row splits over threads) gives the reference result."""
     from patchfold import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-    x = rng(11).integers(0, 250, (2, 3, 13, 70)).astype(dtype)
+    x = rng(11).integers(0, 250, shape).astype(dtype)
     params = dict(kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
     expected = reference_unfold(x, **params)
     result = patchfold.unfold(x, **params, layout=layout, threads=threads)
     np.testing.assert_array_equal(result, expected if layout == "ncl" else expected.transpose(0, 2, 1))
+
 
 @pytest.mark.parametrize("layout", ["ncl", "nlc"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
@@ -791,71 +794,31 @@ def test_volume_unfold_with_depth_padding_on_threads(monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("layout", ["ncl", "nlc"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(
-    ("kernel", "dilation", "padding", "stride"),
+    ("size", "kernel", "dilation", "padding", "stride"),
     [
-        ((3, 8), 1, (1, 2), (2, 4)),  # two kernel columns per output column (k = 2s)
-        ((2, 7), (1, 2), (0, 3), (1, 3)),  # dilation 2, stride 3: columns 0, 3, 6 meet, 2 blocks apart
-        ((3, 9), (2, 1), (2, 4), (3, 2)),  # five columns meet (k = 4.5s), uneven residues
-        ((2, 5), 1, 0, (1, 5)),  # no two columns meet
-        ((1, 9), 1, (0, 4), (1, 4)),  # fewer blocks than the shift between meeting columns
-        ((4, 2), 1, (1, 1), (1, 1)),  # stride 1
+        ((15, 41), (3, 8), 1, (1, 2), (2, 4)),  # two kernel columns per output column (k = 2s)
+        ((15, 41), (2, 7), (1, 2), (0, 3), (1, 3)),  # dilation 2, stride 3: columns 0, 3, 6 meet, 2 blocks apart
+        ((15, 41), (3, 9), (2, 1), (2, 4), (3, 2)),  # five columns meet (k = 4.5s), uneven residues
+        ((15, 41), (2, 5), 1, 0, (1, 5)),  # no two columns meet
+        ((15, 41), (1, 9), 1, (0, 4), (1, 4)),  # fewer blocks than the shift between meeting columns
+        ((15, 41), (4, 2), 1, (1, 1), (1, 1)),  # stride 1
+        ((6, 7, 19), (2, 3, 8), (1, 2, 1), (1, 1, 3), (1, 1, 4)),  # 3-D: planes added by the 2-D loop
+        ((6, 7, 19), (3, 1, 2), (2, 1, 3), (1, 0, 1), (2, 2, 3)),  # 3-D: depth blocks skipping rows
     ],
 )
-def test_compiled_fold_paths_match_torch(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel, dilation,
-                                         padding, stride) -> None:
-    """Every path of the compiled fold (summed meeting columns, heads and tails, bands over threads)
-    gives F.fold's result."""
+def test_compiled_fold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, size, kernel,
+                                             dilation, padding, stride) -> None:
+    """Every path of the compiled fold (summed meeting columns, heads and tails, 3-D planes, bands
+    over threads) gives the reference overlap-add (and F.fold's result, in 2-D)."""
     from patchfold import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-    size = (15, 41)
     geometry = patchfold.Geometry.create(size, kernel, stride, padding, dilation)
     cols = rng(12).integers(0, 100, (2, 3 * geometry.kernel_volume, geometry.num_blocks))
-    expected = F.fold(torch.from_numpy(cols.astype(np.float64)), size, kernel, dilation, padding, stride).numpy()
-    source = cols.astype(dtype) if layout == "ncl" else np.ascontiguousarray(cols.astype(dtype).transpose(0, 2, 1))
-    result = patchfold.fold(source, size, kernel, dilation, padding, stride, layout=layout, threads=threads)
-    np.testing.assert_array_equal(result, expected.astype(result.dtype))
-
-
-@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
-@pytest.mark.parametrize("layout", ["ncl", "nlc"])
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(
-    ("kernel", "dilation", "padding", "stride"),
-    [((2, 3, 8), (1, 2, 1), (1, 2, 3), (3, 1, 4)), ((3, 1, 2), (2, 1, 3), (3, 0, 1), (1, 2, 6))],
-)
-def test_compiled_volume_unfold_matches_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel,
-                                                  dilation, padding, stride) -> None:
-    """The compiled 3-D unfold (planes cut by the 2-D loop, depth padding written as zeros) in every
-    split over threads."""
-    from patchfold import cpu
-
-    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-    x = rng(13).integers(0, 250, (2, 2, 6, 7, 19)).astype(dtype)
-    params = dict(kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
-    expected = reference_unfold(x, **params)
-    result = patchfold.unfold(x, **params, layout=layout, threads=threads)
-    np.testing.assert_array_equal(result, expected if layout == "ncl" else expected.transpose(0, 2, 1))
-
-
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-@pytest.mark.parametrize("layout", ["ncl", "nlc"])
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(
-    ("kernel", "dilation", "padding", "stride"),
-    [((2, 3, 8), (1, 2, 1), (1, 1, 3), (1, 1, 4)), ((3, 1, 2), (2, 1, 3), (1, 0, 1), (2, 2, 3))],
-)
-def test_compiled_volume_fold_matches_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, kernel,
-                                                dilation, padding, stride) -> None:
-    """The compiled 3-D fold (planes added by the 2-D loop into bands of depth rows) against the
-    reference overlap-add, in every split over threads."""
-    from patchfold import cpu
-
-    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-    size = (6, 7, 19)
-    geometry = patchfold.Geometry.create(size, kernel, stride, padding, dilation)
-    cols = rng(14).integers(0, 100, (2, 2 * geometry.kernel_volume, geometry.num_blocks))
     expected = reference_fold(cols, size, kernel, dilation, padding, stride)
+    if len(size) == 2:
+        torch_sum = F.fold(torch.from_numpy(cols.astype(np.float64)), size, kernel, dilation, padding, stride)
+        np.testing.assert_array_equal(expected, torch_sum.numpy())
     source = cols.astype(dtype) if layout == "ncl" else np.ascontiguousarray(cols.astype(dtype).transpose(0, 2, 1))
     result = patchfold.fold(source, size, kernel, dilation, padding, stride, layout=layout, threads=threads)
     np.testing.assert_array_equal(result, expected.astype(result.dtype))
