@@ -32,7 +32,7 @@ static inline int64_t ceil_div(int64_t x, int64_t y) { return x >= 0 ? (x + y - 
   void NAME(const ST *src, AT *acc, int64_t C, int64_t K0, int64_t K1, int64_t L0, int64_t L1,      \
             int64_t s0, int64_t s1, int64_t d0, int64_t d1, int64_t W, int64_t lo, int64_t hi,      \
             int64_t a, int64_t b, int64_t cs, int64_t zero) {                                       \
-    const int64_t t = s1 / gcd(d1, s1), m = t * d1 / s1;                                            \
+    const int64_t g = gcd(d1, s1), t = s1 / g, m = d1 / g; /* t*d1 = m*s1, without overflow */     \
     for (int64_t top = lo; top < hi; top += BAND) {                                                 \
       const int64_t bottom = top + BAND < hi ? top + BAND : hi;                                     \
       if (zero)                                                                                     \
@@ -290,7 +290,7 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
        over it once while it is in cache. Columns repeat across kernel columns: kj and kj - t     \
        (t*d1 a multiple of s1) read the same source columns shifted by m = t*d1/s1 blocks, so     \
        output row kj is mostly a copy of row kj - t, just written and still in cache. */         \
-    const int64_t t = s1 / gcd(d1, s1), m = t * d1 / s1;                                            \
+    const int64_t g = gcd(d1, s1), t = s1 / g, m = d1 / g; /* t*d1 = m*s1, without overflow */     \
     for (int64_t q = q0; q < q1; q++) {                                                             \
       const int64_t c = q / K0, ki = q % K0;                                                        \
       for (int64_t i = i0; i < i1; i++) {                                                           \
@@ -316,10 +316,10 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
           int64_t j0 = ceil_div(-base, s1), j1 = ceil_div(W - base, s1);                            \
           if (j0 < 0) j0 = 0;                                                                       \
           if (j1 > L1) j1 = L1;                                                                     \
+          if (j0 > L1) j0 = L1; /* padding wider than the blocks reach */                          \
           if (j1 < j0) j1 = j0;                                                                     \
-          const T *src = x + ((c * H + y) * W + base + j0 * s1);                                    \
           for (int64_t j = 0; j < j0; j++) dst[j] = 0;                                              \
-          gather_##T(dst + j0, src, j1 - j0, s1);                                                   \
+          if (j1 > j0) gather_##T(dst + j0, x + ((c * H + y) * W + base + j0 * s1), j1 - j0, s1);    \
           for (int64_t j = j1; j < L1; j++) dst[j] = 0;                                             \
         }                                                                                           \
       }                                                                                             \

@@ -46,6 +46,8 @@ def split_range(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
 def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes: int, threads: int | None) -> None:
     """Run ``task(lo, hi)`` over pieces of ``[start, stop)``, threaded when it pays."""
     threads = cpu_count() if threads is None else threads
+    if stop <= start:
+        return
     if threads <= 1 or nbytes < _PARALLEL_MIN_BYTES:
         task(start, stop)
         return
@@ -178,6 +180,7 @@ def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | N
         (dtype is None or np.dtype(dtype) == x.dtype)
         and x.ndim == geometry.ndim + 2
         and x.flags.c_contiguous
+        and x.flags.aligned
         and x.dtype.byteorder != ">"
         and geometry.padding_mode == "zeros"
         and kernels.unfold(x.dtype.itemsize, geometry.ndim) is not None
@@ -191,7 +194,7 @@ def _compiled_unfold(
     returned ``run(part, lo, hi, q0, q1)`` writes block rows ``[lo, hi)`` (of dim 0) and kernel rows
     ``[q0, q1)`` (``q = c·k0 + offset in dim 0``) into ``part``, the band of the matrix that holds
     those block rows."""
-    if not _compiled_unfold_fits(x, geometry, out.dtype) or out.strides[-1] != out.itemsize:
+    if not _compiled_unfold_fits(x, geometry, out.dtype) or out.strides[-1] != out.itemsize or not out.flags.aligned:
         return None
     if layout == "nlc" and out.strides[1] != out.shape[2] * out.itemsize:
         return None
@@ -329,7 +332,7 @@ def _compiled_fold(
 ) -> Callable[[np.ndarray, int, int, bool], None] | None:
     """The C loop for 2-D and 3-D unweighted folds of contiguous patch matrices, or None to use
     numpy's. ``out`` must hold whole, contiguous rows of dim 0 (any channel stride)."""
-    if weights is not None or not cols.flags.c_contiguous or cols.dtype.byteorder == ">":
+    if weights is not None or not cols.flags.c_contiguous or not cols.flags.aligned or cols.dtype.byteorder == ">":
         return None
     function = kernels.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
     if function is None or not _rows_contiguous(out):

@@ -132,7 +132,7 @@ def unfold(
         result = _unlike(torch_engine.unfold(_as_tensor(batch), geometry, layout), batch)
     else:
         source = _as_numpy(batch)
-        result = _output_for(out, geometry.unfold_shape(*source.shape[:2], layout), source.dtype, unbatched)
+        result = _output_for(out, geometry.unfold_shape(*source.shape[:2], layout), source.dtype, unbatched, source)
         cpu.unfold_into(source, geometry, result, layout, threads=threads)
         result = _like(result, batch)
     return result[0] if unbatched else result
@@ -216,12 +216,18 @@ def fold(
     return result[0] if unbatched else result
 
 
-def _output_for(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype, unbatched: bool) -> np.ndarray:
+def _output_for(
+    out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype, unbatched: bool, source: np.ndarray
+) -> np.ndarray:
     if out is None:
         return np.empty(shape, dtype=dtype)
     if unbatched or not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape):
         got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
         raise PatchfoldError(f"out must be a numpy array of shape {tuple(shape)} for batched input, got {got}")
+    if not out.flags.writeable:
+        raise PatchfoldError(f"out must be writeable, got a read-only array of shape {tuple(out.shape)}")
+    if np.may_share_memory(out, source):
+        raise PatchfoldError(f"out must not overlap the input (shape {tuple(source.shape)})")
     return out
 
 

@@ -890,3 +890,72 @@ def test_numpy_loops_match_reference_where_nothing_was_compiled(monkeypatch: pyt
     np.testing.assert_array_equal(cols, expected if layout == "ncl" else expected.transpose(0, 2, 1))
     summed = patchfold.fold(cols, shape[2:], **params, layout=layout, threads=2)
     np.testing.assert_array_equal(summed, reference_fold(expected, shape[2:], **params).astype(np.float32))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(
+    ("shape", "kernel", "dilation", "padding"),
+    [
+        ((1, 2, 2, 1), (1, 3), (1, 2), (0, 2)),
+        ((1, 1, 1, 1), (1, 2), (1, 10), (0, 5)),
+        ((1, 1, 2, 2, 1), (1, 1, 3), (1, 1, 2), (0, 0, 2)),
+    ],
+)
+def test_padding_wider_than_the_blocks_reach(monkeypatch: pytest.MonkeyPatch, threads, shape, kernel, dilation,
+                                             padding) -> None:
+    """Kernel columns whose every block lies in the padding are all zeros, and nothing is written past
+    the row (found by review under AddressSanitizer: the compiled ncl copy overran such rows)."""
+    from patchfold import cpu
+
+    monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+    x = np.arange(1, 1 + math.prod(shape), dtype=np.float32).reshape(shape)
+    params = dict(kernel_size=kernel, dilation=dilation, padding=padding)
+    expected = reference_unfold(x, **params)
+    guarded = np.full((2, *expected.shape), -1, dtype=np.float32)  # a canary block after the result
+    result = patchfold.unfold(x, **params, threads=threads, out=guarded[0])
+    np.testing.assert_array_equal(result, expected)
+    assert (guarded[1] == -1).all()
+    if len(shape) == 4:
+        np.testing.assert_array_equal(expected, F.unfold(torch.from_numpy(x), kernel, dilation, padding).numpy())
+
+
+def test_out_must_be_writeable_and_apart_from_the_input(tmp_path) -> None:
+    x = rng(16).random((1, 3, 20, 20), dtype=np.float32)
+    shape = patchfold.Geometry.create((20, 20), 4, 4).unfold_shape(1, 3)
+    read_only = np.zeros(shape, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(PatchfoldError, match="writeable"):
+        patchfold.unfold(x, 4, stride=4, out=read_only)
+    np.save(tmp_path / "out.npy", np.zeros(shape, np.float32))
+    with pytest.raises(PatchfoldError, match="writeable"):  # once a segmentation fault in the C copy
+        patchfold.unfold(x, 4, stride=4, out=np.load(tmp_path / "out.npy", mmap_mode="r"))
+    with pytest.raises(PatchfoldError, match="overlap"):
+        patchfold.unfold(x, 4, stride=4, out=x.reshape(shape))
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_misaligned_arrays_take_the_numpy_copy(layout: str) -> None:
+    """Arrays at an odd byte offset (from a raw buffer) are accepted and give the right result."""
+    x = rng(17).random((1, 2, 9, 11)).astype(np.float32)
+    raw = bytearray(x.nbytes + 1)
+    misaligned = np.ndarray(x.shape, np.float32, buffer=raw, offset=1)
+    misaligned[...] = x
+    assert not misaligned.flags.aligned
+    expected = reference_unfold(x, 3, 1, 1, 2)
+    expected = expected if layout == "ncl" else expected.transpose(0, 2, 1)
+    np.testing.assert_array_equal(patchfold.unfold(misaligned, 3, 1, 1, 2, layout=layout), expected)
+    out_raw = bytearray(expected.nbytes + 1)
+    out = np.ndarray(expected.shape, np.float32, buffer=out_raw, offset=1)
+    np.testing.assert_array_equal(patchfold.unfold(x, 3, 1, 1, 2, layout=layout, out=out), expected)
+    cols = np.ndarray(expected.shape, np.float32, buffer=bytearray(expected.nbytes + 1), offset=1)
+    cols[...] = expected
+    summed = reference_fold(reference_unfold(x, 3, 1, 1, 2), (9, 11), 3, 1, 1, 2)
+    np.testing.assert_array_equal(patchfold.fold(cols, (9, 11), 3, 1, 1, 2, layout=layout), summed)
+
+
+def test_run_parallel_does_nothing_on_an_empty_range() -> None:
+    from patchfold import cpu
+
+    calls: list[tuple[int, int]] = []
+    cpu.run_parallel(lambda lo, hi: calls.append((lo, hi)), 5, 5, nbytes=1 << 30, threads=4)
+    assert calls == []
