@@ -168,6 +168,12 @@ FOLD3D(fold3d_u64_u64, fold2d_u64_u64, uint64_t, uint64_t)
     for (int64_t j = 0; j < n; j++) dst[j] = src[j * S];                                            \
     return;
 
+#define DEINTERLEAVE_CASE(S)                                                                        \
+  case S:                                                                                           \
+    for (int64_t j = 0; j < n; j++)                                                                 \
+      for (int64_t p = 0; p < S; p++) dst[p * rs + j] = src[j * S + p];                             \
+    return 1;
+
 #define DEFINE_GATHER(T)                                                                            \
   static inline void gather_##T(T *restrict dst, const T *restrict src, int64_t n, int64_t step) {  \
     switch (step) {                                                                                 \
@@ -183,6 +189,18 @@ FOLD3D(fold3d_u64_u64, fold2d_u64_u64, uint64_t, uint64_t)
       GATHER_CASE(T, 32)                                                                            \
       default:                                                                                      \
         for (int64_t j = 0; j < n; j++) dst[j] = src[j * step];                                     \
+    }                                                                                               \
+  }                                                                                                 \
+  /* split n groups of `step` consecutive values into `step` rows rs apart (row p gets value p of \
+     each group); returns 0 for a step it has no vectorisable case for */                         \
+  static inline int deinterleave_##T(T *restrict dst, int64_t rs, const T *restrict src, int64_t n, \
+                                     int64_t step) {                                                \
+    switch (step) {                                                                                 \
+      DEINTERLEAVE_CASE(2)                                                                          \
+      DEINTERLEAVE_CASE(4)                                                                          \
+      DEINTERLEAVE_CASE(8)                                                                          \
+      default:                                                                                      \
+        return 0;                                                                                   \
     }                                                                                               \
   }
 
@@ -296,7 +314,30 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
       for (int64_t i = i0; i < i1; i++) {                                                           \
         const int64_t y = ki * d0 + i * s0 - p0;                                                    \
         const int inside = y >= 0 && y < H;                                                         \
-        for (int64_t kj = 0; kj < K1; kj++) {                                                       \
+        int64_t kj = 0;                                                                             \
+        if (inside && d1 == 1 && K1 >= s1) {                                                        \
+          /* kernel columns 0..s1-1 take the s1 phases of the row: split it in one pass where all  \
+             s1 columns of a block are inside, then finish the edges column by column */          \
+          int64_t J0 = ceil_div(p1, s1), J1 = ceil_div(W - s1 + 1 + p1, s1);                        \
+          if (J1 > L1) J1 = L1;                                                                     \
+          if (J0 > J1) J0 = J1;                                                                     \
+          T *first = out + q * K1 * rs + (i - i0) * L1;                                             \
+          const T *row = x + (c * H + y) * W;                                                       \
+          if (J1 > J0 && deinterleave_##T(first + J0, rs, row + (J0 * s1 - p1), J1 - J0, s1)) {     \
+            for (; kj < s1; kj++) {                                                                 \
+              T *dst = first + kj * rs;                                                             \
+              for (int64_t j = 0; j < J0; j++) {                                                    \
+                const int64_t col = kj + j * s1 - p1;                                               \
+                dst[j] = (col >= 0 && col < W) ? row[col] : 0;                                      \
+              }                                                                                     \
+              for (int64_t j = J1; j < L1; j++) {                                                   \
+                const int64_t col = kj + j * s1 - p1;                                               \
+                dst[j] = (col >= 0 && col < W) ? row[col] : 0;                                      \
+              }                                                                                     \
+            }                                                                                       \
+          }                                                                                         \
+        }                                                                                           \
+        for (; kj < K1; kj++) {                                                                     \
           T *dst = out + (q * K1 + kj) * rs + (i - i0) * L1;                                        \
           if (!inside) {                                                                            \
             memset(dst, 0, (size_t)L1 * sizeof(T));                                                 \

@@ -755,6 +755,8 @@ def test_compiled_loops_are_used_where_built() -> None:
         ((2, 3, 13, 70), (1, 3), 1, (0, 1), (1, 32)),  # fewer blocks than the copy's shift
         ((2, 3, 13, 70), (2, 33), 1, 0, (2, 16)),  # long runs for the nlc copy (33 values), stride 16
         ((2, 3, 13, 70), (4, 2), 1, (1, 1), (1, 1)),  # stride 1: plain memcpy rows
+        ((2, 3, 13, 70), (2, 2), 1, (0, 1), (1, 2)),  # the row split into its 2 phases in one pass
+        ((2, 3, 13, 70), (1, 9), 1, (0, 3), (1, 8)),  # 8 phases in one pass, edges in the padding
         ((2, 2, 6, 7, 19), (2, 3, 8), (1, 2, 1), (1, 2, 3), (3, 1, 4)),  # 3-D: planes of the 2-D loop
         ((2, 2, 6, 7, 19), (3, 1, 2), (2, 1, 3), (3, 0, 1), (1, 2, 6)),  # 3-D: depth padding written as zeros
     ],
