@@ -7,9 +7,10 @@ For each case: patchfold's time, and its speed-up over torch.nn.functional.unfol
 sliding_window_view + ascontiguousarray, the peers patchify and empatches where installed, and its
 share of the bandwidth floor: an np.copyto of the output's size, into a fresh array for
 patchfold allocating its result and into an already-touched one for patchfold writing into
-``out=``. Then the
-whole-command wall time of `patchfold unfold` against a minimal PIL + F.unfold + np.save script,
-and the start-up of `patchfold --help` and `patchfold stats` on a 100000² size.
+``out=``. All cases are measured in three passes and each contender keeps its best one
+(``--passes``). Then the whole-command wall time of `patchfold unfold` against a minimal PIL +
+F.unfold + np.save script, and the start-up of `patchfold --help` and `patchfold stats` on a
+100000² size.
 """
 
 from __future__ import annotations
@@ -59,10 +60,15 @@ SUMMARY: Callable[[list[float]], float] = statistics.median
 
 
 def best(fn: Timer, repeats: int, warmups: int = 3) -> float:
-    """:data:`SUMMARY` of ``repeats`` runs after ``warmups`` unmeasured ones (seconds): the first
-    large allocations of a process pay for the kernel's page zeroing and huge-page setup."""
+    """:data:`SUMMARY` of ``repeats`` runs (more for calls under 30 ms) after ``warmups`` unmeasured
+    ones (seconds): the first large allocations of a process pay for the kernel's page zeroing and
+    huge-page setup."""
     for _ in range(warmups):
+        started = time.perf_counter()
         fn()
+        last = time.perf_counter() - started
+    if warmups:  # short calls get more repeats (up to about 0.2 s of them), as timeit's autorange does
+        repeats = max(repeats, min(200, int(0.2 / max(last, 1e-6))))
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -168,40 +174,55 @@ def time_fold(x: np.ndarray, params: dict, repeats: int) -> tuple[float, float |
     return ours, best(lambda: F.fold(cols_t, x.shape[2:], **params), repeats)
 
 
-def run_case(case: Case, repeats: int) -> list[str]:
-    """One case's rows; every measurement allocates (and frees) its own arrays, so the process
-    never holds more than one output at a time, as a user's would."""
+def measure_case(case: Case, repeats: int) -> dict[str, float | None]:
+    """Every contender's time for one case (None where a reference does not apply); every
+    measurement allocates (and frees) its own arrays, so the process never holds more than one
+    output at a time, as a user's would."""
     x = make_input(case)
     params = dict(kernel_size=case.kernel, dilation=case.dilation, padding=case.padding, stride=case.stride)
     geometry = patchfold.Geometry.create(x.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
     out_shape = geometry.unfold_shape(*x.shape[:2])
-    out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
-    t_floor, t_fresh_floor = time_floor(out_shape, x.dtype, repeats)
-    t_ncl, t_ncl_into = time_unfold(x, params, "ncl", out_shape, repeats)
-    t_nlc, t_nlc_into = time_unfold(x, params, "nlc", geometry.unfold_shape(*x.shape[:2], "nlc"), repeats)
-    t_torch = best(torch_reference_unfold(torch.from_numpy(x), case), repeats)
+    t: dict[str, float | None] = {}
+    t["floor touched"], t["floor fresh"] = time_floor(out_shape, x.dtype, repeats)
+    t["ncl alloc"], t["ncl into"] = time_unfold(x, params, "ncl", out_shape, repeats)
+    t["nlc alloc"], t["nlc into"] = time_unfold(x, params, "nlc", geometry.unfold_shape(*x.shape[:2], "nlc"), repeats)
+    t["torch"] = best(torch_reference_unfold(torch.from_numpy(x), case), repeats)
     ref_np = numpy_reference(x, case)
-    t_numpy = best(ref_np, repeats) if ref_np else None
-    t_peers = {name: best(fn, max(1, repeats // 2)) for name, fn in peers(x, case).items()}
-    t_fold, t_torch_fold = time_fold(x, params, repeats)
+    t["numpy swv"] = best(ref_np, repeats) if ref_np else None
+    for name, fn in peers(x, case).items():
+        t[f"peer {name}"] = best(fn, max(1, repeats // 2))
+    t["fold"], t["torch fold"] = time_fold(x, params, repeats)
+    return t
 
-    def unfold_row(label: str, t_alloc: float, t_into: float, name: str = "") -> str:
+
+def case_rows(case: Case, t: dict[str, float | None]) -> list[str]:
+    """The table rows of one case from its contenders' times."""
+    geometry = patchfold.Geometry.create(case.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
+    out_bytes = int(np.prod(geometry.unfold_shape(*case.shape[:2]))) * np.dtype(case.dtype).itemsize
+    peer_times = {name.removeprefix("peer "): value for name, value in t.items() if name.startswith("peer ")}
+
+    def unfold_row(layout: str) -> str:
+        t_alloc, t_into = t[f"{layout} alloc"], t[f"{layout} into"]
         return (
-            f"| {name} | {label} | {ms(t_alloc)} ({gbs(out_bytes, t_alloc)}) | {ratio(t_torch, t_alloc)} | "
-            f"{ratio(t_numpy, t_alloc)} | {peer_cell(t_peers, t_alloc)} | "
-            f"{share(t_fresh_floor, t_alloc)} / {share(t_floor, t_into)} |"
+            f"| | unfold {layout} | {ms(t_alloc)} ({gbs(out_bytes, t_alloc)}) | {ratio(t['torch'], t_alloc)} | "
+            f"{ratio(t['numpy swv'], t_alloc)} | {peer_cell(peer_times, t_alloc)} | "
+            f"{share(t['floor fresh'], t_alloc)} / {share(t['floor touched'], t_into)} |"
         )
 
     floor_row = (
-        f"| {case.name} | copyto floor | {ms(t_fresh_floor)} fresh / {ms(t_floor)} touched "
-        f"({gbs(out_bytes, t_fresh_floor)} / {gbs(out_bytes, t_floor)}) | – | – | – | – |"
+        f"| {case.name} | copyto floor | {ms(t['floor fresh'])} fresh / {ms(t['floor touched'])} touched "
+        f"({gbs(out_bytes, t['floor fresh'])} / {gbs(out_bytes, t['floor touched'])}) | – | – | – | – |"
     )
-    return [
-        floor_row,
-        unfold_row("unfold ncl", t_ncl, t_ncl_into),
-        unfold_row("unfold nlc", t_nlc, t_nlc_into),
-        f"| | fold | {ms(t_fold)} ({gbs(out_bytes, t_fold)} read) | {ratio(t_torch_fold, t_fold)} | – | – | – |",
-    ]
+    fold_row = (
+        f"| | fold | {ms(t['fold'])} ({gbs(out_bytes, t['fold'])} read) | "
+        f"{ratio(t['torch fold'], t['fold'])} | – | – | – |"
+    )
+    return [floor_row, unfold_row("ncl"), unfold_row("nlc"), fold_row]
+
+
+def best_of_passes(passes: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Each contender's fastest summary over the passes (the same rule for every contender)."""
+    return {name: None if passes[0][name] is None else min(p[name] for p in passes) for name in passes[0]}
 
 
 def ms(seconds: float) -> str:
@@ -284,6 +305,13 @@ def main() -> None:
         default="median",
         help="summary of the repeats, for every contender alike (min: timeit's choice, least hit by stalls)",
     )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=3,
+        help="passes over all cases; each contender keeps its best pass (a stall phase of this VM seldom "
+        "hits the same row in every pass)",
+    )
     args = parser.parse_args()
     global SUMMARY
     SUMMARY = min if args.stat == "min" else statistics.median
@@ -292,16 +320,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(
         f"patchfold {patchfold.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {args.stat} of {repeats} runs\n"
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {args.stat} of {repeats} runs, "
+        f"best of {args.passes} passes\n"
     )
     print(
         "| case | op | patchfold | vs torch | vs numpy swv | vs peers "
         "| share of copyto floor (alloc÷fresh / into÷touched) |"
     )
     print("|---|---|---|---|---|---|---|")
-    for case in CASES:
-        for row in run_case(case, repeats):
-            print(row, flush=True)
+    passes: dict[str, list[dict[str, float | None]]] = {case.name: [] for case in CASES}
+    for number in range(args.passes):
+        for case in CASES:
+            passes[case.name].append(measure_case(case, repeats))
+            if number == args.passes - 1:
+                for row in case_rows(case, best_of_passes(passes[case.name])):
+                    print(row, flush=True)
     print("\n| command | wall time |\n|---|---|")
     for line in command_times(max(3, repeats // 2)):
         print(line, flush=True)
