@@ -1,13 +1,15 @@
 /* Compiled inner loops for patchfold's CPU engine, called through ctypes (which releases the GIL,
- * so Python threads split the work). Plain C99 with one tiny module stub so the file also builds as
- * a regular extension. If it fails to build, patchfold falls back to its numpy loops.
+ * so Python threads split the work). C11 (and GCC/Clang's _Float16) with one tiny module stub so the
+ * file also builds as a regular extension. If it fails to build, patchfold falls back to its numpy
+ * loops.
  *
  * fold2d_<src>_<acc>: overlap-add of one 2-D patch matrix into padded output rows [lo, hi):
  *   acc[c*cs + (r - lo)*W + kj*d1 + j*s1] += src[((c*K0 + ki)*K1 + kj)*a + (i*L1 + j)*b]
  *   for every channel c, kernel offset (ki, kj) and block (i, j) with r = ki*d0 + i*s0 in [lo, hi).
  * (a, b) = (L, 1) reads the ncl layout (N, C*K, L); (1, C*K) reads nlc (N, L, C*K).
- * Output rows are visited in small bands so the accumulator stays in cache; with zero != 0 each band
- * is zeroed first (so threads touch fresh memory in parallel, while it is hot).
+ * Output rows are visited in bands so the accumulator stays in cache; with zero != 0 each band is
+ * zeroed first (so threads touch fresh memory in parallel, while it is hot). fold3d_<src>_<acc>
+ * (below) runs the same loop over the planes of a volume.
  */
 #include <Python.h>
 #include <stdint.h>
@@ -150,9 +152,10 @@ FOLD3D(fold3d_i64_i64, fold2d_i64_i64, int64_t, int64_t)
 FOLD2D(fold2d_u64_u64, uint64_t, uint64_t)
 FOLD3D(fold3d_u64_u64, fold2d_u64_u64, uint64_t, uint64_t)
 
-/* unfold2d_<bits> (and unfold3d_<bits>, below): copy block rows [i0, i1) of one item x (C, H, W), contiguous, into out, with
- * zero padding (p0, p1) applied on the fly (no padded copy of the input). Elements are moved as
- * opaque words of the dtype's size, so one kernel per item size serves every dtype.
+/* unfold2d_<bits> (unfold3d_<bits> below): copy block rows [i0, i1) of one item x (C, H, W),
+ * contiguous, into out, with zero padding (p0, p1) applied on the fly (no padded copy of the input).
+ * Elements are moved as opaque words of the dtype's size, so one kernel per item size serves every
+ * dtype.
  *   ncl: out[((c*K0 + ki)*K1 + kj)*rs + (i - i0)*L1 + j]      (rs: out row stride, >= (i1-i0)*L1)
  *   nlc: out[((i - i0)*L1 + j)*P + (c*K0 + ki)*K1 + kj]        (P = C*K0*K1)
  * value = x[c][ki*d0 + i*s0 - p0][kj*d1 + j*s1 - p1], or 0 outside the image.
