@@ -12,47 +12,26 @@ import numpy as np
 import patchfold
 import pytest
 import torch
+from cli_fixtures import (
+    SAMPLE_IMAGES,
+    SAMPLES,
+    VOLUME,
+    as_nchw,
+    assert_bad_parameter,
+    assert_runtime_error,
+    build_bad_inputs,
+    describe,
+    fold_ref,
+    invoke,
+    ok,
+    ok_json,
+    part_files,
+    pixels,
+    sample,
+    unfold_ref,
+)
 from patchfold.errors import PatchfoldError
 from PIL import Image
-
-try:
-    from cli_fixtures import (
-        SAMPLE_IMAGES,
-        SAMPLES,
-        VOLUME,
-        as_nchw,
-        assert_bad_parameter,
-        assert_runtime_error,
-        build_bad_inputs,
-        describe,
-        fold_ref,
-        invoke,
-        ok,
-        ok_json,
-        part_files,
-        pixels,
-        sample,
-        unfold_ref,
-    )
-except ModuleNotFoundError:  # tests/ made a package
-    from tests.cli_fixtures import (
-        SAMPLE_IMAGES,
-        SAMPLES,
-        VOLUME,
-        as_nchw,
-        assert_bad_parameter,
-        assert_runtime_error,
-        build_bad_inputs,
-        describe,
-        fold_ref,
-        invoke,
-        ok,
-        ok_json,
-        part_files,
-        pixels,
-        sample,
-        unfold_ref,
-    )
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

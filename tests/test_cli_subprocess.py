@@ -11,11 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-try:
-    from cli_fixtures import as_nchw, pixels, sample, unfold_ref
-except ModuleNotFoundError:  # tests/ made a package
-    from tests.cli_fixtures import as_nchw, pixels, sample, unfold_ref
+from cli_fixtures import as_nchw, pixels, sample, unfold_ref
 
 
 def find_command() -> str | None:

@@ -27,12 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_fixtures import ok
 from PIL import Image
-
-try:
-    from cli_fixtures import ok
-except ModuleNotFoundError:  # tests/ made a package
-    from tests.cli_fixtures import ok
 
 COMMAND = Path(sys.executable).parent / "patchfold"
 pytestmark = pytest.mark.skipif(not (COMMAND.is_file() and os.access(COMMAND, os.X_OK)),
