@@ -17,6 +17,7 @@ from patchfold.cli.options import (
     json_option,
     max_memory_option,
     progress_option,
+    typed_size,
 )
 from patchfold.cli.present import emit_summary, geometry_fields, track
 from patchfold.devices import resolve
@@ -72,11 +73,10 @@ def fold(
         raise click.UsageError(
             f"no sidecar '{io.sidecar_path(patches)}' found: give -k/--kernel-size (and --output-size)"
         )
-    size = output_size or (sidecar.spatial_size if sidecar else None)
+    # one typed value means a square; the sidecar's size is used as recorded (it may be 1-D)
+    size = typed_size(output_size, block.kernel_size) if output_size else (sidecar.spatial_size if sidecar else None)
     if size is None:
         raise click.UsageError(f"no sidecar '{io.sidecar_path(patches)}' found: give --output-size")
-    if len(size) == 1:
-        size = tuple(size) * max(2, len(block.kernel_size))
     geometry = block.geometry(tuple(size))
     if sidecar is not None and geometry == sidecar.geometry() and layout == sidecar.layout:
         io.check_against_sidecar(cols, sidecar, layout, patches)

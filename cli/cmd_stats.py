@@ -20,6 +20,7 @@ from patchfold.cli.options import (
     size_option,
     spatial_dims_option,
     stack_option,
+    typed_size,
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
 from patchfold.geometry import Geometry
@@ -42,9 +43,7 @@ def shape_of(
     if inputs:
         return io.probe_shape(inputs, spatial_dims, max_pixels)
     assert spatial_size is not None
-    if len(spatial_size) == 1:
-        spatial_size = spatial_size * max(2, len(block.kernel_size or ()))
-    return (1, 1, *spatial_size), None
+    return (1, 1, *typed_size(spatial_size, block.kernel_size)), None
 
 
 def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:

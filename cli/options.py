@@ -90,6 +90,11 @@ class BlockParams:
         )
 
 
+def typed_size(size: tuple[int, ...], kernel_size: tuple[int, ...] | None) -> tuple[int, ...]:
+    """A size given on the command line: one value means a square (a cube for a 3-value kernel)."""
+    return size * max(2, len(kernel_size or ())) if len(size) == 1 else size
+
+
 def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``-k/-s/-p/-d/--padding-mode``, gathered into one ``block`` argument (a :class:`BlockParams`).
 

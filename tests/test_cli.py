@@ -170,6 +170,10 @@ def test_unfold_npy_input_1d_and_3d(tmp_path: Path) -> None:
     assert summary["input_shape"] == [1, 1, 50]
     expected = np.lib.stride_tricks.sliding_window_view(signal, 5)[::2].T[None]
     np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), expected)
+    ok("fold", tmp_path / "s.npy", "-o", tmp_path / "signal_back.npy")  # the sidecar's 1-D size, not a square
+    back = np.load(tmp_path / "signal_back.npy")
+    np.testing.assert_array_equal(back[0, 0, : 2 * 22 + 5], signal[: 2 * 22 + 5])
+    assert back.shape == (1, 1, 50)
 
     volume = np.random.default_rng(0).integers(0, 1000, size=(2, 12, 16, 20)).astype(np.uint16)
     np.save(tmp_path / "volume.npy", volume)
