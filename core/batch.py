@@ -308,10 +308,8 @@ def process_image(task: ImageTask) -> ImageResult:
     try:
         array = io.read_input(Path(task.source), None, task.max_pixels)
         array = convert_channels(array, task.channels, task.source)
-        target = np.dtype(task.dtype)
-        values = array
-        if target != array.dtype:
-            values, _ = io.convert_dtype(array, target.name) if target.kind == "f" else (array.astype(target), 1.0)
+        # the dataset's one scale (from the common dtype of all its images), as the manifest records
+        values = io.cast_scaled(array, np.dtype(task.dtype), task.scale)
         kernel, stride, padding, dilation, mode = task.params
         patches = unfold(
             np.ascontiguousarray(values), kernel, dilation, padding, stride, padding_mode=mode, layout="nlc", threads=1

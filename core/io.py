@@ -284,12 +284,17 @@ def convert_dtype(array: np.ndarray, target: str) -> tuple[np.ndarray, float]:
     Returns the array and the scale applied (1.0 when none).
     """
     dtype, scale = target_dtype(array.dtype, target)
+    return cast_scaled(array, dtype, scale), scale
+
+
+def cast_scaled(array: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
+    """``array`` as ``dtype`` (itself when it already is), multiplied by ``scale`` unless 1."""
     if dtype == array.dtype:
-        return array, scale
+        return array
     converted = array.astype(dtype)
     if scale != 1.0:
         converted *= dtype.type(scale)
-    return converted, scale
+    return converted
 
 
 # ----- writing -----------------------------------------------------------------------------------

@@ -41,6 +41,28 @@ def files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def test_mixed_bit_depths_share_the_manifest_scale(tmp_path: Path) -> None:
+    """8- and 16-bit images into one float dataset: every image is cast to the common dtype and
+    scaled by the one scale the manifest records, so value / scale gives back the pixels."""
+    rng = np.random.default_rng(3)
+    eight = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    sixteen = rng.integers(0, 65536, (24, 32), dtype=np.uint16)
+    Image.fromarray(eight).save(tmp_path / "a.png")
+    Image.fromarray(sixteen).save(tmp_path / "b.png")
+    the_plan = batch.plan_dataset([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "ds", (8,), (8,), (0,), (1,),
+                                  dtype="float32")
+    assert all(r.ok for r in batch.run_dataset(the_plan, workers=1))
+    dataset = patchfold.load_dataset(tmp_path / "ds")
+    scale = dataset.manifest["scale"]
+    assert scale == 1 / 65535 and dataset.manifest["dtype"] == "float32"
+    for image_id, pixels in enumerate((eight, sixteen)):
+        rows = dataset.image_rows(image_id)
+        got = np.stack([dataset[i].reshape(-1) for i in rows])
+        expected = patchfold.unfold(pixels[None, None].astype(np.float32) * np.float32(scale), 8, stride=8,
+                                    layout="nlc")[0]
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_dataset_matches_per_image_unfold(tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in")
     the_plan = plan(paths, tmp_path / "ds")
