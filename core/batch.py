@@ -20,9 +20,8 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from patchfold import io
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
+from patchfold.pipeline import write_at
 
 DATASET_FORMAT = "patchfold-dataset"
 DATASET_VERSION = 1
@@ -322,10 +322,7 @@ def process_image(task: ImageTask) -> ImageResult:
         offset = task.header + task.first_row * task.patch_length * patches.itemsize
         descriptor = os.open(task.shard_path, os.O_WRONLY)
         try:
-            view = memoryview(np.ascontiguousarray(patches)).cast("B")
-            while view:
-                written = os.pwrite(descriptor, view, offset)
-                view, offset = view[written:], offset + written
+            write_at(descriptor, patches, offset)
         finally:
             os.close(descriptor)
         Path(task.marker).touch()
@@ -363,6 +360,10 @@ def run_local(
             if fail_fast and not result.ok:
                 return
         return
+    # imported here: process pools are not needed by `import patchfold` (nor by the CLI's start-up)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
         pending: set[Future[list[ImageResult]]] = set()
         queue = iter(chunks(tasks, workers))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from patchfold import cpu
 from patchfold.geometry import Geometry, check_layout
-from patchfold.io import atomic_paths, check_free_space, check_output_path
+from patchfold.io import atomic_paths, check_free_space, check_output_path, sidecar_path
 from patchfold.ops import pad_input
 
 #: Share of available memory a job may use when no budget is given, and a cap on it: bands larger
@@ -149,7 +149,7 @@ def unfold_to_npy(
     else:  # via contiguous slabs in the output dtype
         source, source_geometry = pad_input(array, geometry), None
     band = _band_computer(source, source_geometry, plan, layout, device, engine, threads, factor)
-    targets = [path] + ([path.with_suffix(".json")] if sidecar is not None else [])
+    targets = [path] + ([sidecar_path(path)] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
             header = write_npy_header(handle, plan.output_shape, plan.dtype)
@@ -267,14 +267,15 @@ def write_band(fd: int, header: int, values: np.ndarray, plan: UnfoldPlan, first
     start = first * per_row
     if layout == "nlc":
         for item in range(n):
-            _pwrite_all(fd, values[item], header + (item * a + start) * b * itemsize)
+            write_at(fd, values[item], header + (item * a + start) * b * itemsize)
         return
     for item in range(n):
         for row in range(a):
-            _pwrite_all(fd, values[item, row], header + ((item * a + row) * b + start) * itemsize)
+            write_at(fd, values[item, row], header + ((item * a + row) * b + start) * itemsize)
 
 
-def _pwrite_all(fd: int, values: np.ndarray, offset: int) -> None:
+def write_at(fd: int, values: np.ndarray, offset: int) -> None:
+    """Write all of ``values`` at byte ``offset`` of the open file ``fd`` (positioned writes may be short)."""
     view = memoryview(np.ascontiguousarray(values)).cast("B")
     while view:
         written = os.pwrite(fd, view, offset)
@@ -366,7 +367,7 @@ def _write_rows(fd: int, header: int, values: np.ndarray, plan: FoldPlan, top: i
     for item in range(n):
         for channel in range(c):
             offset = header + ((item * c + channel) * plane + top * row) * plan.dtype.itemsize
-            _pwrite_all(fd, values[item, channel], offset)
+            write_at(fd, values[item, channel], offset)
 
 
 def _release(array: np.ndarray) -> None:
