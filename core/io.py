@@ -194,7 +194,7 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
         raise PatchfoldError(f"'{path}' holds {data.dtype} pixels; expected real numbers")
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("="))
-    return _tiff_axes_to_channels_first(np.asarray(data) if not isinstance(data, np.ndarray) else data, axes, pages)
+    return _tiff_axes_to_channels_first(data, axes, pages)
 
 
 def _tiff_axes_to_channels_first(data: np.ndarray, axes: str, pages: int) -> np.ndarray:
@@ -307,7 +307,7 @@ def check_output_path(path: Path, what: str = "output") -> None:
 
 def check_parent(path: Path, what: str) -> Path:
     """The directory that will hold ``path``; it must exist and be writable."""
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise PatchfoldError(f"{what} '{parent}' is a file, not a directory")
     if not parent.is_dir():
@@ -318,7 +318,7 @@ def check_parent(path: Path, what: str) -> Path:
 
 
 def check_free_space(path: Path, needed: int) -> None:
-    free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    free = shutil.disk_usage(path.parent).free
     if needed > free:
         raise PatchfoldError(f"'{path}' needs {format_bytes(needed)} but only {format_bytes(free)} is free on its disk")
 
@@ -334,7 +334,7 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
     backups: list[tuple[Path, Path | None]] = []
     try:
         for target in targets:
-            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent or ".")
+            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
             os.close(handle)
             temporaries.append(Path(name))
         try:
@@ -371,11 +371,11 @@ def _backup(target: Path) -> Path | None:
     """A hard link to the file a move is about to replace (None when there is none)."""
     if not target.exists():
         return None
-    backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent or "."))
+    backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent))
     try:
         os.link(target, backup)
     except OSError:
-        backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent or "."))
+        backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent))
         shutil.copy2(target, backup)
     return backup
 
@@ -570,10 +570,7 @@ def read_patch_matrix(path: Path) -> np.ndarray:
         raise PatchfoldError(f"patch matrix '{path}' does not exist")
     if path.is_dir():
         raise PatchfoldError(f"patch matrix '{path}' is a directory; expected a .npy file")
-    cols = read_npy(path, spatial_dims=1)
-    if cols.ndim != 3:  # pragma: no cover - shape_array guarantees rank 3 for one spatial dim
-        raise PatchfoldError(f"'{path}' has shape {cols.shape}; expected a patch matrix (N, C·∏k, L)")
-    return cols
+    return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
 
 
 def check_against_sidecar(cols: np.ndarray, sidecar: Sidecar, layout: str, path: Path) -> None:
@@ -671,12 +668,13 @@ def probe_shape(
     """Shape ``(N, C, *spatial)`` and dtype the inputs would load as, reading headers only where
     the format allows (``.npy``, and images whose mode needs no conversion)."""
     shapes, dtypes = [], []
-    for path in expand_inputs(inputs):
+    paths = expand_inputs(inputs)
+    for path in paths:
         array = read_npy(path, spatial_dims) if path.suffix.lower() == ".npy" else _probe_image(path, max_pixels)
         shapes.append(array.shape)
         dtypes.append(array.dtype)
     if len({s[1:] for s in shapes}) > 1:
-        listing = "; ".join(f"'{p}' {list(s)}" for p, s in zip(expand_inputs(inputs), shapes))
+        listing = "; ".join(f"'{p}' {list(s)}" for p, s in zip(paths, shapes))
         raise PatchfoldError(f"inputs must agree in size and channel count: {listing}")
     return (sum(s[0] for s in shapes), *shapes[0][1:]), np.result_type(*dtypes)
 
