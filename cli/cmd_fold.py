@@ -22,7 +22,7 @@ from patchfold.cli.options import (
 from patchfold.cli.present import emit_summary, geometry_fields, track
 from patchfold.devices import resolve
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import LAYOUTS
+from patchfold.geometry import LAYOUTS, matrix_dims
 
 
 @click.command()
@@ -85,7 +85,7 @@ def fold(
     restore = (sidecar.input_dtype, sidecar.scale) if normalize and sidecar is not None else None
     streamed = None
     if targets is None and engine == "cpu":
-        channels = geometry.check_fold_input(*_matrix_dims(cols, layout))
+        channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
         dtype = io.fold_output_dtype(cols.dtype, normalize, window not in (None, "none"), restore)
         plan = pipeline.plan_fold(cols.shape, channels, geometry, dtype, max_memory)
         job = pipeline.fold_to_npy(cols, plan, output, layout, normalize=normalize, window=window, restore=restore)
@@ -116,10 +116,6 @@ def fold(
         "seconds": round(time.perf_counter() - started, 4),
     }
     emit_summary(f"fold → {output}", summary, as_json)
-
-
-def _matrix_dims(cols: np.ndarray, layout: str) -> tuple[int, int]:
-    return (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
 
 
 def _fold_in_memory(cols, geometry, normalize: bool, layout: str, window: str, device: str, engine: str) -> np.ndarray:

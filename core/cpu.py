@@ -16,7 +16,7 @@ from functools import cache
 
 import numpy as np
 from patchfold import kernels
-from patchfold.geometry import Geometry, check_layout
+from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 #: Below this many output bytes a second thread costs more than it saves.
 _PARALLEL_MIN_BYTES = 4 << 20
@@ -279,13 +279,8 @@ def block_weights(weights: Sequence[np.ndarray], offset: tuple[int, ...], first:
 
 def blocks_view(cols: np.ndarray, geometry: Geometry, layout: str) -> np.ndarray:
     """View a whole patch matrix as ``(N, C, *kernel, *L)``."""
-    channels = geometry.check_fold_input(*_matrix_dims(cols, layout))
+    channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
     return band_view(cols, geometry, channels, geometry.blocks_per_dim[0], layout)
-
-
-def _matrix_dims(cols: np.ndarray, layout: str) -> tuple[int, int]:
-    """(patch length, number of blocks) of a patch matrix in either layout."""
-    return (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
 
 
 def fold_padded(

@@ -259,3 +259,8 @@ def check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
         raise PatchfoldError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}", param="layout")
     return layout
+
+
+def matrix_dims(shape: Sequence[int], layout: str) -> tuple[int, int]:
+    """(patch length, number of blocks) of a batched patch matrix's shape in either layout."""
+    return (shape[1], shape[2]) if check_layout(layout) == "ncl" else (shape[2], shape[1])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from patchfold.coverage import coverage_vectors, outer
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import Geometry
+from patchfold.geometry import Geometry, matrix_dims
 from patchfold.io import atomic_paths
 
 #: Viridis (perceptually uniform, colour-blind safe), sampled at 11 stops.
@@ -169,7 +169,7 @@ def mosaic_picture(
     if len(kernel_size) != 2:
         raise PatchfoldError("mosaics are drawn for 2-D patches only")
     kh, kw = kernel_size
-    blocks = cols.shape[2] if layout == "ncl" else cols.shape[1]
+    blocks = matrix_dims(cols.shape, layout)[1]
     count = max(1, min(count, blocks))
     per_row = int(np.ceil(np.sqrt(count)))
     rows = -(-count // per_row)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from patchfold.coverage import divisor_map, source_index, unpad_adjoint
 from patchfold.cpu import band_view, fold_rows
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import Geometry, check_layout
+from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 
 def _native_ok(x: torch.Tensor, geometry: Geometry) -> bool:
@@ -64,8 +64,7 @@ def fold(
     check_layout(layout)
     if exact and cols.is_floating_point():
         cols = cols.to(torch.float64)
-    patch_length, num_blocks = (cols.shape[1], cols.shape[2]) if layout == "ncl" else (cols.shape[2], cols.shape[1])
-    channels = geometry.check_fold_input(patch_length, num_blocks)
+    channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
     single_or_double = cols.dtype in (torch.float32, torch.float64)  # halves accumulate in float32 below
     if _native_ok(cols, geometry) and single_or_double and layout == "ncl" and weights is None:
         return F.fold(
