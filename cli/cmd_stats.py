@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 import numpy as np
-from patchfold import io, ops, pipeline
+from patchfold import coverage, io, ops, pipeline
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     BlockParams,
@@ -23,7 +23,6 @@ from patchfold.cli.options import (
     typed_size,
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
-from patchfold.geometry import Geometry
 
 
 def shape_of(
@@ -65,21 +64,6 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
         ("redundancy", f"{stats['redundancy']:.4g}× the input"),
         ("invertible", "yes" if stats["invertible"] else "no: uncovered pixels fold back to 0"),
     ]
-
-
-def compute_stats(shape: tuple[int, ...], dtype: Any, geometry: Geometry, layout: str = "ncl") -> dict[str, Any]:
-    return ops.overlap_stats(
-        geometry.spatial_size,
-        geometry.kernel_size,
-        geometry.dilation,
-        geometry.padding,
-        geometry.stride,
-        channels=shape[1],
-        batch=shape[0],
-        dtype=dtype,
-        layout=layout,
-        padding_mode=geometry.padding_mode,
-    )
 
 
 @click.command()
@@ -129,7 +113,7 @@ def stats(
     shape = (batch or shape[0], channels or shape[1], *shape[2:])
     out_dtype = dtype if dtype != "keep" else (input_dtype or np.dtype(np.float32))
     geometry = block.geometry(tuple(shape[2:]))
-    result = compute_stats(shape, out_dtype, geometry, layout)
+    result = ops.stats_with(geometry, channels=shape[1], batch=shape[0], dtype=out_dtype, layout=layout)
     plan = pipeline.plan_unfold(shape, out_dtype, geometry, layout, max_memory)
     input_bytes = math.prod(shape) * np.dtype(input_dtype or out_dtype).itemsize
     streaming = (
@@ -184,22 +168,12 @@ def divisor(
                 raise click.BadParameter(f"expected a {suffix} path, got '{path}'", param_hint=option)
             io.check_output_path(path)
     if npy_path is not None:
-        io.save_npy(
-            npy_path,
-            ops.divisor(
-                geometry.spatial_size,
-                geometry.kernel_size,
-                geometry.dilation,
-                geometry.padding,
-                geometry.stride,
-                padding_mode=geometry.padding_mode,
-            ),
-        )
+        io.save_npy(npy_path, coverage.divisor_map(geometry))
     if png_path is not None:
         from patchfold.render import write_divisor_png
 
         write_divisor_png(png_path, geometry)
-    result = compute_stats(shape, np.float32, geometry)
+    result = ops.stats_with(geometry, channels=shape[1], batch=shape[0], dtype=np.float32)
     if not as_json and sys.stderr.isatty():
         divisor_preview(geometry)
     written = [str(p) for p in (npy_path, png_path) if p is not None]

@@ -338,6 +338,13 @@ def overlap_stats(
     if channels < 1 or batch < 1:
         raise PatchfoldError(f"channels and batch must be positive, got channels={channels} batch={batch}")
     geometry = Geometry.create(spatial_size, kernel_size, stride, padding, dilation, padding_mode)
+    return stats_with(geometry, channels=channels, batch=batch, dtype=dtype, layout=layout)
+
+
+def stats_with(
+    geometry: Geometry, *, channels: int = 1, batch: int = 1, dtype: Any = "float32", layout: str = "ncl"
+) -> dict[str, Any]:
+    """:func:`overlap_stats` for a :class:`Geometry` (``channels`` and ``batch`` at least 1)."""
     summary = coverage.coverage_summary(geometry)
     output_shape = geometry.unfold_shape(batch, channels, layout)
     itemsize = np.dtype(dtype).itemsize
