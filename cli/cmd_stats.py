@@ -23,6 +23,7 @@ from patchfold.cli.options import (
     typed_size,
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
+from patchfold.geometry import LAYOUTS
 
 
 def shape_of(
@@ -79,7 +80,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
     show_default=True,
     help="Output dtype for the memory estimate (keep: the input's; float32 with --size).",
 )
-@click.option("--layout", type=click.Choice(("ncl", "nlc")), default="ncl", show_default=True)
+@click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True)
 @spatial_dims_option
 @stack_option
 @max_pixels_option

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from patchfold.geometry import PADDING_MODES, Geometry
+from patchfold.ops import ENGINES
 
 #: How each block parameter is named on the command line (for error messages).
 OPTION_NAMES = {
@@ -160,7 +161,7 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--device`` and ``--engine``."""
     command = click.option(
         "--engine",
-        type=click.Choice(("auto", "cpu", "torch")),
+        type=click.Choice(ENGINES),
         default="auto",
         show_default=True,
         help="cpu: patchfold's threaded engine; torch: PyTorch (needed for CUDA).",
