@@ -97,10 +97,7 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
       patchfold untile out/tiles --window gaussian:0.2 -o out/blended.png
     """
     started = time.perf_counter()
-    tileset = None
-    for event in _drain(read_tiles(directory), not no_progress):
-        tileset = event
-    assert isinstance(tileset, TileSet)
+    tileset: TileSet = track(read_tiles(directory), "untile", not no_progress)
     geometry = tileset.geometry
     sources = [image.get("source", "") for image in tileset.manifest.get("images", [])]
     targets = output_targets(output, tileset.cols.shape[0], sources)
@@ -121,16 +118,3 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
     emit_summary(f"untile → {output}", summary, as_json)
 
 
-def _drain(events, show: bool):
-    """Pass progress events to a progress bar and yield the final result."""
-    results = []
-
-    def progress_only():
-        for event in events:
-            if isinstance(event, TileSet):
-                results.append(event)
-            else:
-                yield event
-
-    track(progress_only(), "untile", show)
-    yield from results

@@ -58,17 +58,20 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def track(events: Iterator[Progress], label: str, enabled: bool) -> Progress | None:
+def track(events: Iterator[Any], label: str, enabled: bool) -> Any:
     """Drain a job's progress events, drawing a bar on stderr once the job has run for a second.
 
-    Returns the last event (None when there was none).
+    Returns the last event (None when there was none): a job may end with its result, which is
+    not a :class:`Progress` and is passed over by the bar.
     """
     started = time.perf_counter()
-    last: Progress | None = None
+    last: Any = None
     bar = task = None
     show = enabled and sys.stderr.isatty()
     try:
         for last in events:
+            if not isinstance(last, Progress):
+                continue
             if show and bar is None and time.perf_counter() - started > 1.0 and last.done < last.total:
                 bar, task = _start_bar(label, last)
             if bar is not None:
