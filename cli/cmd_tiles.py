@@ -116,5 +116,3 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
         "seconds": round(time.perf_counter() - started, 4),
     }
     emit_summary(f"untile → {output}", summary, as_json)
-
-
