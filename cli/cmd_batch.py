@@ -199,10 +199,14 @@ def _track(results: Iterator[batch_jobs.ImageResult], total: int, show: bool, un
 
     collected: list[batch_jobs.ImageResult] = []
     bar = task = None
+    show = show and sys.stderr.isatty()
+    patches = failed = 0
     try:
         for result in results:
             collected.append(result)
-            if show and sys.stderr.isatty() and bar is None:
+            patches += result.rows
+            failed += not result.ok
+            if show and bar is None:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
                 bar = Progress(
@@ -218,12 +222,7 @@ def _track(results: Iterator[batch_jobs.ImageResult], total: int, show: bool, un
                 bar.start()
                 task = bar.add_task("images", total=total, patches=0, failed=0)
             if bar is not None:
-                bar.update(
-                    task,
-                    advance=1,
-                    patches=sum(r.rows for r in collected),
-                    failed=sum(1 for r in collected if not r.ok),
-                )
+                bar.update(task, advance=1, patches=patches, failed=failed)
     finally:
         if bar is not None:
             bar.stop()
