@@ -90,7 +90,6 @@ def batch_unfold(
     """
     started = time.perf_counter()
     paths = batch_jobs.find_sources(sources, recursive)
-    block = block.merged(None)
     plan = batch_jobs.plan_dataset(
         paths,
         output,
@@ -147,7 +146,6 @@ def batch_tiles(
     """
     started = time.perf_counter()
     paths = batch_jobs.find_sources(sources, recursive)
-    block = block.merged(None)
     params = (block.kernel_size, block.stride, block.padding, block.dilation, block.padding_mode)
     tasks = batch_jobs.plan_tiles(paths, output, params, fmt, channels, max_pixels)
     results = _track(

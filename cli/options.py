@@ -55,6 +55,9 @@ class IntList(click.ParamType):
 POSITIVE = IntList(1)
 NON_NEGATIVE = IntList(0)
 
+#: Defaults of the block options other than the kernel size (PyTorch's).
+BLOCK_DEFAULTS: dict[str, Any] = {"stride": (1,), "padding": (0,), "dilation": (1,), "padding_mode": "zeros"}
+
 
 @dataclass(frozen=True)
 class BlockParams:
@@ -69,25 +72,18 @@ class BlockParams:
     def merged(self, fallback: dict[str, Any] | None) -> BlockParams:
         """Fill what was not given from ``fallback`` (a sidecar), then from the defaults."""
         fallback = fallback or {}
-        defaults = {"stride": (1,), "padding": (0,), "dilation": (1,), "padding_mode": "zeros"}
         values = {}
         for name in ("kernel_size", "stride", "padding", "dilation", "padding_mode"):
             value = getattr(self, name)
             if value is None:
-                value = fallback.get(name, defaults.get(name))
+                value = fallback.get(name, BLOCK_DEFAULTS.get(name))
             values[name] = tuple(value) if isinstance(value, list) else value
         return BlockParams(**values)
 
     def geometry(self, spatial_size: tuple[int, ...]) -> Geometry:
-        if self.kernel_size is None:
-            raise click.UsageError("Missing option '-k' / '--kernel-size'.")
+        """The geometry for ``spatial_size`` (every value given: by an option's default, or merged)."""
         return Geometry.create(
-            spatial_size,
-            self.kernel_size,
-            self.stride or 1,
-            self.padding or 0,
-            self.dilation or 1,
-            self.padding_mode or "zeros",
+            spatial_size, self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode
         )
 
 
@@ -122,7 +118,7 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 "-s",
                 "--stride",
                 type=POSITIVE,
-                default=(1,) if required else None,
+                default=BLOCK_DEFAULTS["stride"] if required else None,
                 show_default="1",
                 help="Step between blocks, per dim.",
             ),
@@ -130,7 +126,7 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 "-p",
                 "--padding",
                 type=NON_NEGATIVE,
-                default=(0,) if required else None,
+                default=BLOCK_DEFAULTS["padding"] if required else None,
                 show_default="0",
                 help="Padding on both sides, per dim.",
             ),
@@ -138,14 +134,14 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 "-d",
                 "--dilation",
                 type=POSITIVE,
-                default=(1,) if required else None,
+                default=BLOCK_DEFAULTS["dilation"] if required else None,
                 show_default="1",
                 help="Spacing between kernel points, per dim.",
             ),
             click.option(
                 "--padding-mode",
                 type=click.Choice(PADDING_MODES),
-                default="zeros" if required else None,
+                default=BLOCK_DEFAULTS["padding_mode"] if required else None,
                 show_default="zeros",
                 help="How the padding is filled (zeros is PyTorch's).",
             ),
