@@ -8,9 +8,16 @@ from pathlib import Path
 
 import click
 from patchfold import batch as batch_jobs
-from patchfold import io
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import ByteSize, block_options, json_option, max_pixels_option, progress_option
+from patchfold.cli.options import (
+    ByteSize,
+    apply_options,
+    block_options,
+    dtype_option,
+    json_option,
+    max_pixels_option,
+    progress_option,
+)
 from patchfold.cli.present import emit_summary, stderr_console
 from patchfold.cpu import cpu_count
 from patchfold.tiles import TILE_FORMATS
@@ -40,9 +47,7 @@ def _common(command):
         progress_option,
         json_option,
     ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
+    return apply_options(command, decorators)
 
 
 @click.group()
@@ -60,7 +65,7 @@ def batch() -> None:
 @batch.command("unfold")
 @_common
 @block_options()
-@click.option("--dtype", type=click.Choice(io.DTYPES), default="keep", show_default=True)
+@dtype_option("Dataset dtype; floats scale integer images to [0, 1] (keep: the images' common dtype).")
 @click.option("--shard-size", type=ByteSize(), default="1GB", show_default=True, help="Largest shard file.")
 @handle_errors
 def batch_unfold(

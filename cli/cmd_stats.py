@@ -14,6 +14,7 @@ from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     BlockParams,
     block_options,
+    dtype_option,
     json_option,
     max_memory_option,
     max_pixels_option,
@@ -73,13 +74,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @block_options()
 @click.option("--channels", type=click.IntRange(1), default=None, help="Channels C (default: the input's, or 1).")
 @click.option("--batch", type=click.IntRange(1), default=None, help="Batch size N (default: the inputs', or 1).")
-@click.option(
-    "--dtype",
-    type=click.Choice(io.DTYPES),
-    default="keep",
-    show_default=True,
-    help="Output dtype for the memory estimate (keep: the input's; float32 with --size).",
-)
+@dtype_option("Output dtype for the memory estimate (keep: the input's; float32 with --size).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True)
 @spatial_dims_option
 @stack_option

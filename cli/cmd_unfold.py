@@ -11,6 +11,7 @@ from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     block_options,
     device_options,
+    dtype_option,
     json_option,
     max_memory_option,
     max_pixels_option,
@@ -27,13 +28,7 @@ from patchfold.geometry import LAYOUTS
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Patch matrix .npy to write.")
 @block_options()
-@click.option(
-    "--dtype",
-    type=click.Choice(io.DTYPES),
-    default="keep",
-    show_default=True,
-    help="Output dtype; floats scale integer images to [0, 1].",
-)
+@dtype_option("Output dtype; floats scale integer images to [0, 1].")
 @click.option(
     "--layout",
     type=click.Choice(LAYOUTS),

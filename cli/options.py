@@ -87,6 +87,13 @@ class BlockParams:
         )
 
 
+def apply_options(command: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Decorate ``command`` with ``options`` so they appear in ``--help`` in list order."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def typed_size(size: tuple[int, ...], kernel_size: tuple[int, ...] | None) -> tuple[int, ...]:
     """A size given on the command line: one value means a square (a cube for a 3-value kernel)."""
     return size * max(2, len(kernel_size or ())) if len(size) == 1 else size
@@ -146,9 +153,7 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 help="How the padding is filled (zeros is PyTorch's).",
             ),
         ]
-        for option in reversed(options):
-            wrapper = option(wrapper)
-        return wrapper
+        return apply_options(wrapper, options)
 
     return decorate
 
@@ -179,6 +184,13 @@ class DeviceType(click.ParamType):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
             self.fail(f"expected auto, cpu, cuda or cuda:N, got {value!r}", param, ctx)
         return text
+
+
+def dtype_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--dtype keep|float32|float64|float16``, with the command's own ``help``."""
+    from patchfold.io import DTYPES
+
+    return click.option("--dtype", type=click.Choice(DTYPES), default="keep", show_default=True, help=help)
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -281,6 +293,4 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Blend overlapping patches with an edge-aware window (gaussian:SIGMA sets its width).",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return apply_options(command, options)
