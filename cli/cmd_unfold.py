@@ -81,16 +81,12 @@ def unfold(
     device, engine = resolve(device, engine)
     plan = pipeline.plan_unfold(array.shape, out_dtype, geometry, layout, max_memory)
     sidecar = io.Sidecar(
-        kernel_size=list(geometry.kernel_size),
-        stride=list(geometry.stride),
-        padding=list(geometry.padding),
-        dilation=list(geometry.dilation),
+        **geometry_fields(geometry),
         input_shape=list(array.shape),
         input_dtype=str(batch.array.dtype),
         output_dtype=str(out_dtype),
         scale=scale,
         layout=layout,
-        padding_mode=geometry.padding_mode,
         sources=[str(Path(s).resolve()) for s in batch.sources],
     )
     job = pipeline.unfold_to_npy(
