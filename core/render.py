@@ -140,8 +140,8 @@ def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12)
     if geometry.ndim != 2:
         raise PatchfoldError("grid pictures are drawn for 2-D images only")
     (pad_y, pad_x), (height, width) = geometry.padding, geometry.spatial_size
-    zoom = _zoom_for(height + 2 * pad_y, width + 2 * pad_x)
-    canvas = np.full((height + 2 * pad_y, width + 2 * pad_x, 3), 0, dtype=np.uint8)
+    zoom = _zoom_for(*geometry.padded_size)
+    canvas = np.full((*geometry.padded_size, 3), 0, dtype=np.uint8)
     yy, xx = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]
     canvas[:] = np.where(((yy + xx) // 4 % 2 == 0)[..., None], 150, 110)  # hatched padding
     canvas[pad_y : pad_y + height, pad_x : pad_x + width] = display_rgb(pixels)
@@ -154,8 +154,9 @@ def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12)
         for col in range(0, geometry.blocks_per_dim[1], steps[1])
     ]
     for row, col in [*outlines[1:], outlines[0]]:  # the first block last, in its own colour, on top
-        top, left = row * geometry.stride[0] * zoom, col * geometry.stride[1] * zoom
-        bottom, right = top + geometry.span[0] * zoom - 1, left + geometry.span[1] * zoom - 1
+        (y0, y1), (x0, x1) = geometry.block_box((row, col))  # unpadded: shift onto the padded canvas
+        top, left = (y0 + pad_y) * zoom, (x0 + pad_x) * zoom
+        bottom, right = (y1 + pad_y) * zoom - 1, (x1 + pad_x) * zoom - 1
         colour = (0, 220, 255) if (row, col) == (0, 0) else (255, 230, 0)
         draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, zoom // 2))
     return np.asarray(picture)

@@ -119,7 +119,8 @@ def write_tiles(
 def _cut(padded: np.ndarray, geometry: Geometry, index: Sequence[int]) -> np.ndarray:
     """The block at ``index`` of a padded ``(C, *padded_size)`` image: ``(C, *kernel_size)``."""
     window = tuple(
-        slice(i * s, i * s + span, d) for i, s, span, d in zip(index, geometry.stride, geometry.span, geometry.dilation)
+        slice(start + p, stop + p, d)
+        for (start, stop), p, d in zip(geometry.block_box(index), geometry.padding, geometry.dilation)
     )
     return padded[(slice(None), *window)]
 
