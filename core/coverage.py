@@ -51,14 +51,10 @@ def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = N
 
     ``weights`` has shape ``(blocks_per_dim[dim], kernel_size[dim])`` for a windowed fold.
     """
-    count = geometry.blocks_per_dim[dim]
-    step = geometry.stride[dim]
     dtype = np.int64 if weights is None else np.float64
     coverage = np.zeros(geometry.padded_size[dim], dtype=dtype)
     for offset in range(geometry.kernel_size[dim]):
-        base = offset * geometry.dilation[dim]
-        reached = slice(base, base + (count - 1) * step + 1, step)
-        coverage[reached] += 1 if weights is None else weights[:, offset]
+        coverage[geometry.positions(dim, offset)] += 1 if weights is None else weights[:, offset]
     return coverage
 
 

@@ -247,22 +247,21 @@ def fold_rows(
     ``[lo, hi)``: ``(N, C, hi-lo, *padded_size[1:])``. ``weights`` are per-dim window weights
     ``(L_d, k_d)``.
     """
-    ndim = geometry.ndim
     for offset in geometry.kernel_offsets():
         first, last = geometry.blocks_reaching(0, offset[0], lo, hi)
         if last <= first:
             continue
-        target = [slice(None), slice(None)]
-        for dim in range(ndim):
-            base = offset[dim] * geometry.dilation[dim]
-            step = geometry.stride[dim]
-            begin, count = (first, last - first) if dim == 0 else (0, geometry.blocks_per_dim[dim])
-            start = base + begin * step - (lo if dim == 0 else 0)
-            target.append(slice(start, start + (count - 1) * step + 1, step))
+        rows = geometry.positions(0, offset[0], first, last)
+        target = (
+            slice(None),
+            slice(None),
+            slice(rows.start - lo, rows.stop - lo, rows.step),  # acc holds padded rows from lo
+            *(geometry.positions(dim, offset[dim]) for dim in range(1, geometry.ndim)),
+        )
         source = blocks[(slice(None), slice(None), *offset, slice(first, last))]
         if weights is not None:
             source = source * block_weights(weights, offset, first, last)
-        view = acc[tuple(target)]
+        view = acc[target]
         view += source if isinstance(source, np.ndarray) else source.to(view.dtype)
 
 

@@ -224,6 +224,14 @@ class Geometry:
             (i * s - p, i * s - p + span) for i, s, p, span in zip(index, self.stride, self.padding, self.span)
         )
 
+    def positions(self, dim: int, offset: int, first: int = 0, last: int | None = None) -> slice:
+        """Padded positions along ``dim`` that kernel ``offset`` reaches in blocks ``[first, last)``
+        (all blocks by default)."""
+        last = self.blocks_per_dim[dim] if last is None else last
+        step = self.stride[dim]
+        start = offset * self.dilation[dim] + first * step
+        return slice(start, start + (last - first - 1) * step + 1, step)
+
     def blocks_reaching(self, dim: int, offset: int, lo: int, hi: int) -> tuple[int, int]:
         """Block range ``[i0, i1)`` whose kernel ``offset`` along ``dim`` lands in padded ``[lo, hi)``."""
         base = offset * self.dilation[dim]
