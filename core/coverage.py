@@ -34,16 +34,22 @@ def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int, firs
     """
     result = padded
     for dim, (size, pad) in enumerate(zip(geometry.spatial_size, geometry.padding)):
-        if pad == 0 or dim < first_dim:
-            continue
-        lead = (slice(None),) * (axis_offset + dim)
-        inner = result[(*lead, slice(pad, pad + size))]
-        index = source_index(size, pad, geometry.padding_mode)
-        if index is not None:
-            for position in (*range(pad), *range(pad + size, size + 2 * pad)):
-                inner[(*lead, int(index[position]))] += result[(*lead, position)]
-        result = inner
+        if dim >= first_dim:
+            result = _unpad_axis(result, axis_offset + dim, size, pad, geometry.padding_mode)
     return result
+
+
+def _unpad_axis(padded: np.ndarray, axis: int, size: int, pad: int, padding_mode: str) -> np.ndarray:
+    """:func:`unpad_adjoint` along one axis."""
+    if pad == 0:
+        return padded
+    lead = (slice(None),) * axis
+    inner = padded[(*lead, slice(pad, pad + size))]
+    index = source_index(size, pad, padding_mode)
+    if index is not None:
+        for position in (*range(pad), *range(pad + size, size + 2 * pad)):
+            inner[(*lead, int(index[position]))] += padded[(*lead, position)]
+    return inner
 
 
 def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -63,15 +69,7 @@ def coverage_vectors(geometry: Geometry, weights: list[np.ndarray] | None = None
     vectors = []
     for dim in range(geometry.ndim):
         padded = padded_coverage(geometry, dim, None if weights is None else weights[dim])
-        single = Geometry.create(
-            (geometry.spatial_size[dim],),
-            geometry.kernel_size[dim],
-            geometry.stride[dim],
-            geometry.padding[dim],
-            geometry.dilation[dim],
-            geometry.padding_mode,
-        )
-        vectors.append(unpad_adjoint(padded, single, axis_offset=0))
+        vectors.append(_unpad_axis(padded, 0, geometry.spatial_size[dim], geometry.padding[dim], geometry.padding_mode))
     return vectors
 
 
