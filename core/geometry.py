@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 
 from patchfold.errors import PatchfoldError
@@ -155,21 +156,21 @@ class Geometry:
                 f"{list(counts)} (each must be >= 1)"
             )
 
-    # ----- derived sizes -------------------------------------------------------------------
+    # ----- derived sizes (computed once: the hot loops of the engines and tiles read them) ----
     @property
     def ndim(self) -> int:
         return len(self.spatial_size)
 
-    @property
+    @cached_property
     def padded_size(self) -> tuple[int, ...]:
         return tuple(s + 2 * p for s, p in zip(self.spatial_size, self.padding))
 
-    @property
+    @cached_property
     def span(self) -> tuple[int, ...]:
         """Extent of one dilated block per dim: ``dilation·(kernel − 1) + 1``."""
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
 
-    @property
+    @cached_property
     def blocks_per_dim(self) -> tuple[int, ...]:
         """``L_d = floor((size_d + 2·pad_d − dil_d·(k_d − 1) − 1) / stride_d) + 1`` (may be < 1
         before :meth:`create` has validated the geometry)."""
@@ -177,15 +178,15 @@ class Geometry:
             (padded - span) // stride + 1 for padded, span, stride in zip(self.padded_size, self.span, self.stride)
         )
 
-    @property
+    @cached_property
     def num_blocks(self) -> int:
         return math.prod(self.blocks_per_dim)
 
-    @property
+    @cached_property
     def kernel_volume(self) -> int:
         return math.prod(self.kernel_size)
 
-    @property
+    @cached_property
     def pixels(self) -> int:
         return math.prod(self.spatial_size)
 
