@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class TileSet:
     cols: np.ndarray
     manifest: dict[str, Any]
 
-    @property
+    @cached_property
     def geometry(self) -> Geometry:
         return manifest_geometry(self.manifest)
 
@@ -232,8 +233,7 @@ def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
     per image and finally the :class:`TileSet`. Tiles may have been rewritten by other programs,
     in another dtype, but must keep their shape."""
     manifest = read_manifest(directory)
-    tileset = TileSet(np.empty(0), manifest)
-    geometry = tileset.geometry
+    geometry = manifest_geometry(manifest)
     batch, channels = manifest["input_shape"][:2]
     expected = (channels, *geometry.kernel_size)
     tiles = manifest["tiles"]
@@ -254,8 +254,7 @@ def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
         if column == geometry.num_blocks - 1:
             yield Progress(item + 1, batch, position + 1, len(tiles))
     assert cols is not None
-    tileset.cols = cols
-    yield tileset
+    yield TileSet(cols, manifest)
 
 
 def _load_tile(path: Path, ndim: int) -> np.ndarray:
