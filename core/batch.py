@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy as np
 from patchfold import io
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.pipeline import write_at
+from patchfold.pipeline import allocate_npy, write_at, write_npy_header
 
 DATASET_FORMAT = "patchfold-dataset"
 DATASET_VERSION = 1
@@ -242,11 +243,7 @@ def _expand(values: Sequence[int], ndim: int) -> tuple[int, ...]:
 
 
 def _header_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    import io as stdio
-
-    from patchfold.pipeline import write_npy_header
-
-    return write_npy_header(stdio.BytesIO(), shape, dtype)
+    return write_npy_header(BytesIO(), shape, dtype)
 
 
 # ----- preparing the directory -------------------------------------------------------------------
@@ -268,22 +265,12 @@ def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
         raise PatchfoldError(f"output directory '{directory}' exists, is not empty and holds no patchfold dataset")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / DONE_DIR).mkdir(exist_ok=True)
-    needed = (
-        sum(s["rows"] for s in plan.manifest["shards"])
-        * plan.manifest["patch_length"]
-        * np.dtype(plan.manifest["dtype"]).itemsize
-    )
-    io.check_free_space(directory / "x", needed)
-    from patchfold.pipeline import write_npy_header
-
-    for shard in plan.manifest["shards"]:
+    dtype, patch_length = np.dtype(plan.manifest["dtype"]), plan.manifest["patch_length"]
+    shards = plan.manifest["shards"]
+    io.check_free_space(directory / "x", sum(s["rows"] for s in shards) * patch_length * dtype.itemsize)
+    for shard in shards:
         with open(directory / shard["file"], "wb") as handle:
-            header = write_npy_header(
-                handle, (shard["rows"], plan.manifest["patch_length"]), np.dtype(plan.manifest["dtype"])
-            )
-            handle.truncate(
-                header + shard["rows"] * plan.manifest["patch_length"] * np.dtype(plan.manifest["dtype"]).itemsize
-            )
+            allocate_npy(handle, (shard["rows"], patch_length), dtype)
     io.save_npy(directory / "index.npy", plan.index)
     _write_manifest(directory, plan.manifest)
     return list(plan.tasks)

@@ -152,8 +152,7 @@ def unfold_to_npy(
     targets = [path] + ([sidecar_path(path)] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
-            header = write_npy_header(handle, plan.output_shape, plan.dtype)
-            handle.truncate(header + plan.output_bytes)
+            header = allocate_npy(handle, plan.output_shape, plan.dtype)
             written = 0
             # Double buffering: band k is written by a second thread while band k+1 is computed.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-writer") as writer:
@@ -255,6 +254,14 @@ def write_npy_header(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> in
     return handle.tell()
 
 
+def allocate_npy(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Write the header of a C-ordered ``.npy`` and size the file for all its data (sparse where
+    the file system allows, so bands can be written in place); return where the data starts."""
+    header = write_npy_header(handle, shape, dtype)
+    handle.truncate(header + math.prod(shape) * np.dtype(dtype).itemsize)
+    return header
+
+
 def _needs_v2(header: dict[str, Any]) -> bool:
     return len(repr(header)) > 65000
 
@@ -339,8 +346,7 @@ def fold_to_npy(
     vectors = coverage_vectors(geometry, weights) if normalize else None
     single_band = plan.bands == 1
     with atomic_paths(path) as (temporary,), open(temporary, "r+b") as handle:
-        header = write_npy_header(handle, plan.output_shape, plan.dtype)
-        handle.truncate(header + plan.output_bytes)
+        header = allocate_npy(handle, plan.output_shape, plan.dtype)
         written = 0
         for index, (top, bottom) in enumerate(plan.band_ranges()):
             pad = geometry.padding[0]
