@@ -314,13 +314,18 @@ def process_image(task: ImageTask) -> ImageResult:
             os.close(descriptor)
         Path(task.marker).touch()
         return ImageResult(task.image_id, task.source, task.rows)
-    except (PatchfoldError, OSError, ValueError, MemoryError) as error:
-        return ImageResult(
-            task.image_id,
-            task.source,
-            0,
-            f"{type(error).__name__}: {error}" if not isinstance(error, PatchfoldError) else str(error),
-        )
+    except IMAGE_ERRORS as error:
+        return failure(task.image_id, task.source, error)
+
+
+#: What one image may raise without stopping the others (reported per image instead).
+IMAGE_ERRORS = (PatchfoldError, OSError, ValueError, MemoryError)
+
+
+def failure(image_id: int, source: str, error: Exception) -> ImageResult:
+    """The result of an image that failed: our own messages as they are, others with their type."""
+    message = str(error) if isinstance(error, PatchfoldError) else f"{type(error).__name__}: {error}"
+    return ImageResult(image_id, source, 0, message)
 
 
 def process_chunk(tasks: Sequence[Any], function: Callable[[Any], ImageResult]) -> list[ImageResult]:
@@ -522,9 +527,8 @@ def process_tiles(task: TilesTask) -> ImageResult:
         for _ in write_tiles(array, geometry, target, [task.source], task.fmt):
             pass
         return ImageResult(task.image_id, task.source, geometry.num_blocks)
-    except (PatchfoldError, OSError, ValueError, MemoryError) as error:
-        message = str(error) if isinstance(error, PatchfoldError) else f"{type(error).__name__}: {error}"
-        return ImageResult(task.image_id, task.source, 0, message)
+    except IMAGE_ERRORS as error:
+        return failure(task.image_id, task.source, error)
 
 
 def run_tiles(
