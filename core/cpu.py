@@ -103,8 +103,7 @@ def band_view(band: np.ndarray, geometry: Geometry, channels: int, rows: int, la
 
 def block_columns(geometry: Geometry, first: int, last: int) -> slice:
     """Columns of the patch matrix (block indices) that block rows ``[first, last)`` fill."""
-    per_row = geometry.num_blocks // geometry.blocks_per_dim[0]
-    return slice(first * per_row, last * per_row)
+    return slice(first * geometry.blocks_per_row, last * geometry.blocks_per_row)
 
 
 def select_blocks(matrix: np.ndarray, columns: slice, layout: str) -> np.ndarray:

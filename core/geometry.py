@@ -183,6 +183,11 @@ class Geometry:
         return math.prod(self.blocks_per_dim)
 
     @cached_property
+    def blocks_per_row(self) -> int:
+        """Blocks in one row of blocks along dim 0 (the columns a band of block rows fills per row)."""
+        return math.prod(self.blocks_per_dim[1:])
+
+    @cached_property
     def kernel_volume(self) -> int:
         return math.prod(self.kernel_size)
 

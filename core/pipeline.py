@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +114,10 @@ def plan_unfold(
     check_layout(layout)
     budget = default_budget() if budget is None else budget
     plan = UnfoldPlan(geometry, geometry.unfold_shape(shape[0], shape[1], layout), np.dtype(dtype), 1, budget)
-    rows = max(1, min(geometry.blocks_per_dim[0], budget // max(1, plan.row_bytes)))
-    if rows < geometry.blocks_per_dim[0]:  # streaming: two band buffers share the budget
+    rows = max(1, min(plan.total_rows, budget // max(1, plan.row_bytes)))
+    if rows < plan.total_rows:  # streaming: two band buffers share the budget
         rows = max(1, rows // 2)
-    return UnfoldPlan(geometry, plan.output_shape, plan.dtype, rows, budget)
+    return replace(plan, band_rows=rows)
 
 
 def unfold_to_npy(
@@ -189,8 +189,7 @@ def _band_computer(
     gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype.
     """
     geometry = plan.geometry
-    rows_total = geometry.blocks_per_dim[0]
-    per_row = plan.output_shape[1 if layout == "nlc" else 2] // rows_total
+    per_row = geometry.blocks_per_row
     size = plan.band_rows * plan.row_bytes // plan.dtype.itemsize
     buffers = [np.empty(size, dtype=plan.dtype), np.empty(size if plan.bands > 1 else 0, dtype=plan.dtype)]
 
@@ -270,8 +269,7 @@ def write_band(fd: int, header: int, values: np.ndarray, plan: UnfoldPlan, first
     """Write one band of block columns to its place in the file (one write per contiguous run)."""
     n, a, b = plan.output_shape
     itemsize = plan.dtype.itemsize
-    per_row = (b if layout == "ncl" else a) // plan.geometry.blocks_per_dim[0]
-    start = first * per_row
+    start = first * plan.geometry.blocks_per_row
     if layout == "nlc":
         for item in range(n):
             write_at(fd, values[item], header + (item * a + start) * b * itemsize)
