@@ -242,17 +242,16 @@ def load_inputs(
     """
     paths = expand_inputs(inputs)
     arrays = [read_input(path, spatial_dims, max_pixels, stack) for path in paths]
-    if stack and all(a.ndim == 4 for a in arrays):
-        _check_agree(paths, arrays, "stack into one volume")
-        dtype = np.result_type(*arrays)
-        volume = np.stack([a[0].astype(dtype, copy=False) for a in arrays], axis=1)[None]
-        return Batch(volume, [str(paths[0].parent if len(paths) > 1 else paths[0])])
-    if len(arrays) == 1:
+    slices = stack and all(a.ndim == 4 for a in arrays)  # 2-D images to stack into one volume
+    if len(arrays) == 1 and not slices:
         return Batch(arrays[0], [str(paths[0])] * arrays[0].shape[0])
-    _check_agree(paths, arrays, "stack into one batch")
-    dtype = np.result_type(*arrays)
+    _check_agree(paths, arrays, "stack into one volume" if slices else "stack into one batch")
+    parts = [a.astype(np.result_type(*arrays), copy=False) for a in arrays]
+    if slices:
+        volume = np.stack([part[0] for part in parts], axis=1)[None]
+        return Batch(volume, [str(paths[0].parent if len(paths) > 1 else paths[0])])
     sources = [str(p) for p, a in zip(paths, arrays) for _ in range(a.shape[0])]
-    return Batch(np.concatenate([a.astype(dtype, copy=False) for a in arrays]), sources)
+    return Batch(np.concatenate(parts), sources)
 
 
 def _check_agree(paths: Sequence[Path], arrays: Sequence[np.ndarray], purpose: str) -> None:

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 from patchfold import cpu
+from patchfold.coverage import coverage_vectors, outer, unpad_adjoint
 from patchfold.geometry import Geometry, check_layout
-from patchfold.io import atomic_paths, check_free_space, check_output_path, sidecar_path
-from patchfold.ops import pad_input
+from patchfold.io import atomic_paths, check_free_space, check_output_path, restore_dtype, sidecar_path
+from patchfold.ops import finish_fold, pad_input
+from patchfold.windows import window_weights
 
 #: Share of available memory a job may use when no budget is given, and a cap on it: bands larger
 #: than this write no faster, and smaller ones keep a gigapixel job's footprint modest.
@@ -332,10 +334,6 @@ def fold_to_npy(
     ``restore=(input_dtype, scale)``), holding only one band of the image at a time; pages of a
     memory-mapped ``cols`` are released after each band.
     """
-    from patchfold.coverage import coverage_vectors, outer, unpad_adjoint
-    from patchfold.io import restore_dtype
-    from patchfold.ops import finish_fold
-    from patchfold.windows import window_weights
 
     check_output_path(path)
     check_free_space(path, plan.output_bytes)
