@@ -166,6 +166,36 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
     """Read a TIFF with tifffile, memory-mapped where the file allows (uncompressed, contiguous),
     so a gigapixel TIFF is not decoded into a second copy. Returns ``(C, H, W)``, or ``(C, D, H, W)``
     for a multi-page stack; None when tifffile is not installed (Pillow reads it instead)."""
+    header = _tiff_header(path, max_pixels)
+    if header is None:
+        return None
+    import tifffile
+
+    _, axes, pages, _ = header
+    try:
+        data = tifffile.memmap(path, mode="r", series=0)
+    except (ValueError, OSError):
+        try:
+            data = tifffile.imread(path, series=0)
+        except Exception as error:
+            raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("="))
+    return _tiff_axes_to_channels_first(data, axes, pages)
+
+
+def _probe_tiff(path: Path, max_pixels: int) -> np.ndarray | None:
+    """A zero-stride stand-in for :func:`read_tiff`'s result (only the header is read)."""
+    header = _tiff_header(path, max_pixels)
+    if header is None:
+        return None
+    shape, axes, pages, dtype = header
+    return _tiff_axes_to_channels_first(np.broadcast_to(np.zeros((), dtype), shape), axes, pages)
+
+
+def _tiff_header(path: Path, max_pixels: int) -> tuple[tuple[int, ...], str, int, np.dtype] | None:
+    """Shape, axes, page count and (native) dtype of a TIFF's first series, checked against the
+    pixel limit; None when tifffile is not installed."""
     try:
         import tifffile
     except ImportError:
@@ -173,7 +203,7 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
-            shape, axes = tuple(series.shape), series.axes
+            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
             pages = len(tiff.pages)
     except Exception as error:  # tifffile raises many types for a broken file
         raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {error}") from None
@@ -183,18 +213,9 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
             f"'{path}' has {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "(raise it with --max-pixels)"
         )
-    try:
-        data = tifffile.memmap(path, mode="r", series=0)
-    except (ValueError, OSError):
-        try:
-            data = tifffile.imread(path, series=0)
-        except Exception as error:
-            raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
-    if data.dtype.kind not in "biuf":
-        raise PatchfoldError(f"'{path}' holds {data.dtype} pixels; expected real numbers")
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("="))
-    return _tiff_axes_to_channels_first(data, axes, pages)
+    if dtype.kind not in "biuf":
+        raise PatchfoldError(f"'{path}' holds {dtype} pixels; expected real numbers")
+    return shape, axes, pages, dtype.newbyteorder("=")
 
 
 def _tiff_axes_to_channels_first(data: np.ndarray, axes: str, pages: int) -> np.ndarray:
@@ -221,6 +242,11 @@ def read_input(
     image = read_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
     if image is None:
         image = read_image(path, max_pixels)
+    return _image_item(image, path, spatial_dims, stack)
+
+
+def _image_item(image: np.ndarray, path: Path, spatial_dims: int | None, stack: bool) -> np.ndarray:
+    """An image ``(C, *spatial)`` as a batch of one, if its dims are what was asked for."""
     if image.ndim == 4 and not stack:
         raise PatchfoldError(f"'{path}' has {image.shape[1]} pages: pass --stack to read it as a 3-D volume (D, H, W)")
     wanted = image.ndim - 1
@@ -669,7 +695,11 @@ def probe_shape(
     shapes, dtypes = [], []
     paths = expand_inputs(inputs)
     for path in paths:
-        array = read_npy(path, spatial_dims) if path.suffix.lower() == ".npy" else _probe_image(path, max_pixels)
+        if path.suffix.lower() == ".npy":
+            array = read_npy(path, spatial_dims)
+        else:
+            image = _probe_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
+            array = _image_item(_probe_image(path, max_pixels) if image is None else image, path, spatial_dims, False)
         shapes.append(array.shape)
         dtypes.append(array.dtype)
     if len({s[1:] for s in shapes}) > 1:
@@ -696,8 +726,8 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
         raise PatchfoldError(f"'{path}' has {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels)")
     channels, dtype = _MODE_LAYOUT.get(mode, (None, None))
     if channels is None:
-        return read_image(path, max_pixels)[None]
-    return np.broadcast_to(np.zeros((), dtype=dtype), (1, channels, height, width))
+        return read_image(path, max_pixels)
+    return np.broadcast_to(np.zeros((), dtype=dtype), (channels, height, width))
 
 
 _MODE_LAYOUT = {

@@ -416,6 +416,16 @@ def test_stats_for_an_input_file_with_overrides() -> None:
     assert ok_json("stats", sample("depth16"), "-k", 8)["output_bytes"] == 1 * 64 * 113 * 121 * 2  # uint16 kept
 
 
+def test_stats_reads_inputs_as_unfold_does(tmp_path: Path) -> None:
+    """stats reads only headers, but by unfold's rules: a multi-page TIFF needs --stack, and a
+    --spatial-dims that does not match the image is refused (stats once reported a 2-D image)."""
+    assert_runtime_error(invoke("stats", VOLUME, "-k", 4), "pages: pass --stack")
+    assert_runtime_error(invoke("unfold", VOLUME, "-k", 4, "-o", tmp_path / "v.npy"), "pages: pass --stack")
+    unfolded = ok_json("unfold", VOLUME, "--stack", "-k", 4, "-o", tmp_path / "v.npy")
+    assert ok_json("stats", VOLUME, "--stack", "-k", 4)["input_shape"] == unfolded["input_shape"]
+    assert_runtime_error(invoke("stats", sample("gray"), "--spatial-dims", 3, "-k", 2), "2-D image", "--spatial-dims 3")
+
+
 @pytest.mark.parametrize(("size", "expected"), [("64", [1, 1, 64, 64]), ("10,20,30", [1, 1, 10, 20, 30])])
 def test_stats_size_forms(size: str, expected: list[int]) -> None:
     assert ok_json("stats", "--size", size, "-k", 3)["input_shape"] == expected
