@@ -95,13 +95,10 @@ def fold(
         images = _fold_in_memory(cols, geometry, normalize, layout, window, device, engine)
         if restore is not None:
             images = io.restore_dtype(images, *restore)
-        if targets is None:
-            io.save_npy(output, images)
-        else:
-            io.save_images(targets, images)
+        write_images(output, targets, images)
         output_shape, output_dtype = images.shape, images.dtype
     summary = {
-        "output": [str(t) for t in targets] if targets else str(output),
+        "output": written_to(output, targets),
         "patches": str(patches),
         "patches_shape": list(cols.shape),
         "output_shape": list(output_shape),
@@ -135,6 +132,19 @@ def output_targets(output: Path, count: int, names: tuple[str, ...] | list[str] 
             param_hint="'-o' / '--output'",
         )
     return io.image_targets(output, count, names)
+
+
+def write_images(output: Path, targets: list[Path] | None, images: np.ndarray) -> None:
+    """Write folded images where :func:`output_targets` said: one .npy, or image files."""
+    if targets is None:
+        io.save_npy(output, images)
+    else:
+        io.save_images(targets, images)
+
+
+def written_to(output: Path, targets: list[Path] | None) -> str | list[str]:
+    """What a summary reports as the output: the .npy, or the image files."""
+    return [str(t) for t in targets] if targets else str(output)
 
 
 def _to_device(cols: np.ndarray, device: str):

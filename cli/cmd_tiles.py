@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from patchfold import io, ops
-from patchfold.cli.cmd_fold import output_targets
+from patchfold.cli.cmd_fold import output_targets, write_images, written_to
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     block_options,
@@ -102,12 +102,9 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
     sources = [image.get("source", "") for image in tileset.manifest.get("images", [])]
     targets = output_targets(output, tileset.cols.shape[0], sources)
     images = ops.fold_with(tileset.cols, geometry, normalize, window=window)
-    if targets is None:
-        io.save_npy(output, images)
-    else:
-        io.save_images(targets, images)
+    write_images(output, targets, images)
     summary = {
-        "output": [str(t) for t in targets] if targets else str(output),
+        "output": written_to(output, targets),
         "tiles": tileset.cols.shape[2] * tileset.cols.shape[0],
         "output_shape": list(images.shape),
         "output_dtype": str(images.dtype),
