@@ -94,6 +94,7 @@ def batch_unfold(
       python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
     """
     started = time.perf_counter()
+    workers = workers or cpu_count()
     paths = batch_jobs.find_sources(sources, recursive)
     plan = batch_jobs.plan_dataset(
         paths,
@@ -109,7 +110,7 @@ def batch_unfold(
         max_pixels=max_pixels,
     )
     results = _track(
-        batch_jobs.run_dataset(plan, workers=workers or cpu_count(), scheduler=scheduler, fail_fast=fail_fast),
+        batch_jobs.run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
         len(plan.tasks),
         not no_progress,
         "patches",
@@ -150,11 +151,12 @@ def batch_tiles(
       patchfold batch tiles 'sample_images/*.png' -k 32 -s 32 --format npy -o out/tiles
     """
     started = time.perf_counter()
+    workers = workers or cpu_count()
     paths = batch_jobs.find_sources(sources, recursive)
     params = (block.kernel_size, block.stride, block.padding, block.dilation, block.padding_mode)
     tasks = batch_jobs.plan_tiles(paths, output, params, fmt, channels, max_pixels)
     results = _track(
-        batch_jobs.run_tiles(tasks, output, workers=workers or cpu_count(), scheduler=scheduler, fail_fast=fail_fast),
+        batch_jobs.run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
         len(tasks),
         not no_progress,
         "tiles",
@@ -171,7 +173,7 @@ def _report(
     failed_early: list,
     extra: dict,
     scheduler: str | None,
-    workers: int | None,
+    workers: int,
     started: float,
     as_json: bool,
 ) -> None:
@@ -184,7 +186,7 @@ def _report(
         "skipped": sum(1 for r in results if r.skipped),
         "failed": len(failed),
         **extra,
-        "workers": "dask " + scheduler if scheduler else workers or cpu_count(),
+        "workers": "dask " + scheduler if scheduler else workers,
         "seconds": round(time.perf_counter() - started, 3),
         "errors": {r.source: r.error for r in failed},
     }
