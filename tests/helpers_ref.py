@@ -57,21 +57,16 @@ def reference_unfold(x, kernel_size, dilation=1, padding=0, stride=1, padding_mo
     x = np.asarray(x)
     nd = x.ndim - 2
     k, d, p, s = (as_tuple(v, nd) for v in (kernel_size, dilation, padding, stride))
-    widths = [(0, 0), (0, 0), *((pi, pi) for pi in p)]
-    if padding_mode == "zeros":
-        padded = np.pad(x, widths, mode="constant")
-    else:
-        padded = np.pad(x, widths, mode=NUMPY_MODES[padding_mode])
+    padded = np.pad(x, [(0, 0), (0, 0), *((pi, pi) for pi in p)], mode=NUMPY_MODES[padding_mode])
     counts = blocks_per_dim(x.shape[2:], k, d, p, s)
     assert min(counts) >= 1, counts
     n, c = x.shape[:2]
-    kernel_volume = math.prod(k)
-    out = np.zeros((n, c, kernel_volume, math.prod(counts)), dtype=x.dtype)
-    for column, block in enumerate(product(*(range(count) for count in counts))):
-        for row, offset in enumerate(product(*(range(ki) for ki in k))):
-            position = tuple(block[i] * s[i] + offset[i] * d[i] for i in range(nd))
-            out[:, :, row, column] = padded[(slice(None), slice(None), *position)]
-    return out.reshape(n, c * kernel_volume, -1)
+    columns = []
+    for block in product(*(range(count) for count in counts)):
+        # the block's kernel points, per dim: start + offset·dilation (kernel offsets row-major)
+        index = np.ix_(*(block[i] * s[i] + np.arange(k[i]) * d[i] for i in range(nd)))
+        columns.append(padded[(slice(None), slice(None), *index)].reshape(n, c * math.prod(k)))
+    return np.stack(columns, axis=-1)
 
 
 def reference_fold(

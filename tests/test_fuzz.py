@@ -12,65 +12,31 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import patchfold
 import pytest
-from click.testing import CliRunner
+from cli_fixtures import error_lines, invoke, part_files
+from helpers_ref import geometry_is_valid, reference_unfold
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from patchfold import PatchfoldError
-from patchfold.cli.main import main
 
 FUZZ = settings(max_examples=300, deadline=2000, database=None, suppress_health_check=[HealthCheck.too_slow])
 CLI_FUZZ = settings(max_examples=150, deadline=2000, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-NUMPY_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 DTYPES = (np.uint8, np.int32, np.float32)
 
 
-# ----- an independent model of validity and of unfold ---------------------------------------------
-def per_dim(value: int | list[int], nd: int) -> tuple[int, ...] | None:
-    """One value per dim as patchfold documents it (int or length-1 list replicated), None if the
-    list has the wrong length."""
-    if isinstance(value, int):
-        return (value,) * nd
-    if len(value) == 1:
-        return tuple(value) * nd
-    return tuple(value) if len(value) == nd else None
-
-
+# ----- the model of validity (independent of patchfold: helpers_ref) --------------------------------
 def expected_valid(size: tuple[int, ...], k: Any, s: Any, p: Any, d: Any, mode: str) -> bool:
-    nd = len(size)
-    values = [per_dim(v, nd) for v in (k, s, p, d)]
-    if any(v is None for v in values):
+    """Valid when every parameter is an int or a list of 1 or ``len(size)`` values, and a block
+    fits with legal padding (PyTorch's rules)."""
+    if not all(isinstance(v, int) or len(v) in (1, len(size)) for v in (k, s, p, d)):
         return False
-    kk, ss, pp, dd = values
-    if min(kk) < 1 or min(ss) < 1 or min(dd) < 1 or min(pp) < 0:
-        return False
-    if mode == "reflect" and any(p_ >= n for p_, n in zip(pp, size)):
-        return False
-    if mode == "circular" and any(p_ > n for p_, n in zip(pp, size)):
-        return False
-    return all((n + 2 * p_ - d_ * (k_ - 1) - 1) // s_ + 1 >= 1 for n, k_, s_, p_, d_ in zip(size, kk, ss, pp, dd))
-
-
-def naive_unfold(x: np.ndarray, k: Any, s: Any, p: Any, d: Any, mode: str, layout: str) -> np.ndarray:
-    """Loops over blocks on top of ``np.pad``: (N, C, *size) → (N, C·∏k, L) or (N, L, C·∏k)."""
-    nd = x.ndim - 2
-    kk, ss, pp, dd = (per_dim(v, nd) for v in (k, s, p, d))
-    widths = [(0, 0), (0, 0), *((q, q) for q in pp)]
-    padded = np.pad(x, widths, mode=NUMPY_MODES[mode])
-    counts = [(n + 2 * q - e * (m - 1) - 1) // t + 1 for n, m, t, q, e in zip(x.shape[2:], kk, ss, pp, dd)]
-    columns = []
-    for block in product(*(range(c) for c in counts)):
-        index = np.ix_(*(b * t + np.arange(m) * e for b, t, m, e in zip(block, ss, kk, dd)))
-        columns.append(padded[(slice(None), slice(None), *index)].reshape(x.shape[0], -1))
-    cols = np.stack(columns, axis=-1)
-    return cols.transpose(0, 2, 1) if layout == "nlc" else cols
+    return geometry_is_valid(size, k, d, p, s, mode)
 
 
 # ----- strategies ----------------------------------------------------------------------------------
@@ -156,7 +122,8 @@ def test_operations_give_a_correct_result_or_a_patchfold_error(case: dict[str, A
     cols = patchfold.unfold(x, k, d, p, s, padding_mode=mode, layout=layout, spatial_dims=len(size), engine=engine)
     assert isinstance(cols, np.ndarray) and cols.shape == geometry.unfold_shape(n, c, layout)
     assert cols.dtype == x.dtype
-    np.testing.assert_array_equal(cols, naive_unfold(x, k, s, p, d, mode, layout))
+    expected = reference_unfold(x, k, d, p, s, mode)
+    np.testing.assert_array_equal(cols, expected if layout == "ncl" else expected.transpose(0, 2, 1))
 
     div = patchfold.divisor(size, k, d, p, s, padding_mode=mode)
     assert div.shape == size and div.dtype == np.int64 and div.min() >= 0
@@ -297,10 +264,6 @@ UNFOLD_PADDING_TEXT = st.sampled_from([True, True, True, False]).flatmap(
     lambda plain: PLAUSIBLE_PADDING if plain else st.one_of(st.text(alphabet="0123456789,x+- ", max_size=2), SEPARATED))
 
 
-def invoke(args: list[str]) -> Any:
-    return CliRunner().invoke(main, args, catch_exceptions=True)
-
-
 def check_cli_outcome(result: Any, args: list[str]) -> None:
     where = f"args {args!r}\nexit {result.exit_code}\nstdout {result.stdout}\nstderr {result.stderr}"
     assert result.exception is None or isinstance(result.exception, SystemExit), (
@@ -308,8 +271,7 @@ def check_cli_outcome(result: Any, args: list[str]) -> None:
     assert result.exit_code in (0, 1, 2), where
     assert "Traceback" not in result.stderr, where
     if result.exit_code != 0:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-        assert len(errors) == 1, where
+        assert len(error_lines(result.stderr)) == 1, where
     if result.exit_code == 2:
         named = ("--kernel-size", "--stride", "--padding", "--dilation", "--size", "no such option")
         assert any(option in result.stderr for option in named), where
@@ -325,7 +287,7 @@ def test_stats_with_astronomical_padding_fails_cleanly(padding: str) -> None:
     """No machine holds the per-axis coverage of such a padding: a clean error, not a crash: out of
     memory (exit 1) up to the limit of 2**40, a bad option value (exit 2) above it."""
     args = stats_args("3", "1", padding, "1")
-    result = invoke(args)
+    result = invoke(*args)
     check_cli_outcome(result, args)
     assert result.exit_code == (1 if max(int(v) for v in padding.split(",")) <= 2**40 else 2)
 
@@ -336,7 +298,7 @@ def test_stats_with_astronomical_padding_fails_cleanly(padding: str) -> None:
 @example(k="16,8", s="2x3", p="0, 1", d="+1")
 def test_stats_option_parser(k: str, s: str, p: str, d: str) -> None:
     args = stats_args(k, s, p, d)
-    result = invoke(args)
+    result = invoke(*args)
     event(f"exit {result.exit_code}")
     check_cli_outcome(result, args)
     if result.exit_code == 0:
@@ -361,7 +323,7 @@ def test_unfold_option_parser(small_npy: Path, k: str, s: str, p: str, d: str) -
     args = ["unfold", str(small_npy), "-o", str(out), f"--kernel-size={k}", f"--stride={s}", f"--padding={p}",
             f"--dilation={d}", "--no-progress", "--device", "cpu"]
     try:
-        result = invoke(args)
+        result = invoke(*args)
         event(f"exit {result.exit_code}")
         check_cli_outcome(result, args)
         if result.exit_code == 0:
@@ -371,7 +333,7 @@ def test_unfold_option_parser(small_npy: Path, k: str, s: str, p: str, d: str) -
             assert np.load(out).shape == geometry.unfold_shape(1, 1)
         else:
             assert not out.exists()
-        assert sorted(p.name for p in small_npy.parent.iterdir() if p.name.endswith(".part")) == []
+        assert part_files(small_npy.parent) == []
     finally:
         out.unlink(missing_ok=True)
         out.with_suffix(".json").unlink(missing_ok=True)
