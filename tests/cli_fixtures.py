@@ -7,6 +7,8 @@ shadowing warnings; each test module wraps what it needs in its own fixtures.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,19 @@ SAMPLE_IMAGES = {
     "depth16": ("depth_16bit.png", "I;16", (128, 120), np.uint16),
 }
 VOLUME = SAMPLES / "volume_stack.tif"
+
+
+#: The installed ``patchfold`` console script beside this Python, for tests that run it for real.
+COMMAND = Path(sys.executable).parent / "patchfold"
+HAS_COMMAND = COMMAND.is_file() and os.access(COMMAND, os.X_OK)
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """This environment for a real run, without PATCHFOLD_DEBUG (it turns errors into tracebacks),
+    plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "PATCHFOLD_DEBUG"}
+    env.update(extra)
+    return env
 
 
 def sample(name: str) -> Path:

@@ -6,17 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import patchfold
 import pytest
+from cli_fixtures import COMMAND
 from patchfold import batch
 from PIL import Image
-
-EXE = Path(sys.executable).parent / "patchfold"
 
 
 def make_images(folder: Path, count: int = 12, seed: int = 0) -> list[Path]:
@@ -141,12 +139,12 @@ def test_dask_cluster_gives_byte_identical_dataset(tmp_path: Path) -> None:
 
 
 def test_killed_run_resumes_and_ends_identical(tmp_path: Path) -> None:
-    if not EXE.exists():
+    if not COMMAND.exists():
         pytest.skip("the patchfold command is not installed")
     paths = make_images(tmp_path / "in", 40, seed=1)
     for path in paths:  # larger images so the run lasts long enough to be killed mid-way
         Image.open(path).resize((400, 300)).convert("RGB").save(path)
-    args = [str(EXE), "batch", "unfold", str(tmp_path / "in"), "-k", "8", "-s", "2", "--workers", "1",
+    args = [str(COMMAND), "batch", "unfold", str(tmp_path / "in"), "-k", "8", "-s", "2", "--workers", "1",
             "--shard-size", "20MB", "--no-progress"]
     process = subprocess.Popen([*args, "-o", str(tmp_path / "killed")], stderr=subprocess.PIPE)
     done = tmp_path / "killed" / batch.DONE_DIR

@@ -3,38 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_fixtures
 import numpy as np
 import pytest
-from cli_fixtures import as_nchw, pixels, sample, unfold_ref
+from cli_fixtures import as_nchw, command_env, pixels, sample, unfold_ref
 
 
 def find_command() -> str | None:
-    beside = Path(sys.executable).parent / "patchfold"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("patchfold")
+    """The command beside this Python, else the one on PATH."""
+    return str(cli_fixtures.COMMAND) if cli_fixtures.HAS_COMMAND else shutil.which("patchfold")
 
 
 COMMAND = find_command()
 pytestmark = pytest.mark.skipif(COMMAND is None, reason="the patchfold command is not installed")
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PATCHFOLD_DEBUG"}
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
-
-
 def run(*args: object, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert COMMAND is not None
     return subprocess.run([COMMAND, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env=env or clean_env(), check=False)
+                          env=env or command_env(), check=False)
 
 
 def test_unfold_matches_torch_and_fold_is_bit_exact(tmp_path: Path) -> None:
@@ -68,13 +60,13 @@ def test_16bit_round_trip_nlc(tmp_path: Path) -> None:
 
 def test_python_m_patchfold(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "patchfold", "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=clean_env(), check=False)
+                          text=True, timeout=120, env=command_env(), check=False)
     assert done.returncode == 0, done.stderr
     assert "Usage:" in done.stdout
     for command in ("unfold", "fold", "divisor", "stats"):
         assert command in done.stdout
     done = subprocess.run([sys.executable, "-m", "patchfold", "--version"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=clean_env(), check=False)
+                          text=True, timeout=120, env=command_env(), check=False)
     assert done.returncode == 0 and "patchfold, version" in done.stdout
 
 
@@ -88,7 +80,7 @@ def test_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
     debug = run("unfold", sample("rgb"), "-k", "300", "-o", "x.npy", cwd=tmp_path,
-                env={**clean_env(), "PATCHFOLD_DEBUG": "1"})
+                env={**command_env(), "PATCHFOLD_DEBUG": "1"})
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr, "PATCHFOLD_DEBUG=1 shows the traceback"
 
@@ -121,7 +113,7 @@ print("torch" in sys.modules)
 def test_torch_is_imported_only_when_needed(tmp_path: Path, args: list[str], imported: bool) -> None:
     argv = [a.format(gray=sample("gray")) for a in args]
     done = subprocess.run([sys.executable, "-c", TORCH_PROBE, *argv], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env=clean_env(), check=False)
+                          timeout=120, env=command_env(), check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(imported), done.stdout + done.stderr
     for name in ("x.png", "x.npy"):

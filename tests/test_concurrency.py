@@ -16,17 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_fixtures import COMMAND, HAS_COMMAND, command_env
 from PIL import Image
 
-COMMAND = Path(sys.executable).parent / "patchfold"
-pytestmark = pytest.mark.skipif(not (COMMAND.is_file() and os.access(COMMAND, os.X_OK)),
-                                reason="the patchfold command is not installed beside this Python")
+pytestmark = pytest.mark.skipif(not HAS_COMMAND, reason="the patchfold command is not installed beside this Python")
 
 KERNEL, STRIDE = 8, 2
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PATCHFOLD_DEBUG"}
 
 
 #: Runs argv[2:] pinned to CPU argv[1]: racers sharing one CPU are interleaved by the scheduler, so
@@ -39,7 +34,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     if hasattr(os, "sched_setaffinity"):
         command = [sys.executable, "-c", _PINNED_EXEC, str(min(os.sched_getaffinity(0))), *command]
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env())
+                            env=command_env())
 
 
 def race(commands: list[list[str]], cwd: Path, watch: Path, prefix: str) -> tuple[list[tuple[int, str, str]], int]:
@@ -168,7 +163,7 @@ def test_two_tiles_runs_into_one_new_directory(tile_source: tuple[Path, np.ndarr
     check_tile_directory(target, pixels)
 
     done = subprocess.run([str(COMMAND), "untile", str(target), "-o", str(tmp_path / "back.png"), "--no-progress"],
-                          capture_output=True, text=True, env=clean_env(), timeout=120, check=False)
+                          capture_output=True, text=True, env=command_env(), timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     with Image.open(tmp_path / "back.png") as image:
         back = np.asarray(image)

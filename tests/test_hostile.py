@@ -27,12 +27,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_fixtures import ok
+from cli_fixtures import COMMAND, HAS_COMMAND, command_env, ok
 from PIL import Image
 
-COMMAND = Path(sys.executable).parent / "patchfold"
-pytestmark = pytest.mark.skipif(not (COMMAND.is_file() and os.access(COMMAND, os.X_OK)),
-                                reason="the patchfold command is not installed beside this Python")
+pytestmark = pytest.mark.skipif(not HAS_COMMAND, reason="the patchfold command is not installed beside this Python")
 
 
 
@@ -198,12 +196,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ----- running the command -------------------------------------------------------------------------
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PATCHFOLD_DEBUG"}
-    env["COLUMNS"] = "200"
-    return env
-
-
 #: Runs argv[2:] with writes past argv[1] bytes failing with EFBIG (a full disk, simulated): the
 #: limit and the ignored SIGXFSZ survive exec. (A wrapper rather than preexec_fn, which is unsafe
 #: in a process with threads.)
@@ -219,8 +211,8 @@ def run(args: list[str], cwd: Path, fsize: int | None = None, timeout: float = 6
     command = [str(COMMAND), *args]
     if fsize is not None:
         command = [sys.executable, "-c", _LIMITED_EXEC, str(fsize), *command]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=clean_env(),
-                          check=False)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=command_env(COLUMNS="200"), check=False)
 
 
 def snapshot(directory: Path) -> dict[str, Any]:
@@ -679,7 +671,7 @@ def test_signal_during_long_write_leaves_nothing(large_npy: Path, tmp_path: Path
     process = subprocess.Popen(
         [str(COMMAND), "unfold", str(large_npy), "-k", "16", "-s", "2", "--max-memory", "1MB", "--no-progress",
          "-o", str(out_dir / "out.npy")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=command_env(COLUMNS="200"))
     try:
         started = wait_for(lambda: any(p.name.endswith(".part") for p in out_dir.iterdir()) or
                            process.poll() is not None, 30)
