@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cli_fixtures import COMMAND, HAS_COMMAND, command_env, ok
+from cli_fixtures import COMMAND, HAS_COMMAND, command_env, error_lines, ok
+from helpers_ref import reference_unfold
 from PIL import Image
 
 pytestmark = pytest.mark.skipif(not HAS_COMMAND, reason="the patchfold command is not installed beside this Python")
@@ -446,11 +447,11 @@ def check_error_line(done: subprocess.CompletedProcess[str], code: int,
     assert done.returncode == code, report(done)
     assert "Traceback" not in done.stderr, report(done)
     assert done.stdout == "", report(done)
-    error_lines = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(error_lines) == 1, report(done)
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, report(done)
     if code == 1:  # a runtime failure prints the Error line and nothing else
-        assert done.stderr.strip().splitlines() == error_lines, report(done)
-    line = error_lines[0]
+        assert done.stderr.strip().splitlines() == errors, report(done)
+    line = errors[0]
     for fragment in fragments:
         alternatives = fragment if isinstance(fragment, tuple) else (fragment,)
         assert any(a in line for a in alternatives), f"none of {alternatives!r} in {line!r}"
@@ -526,7 +527,7 @@ def test_huge_values_give_a_result_or_a_clean_error(args: list[str], corpus: Pat
             expected = np.arange(6**3, dtype=np.uint8).reshape(6, 6, 6)[:3, :3, :3].reshape(1, 27, 1)
         np.testing.assert_array_equal(values, expected)
     else:
-        assert len([line for line in done.stderr.splitlines() if line.startswith("Error: ")]) == 1, report(done)
+        assert len(error_lines(done.stderr)) == 1, report(done)
         assert list(tmp_path.iterdir()) == []
 
 
@@ -541,13 +542,6 @@ def special_floats() -> np.ndarray:
     return bits.reshape(1, 1, 7, 6).view(np.float32)
 
 
-def reference_unfold(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """(1, 1, H, W) → (1, k·k, L) by slicing, no arithmetic (so every bit is kept)."""
-    padded = np.pad(x[0, 0], padding)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel))[::stride, ::stride]
-    return windows.reshape(-1, kernel * kernel).T[None]
-
-
 @pytest.mark.parametrize(("layout", "padding"), [("ncl", 0), ("ncl", 1), ("nlc", 1)])
 def test_nan_and_inf_are_passed_through_bit_exactly(tmp_path: Path, layout: str, padding: int) -> None:
     values = special_floats()
@@ -556,7 +550,7 @@ def test_nan_and_inf_are_passed_through_bit_exactly(tmp_path: Path, layout: str,
                 "--no-progress"], cwd=tmp_path)
     assert done.returncode == 0, report(done)
     cols = np.load(tmp_path / "out.npy")
-    expected = reference_unfold(values, 2, 1, padding)
+    expected = reference_unfold(values, 2, padding=padding)  # copies values only: every bit is kept
     if layout == "nlc":
         expected = expected.transpose(0, 2, 1)
     assert cols.dtype == np.float32 and cols.shape == expected.shape
