@@ -182,3 +182,9 @@ def build_bad_inputs(directory: Path) -> dict[str, Path]:
     empty_dir.mkdir()
     files["empty_dir"] = empty_dir
     return files
+
+
+def divisor_ref(size: tuple[int, int], kernel: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1) -> np.ndarray:
+    """PyTorch's ``fold(unfold(ones))`` for one channel, ``(H, W)`` float64."""
+    ones = np.ones((1, 1, *size))
+    return fold_ref(unfold_ref(ones, kernel, dilation, padding, stride), size, kernel, dilation, padding, stride)[0, 0]

@@ -12,6 +12,7 @@ import patchfold
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_fixtures import divisor_ref
 from helpers_ref import (
     PADDING_MODES,
     as_tuple,
@@ -54,12 +55,6 @@ def component(value, dim: int, ndim: int) -> int:
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
-
-
-def torch_divisor(size, kernel_size, dilation, padding, stride) -> np.ndarray:
-    ones = torch.ones(1, 1, *size, dtype=torch.float64)
-    cols = F.unfold(ones, kernel_size, dilation, padding, stride)
-    return F.fold(cols, size, kernel_size, dilation, padding, stride)[0, 0].numpy()
 
 
 def torch_pad_unfold(x: torch.Tensor, kernel_size, dilation, padding, stride, mode) -> torch.Tensor:
@@ -275,7 +270,7 @@ def test_integer_fold_never_wraps(dtype, engine):
     summed = to_numpy(patchfold.fold(cols, (31, 31), 16, engine=engine))
     assert summed.dtype == np.int64
     assert summed[0, 0, 15, 15] == top * 256  # the centre pixel is covered by all 16·16 blocks
-    assert np.array_equal(summed[0, 0], top * torch_divisor((31, 31), 16, 1, 0, 1).astype(np.int64))
+    assert np.array_equal(summed[0, 0], top * divisor_ref((31, 31), 16, 1, 0, 1).astype(np.int64))
     normalised = to_numpy(patchfold.fold(cols, (31, 31), 16, normalize=True, engine=engine))
     assert normalised.dtype == np.dtype(dtype)
     assert np.array_equal(normalised, x)
@@ -299,7 +294,7 @@ def test_normalised_fold_of_arbitrary_integer_patches_rounds(engine):
     length = math.prod(blocks_per_dim(size, k, 1, 0, s))
     cols = random_ints((1, 2 * 9, length), np.uint8, seed=11)
     summed = F.fold(torch.from_numpy(cols.astype(np.float64)), size, k, 1, 0, s).numpy()
-    div = torch_divisor(size, k, 1, 0, s)
+    div = divisor_ref(size, k, 1, 0, s)
     expected = np.where(div > 0, np.rint(summed / np.maximum(div, 1)), 0).astype(np.uint8)
     result = to_numpy(patchfold.fold(cols, size, k, stride=s, normalize=True, engine=engine))
     assert result.dtype == np.uint8
@@ -327,7 +322,7 @@ def test_divisor_equals_torch_fold_of_unfold_ones(index, case):
     result = patchfold.divisor(size, k, d, p, s)
     assert result.shape == size
     assert result.dtype == np.int64
-    assert np.array_equal(result, torch_divisor(size, k, d, p, s))
+    assert np.array_equal(result, divisor_ref(size, k, d, p, s))
 
 
 @pytest.mark.parametrize("mode", PADDING_MODES)
@@ -632,7 +627,7 @@ def test_overlap_stats_against_brute_force(case):
     json.dumps(stats)  # plain JSON types only
 
     if mode == "zeros" and nd == 2:
-        div = torch_divisor(size, k, d, p, s).astype(np.int64)
+        div = divisor_ref(size, k, d, p, s).astype(np.int64)
     else:
         div = reference_divisor(size, k, d, p, s, mode)
     kt, dt, pt, st = (list(as_tuple(v, nd)) for v in (k, d, p, s))
