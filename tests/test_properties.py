@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from helpers_ref import (
     PADDING_MODES,
+    as_tuple,
     blocks_per_dim,
     geometry_is_valid,
     reference_divisor,
@@ -57,10 +58,6 @@ def random_data(shape, dtype, seed: int, integer_valued: bool = True) -> np.ndar
     return generator.integers(-100, 100, shape).astype(dtype)
 
 
-def kernel_volume(kernel_size, nd: int) -> int:
-    return kernel_size**nd if isinstance(kernel_size, int) else math.prod(kernel_size)
-
-
 @SETTINGS
 @given(
     problem=problems(),
@@ -85,7 +82,7 @@ def test_correct_result_or_patchfold_error(problem, dtype, layout, engine, batch
             pass
         else:
             raise AssertionError("unfold accepted an invalid geometry")
-        cols = np.zeros((batch, channels * kernel_volume(k, nd), 1), dtype=dtype)
+        cols = np.zeros((batch, channels * math.prod(as_tuple(k, nd)), 1), dtype=dtype)
         try:
             patchfold.fold(cols, size, k, d, p, s, **options)
         except PatchfoldError:
@@ -162,10 +159,6 @@ def test_fold_of_unfold_is_divisor_times_x(problem, dtype, engine, seed):
     assert np.array_equal(summed, div * x.astype(summed.dtype))
 
 
-def per_dim(value, dim: int, nd: int) -> int:
-    return value if isinstance(value, int) else value[dim]
-
-
 @SETTINGS
 @given(problem=problems(valid_only=True), window=st.sampled_from([None, "hann", "triangular", "gaussian", "pyramid"]))
 def test_divisor_separable(problem, window):
@@ -173,7 +166,7 @@ def test_divisor_separable(problem, window):
     nd = len(size)
     full = patchfold.divisor(size, k, d, p, s, padding_mode=mode, window=window)
     parts = [
-        patchfold.divisor((size[i],), *(per_dim(v, i, nd) for v in (k, d, p, s)), padding_mode=mode, window=window)
+        patchfold.divisor((size[i],), *(as_tuple(v, nd)[i] for v in (k, d, p, s)), padding_mode=mode, window=window)
         for i in range(nd)
     ]
     product = parts[0]
@@ -218,7 +211,7 @@ def test_stats_consistent_with_divisor(problem, channels, batch, layout):
     counts = blocks_per_dim(size, k, d, p, s)
     assert stats["blocks_per_dim"] == list(counts)
     assert stats["num_blocks"] == math.prod(counts)
-    volume = kernel_volume(k, nd)
+    volume = math.prod(as_tuple(k, nd))
     assert stats["patch_length"] == channels * volume
     assert math.isclose(stats["redundancy"], volume * math.prod(counts) / pixels)
     assert stats["output_bytes"] == batch * channels * volume * math.prod(counts) * 4
