@@ -16,6 +16,7 @@ from functools import cache
 
 import numpy as np
 from patchfold import kernels
+from patchfold.coverage import NUMPY_PAD_MODE
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 #: Below this many output bytes a second thread costs more than it saves.
@@ -135,8 +136,6 @@ def unfold_into(
     first, last = rows or (0, geometry.blocks_per_dim[0])
     compiled = _compiled_unfold(source, source_geometry, out, layout)
     if compiled is None and source is x and any(geometry.padding):  # the numpy copy needs real padding
-        from patchfold.ops import pad_input
-
         source = pad_input(x, geometry)
 
     kernel_rows = x.shape[1] * geometry.kernel_size[0]
@@ -162,14 +161,22 @@ def _splits_evenly(count: int, threads: int | None) -> bool:
     return count > 1 and (count % threads == 0 or count >= 8 * threads)
 
 
+def pad_input(x: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Pad the spatial dims of ``(N, C, *spatial)`` as the geometry says (a copy only if padded)."""
+    if not any(geometry.padding):
+        return x
+    widths = [(0, 0), (0, 0), *((p, p) for p in geometry.padding)]
+    if geometry.padding_mode == "zeros":
+        return np.pad(x, widths)
+    return np.pad(x, widths, mode=NUMPY_PAD_MODE[geometry.padding_mode])  # type: ignore[call-overload]
+
+
 def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> tuple[np.ndarray, Geometry]:
     """The array and geometry to cut blocks from into an output of ``dtype`` (default: ``x``'s):
     ``x`` itself where the compiled loop pads on the fly (2-D or 3-D, contiguous, zero padding, no cast),
     else a padded copy with an unpadded geometry."""
     if not any(geometry.padding) or _compiled_unfold_fits(x, geometry, dtype):
         return x, geometry
-    from patchfold.ops import pad_input
-
     padded_geometry = Geometry.create(geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation)
     return pad_input(x, geometry), padded_geometry
 

@@ -72,16 +72,6 @@ def _use_torch(x: Any, engine: str) -> bool:
     return engine == "torch" or x.device.type != "cpu" or str(x.dtype) == "torch.bfloat16"
 
 
-def pad_input(x: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Pad the spatial dims of ``(N, C, *spatial)`` as the geometry says (a copy only if padded)."""
-    if not any(geometry.padding):
-        return x
-    widths = [(0, 0), (0, 0), *((p, p) for p in geometry.padding)]
-    if geometry.padding_mode == "zeros":
-        return np.pad(x, widths)
-    return np.pad(x, widths, mode=coverage.NUMPY_PAD_MODE[geometry.padding_mode])  # type: ignore[call-overload]
-
-
 def unfold(
     x: Any,
     kernel_size: IntOrSeq,

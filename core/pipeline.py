@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from patchfold import cpu
 from patchfold.coverage import coverage_vectors, outer, unpad_adjoint
+from patchfold.cpu import pad_input
 from patchfold.geometry import Geometry, check_layout
 from patchfold.io import atomic_paths, check_free_space, check_output_path, restore_dtype, sidecar_path
-from patchfold.ops import finish_fold, pad_input
+from patchfold.ops import finish_fold
 from patchfold.windows import window_weights
 
 #: Share of available memory a job may use when no budget is given, and a cap on it: bands larger

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from patchfold.cpu import pad_input
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io import check_parent, read_image, read_npy, read_tiff, to_image_array
@@ -84,8 +85,6 @@ def write_tiles(
 ) -> Iterator[Progress]:
     """Write every block of ``array`` ``(N, C, *spatial)`` as a file under ``directory``, one image
     at a time, yielding progress per image. The directory must not exist or be empty."""
-    from patchfold.ops import pad_input
-
     check_tile_format(fmt, array.dtype, array.shape[1], geometry.ndim)
     stems = _unique_stems(sources, array.shape[0])
     with _atomic_directory(directory) as staging:
