@@ -6,6 +6,7 @@ Maps are drawn from the per-dim coverage vectors, sampled to the picture's size,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,13 +55,13 @@ def sampled_divisor(geometry: Geometry, max_side: int = MAX_SIDE, min_side: int 
     if geometry.ndim == 1:
         vectors = [np.ones(1, dtype=np.int64), vectors[0]]
     elif geometry.ndim > 2:  # a picture of the middle slice of the leading dims
-        leading = outer([v[len(v) // 2 : len(v) // 2 + 1] for v in vectors[:-2]]).reshape(())
-        vectors = [vectors[-2] * int(leading), vectors[-1]]
+        leading = math.prod(int(v[len(v) // 2]) for v in vectors[:-2])
+        vectors = [vectors[-2] * leading, vectors[-1]]
     height, width = len(vectors[0]), len(vectors[1])
     zoom = min(max_side / max(height, width), max(1.0, min_side / min(height, width)))
     rows = np.minimum((np.arange(max(1, round(height * zoom))) / zoom).astype(np.int64), height - 1)
     cols = np.minimum((np.arange(max(1, round(width * zoom))) / zoom).astype(np.int64), width - 1)
-    return np.multiply.outer(vectors[0][rows], vectors[1][cols])
+    return outer([vectors[0][rows], vectors[1][cols]])
 
 
 def heatmap_image(values: np.ndarray) -> np.ndarray:
@@ -194,7 +195,7 @@ def divisor_beside_image(pixels: np.ndarray, geometry: Geometry) -> np.ndarray:
     zoom = _zoom_for(height, width, 384)
     image = display_rgb(pixels).repeat(zoom, axis=0).repeat(zoom, axis=1)
     vectors = coverage_vectors(geometry)
-    heat = heatmap_image(np.multiply.outer(vectors[0].repeat(zoom), vectors[1].repeat(zoom)))
+    heat = heatmap_image(outer([vector.repeat(zoom) for vector in vectors]))
     out = np.full((max(image.shape[0], heat.shape[0]), image.shape[1] + 8 + heat.shape[1], 3), 255, np.uint8)
     out[: image.shape[0], : image.shape[1]] = image
     out[: heat.shape[0], image.shape[1] + 8 :] = heat
