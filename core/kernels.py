@@ -44,39 +44,35 @@ def available() -> bool:
     return _library() is not None
 
 
-#: Integer arguments (after the two pointers) of the compiled fold, by number of spatial dims.
+#: Integer arguments (after the two pointers) of the compiled loops, by number of spatial dims.
 _FOLD_ARGUMENTS = {2: 16, 3: 21}
+_UNFOLD_ARGUMENTS = {2: 18, 3: 24}
 
 
 @cache
 def fold(dtype_name: str, accumulator_name: str, ndim: int = 2) -> Any | None:
     """The C overlap-add of ``ndim`` (2 or 3) spatial dims for patches of one dtype into an
     accumulator of another, or None."""
-    library = _library()
     suffix = _SOURCE_NAMES.get((dtype_name, accumulator_name))
-    if library is None or suffix is None or ndim not in _FOLD_ARGUMENTS:
+    if suffix is None or ndim not in _FOLD_ARGUMENTS:
         return None
-    function = getattr(library, f"fold{ndim}d_{suffix}", None)
-    if function is None:
-        return None
-    function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * _FOLD_ARGUMENTS[ndim]
-    return function
-
-
-#: Integer arguments (after the two pointers) of the compiled unfold, by number of spatial dims.
-_UNFOLD_ARGUMENTS = {2: 18, 3: 24}
+    return _bind(f"fold{ndim}d_{suffix}", _FOLD_ARGUMENTS[ndim])
 
 
 @cache
 def unfold(itemsize: int, ndim: int = 2) -> Any | None:
     """The C block copy of ``ndim`` (2 or 3) spatial dims for items of this many bytes, or None."""
-    library = _library()
-    if library is None or itemsize not in (1, 2, 4, 8) or ndim not in _UNFOLD_ARGUMENTS:
+    if itemsize not in (1, 2, 4, 8) or ndim not in _UNFOLD_ARGUMENTS:
         return None
-    function = getattr(library, f"unfold{ndim}d_{itemsize * 8}", None)
+    return _bind(f"unfold{ndim}d_{itemsize * 8}", _UNFOLD_ARGUMENTS[ndim])
+
+
+def _bind(name: str, integers: int) -> Any | None:
+    """The library's function ``name(void *, void *, int64 × integers)``, or None where not built."""
+    library = _library()
+    function = getattr(library, name, None) if library is not None else None
     if function is None:
         return None
     function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * _UNFOLD_ARGUMENTS[ndim]
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * integers
     return function
