@@ -113,8 +113,8 @@ def unfold(
         "bands": plan.bands,
         "seconds": round(seconds, 4),
     }
-    rows = [(k, v) for k, v in summary.items() if k not in ("output_bytes",)]
-    rows.insert(rows.index(("output_shape", summary["output_shape"])) + 1, ("size", human_bytes(plan.output_bytes)))
+    # the table shows the output's size in words where the JSON has its byte count
+    rows = [("size", human_bytes(value)) if key == "output_bytes" else (key, value) for key, value in summary.items()]
     if plan.streaming:
         rows.append(("note", f"streamed in {plan.bands} bands to stay within {human_bytes(plan.budget)}"))
     emit_summary(f"unfold → {output}", summary, as_json, rows)
