@@ -65,8 +65,7 @@ def tiles(
     started = time.perf_counter()
     batch = io.load_inputs(inputs, spatial_dims, max_pixels, stack)
     geometry = block.geometry(batch.spatial_size)
-    sources = list(dict.fromkeys(batch.sources)) if len(set(batch.sources)) == batch.array.shape[0] else batch.sources
-    track(write_tiles(batch.array, geometry, output, sources, fmt), "tiles", not no_progress)
+    track(write_tiles(batch.array, geometry, output, batch.sources, fmt), "tiles", not no_progress)
     count = batch.array.shape[0] * geometry.num_blocks
     summary = {
         "output": str(output),
