@@ -144,19 +144,26 @@ def check_tile_directory(directory: Path, pixels: np.ndarray) -> None:
             np.testing.assert_array_equal(np.asarray(image), pixels[y0:y1, x0:x1])
 
 
-def test_two_tiles_runs_into_one_new_directory(tile_source: tuple[Path, np.ndarray], tmp_path: Path) -> None:
-    source, pixels = tile_source
-    target = tmp_path / "tiles"
-    args = ["tiles", str(source), "-k", "8", "-s", "6", "--no-progress", "-o", str(target)]
-    results, most = race([args, args], tmp_path, tmp_path, ".tiles.")
+def check_tiles_race(results: list[tuple[int, str, str]], mention: str = "") -> list[int]:
+    """Both runs succeed, or one fails with a single Error line (mentioning ``mention``), no
+    traceback and nothing on stdout; returns the sorted exit codes."""
     codes = sorted(code for code, _, _ in results)
     assert codes in ([0, 0], [0, 1]), results
     for code, stdout, stderr in results:
         assert "Traceback" not in stderr, stderr
         if code == 1:
             lines = stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("Error: ") and "tiles" in lines[0], stderr
+            assert len(lines) == 1 and lines[0].startswith("Error: ") and mention in lines[0], stderr
             assert stdout == ""
+    return codes
+
+
+def test_two_tiles_runs_into_one_new_directory(tile_source: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    source, pixels = tile_source
+    target = tmp_path / "tiles"
+    args = ["tiles", str(source), "-k", "8", "-s", "6", "--no-progress", "-o", str(target)]
+    results, most = race([args, args], tmp_path, tmp_path, ".tiles.")
+    codes = check_tiles_race(results, mention="tiles")
     if codes == [0, 0]:
         assert most < 2, "both runs claim success although they overlapped: one must have lost"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"], "a staging directory was left behind"
@@ -178,12 +185,6 @@ def test_two_tiles_runs_into_an_existing_empty_directory(tile_source: tuple[Path
     target.mkdir()
     args = ["tiles", str(source), "-k", "8", "-s", "6", "--no-progress", "-o", str(target)]
     results, _ = race([args, args], tmp_path, tmp_path, ".tiles.")
-    codes = sorted(code for code, _, _ in results)
-    assert codes in ([0, 0], [0, 1]), results
-    for code, _, stderr in results:
-        assert "Traceback" not in stderr, stderr
-        if code == 1:
-            lines = stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
+    check_tiles_race(results)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"], "a staging directory was left behind"
     check_tile_directory(target, pixels)
