@@ -336,7 +336,7 @@ def main() -> None:
                 for row in case_rows(case, best_of_passes(passes[case.name])):
                     print(row, flush=True)
     print("\n| command | wall time |\n|---|---|")
-    for line in command_times(max(3, repeats // 2)):
+    for line in command_times(max(3, repeats)):
         print(line, flush=True)
 
 
