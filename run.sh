@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up patchfold in ./.venv (CPU build of PyTorch first, so no multi-GB CUDA download), then:
 #   ./run.sh        run the demo on sample_images/ (unfold -> fold -> compare, stats, divisor picture)
-#   ./run.sh test   run the whole test suite
+#   ./run.sh test   lint (ruff check, ruff format --check), then run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${PATCHFOLD_VENV:-.venv}"
@@ -23,6 +23,8 @@ export PATH="$PWD/$VENV/bin:$PATH"
 case "${1:-demo}" in
   test)
     shift || true
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
     exec "$PY" -m pytest "$@"
     ;;
   demo)

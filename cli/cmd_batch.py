@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-from patchfold import batch as batch_jobs
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     ByteSize,
@@ -19,8 +18,11 @@ from patchfold.cli.options import (
     progress_option,
 )
 from patchfold.cli.present import emit_summary, stderr_console
-from patchfold.cpu import cpu_count
-from patchfold.tiles import TILE_FORMATS
+from patchfold.datasets.build import plan_dataset, plan_tiles, run_dataset, run_tiles
+from patchfold.engines.cpu import cpu_count
+from patchfold.io.read import find_sources
+from patchfold.jobs.tiles import TILE_FORMATS
+from patchfold.scheduling import ImageResult
 
 
 def _common(command):
@@ -95,8 +97,8 @@ def batch_unfold(
     """
     started = time.perf_counter()
     workers = workers or cpu_count()
-    paths = batch_jobs.find_sources(sources, recursive)
-    plan = batch_jobs.plan_dataset(
+    paths = find_sources(sources, recursive)
+    plan = plan_dataset(
         paths,
         output,
         block.kernel_size,
@@ -110,7 +112,7 @@ def batch_unfold(
         max_pixels=max_pixels,
     )
     results = _track(
-        batch_jobs.run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
+        run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
         len(plan.tasks),
         not no_progress,
         "patches",
@@ -152,11 +154,11 @@ def batch_tiles(
     """
     started = time.perf_counter()
     workers = workers or cpu_count()
-    paths = batch_jobs.find_sources(sources, recursive)
+    paths = find_sources(sources, recursive)
     params = (block.kernel_size, block.stride, block.padding, block.dilation, block.padding_mode)
-    tasks = batch_jobs.plan_tiles(paths, output, params, fmt, channels, max_pixels)
+    tasks = plan_tiles(paths, output, params, fmt, channels, max_pixels)
     results = _track(
-        batch_jobs.run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
+        run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
         len(tasks),
         not no_progress,
         "tiles",
@@ -198,11 +200,11 @@ def _report(
         )
 
 
-def _track(results: Iterator[batch_jobs.ImageResult], total: int, show: bool, unit: str) -> list:
+def _track(results: Iterator[ImageResult], total: int, show: bool, unit: str) -> list:
     """Collect results, with a progress bar on stderr (images, patches, failures) when a TTY."""
     import sys
 
-    collected: list[batch_jobs.ImageResult] = []
+    collected: list[ImageResult] = []
     bar = task = None
     show = show and sys.stderr.isatty()
     patches = failed = 0

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from patchfold import io, render
+from patchfold import render
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import block_options, max_pixels_option
+from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
+from patchfold.io.read import load_inputs, read_patch_matrix
+from patchfold.io.write import check_output_path
 
 _OUTPUT = click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="PNG to write.")
 
@@ -15,11 +18,11 @@ _OUTPUT = click.option("-o", "--output", required=True, type=click.Path(path_typ
 def _check_png(output: Path) -> None:
     if output.suffix.lower() != ".png":
         raise click.BadParameter(f"pictures are written as .png, got '{output}'", param_hint="'-o' / '--output'")
-    io.check_output_path(output)
+    check_output_path(output)
 
 
 def _first_image(image: Path, max_pixels: int):
-    return io.load_inputs([image], max_pixels=max_pixels).array[0]
+    return load_inputs([image], max_pixels=max_pixels).array[0]
 
 
 @click.group()
@@ -69,11 +72,11 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
       patchfold show mosaic out/patches.npy --count 100 --spread -o out/mosaic.png
     """
     _check_png(output)
-    cols = io.read_patch_matrix(patches)
-    sidecar = io.read_sidecar(patches)
+    cols = read_patch_matrix(patches)
+    sidecar = read_sidecar(patches)
     if sidecar is None:
-        raise click.ClickException(f"'{patches}' has no sidecar '{io.sidecar_path(patches)}' to tell the patch shape")
-    io.check_against_sidecar(cols, sidecar, sidecar.layout, patches)
+        raise click.ClickException(f"'{patches}' has no sidecar '{sidecar_path(patches)}' to tell the patch shape")
+    check_against_sidecar(cols, sidecar, sidecar.layout, patches)
     channels = sidecar.input_shape[1]
     picture = render.mosaic_picture(cols, channels, sidecar.kernel_size, sidecar.layout, count, spread)
     render.save_png(output, picture)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 import numpy as np
-from patchfold import coverage, io, ops, pipeline
+from patchfold import coverage, ops
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     BlockParams,
@@ -25,6 +25,9 @@ from patchfold.cli.options import (
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
 from patchfold.geometry import LAYOUTS
+from patchfold.io.read import load_inputs, probe_shape
+from patchfold.io.write import check_output_path, save_npy
+from patchfold.jobs.plan import plan_unfold
 
 
 def shape_of(
@@ -39,10 +42,10 @@ def shape_of(
     if bool(inputs) == bool(spatial_size):
         raise click.UsageError("give either INPUT or --size H,W (exactly one)")
     if inputs and stack:  # volumes are assembled from their slices: read them
-        array = io.load_inputs(inputs, spatial_dims, max_pixels, stack=True).array
+        array = load_inputs(inputs, spatial_dims, max_pixels, stack=True).array
         return array.shape, array.dtype
     if inputs:
-        return io.probe_shape(inputs, spatial_dims, max_pixels)
+        return probe_shape(inputs, spatial_dims, max_pixels)
     assert spatial_size is not None
     return (1, 1, *typed_size(spatial_size, block.kernel_size)), None
 
@@ -110,7 +113,7 @@ def stats(
     out_dtype = dtype if dtype != "keep" else (input_dtype or np.dtype(np.float32))
     geometry = block.geometry(tuple(shape[2:]))
     result = ops.stats_with(geometry, channels=shape[1], batch=shape[0], dtype=out_dtype, layout=layout)
-    plan = pipeline.plan_unfold(shape, out_dtype, geometry, layout, max_memory)
+    plan = plan_unfold(shape, out_dtype, geometry, layout, max_memory)
     input_bytes = math.prod(shape) * np.dtype(input_dtype or out_dtype).itemsize
     streaming = (
         f"yes: {plan.bands} bands of {plan.band_rows} block rows within {human_bytes(plan.budget)}"
@@ -162,9 +165,9 @@ def divisor(
         if path is not None:
             if path.suffix.lower() != suffix:
                 raise click.BadParameter(f"expected a {suffix} path, got '{path}'", param_hint=option)
-            io.check_output_path(path)
+            check_output_path(path)
     if npy_path is not None:
-        io.save_npy(npy_path, coverage.divisor_map(geometry))
+        save_npy(npy_path, coverage.divisor_map(geometry))
     if png_path is not None:
         from patchfold.render import write_divisor_png
 

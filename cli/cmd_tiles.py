@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import click
-from patchfold import io, ops
+from patchfold import ops
 from patchfold.cli.cmd_fold import output_targets, write_images, written_to
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
@@ -19,7 +19,8 @@ from patchfold.cli.options import (
     stack_option,
 )
 from patchfold.cli.present import emit_summary, track
-from patchfold.tiles import TILE_FORMATS, TileSet, read_tiles, write_tiles
+from patchfold.io.read import load_inputs
+from patchfold.jobs.tiles import TILE_FORMATS, TileSet, read_tiles, write_tiles
 
 
 @click.command()
@@ -63,7 +64,7 @@ def tiles(
       patchfold untile out/tiles --window hann -o out/blended.png
     """
     started = time.perf_counter()
-    batch = io.load_inputs(inputs, spatial_dims, max_pixels, stack)
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
     geometry = block.geometry(batch.spatial_size)
     track(write_tiles(batch.array, geometry, output, batch.sources, fmt), "tiles", not no_progress)
     count = batch.array.shape[0] * geometry.num_blocks

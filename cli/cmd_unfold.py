@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import click
-from patchfold import io, pipeline
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     block_options,
@@ -20,8 +19,14 @@ from patchfold.cli.options import (
     stack_option,
 )
 from patchfold.cli.present import emit_summary, geometry_fields, human_bytes, track
-from patchfold.devices import resolve
+from patchfold.dtypes import target_dtype
+from patchfold.engines import resolve
 from patchfold.geometry import LAYOUTS
+from patchfold.io.formats import Sidecar, sidecar_path
+from patchfold.io.read import load_inputs
+from patchfold.io.write import check_output_path
+from patchfold.jobs.plan import plan_unfold
+from patchfold.jobs.unfold import unfold_to_npy
 
 
 @click.command()
@@ -71,16 +76,16 @@ def unfold(
     """
     if output.suffix.lower() != ".npy":
         raise click.BadParameter(f"the patch matrix is written as .npy, got '{output}'", param_hint="'-o/--output'")
-    io.check_output_path(output)
-    io.check_output_path(io.sidecar_path(output), "sidecar")
+    check_output_path(output)
+    check_output_path(sidecar_path(output), "sidecar")
     started = time.perf_counter()
-    batch = io.load_inputs(inputs, spatial_dims, max_pixels, stack)
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
     array = batch.array
-    out_dtype, scale = io.target_dtype(array.dtype, dtype)
+    out_dtype, scale = target_dtype(array.dtype, dtype)
     geometry = block.geometry(batch.spatial_size)
     device, engine = resolve(device, engine)
-    plan = pipeline.plan_unfold(array.shape, out_dtype, geometry, layout, max_memory)
-    sidecar = io.Sidecar(
+    plan = plan_unfold(array.shape, out_dtype, geometry, layout, max_memory)
+    sidecar = Sidecar(
         **geometry_fields(geometry),
         input_shape=list(array.shape),
         input_dtype=str(batch.array.dtype),
@@ -89,14 +94,14 @@ def unfold(
         layout=layout,
         sources=[str(Path(s).resolve()) for s in batch.sources],
     )
-    job = pipeline.unfold_to_npy(
+    job = unfold_to_npy(
         array, plan, output, layout, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine
     )
     track(job, "unfold", not no_progress)
     seconds = time.perf_counter() - started
     summary = {
         "output": str(output),
-        "sidecar": str(io.sidecar_path(output)),
+        "sidecar": str(sidecar_path(output)),
         "inputs": len(set(batch.sources)),
         "input_shape": list(array.shape),
         "input_dtype": str(batch.array.dtype),

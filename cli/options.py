@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from patchfold.dtypes import DTYPES
+from patchfold.engines import ENGINES
 from patchfold.geometry import PADDING_MODES, Geometry
-from patchfold.ops import ENGINES
+from patchfold.io.read import DEFAULT_MAX_PIXELS
+from patchfold.units import parse_bytes
 
 #: How each block parameter is named on the command line (for error messages).
 OPTION_NAMES = {
@@ -188,7 +191,6 @@ class DeviceType(click.ParamType):
 
 def dtype_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--dtype keep|float32|float64|float16``, with the command's own ``help``."""
-    from patchfold.io import DTYPES
 
     return click.option("--dtype", type=click.Choice(DTYPES), default="keep", show_default=True, help=help)
 
@@ -221,7 +223,6 @@ def spatial_dims_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    from patchfold.io import DEFAULT_MAX_PIXELS
 
     return click.option(
         "--max-pixels",
@@ -241,7 +242,6 @@ class ByteSize(click.ParamType):
         if isinstance(value, int):
             return value
         from patchfold.errors import PatchfoldError
-        from patchfold.io import parse_bytes
 
         try:
             return parse_bytes(str(value))

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 import numpy as np
-from patchfold.io import format_bytes
-from patchfold.pipeline import Progress
+from patchfold.jobs.plan import Progress
+from patchfold.units import format_bytes
 
 
 def stderr_console() -> Any:

@@ -9,10 +9,11 @@
 True
 """
 
-from patchfold.batch import PatchDataset, load_dataset
+from patchfold.datasets.reader import PatchDataset, load_dataset
+from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS, PADDING_MODES, Geometry
-from patchfold.ops import ENGINES, divisor, fold, overlap_stats, unfold
+from patchfold.ops import divisor, fold, overlap_stats, unfold
 from patchfold.windows import WINDOWS
 
 __version__ = "1.0.0"

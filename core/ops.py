@@ -11,19 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from patchfold import coverage, cpu
+from patchfold import coverage
+from patchfold.dtypes import check_real_dtype, finish_fold
+from patchfold.engines import cpu, is_tensor, select
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, IntOrSeq, check_layout, infer_spatial_dims
 from patchfold.windows import window_weights
 
-#: ``auto`` uses the CPU engine for CPU data and the torch engine for CUDA tensors.
-ENGINES = ("auto", "cpu", "torch")
 _DEFAULT_SPATIAL_DIMS = {3: 2, 4: 2, 5: 3}
-
-
-def is_tensor(x: object) -> bool:
-    """True for a torch tensor, decided without importing torch."""
-    return type(x).__module__.split(".")[0] == "torch"
 
 
 def _spatial_dims(ndim: int, given: int | None, *params: IntOrSeq | None) -> int:
@@ -51,25 +46,6 @@ def _batched(x: Any, spatial_dims: int, what: str) -> tuple[Any, bool]:
         f"{what} must have {spatial_dims + 2} dims (N, C, *spatial) or {spatial_dims + 1} (C, *spatial) "
         f"for {spatial_dims} spatial dim(s), got shape {tuple(x.shape)}"
     )
-
-
-def check_real_dtype(dtype: Any, what: str) -> None:
-    if isinstance(dtype, np.dtype | type):
-        kind = np.dtype(dtype).kind
-    else:  # a torch dtype
-        kind = "c" if getattr(dtype, "is_complex", False) else None
-    if kind is not None and kind not in "biuf":
-        raise PatchfoldError(f"{what} must hold real numbers (bool, int, uint or float), got dtype {dtype}")
-
-
-def _use_torch(x: Any, engine: str) -> bool:
-    if engine not in ENGINES:
-        raise PatchfoldError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", param="engine")
-    if not is_tensor(x):
-        return engine == "torch"
-    if engine == "cpu" and x.device.type != "cpu":
-        raise PatchfoldError(f"engine 'cpu' cannot run on a tensor on {x.device}", param="engine")
-    return engine == "torch" or x.device.type != "cpu" or str(x.dtype) == "torch.bfloat16"
 
 
 def unfold(
@@ -116,8 +92,8 @@ def unfold(
     batch, unbatched = _batched(x, nd, "unfold input")
     check_real_dtype(getattr(batch, "dtype", None), "unfold input")
     geometry = _geometry(batch.shape, nd, kernel_size, stride, padding, dilation, padding_mode)
-    if _use_torch(batch, engine):
-        from patchfold import torch_engine
+    if select(batch, engine) == "torch":
+        from patchfold.engines import torch_engine
 
         result = _unlike(torch_engine.unfold(_as_tensor(batch), geometry, layout), batch)
     else:
@@ -189,8 +165,8 @@ def fold(
     except PatchfoldError as error:
         raise PatchfoldError(f"{error} (fold of patch matrix shape {tuple(batch.shape)})", param=error.param) from None
     weights = window_weights(geometry, window)
-    if _use_torch(batch, engine):
-        from patchfold import torch_engine
+    if select(batch, engine) == "torch":
+        from patchfold.engines import torch_engine
 
         tensor = _as_tensor(batch)
         summed = torch_engine.fold(tensor, geometry, layout, weights, exact=normalize)
@@ -234,50 +210,6 @@ def fold_with(cols: Any, geometry: Geometry, normalize: bool = False, **options:
         padding_mode=geometry.padding_mode,
         **options,
     )
-
-
-def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> Any:
-    """Normalise (or not) and pick the output dtype; works for numpy arrays and tensors."""
-    integer = not _is_float(dtype)
-    if divisor_map is None:
-        if integer:
-            return summed
-        return summed.astype(dtype, copy=False) if isinstance(summed, np.ndarray) else summed.to(dtype)
-    covered = divisor_map > 0
-    safe = divisor_map + (divisor_map == 0)
-    if isinstance(summed, np.ndarray):
-        work = np.float64 if integer or weighted else summed.dtype
-        values = np.divide(summed, safe, dtype=work) * covered
-        if integer:
-            low, high = _integer_range(dtype)
-            values = np.clip(np.rint(values), low, high)
-        return values.astype(dtype)
-    import torch
-
-    values = summed.to(torch.float64 if integer or weighted else summed.dtype) / safe * covered
-    if integer:
-        low, high = _integer_range(dtype)
-        values = values.round().clamp(low, high)
-    return values.to(dtype)
-
-
-def _integer_range(dtype: Any) -> tuple[int, int]:
-    """Smallest and largest value of an integer (or bool) numpy or torch dtype."""
-    if str(dtype) in ("bool", "torch.bool"):
-        return 0, 1
-    if isinstance(dtype, np.dtype):
-        info = np.iinfo(dtype)
-    else:
-        import torch
-
-        info = torch.iinfo(dtype)
-    return int(info.min), int(info.max)
-
-
-def _is_float(dtype: Any) -> bool:
-    if isinstance(dtype, np.dtype):
-        return dtype.kind == "f"
-    return bool(getattr(dtype, "is_floating_point", False))
 
 
 def divisor(

@@ -14,7 +14,7 @@ import numpy as np
 from patchfold.coverage import coverage_vectors, outer
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, matrix_dims
-from patchfold.io import atomic_paths
+from patchfold.io.write import atomic_paths
 
 #: Viridis (perceptually uniform, colour-blind safe), sampled at 11 stops.
 VIRIDIS = np.array(

@@ -51,8 +51,10 @@ def invoke(*args: Any, env: dict[str, str] | None = None) -> Result:
 
 
 def describe(result: Result) -> str:
-    return (f"exit {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n"
-            f"--- exception ---\n{result.exception!r}")
+    return (
+        f"exit {result.exit_code}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n"
+        f"--- exception ---\n{result.exception!r}"
+    )
 
 
 def ok(*args: Any, env: dict[str, str] | None = None) -> Result:
@@ -111,19 +113,32 @@ def part_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.name.endswith(".part"))
 
 
-def unfold_ref(images: np.ndarray, kernel: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1,
-               layout: str = "ncl") -> np.ndarray:
+def unfold_ref(
+    images: np.ndarray, kernel: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1, layout: str = "ncl"
+) -> np.ndarray:
     """torch.nn.functional.unfold of (N, C, H, W) integer or float images, in float64."""
     import torch
     import torch.nn.functional as F
 
-    cols = F.unfold(torch.from_numpy(np.ascontiguousarray(images)).to(torch.float64), kernel,
-                    dilation=dilation, padding=padding, stride=stride).numpy()
+    cols = F.unfold(
+        torch.from_numpy(np.ascontiguousarray(images)).to(torch.float64),
+        kernel,
+        dilation=dilation,
+        padding=padding,
+        stride=stride,
+    ).numpy()
     return cols.transpose(0, 2, 1) if layout == "nlc" else cols
 
 
-def fold_ref(cols: np.ndarray, size: tuple[int, int], kernel: Any, dilation: Any = 1, padding: Any = 0,
-             stride: Any = 1, layout: str = "ncl") -> np.ndarray:
+def fold_ref(
+    cols: np.ndarray,
+    size: tuple[int, int],
+    kernel: Any,
+    dilation: Any = 1,
+    padding: Any = 0,
+    stride: Any = 1,
+    layout: str = "ncl",
+) -> np.ndarray:
     """torch.nn.functional.fold of a patch matrix, summed in float64."""
     import torch
     import torch.nn.functional as F

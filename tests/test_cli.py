@@ -38,9 +38,23 @@ HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 no_cuda = pytest.mark.skipif(HAS_CUDA, reason="checks the error for a machine without CUDA")
 
-STATS_KEYS = {"input_shape", "kernel_size", "stride", "padding", "dilation", "blocks_per_dim", "num_blocks",
-              "patch_length", "output_shape", "output_bytes", "coverage", "uncovered_pixels", "uncovered_fraction",
-              "redundancy", "invertible"}
+STATS_KEYS = {
+    "input_shape",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "blocks_per_dim",
+    "num_blocks",
+    "patch_length",
+    "output_shape",
+    "output_bytes",
+    "coverage",
+    "uncovered_pixels",
+    "uncovered_fraction",
+    "redundancy",
+    "invertible",
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +101,19 @@ def test_unfold_each_sample_image(tmp_path: Path, name: str, layout: str) -> Non
 
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar == {
-        "kernel_size": [16, 16], "stride": [8, 8], "padding": [0, 0], "dilation": [1, 1],
-        "input_shape": list(images.shape), "input_dtype": str(images.dtype), "output_dtype": str(images.dtype),
-        "scale": 1.0, "layout": layout, "padding_mode": "zeros", "sources": [str(path.resolve())],
-        "format": "patchfold-patches", "version": 1,
+        "kernel_size": [16, 16],
+        "stride": [8, 8],
+        "padding": [0, 0],
+        "dilation": [1, 1],
+        "input_shape": list(images.shape),
+        "input_dtype": str(images.dtype),
+        "output_dtype": str(images.dtype),
+        "scale": 1.0,
+        "layout": layout,
+        "padding_mode": "zeros",
+        "sources": [str(path.resolve())],
+        "format": "patchfold-patches",
+        "version": 1,
     }
 
 
@@ -123,8 +146,9 @@ def test_unfold_other_float_dtypes(tmp_path: Path, dtype: str) -> None:
 @pytest.mark.parametrize("layout", ["ncl", "nlc"])
 def test_unfold_all_block_parameters_match_torch(tmp_path: Path, layout: str) -> None:
     out = tmp_path / "p.npy"
-    summary = ok_json("unfold", sample("rgb"), "-k", "5,3", "-s", "2,3", "-p", "1,2", "-d", "2,1",
-                      "--layout", layout, "-o", out)
+    summary = ok_json(
+        "unfold", sample("rgb"), "-k", "5,3", "-s", "2,3", "-p", "1,2", "-d", "2,1", "--layout", layout, "-o", out
+    )
     cols = np.load(out)
     np.testing.assert_array_equal(cols, unfold_ref(sample_nchw("rgb"), (5, 3), (2, 1), (1, 2), (2, 3), layout))
     assert summary["kernel_size"] == [5, 3] and summary["stride"] == [2, 3]
@@ -149,8 +173,9 @@ def test_unfold_padding_modes(tmp_path: Path, mode: str) -> None:
 def test_unfold_streamed_in_bands_equals_whole(tmp_path: Path, layout: str) -> None:
     whole, banded = tmp_path / "whole.npy", tmp_path / "banded.npy"
     first = ok_json("unfold", sample("rgb"), "-k", 16, "-s", 8, "--layout", layout, "-o", whole)
-    second = ok_json("unfold", sample("rgb"), "-k", 16, "-s", 8, "--layout", layout, "-o", banded,
-                     "--max-memory", "40KB")
+    second = ok_json(
+        "unfold", sample("rgb"), "-k", 16, "-s", 8, "--layout", layout, "-o", banded, "--max-memory", "40KB"
+    )
     assert first["streamed"] is False and first["bands"] == 1
     assert second["streamed"] is True and second["bands"] > 1
     np.testing.assert_array_equal(np.load(banded), np.load(whole))
@@ -158,8 +183,22 @@ def test_unfold_streamed_in_bands_equals_whole(tmp_path: Path, layout: str) -> N
 
 def test_unfold_torch_engine_equals_cpu_engine(tmp_path: Path) -> None:
     ok("unfold", sample("rgba"), "-k", 6, "-s", 5, "-p", 2, "-o", tmp_path / "cpu.npy", "--engine", "cpu")
-    summary = ok_json("unfold", sample("rgba"), "-k", 6, "-s", 5, "-p", 2, "-o", tmp_path / "torch.npy",
-                      "--engine", "torch", "--device", "cpu")
+    summary = ok_json(
+        "unfold",
+        sample("rgba"),
+        "-k",
+        6,
+        "-s",
+        5,
+        "-p",
+        2,
+        "-o",
+        tmp_path / "torch.npy",
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+    )
     assert summary["engine"] == "torch" and summary["device"] == "cpu"
     np.testing.assert_array_equal(np.load(tmp_path / "torch.npy"), np.load(tmp_path / "cpu.npy"))
 
@@ -178,8 +217,9 @@ def test_unfold_npy_input_1d_and_3d(tmp_path: Path) -> None:
 
     volume = np.random.default_rng(0).integers(0, 1000, size=(2, 12, 16, 20)).astype(np.uint16)
     np.save(tmp_path / "volume.npy", volume)
-    summary = ok_json("unfold", tmp_path / "volume.npy", "--spatial-dims", 3, "-k", "4,4,5", "-s", "2,4,5",
-                      "-o", tmp_path / "v.npy")
+    summary = ok_json(
+        "unfold", tmp_path / "volume.npy", "--spatial-dims", 3, "-k", "4,4,5", "-s", "2,4,5", "-o", tmp_path / "v.npy"
+    )
     assert summary["input_shape"] == [1, 2, 12, 16, 20]
     assert summary["blocks_per_dim"] == [5, 4, 4]
     assert np.load(tmp_path / "v.npy").shape == (1, 2 * 4 * 4 * 5, 80)
@@ -218,8 +258,11 @@ def test_unfold_mismatched_inputs_lists_each_file_and_size(tmp_path: Path) -> No
     out = tmp_path / "p.npy"
     result = invoke("unfold", sample("rgb"), sample("gray"), sample("depth16"), "-k", 4, "-o", out)
     line = assert_runtime_error(result, "agree")
-    for path, size in ((sample("rgb"), "320x240 with 3 channel(s)"), (sample("gray"), "160x120 with 1 channel(s)"),
-                       (sample("depth16"), "128x120 with 1 channel(s)")):
+    for path, size in (
+        (sample("rgb"), "320x240 with 3 channel(s)"),
+        (sample("gray"), "160x120 with 1 channel(s)"),
+        (sample("depth16"), "128x120 with 1 channel(s)"),
+    ):
         assert f"'{path}' {size}" in line
     assert not out.exists() and not out.with_suffix(".json").exists()
 
@@ -298,8 +341,24 @@ def test_fold_to_npy(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("dtype", ["keep", "float32", "float64"])
 def test_fold_no_normalize_equals_torch_fold(tmp_path: Path, dtype: str, layout: str) -> None:
     patches, summed = tmp_path / "p.npy", tmp_path / "sum.npy"
-    ok("unfold", sample("rgba"), "-k", 5, "-s", 3, "-p", 2, "-d", 2, "--dtype", dtype, "--layout", layout,
-       "-o", patches)
+    ok(
+        "unfold",
+        sample("rgba"),
+        "-k",
+        5,
+        "-s",
+        3,
+        "-p",
+        2,
+        "-d",
+        2,
+        "--dtype",
+        dtype,
+        "--layout",
+        layout,
+        "-o",
+        patches,
+    )
     ok("fold", patches, "--no-normalize", "-o", summed)
     cols = np.load(patches)
     out = np.load(summed)
@@ -390,11 +449,21 @@ def test_stats_json_for_size(tmp_path: Path) -> None:
     assert set(stats) == STATS_KEYS
     assert set(stats["coverage"]) == {"min", "max", "mean", "histogram"}
     assert stats == {
-        "input_shape": [1, 1, 512, 512], "kernel_size": [16, 16], "stride": [8, 8], "padding": [0, 0],
-        "dilation": [1, 1], "blocks_per_dim": [63, 63], "num_blocks": 3969, "patch_length": 256,
-        "output_shape": [1, 256, 3969], "output_bytes": 256 * 3969 * 4,
+        "input_shape": [1, 1, 512, 512],
+        "kernel_size": [16, 16],
+        "stride": [8, 8],
+        "padding": [0, 0],
+        "dilation": [1, 1],
+        "blocks_per_dim": [63, 63],
+        "num_blocks": 3969,
+        "patch_length": 256,
+        "output_shape": [1, 256, 3969],
+        "output_bytes": 256 * 3969 * 4,
         "coverage": {"min": 1, "max": 4, "mean": 3.8759765625, "histogram": {"1": 256, "2": 15872, "4": 246016}},
-        "uncovered_pixels": 0, "uncovered_fraction": 0.0, "redundancy": 3.8759765625, "invertible": True,
+        "uncovered_pixels": 0,
+        "uncovered_fraction": 0.0,
+        "redundancy": 3.8759765625,
+        "invertible": True,
     }
 
 
@@ -408,8 +477,22 @@ def test_stats_for_an_input_file_with_overrides() -> None:
     assert stats["invertible"] is False
     assert stats["output_bytes"] == 3 * 32 * 32 * 117  # uint8 kept
 
-    stats = ok_json("stats", sample("rgb"), "-k", 32, "-s", 24, "--batch", 3, "--channels", 2, "--dtype", "float64",
-                    "--layout", "nlc")
+    stats = ok_json(
+        "stats",
+        sample("rgb"),
+        "-k",
+        32,
+        "-s",
+        24,
+        "--batch",
+        3,
+        "--channels",
+        2,
+        "--dtype",
+        "float64",
+        "--layout",
+        "nlc",
+    )
     assert stats["input_shape"] == [3, 2, 240, 320]
     assert stats["output_shape"] == [3, 117, 2048]
     assert stats["output_bytes"] == 3 * 117 * 2048 * 8
@@ -445,8 +528,9 @@ def csv(values: tuple[int, ...]) -> str:
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation"), GEOMETRIES)
 def test_stats_coverage_matches_divisor_ref(size, kernel, dilation, padding, stride) -> None:
-    stats = ok_json("stats", "--size", csv(size), "-k", csv(kernel), "-s", csv(stride), "-p", csv(padding),
-                    "-d", csv(dilation))
+    stats = ok_json(
+        "stats", "--size", csv(size), "-k", csv(kernel), "-s", csv(stride), "-p", csv(padding), "-d", csv(dilation)
+    )
     counts = divisor_ref(size, kernel, dilation, padding, stride).astype(np.int64)
     values, pixels_per_value = np.unique(counts, return_counts=True)
     histogram = {str(v): int(c) for v, c in zip(values, pixels_per_value, strict=True)}
@@ -458,11 +542,25 @@ def test_stats_coverage_matches_divisor_ref(size, kernel, dilation, padding, str
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation"), GEOMETRIES)
-def test_divisor_npy_equals_torch_fold_of_unfold_of_ones(tmp_path: Path, size, kernel, stride, padding,
-                                                         dilation) -> None:
+def test_divisor_npy_equals_torch_fold_of_unfold_of_ones(
+    tmp_path: Path, size, kernel, stride, padding, dilation
+) -> None:
     out = tmp_path / "d.npy"
-    summary = ok_json("divisor", "--size", csv(size), "-k", csv(kernel), "-s", csv(stride), "-p", csv(padding),
-                      "-d", csv(dilation), "--npy", out)
+    summary = ok_json(
+        "divisor",
+        "--size",
+        csv(size),
+        "-k",
+        csv(kernel),
+        "-s",
+        csv(stride),
+        "-p",
+        csv(padding),
+        "-d",
+        csv(dilation),
+        "--npy",
+        out,
+    )
     assert summary["written"] == [str(out)]
     assert set(summary) == STATS_KEYS | {"written"}
     divisor = np.load(out)
@@ -522,8 +620,7 @@ def test_version_and_help() -> None:
 
 
 def test_debug_env_shows_the_exception(tmp_path: Path) -> None:
-    result = invoke("unfold", tmp_path / "missing.png", "-k", 4, "-o", tmp_path / "o.npy",
-                    env={"PATCHFOLD_DEBUG": "1"})
+    result = invoke("unfold", tmp_path / "missing.png", "-k", 4, "-o", tmp_path / "o.npy", env={"PATCHFOLD_DEBUG": "1"})
     assert result.exit_code == 1
     assert isinstance(result.exception, PatchfoldError)
     plain = invoke("unfold", tmp_path / "missing.png", "-k", 4, "-o", tmp_path / "o.npy")
@@ -581,8 +678,11 @@ RUNTIME_ERRORS = [
     ("stats_kernel_over_size", ["stats", "--size", "64,64", "-k", "100"], ["no block fits"]),
     ("stats_kernel_over_file", ["stats", R, "-k", "300"], ["no block fits"]),
     ("divisor_kernel_over_size", ["divisor", "--size", "64,64", "-k", "65", "--npy", OUT], ["no block fits"]),
-    ("reflect_padding_too_big", ["unfold", G, "-k", "3", "-p", "200", "--padding-mode", "reflect", "-o", OUT],
-     ["reflect padding"]),
+    (
+        "reflect_padding_too_big",
+        ["unfold", G, "-k", "3", "-p", "200", "--padding-mode", "reflect", "-o", OUT],
+        ["reflect padding"],
+    ),
     ("missing_input", ["unfold", "{tmp}/nope.png", "-k", "4", "-o", OUT], ["nope.png", "does not exist"]),
     ("truncated_png", ["unfold", "{corrupt_png}", "-k", "4", "-o", OUT], ["corrupt.png", "corrupt or truncated"]),
     ("text_as_png", ["unfold", "{not_image}", "-k", "4", "-o", OUT], ["notes.png", "not an image"]),
@@ -621,10 +721,13 @@ def listing(directory: Path) -> set[Path]:
     return set(directory.rglob("*"))
 
 
-@pytest.mark.parametrize(("args", "option"), [
-    *(pytest.param(args, option, id=name) for name, args, option in BAD_PARAMETERS),
-    *(pytest.param(args, option, id=name, marks=no_cuda) for name, args, option in CUDA_PARAMETERS),
-])
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        *(pytest.param(args, option, id=name) for name, args, option in BAD_PARAMETERS),
+        *(pytest.param(args, option, id=name, marks=no_cuda) for name, args, option in CUDA_PARAMETERS),
+    ],
+)
 def test_bad_option_values_exit_2(tmp_path: Path, bad: dict[str, Path], args: list[str], option: str) -> None:
     before = listing(tmp_path)
     result = invoke(*expand(args, tmp_path, bad))
@@ -633,10 +736,12 @@ def test_bad_option_values_exit_2(tmp_path: Path, bad: dict[str, Path], args: li
     assert listing(tmp_path) == before, "a rejected command must write nothing"
 
 
-@pytest.mark.parametrize(("args", "fragments"),
-                         [pytest.param(args, fragments, id=name) for name, args, fragments in RUNTIME_ERRORS])
-def test_runtime_failures_exit_1_with_one_error_line(tmp_path: Path, bad: dict[str, Path], args: list[str],
-                                                     fragments: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "fragments"), [pytest.param(args, fragments, id=name) for name, args, fragments in RUNTIME_ERRORS]
+)
+def test_runtime_failures_exit_1_with_one_error_line(
+    tmp_path: Path, bad: dict[str, Path], args: list[str], fragments: list[str]
+) -> None:
     (tmp_path / "folder.npy").mkdir()
     before = listing(tmp_path)
     result = invoke(*expand(args, tmp_path, bad))
@@ -665,18 +770,25 @@ def test_stats_needs_exactly_one_of_input_and_size() -> None:
 ORIGINAL = b"pre-existing output, must survive a failed run\n"
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    pytest.param(["unfold", R, "-k", "300", "-o", "{tmp}/out.npy"], 1, id="unfold_geometry"),
-    pytest.param(["unfold", R, "-k", "0", "-o", "{tmp}/out.npy"], 2, id="unfold_bad_option"),
-    pytest.param(["unfold", R, G, "-k", "4", "-o", "{tmp}/out.npy"], 1, id="unfold_mismatch"),
-    pytest.param(["fold", "{short}", "-o", "{tmp}/out.png"], 1, id="fold_shape"),
-    pytest.param(["fold", "{good}", "-s", "3", "-o", "{tmp}/out.npy"], 1, id="fold_geometry"),
-    pytest.param(["fold", "{good}", "--no-normalize", "-o", "{tmp}/out.png"], 1, id="fold_encode"),
-    pytest.param(["divisor", "--size", "64,64", "-k", "65", "--npy", "{tmp}/out.npy", "--png", "{tmp}/out.png"], 1,
-                 id="divisor_geometry"),
-])
-def test_failed_run_leaves_existing_outputs_untouched(tmp_path: Path, bad: dict[str, Path], args: list[str],
-                                                      code: int) -> None:
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        pytest.param(["unfold", R, "-k", "300", "-o", "{tmp}/out.npy"], 1, id="unfold_geometry"),
+        pytest.param(["unfold", R, "-k", "0", "-o", "{tmp}/out.npy"], 2, id="unfold_bad_option"),
+        pytest.param(["unfold", R, G, "-k", "4", "-o", "{tmp}/out.npy"], 1, id="unfold_mismatch"),
+        pytest.param(["fold", "{short}", "-o", "{tmp}/out.png"], 1, id="fold_shape"),
+        pytest.param(["fold", "{good}", "-s", "3", "-o", "{tmp}/out.npy"], 1, id="fold_geometry"),
+        pytest.param(["fold", "{good}", "--no-normalize", "-o", "{tmp}/out.png"], 1, id="fold_encode"),
+        pytest.param(
+            ["divisor", "--size", "64,64", "-k", "65", "--npy", "{tmp}/out.npy", "--png", "{tmp}/out.png"],
+            1,
+            id="divisor_geometry",
+        ),
+    ],
+)
+def test_failed_run_leaves_existing_outputs_untouched(
+    tmp_path: Path, bad: dict[str, Path], args: list[str], code: int
+) -> None:
     existing = [tmp_path / "out.npy", tmp_path / "out.png", tmp_path / "out.json"]
     for path in existing:
         path.write_bytes(ORIGINAL)
@@ -689,9 +801,9 @@ def test_failed_run_leaves_existing_outputs_untouched(tmp_path: Path, bad: dict[
 
 
 def test_unfold_failing_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from patchfold import pipeline
+    from patchfold.jobs import unfold as unfold_job
 
-    real_write_band = pipeline.write_band
+    real_write_band = unfold_job.write_band
     calls = []
 
     def failing_write_band(*args, **kwargs):
@@ -700,7 +812,7 @@ def test_unfold_failing_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: py
             raise OSError(28, "No space left on device")
         return real_write_band(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_band", failing_write_band)
+    monkeypatch.setattr(unfold_job, "write_band", failing_write_band)
     out = tmp_path / "out.npy"
     out.write_bytes(ORIGINAL)
     result = invoke("unfold", sample("rgb"), "-k", 16, "-s", 8, "--max-memory", "40KB", "-o", out)
@@ -712,12 +824,12 @@ def test_unfold_failing_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: py
 
 
 def test_unfold_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from patchfold import pipeline
+    from patchfold.jobs import unfold as unfold_job
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "write_band", interrupted)
+    monkeypatch.setattr(unfold_job, "write_band", interrupted)
     out = tmp_path / "new.npy"
     result = invoke("unfold", sample("gray"), "-k", 8, "-o", out)
     assert result.exit_code == 130, describe(result)
@@ -725,8 +837,9 @@ def test_unfold_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
     assert list(tmp_path.iterdir()) == []
 
 
-def test_fold_failing_on_second_image_writes_none(tmp_path: Path, rgb_pair: tuple[Path, Path],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fold_failing_on_second_image_writes_none(
+    tmp_path: Path, rgb_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     patches = tmp_path / "p.npy"
     ok("unfold", *rgb_pair, "-k", 16, "-s", 8, "-o", patches)
     first = tmp_path / "out_0000.png"

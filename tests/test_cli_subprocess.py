@@ -25,13 +25,21 @@ pytestmark = pytest.mark.skipif(COMMAND is None, reason="the patchfold command i
 
 def run(*args: object, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     assert COMMAND is not None
-    return subprocess.run([COMMAND, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env=env or command_env(), check=False)
+    return subprocess.run(
+        [COMMAND, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or command_env(),
+        check=False,
+    )
 
 
 def test_unfold_matches_torch_and_fold_is_bit_exact(tmp_path: Path) -> None:
-    done = run("unfold", sample("rgb"), "-k", "16", "-s", "8", "-o", "p.npy", "--no-progress", "--device", "cpu",
-               cwd=tmp_path)
+    done = run(
+        "unfold", sample("rgb"), "-k", "16", "-s", "8", "-o", "p.npy", "--no-progress", "--device", "cpu", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "", "without --json the summary goes to stderr"
     images = as_nchw(pixels(sample("rgb")))
@@ -47,8 +55,23 @@ def test_unfold_matches_torch_and_fold_is_bit_exact(tmp_path: Path) -> None:
 
 
 def test_16bit_round_trip_nlc(tmp_path: Path) -> None:
-    done = run("unfold", sample("depth16"), "-k", "8", "-s", "4", "-p", "2", "--layout", "nlc", "-o", "d.npy",
-               "--device", "cpu", cwd=tmp_path)
+    done = run(
+        "unfold",
+        sample("depth16"),
+        "-k",
+        "8",
+        "-s",
+        "4",
+        "-p",
+        "2",
+        "--layout",
+        "nlc",
+        "-o",
+        "d.npy",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     cols = np.load(tmp_path / "d.npy", allow_pickle=False)
     assert cols.dtype == np.uint16
@@ -59,14 +82,28 @@ def test_16bit_round_trip_nlc(tmp_path: Path) -> None:
 
 
 def test_python_m_patchfold(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "patchfold", "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=command_env(), check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "patchfold", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=command_env(),
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "Usage:" in done.stdout
     for command in ("unfold", "fold", "divisor", "stats"):
         assert command in done.stdout
-    done = subprocess.run([sys.executable, "-m", "patchfold", "--version"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=command_env(), check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "patchfold", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=command_env(),
+        check=False,
+    )
     assert done.returncode == 0 and "patchfold, version" in done.stdout
 
 
@@ -79,8 +116,9 @@ def test_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert list(tmp_path.iterdir()) == []
 
-    debug = run("unfold", sample("rgb"), "-k", "300", "-o", "x.npy", cwd=tmp_path,
-                env={**command_env(), "PATCHFOLD_DEBUG": "1"})
+    debug = run(
+        "unfold", sample("rgb"), "-k", "300", "-o", "x.npy", cwd=tmp_path, env={**command_env(), "PATCHFOLD_DEBUG": "1"}
+    )
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr, "PATCHFOLD_DEBUG=1 shows the traceback"
 
@@ -101,19 +139,32 @@ print("torch" in sys.modules)
 """
 
 
-@pytest.mark.parametrize(("args", "imported"), [
-    pytest.param(["--help"], False, id="help"),
-    pytest.param(["stats", "--size", "64,64", "-k", "8"], False, id="stats"),
-    pytest.param(["divisor", "--size", "64,64", "-k", "8", "--png", "x.png"], False, id="divisor_png"),
-    pytest.param(["unfold", "{gray}", "-k", "8", "-o", "x.npy", "--device", "cpu"], False, id="unfold_cpu"),
-    # control: the probe does see torch when a command really uses it
-    pytest.param(["unfold", "{gray}", "-k", "8", "-o", "x.npy", "--engine", "torch", "--device", "cpu"], True,
-                 id="control_torch_engine"),
-])
+@pytest.mark.parametrize(
+    ("args", "imported"),
+    [
+        pytest.param(["--help"], False, id="help"),
+        pytest.param(["stats", "--size", "64,64", "-k", "8"], False, id="stats"),
+        pytest.param(["divisor", "--size", "64,64", "-k", "8", "--png", "x.png"], False, id="divisor_png"),
+        pytest.param(["unfold", "{gray}", "-k", "8", "-o", "x.npy", "--device", "cpu"], False, id="unfold_cpu"),
+        # control: the probe does see torch when a command really uses it
+        pytest.param(
+            ["unfold", "{gray}", "-k", "8", "-o", "x.npy", "--engine", "torch", "--device", "cpu"],
+            True,
+            id="control_torch_engine",
+        ),
+    ],
+)
 def test_torch_is_imported_only_when_needed(tmp_path: Path, args: list[str], imported: bool) -> None:
     argv = [a.format(gray=sample("gray")) for a in args]
-    done = subprocess.run([sys.executable, "-c", TORCH_PROBE, *argv], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, env=command_env(), check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_PROBE, *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=command_env(),
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(imported), done.stdout + done.stderr
     for name in ("x.png", "x.npy"):

@@ -68,8 +68,9 @@ def test_stats_reports_streaming(tmp_path: Path) -> None:
 
 def test_batch_unfold_and_load(tmp_path: Path) -> None:
     images = [SAMPLES / "scene_rgb.png", SAMPLES / "scene_gray.png", SAMPLES / "badge_rgba.png"]
-    summary = ok_json("batch", "unfold", *images, "-k", "16", "-s", "16", "--channels", "3", "--workers", "1",
-                      "-o", tmp_path / "ds")
+    summary = ok_json(
+        "batch", "unfold", *images, "-k", "16", "-s", "16", "--channels", "3", "--workers", "1", "-o", tmp_path / "ds"
+    )
     assert summary["done"] == 3 and summary["failed"] == 0
     dataset = patchfold.load_dataset(tmp_path / "ds")
     assert len(dataset) == summary["patches"] == 15 * 20 + 7 * 10 + 8 * 8
@@ -89,7 +90,8 @@ def test_batch_unfold_reports_failures_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_batch_needs_channels_to_agree(tmp_path: Path) -> None:
-    result = invoke("batch", "unfold", SAMPLES / "scene_gray.png", SAMPLES / "scene_rgb.png", "-k", "8",
-                    "-o", tmp_path / "ds")
+    result = invoke(
+        "batch", "unfold", SAMPLES / "scene_gray.png", SAMPLES / "scene_rgb.png", "-k", "8", "-o", tmp_path / "ds"
+    )
     assert_runtime_error(result, "--channels")
     assert not (tmp_path / "ds").exists()

@@ -33,8 +33,9 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     command = [str(COMMAND), *args]
     if hasattr(os, "sched_setaffinity"):
         command = [sys.executable, "-c", _PINNED_EXEC, str(min(os.sched_getaffinity(0))), *command]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=command_env())
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=command_env()
+    )
 
 
 def race(commands: list[list[str]], cwd: Path, watch: Path, prefix: str) -> tuple[list[tuple[int, str, str]], int]:
@@ -77,8 +78,20 @@ def image_npy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarra
 def test_two_unfolds_to_one_path_leave_one_valid_matrix(image_npy: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     source, image = image_npy
     out = tmp_path / "out.npy"
-    args = ["unfold", str(source), "-k", str(KERNEL), "-s", str(STRIDE), "--max-memory", "2MB", "--no-progress",
-            "--json", "-o", str(out)]
+    args = [
+        "unfold",
+        str(source),
+        "-k",
+        str(KERNEL),
+        "-s",
+        str(STRIDE),
+        "--max-memory",
+        "2MB",
+        "--no-progress",
+        "--json",
+        "-o",
+        str(out),
+    ]
     results, most = race([args, args], tmp_path, tmp_path, ".out.npy.")
     for code, stdout, stderr in results:
         assert code == 0, f"exit {code}\n{stderr}"
@@ -112,8 +125,19 @@ def test_two_unfolds_over_an_existing_output(image_npy: tuple[Path, np.ndarray],
     out = tmp_path / "out.npy"
     np.save(out, np.zeros((2, 2), np.uint8))
     (tmp_path / "out.json").write_text("{}")
-    args = ["unfold", str(source), "-k", str(KERNEL), "-s", str(STRIDE), "--max-memory", "2MB", "--no-progress",
-            "-o", str(out)]
+    args = [
+        "unfold",
+        str(source),
+        "-k",
+        str(KERNEL),
+        "-s",
+        str(STRIDE),
+        "--max-memory",
+        "2MB",
+        "--no-progress",
+        "-o",
+        str(out),
+    ]
     results, _ = race([args, args], tmp_path, tmp_path, ".out.")
     assert [code for code, _, _ in results] == [0, 0], [stderr for _, _, stderr in results]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.npy"], "temporaries or backups left"
@@ -169,8 +193,14 @@ def test_two_tiles_runs_into_one_new_directory(tile_source: tuple[Path, np.ndarr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"], "a staging directory was left behind"
     check_tile_directory(target, pixels)
 
-    done = subprocess.run([str(COMMAND), "untile", str(target), "-o", str(tmp_path / "back.png"), "--no-progress"],
-                          capture_output=True, text=True, env=command_env(), timeout=120, check=False)
+    done = subprocess.run(
+        [str(COMMAND), "untile", str(target), "-o", str(tmp_path / "back.png"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=command_env(),
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     with Image.open(tmp_path / "back.png") as image:
         back = np.asarray(image)
@@ -178,8 +208,7 @@ def test_two_tiles_runs_into_one_new_directory(tile_source: tuple[Path, np.ndarr
     np.testing.assert_array_equal(back[: covered[0], : covered[1]], pixels[: covered[0], : covered[1]])
 
 
-def test_two_tiles_runs_into_an_existing_empty_directory(tile_source: tuple[Path, np.ndarray],
-                                                         tmp_path: Path) -> None:
+def test_two_tiles_runs_into_an_existing_empty_directory(tile_source: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     source, pixels = tile_source
     target = tmp_path / "tiles"
     target.mkdir()

@@ -25,8 +25,12 @@ from hypothesis import strategies as st
 from patchfold import PatchfoldError
 
 FUZZ = settings(max_examples=300, deadline=2000, database=None, suppress_health_check=[HealthCheck.too_slow])
-CLI_FUZZ = settings(max_examples=150, deadline=2000, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+CLI_FUZZ = settings(
+    max_examples=150,
+    deadline=2000,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 DTYPES = (np.uint8, np.int32, np.float32)
 
 
@@ -109,14 +113,23 @@ def test_operations_give_a_correct_result_or_a_patchfold_error(case: dict[str, A
     event("valid geometry" if valid else "invalid geometry")
 
     if geometry is None:
-        must_refuse(lambda: patchfold.unfold(x, k, d, p, s, padding_mode=mode, layout=layout, spatial_dims=len(size),
-                                             engine=engine), "unfold")
+        must_refuse(
+            lambda: patchfold.unfold(
+                x, k, d, p, s, padding_mode=mode, layout=layout, spatial_dims=len(size), engine=engine
+            ),
+            "unfold",
+        )
         cols = np.zeros((n, c, 1), x.dtype)
-        must_refuse(lambda: patchfold.fold(cols, size, k, d, p, s, normalize=True, padding_mode=mode, layout=layout,
-                                           engine=engine), "fold")
+        must_refuse(
+            lambda: patchfold.fold(
+                cols, size, k, d, p, s, normalize=True, padding_mode=mode, layout=layout, engine=engine
+            ),
+            "fold",
+        )
         must_refuse(lambda: patchfold.divisor(size, k, d, p, s, padding_mode=mode), "divisor")
-        must_refuse(lambda: patchfold.overlap_stats(size, k, d, p, s, channels=c, batch=n, padding_mode=mode),
-                    "overlap_stats")
+        must_refuse(
+            lambda: patchfold.overlap_stats(size, k, d, p, s, channels=c, batch=n, padding_mode=mode), "overlap_stats"
+        )
         return
 
     cols = patchfold.unfold(x, k, d, p, s, padding_mode=mode, layout=layout, spatial_dims=len(size), engine=engine)
@@ -139,8 +152,9 @@ def test_operations_give_a_correct_result_or_a_patchfold_error(case: dict[str, A
     else:
         np.testing.assert_allclose(back[covered], x[covered], rtol=1e-4, atol=1e-3)
 
-    stats = patchfold.overlap_stats(size, k, d, p, s, channels=c, batch=n, dtype=x.dtype, layout=layout,
-                                    padding_mode=mode)
+    stats = patchfold.overlap_stats(
+        size, k, d, p, s, channels=c, batch=n, dtype=x.dtype, layout=layout, padding_mode=mode
+    )
     histogram = {int(key): count for key, count in stats["coverage"]["histogram"].items()}
     assert sum(histogram.values()) == math.prod(size)
     assert histogram == dict(Counter(div.ravel().tolist()))
@@ -198,8 +212,13 @@ def run_in_child(nd: int, which: str, runs: list[tuple[int, str, str]]) -> dict[
     outcomes: dict[int, str] = {}
     offset = 0
     while offset < len(runs):
-        done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([nd, which, runs[offset:]])],
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps([nd, which, runs[offset:]])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         started = None
         for line in done.stdout.splitlines():
             word, index, *rest = line.split(" ", 2)
@@ -228,22 +247,28 @@ def test_huge_parameters_give_a_result_or_a_patchfold_error(nd: int, which: str)
     error, a wrong result or a crash."""
     values = HUGE_PADDING if which == "padding" else HUGE
     runs = [(value, engine, op) for value in values for engine in ("auto", "cpu") for op in ("unfold", "fold")]
+
     def allowed(value: int) -> set[str]:
         if which == "stride":
             return {"result"} if value <= 2**40 else {"PatchfoldError"}
         return {"PatchfoldError", "MemoryError"} if which == "padding" else {"PatchfoldError"}
 
     outcomes = run_in_child(nd, which, runs)
-    problems = [f"{op} {which}={value} engine={engine}: {outcomes.get(index, 'no outcome')}"
-                for index, (value, engine, op) in enumerate(runs) if outcomes.get(index) not in allowed(value)]
+    problems = [
+        f"{op} {which}={value} engine={engine}: {outcomes.get(index, 'no outcome')}"
+        for index, (value, engine, op) in enumerate(runs)
+        if outcomes.get(index) not in allowed(value)
+    ]
     assert not problems, "\n".join(problems)
 
 
 # ----- the command line's option parser ---------------------------------------------------------------
 SEPARATED = st.lists(st.integers(-12, 40).map(str), min_size=1, max_size=4).flatmap(
-    lambda parts: st.sampled_from([",", "x", " , ", ",,", ";"]).map(lambda sep: sep.join(parts)))
-PLAUSIBLE = st.one_of(st.integers(1, 4).map(str),
-                      st.lists(st.integers(1, 4).map(str), min_size=1, max_size=3).map(",".join))
+    lambda parts: st.sampled_from([",", "x", " , ", ",,", ";"]).map(lambda sep: sep.join(parts))
+)
+PLAUSIBLE = st.one_of(
+    st.integers(1, 4).map(str), st.lists(st.integers(1, 4).map(str), min_size=1, max_size=3).map(",".join)
+)
 HOSTILE = st.one_of(
     st.text(max_size=10),  # anything at all, unicode and control characters included
     st.text(alphabet="0123456789,x+- \t", max_size=10),
@@ -255,19 +280,26 @@ OPTION_TEXT = st.sampled_from([True, True, True, False]).flatmap(lambda plain: P
 #: Padding (with the kernel it lets fit) decides how much work and memory a run needs, so its fuzzing
 #: keeps to short strings: up to 999 for stats (per-axis work), 99 for unfold (which writes the
 #: patches). Astronomical paddings are the explicit examples.
-PLAUSIBLE_PADDING = st.one_of(st.integers(0, 3).map(str), st.lists(st.integers(0, 3).map(str), min_size=1,
-                                                                     max_size=3).map(",".join))
+PLAUSIBLE_PADDING = st.one_of(
+    st.integers(0, 3).map(str), st.lists(st.integers(0, 3).map(str), min_size=1, max_size=3).map(",".join)
+)
 PADDING_TEXT = st.sampled_from([True, True, True, False]).flatmap(
-    lambda plain: PLAUSIBLE_PADDING if plain else st.one_of(st.text(max_size=3),
-                                                            st.text(alphabet="0123456789,x+- ", max_size=3), SEPARATED))
+    lambda plain: (
+        PLAUSIBLE_PADDING
+        if plain
+        else st.one_of(st.text(max_size=3), st.text(alphabet="0123456789,x+- ", max_size=3), SEPARATED)
+    )
+)
 UNFOLD_PADDING_TEXT = st.sampled_from([True, True, True, False]).flatmap(
-    lambda plain: PLAUSIBLE_PADDING if plain else st.one_of(st.text(alphabet="0123456789,x+- ", max_size=2), SEPARATED))
+    lambda plain: PLAUSIBLE_PADDING if plain else st.one_of(st.text(alphabet="0123456789,x+- ", max_size=2), SEPARATED)
+)
 
 
 def check_cli_outcome(result: Any, args: list[str]) -> None:
     where = f"args {args!r}\nexit {result.exit_code}\nstdout {result.stdout}\nstderr {result.stderr}"
     assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"unhandled {type(result.exception).__name__}: {result.exception}\n{where}")
+        f"unhandled {type(result.exception).__name__}: {result.exception}\n{where}"
+    )
     assert result.exit_code in (0, 1, 2), where
     assert "Traceback" not in result.stderr, where
     if result.exit_code != 0:
@@ -278,8 +310,16 @@ def check_cli_outcome(result: Any, args: list[str]) -> None:
 
 
 def stats_args(k: str, s: str, p: str, d: str) -> list[str]:
-    return ["stats", "--size", "9,7", f"--kernel-size={k}", f"--stride={s}", f"--padding={p}", f"--dilation={d}",
-            "--json"]
+    return [
+        "stats",
+        "--size",
+        "9,7",
+        f"--kernel-size={k}",
+        f"--stride={s}",
+        f"--padding={p}",
+        f"--dilation={d}",
+        "--json",
+    ]
 
 
 @pytest.mark.parametrize("padding", ["1" + "0" * 12, str(2**62), "1" + "0" * 21, "1,1" + "0" * 30])
@@ -320,16 +360,28 @@ def small_npy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @example(k="3", s="1", p="1" + "0" * 21, d="1")
 def test_unfold_option_parser(small_npy: Path, k: str, s: str, p: str, d: str) -> None:
     out = small_npy.parent / "out.npy"
-    args = ["unfold", str(small_npy), "-o", str(out), f"--kernel-size={k}", f"--stride={s}", f"--padding={p}",
-            f"--dilation={d}", "--no-progress", "--device", "cpu"]
+    args = [
+        "unfold",
+        str(small_npy),
+        "-o",
+        str(out),
+        f"--kernel-size={k}",
+        f"--stride={s}",
+        f"--padding={p}",
+        f"--dilation={d}",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     try:
         result = invoke(*args)
         event(f"exit {result.exit_code}")
         check_cli_outcome(result, args)
         if result.exit_code == 0:
             sidecar = json.loads(out.with_suffix(".json").read_text())
-            geometry = patchfold.Geometry.create((6, 5), sidecar["kernel_size"], sidecar["stride"],
-                                                 sidecar["padding"], sidecar["dilation"])
+            geometry = patchfold.Geometry.create(
+                (6, 5), sidecar["kernel_size"], sidecar["stride"], sidecar["padding"], sidecar["dilation"]
+            )
             assert np.load(out).shape == geometry.unfold_shape(1, 1)
         else:
             assert not out.exists()

@@ -34,7 +34,6 @@ from PIL import Image
 pytestmark = pytest.mark.skipif(not HAS_COMMAND, reason="the patchfold command is not installed beside this Python")
 
 
-
 def _cuda_available() -> bool:
     """torch.cuda.is_available(), importing torch only where there is NVIDIA hardware at all."""
     if not (os.path.exists("/dev/nvidia0") or os.path.isdir("/proc/driver/nvidia/gpus")):
@@ -64,8 +63,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def bomb_png(width: int, height: int) -> bytes:
     """A 69-byte PNG whose header claims ``width × height`` grey pixels (a decompression bomb)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 class _OpenOnUnpickle:
@@ -122,8 +125,13 @@ def build_corpus(corpus: Path) -> None:
     (corpus / "bomb.png").write_bytes(bomb_png(100_000, 100_000))
     import tifffile  # an 'La' (grey + premultiplied alpha) TIFF: Pillow opens it as mode 'La'
 
-    tifffile.imwrite(corpus / "la_mode.png", rng.integers(0, 256, (8, 8, 2), dtype=np.uint8),
-                     photometric="minisblack", extrasamples=[1], planarconfig="contig")
+    tifffile.imwrite(
+        corpus / "la_mode.png",
+        rng.integers(0, 256, (8, 8, 2), dtype=np.uint8),
+        photometric="minisblack",
+        extrasamples=[1],
+        planarconfig="contig",
+    )
     (corpus / "no_images").mkdir()
     (corpus / "no_images" / "readme.txt").write_text("no pictures here\n")
 
@@ -141,8 +149,18 @@ def build_corpus(corpus: Path) -> None:
     # patch matrices with sidecars (p: one image; p2: two images)
     ok("unfold", corpus / "img_gray.png", "-k", 4, "-s", 2, "-o", corpus / "p.npy", "--no-progress")
     ok("unfold", corpus / "img_rgb.png", "-k", 4, "-s", 2, "-o", corpus / "p_rgb.npy", "--no-progress")
-    ok("unfold", corpus / "img_gray.png", corpus / "img_gray.png", "-k", 4, "-s", 2, "-o", corpus / "p2.npy",
-       "--no-progress")
+    ok(
+        "unfold",
+        corpus / "img_gray.png",
+        corpus / "img_gray.png",
+        "-k",
+        4,
+        "-s",
+        2,
+        "-o",
+        corpus / "p2.npy",
+        "--no-progress",
+    )
     shutil.copy(corpus / "p.npy", corpus / "nosidecar.npy")
     _sidecar_variant(corpus, "side_badjson", '{"kernel_size": [4, 4], ')
     _sidecar_variant(corpus, "side_version", lambda s: s.update(version=99))
@@ -212,8 +230,9 @@ def run(args: list[str], cwd: Path, fsize: int | None = None, timeout: float = 6
     command = [str(COMMAND), *args]
     if fsize is not None:
         command = [sys.executable, "-c", _LIMITED_EXEC, str(fsize), *command]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=command_env(COLUMNS="200"), check=False)
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=command_env(COLUMNS="200"), check=False
+    )
 
 
 def snapshot(directory: Path) -> dict[str, Any]:
@@ -290,80 +309,189 @@ HOSTILE_CASES: list[Case] = [
     Case("missing_file", ("unfold", f"{C}/nope.png", *K4, "-o", OUT), 1, ("nope.png", "does not exist")),
     Case("directory_without_images", ("unfold", f"{C}/no_images", *K4, "-o", OUT), 1, ("no_images", "no images")),
     Case("empty_file", ("unfold", f"{C}/empty.png", *K4, "-o", OUT), 1, ("empty.png", "empty")),
-    Case("truncated_png", ("unfold", f"{C}/truncated.png", *K4, "-o", OUT), 1,
-         ("truncated.png", "corrupt or truncated")),
+    Case(
+        "truncated_png", ("unfold", f"{C}/truncated.png", *K4, "-o", OUT), 1, ("truncated.png", "corrupt or truncated")
+    ),
     Case("truncated_jpeg", ("unfold", f"{C}/truncated.jpg", *K4, "-o", OUT), 1, ("truncated.jpg", "truncated")),
-    Case("jpeg_header_only", ("unfold", f"{C}/header_only.jpg", *K4, "-o", OUT), 1,
-         ("header_only.jpg", "not an image")),
+    Case(
+        "jpeg_header_only", ("unfold", f"{C}/header_only.jpg", *K4, "-o", OUT), 1, ("header_only.jpg", "not an image")
+    ),
     Case("text_named_png", ("unfold", f"{C}/words.png", *K4, "-o", OUT), 1, ("words.png", "not an image")),
-    Case("text_named_png_show_grid", ("show", "grid", f"{C}/words.png", *K4, "-o", f"{T}/out.png"), 1,
-         ("words.png", "not an image")),
-    Case("truncated_png_tiles", ("tiles", f"{C}/truncated.png", *K4, "-o", f"{T}/tiles_out"), 1,
-         ("truncated.png", "corrupt or truncated")),
+    Case(
+        "text_named_png_show_grid",
+        ("show", "grid", f"{C}/words.png", *K4, "-o", f"{T}/out.png"),
+        1,
+        ("words.png", "not an image"),
+    ),
+    Case(
+        "truncated_png_tiles",
+        ("tiles", f"{C}/truncated.png", *K4, "-o", f"{T}/tiles_out"),
+        1,
+        ("truncated.png", "corrupt or truncated"),
+    ),
     Case("over_max_pixels", ("unfold", RGB, *K4, "--max-pixels", "100", "-o", OUT), 1, ("img_rgb.png", "pixel limit")),
     Case("over_max_pixels_stats", ("stats", RGB, *K4, "--max-pixels", "100"), 1, ("img_rgb.png", "limit of 100")),
     Case("decompression_bomb_unfold", ("unfold", f"{C}/bomb.png", *K4, "-o", OUT), 1, ("bomb.png", "pixel limit")),
     Case("decompression_bomb_stats", ("stats", f"{C}/bomb.png", *K4), 1, ("bomb.png", "limit")),
-    Case("mismatched_sizes", ("unfold", RGB, f"{C}/img_rgb_short.png", *K4, "-o", OUT), 1,
-         ("img_rgb.png", "img_rgb_short.png", "agree in size")),
-    Case("mismatched_channels", ("unfold", GRAY, RGB, *K4, "-o", OUT), 1,
-         ("img_gray.png", "1 channel", "3 channel")),
+    Case(
+        "mismatched_sizes",
+        ("unfold", RGB, f"{C}/img_rgb_short.png", *K4, "-o", OUT),
+        1,
+        ("img_rgb.png", "img_rgb_short.png", "agree in size"),
+    ),
+    Case("mismatched_channels", ("unfold", GRAY, RGB, *K4, "-o", OUT), 1, ("img_gray.png", "1 channel", "3 channel")),
     Case("mismatched_channels_stats", ("stats", GRAY, RGB, *K4), 1, ("img_gray.png", "img_rgb.png", "agree")),
-    Case("unsupported_image_mode", ("unfold", f"{C}/la_mode.png", *K4, "-o", OUT), 1,
-         ("la_mode.png", "'La'", "does not read")),
+    Case(
+        "unsupported_image_mode",
+        ("unfold", f"{C}/la_mode.png", *K4, "-o", OUT),
+        1,
+        ("la_mode.png", "'La'", "does not read"),
+    ),
     # --- hostile .npy files --------------------------------------------------------------------
-    Case("npy_object_dtype_pickle", ("unfold", f"{C}/evil_pickle.npy", "-k", "1", "-o", OUT), 1,
-         ("evil_pickle.npy", "pickle"), check=_pickle_not_run),
-    Case("npy_object_dtype_pickle_stats", ("stats", f"{C}/evil_pickle.npy", "-k", "1"), 1,
-         ("evil_pickle.npy", "pickle"), check=_pickle_not_run),
-    Case("npy_object_dtype_pickle_fold", ("fold", f"{C}/evil_pickle.npy", "-k", "1", "--output-size", "1,2", "-o",
-                                          OUT), 1, ("evil_pickle.npy", "pickle"), check=_pickle_not_run),
-    Case("raw_pickle_named_npy", ("unfold", f"{C}/raw_pickle.npy", "-k", "1", "-o", OUT), 1,
-         ("raw_pickle.npy", "not a .npy")),
+    Case(
+        "npy_object_dtype_pickle",
+        ("unfold", f"{C}/evil_pickle.npy", "-k", "1", "-o", OUT),
+        1,
+        ("evil_pickle.npy", "pickle"),
+        check=_pickle_not_run,
+    ),
+    Case(
+        "npy_object_dtype_pickle_stats",
+        ("stats", f"{C}/evil_pickle.npy", "-k", "1"),
+        1,
+        ("evil_pickle.npy", "pickle"),
+        check=_pickle_not_run,
+    ),
+    Case(
+        "npy_object_dtype_pickle_fold",
+        ("fold", f"{C}/evil_pickle.npy", "-k", "1", "--output-size", "1,2", "-o", OUT),
+        1,
+        ("evil_pickle.npy", "pickle"),
+        check=_pickle_not_run,
+    ),
+    Case(
+        "raw_pickle_named_npy",
+        ("unfold", f"{C}/raw_pickle.npy", "-k", "1", "-o", OUT),
+        1,
+        ("raw_pickle.npy", "not a .npy"),
+    ),
     Case("npy_rank_6", ("unfold", f"{C}/rank6.npy", "-k", "1", "-o", OUT), 1, ("rank6.npy", "rank 6")),
     Case("npz_renamed_npy", ("unfold", f"{C}/archive.npy", "-k", "1", "-o", OUT), 1, ("archive.npy", ".npy")),
     Case("npy_complex_dtype", ("unfold", f"{C}/complex.npy", "-k", "1", "-o", OUT), 1, ("complex.npy", "complex64")),
     Case("npy_zero_size", ("unfold", f"{C}/zero_size.npy", "-k", "1", "-o", OUT), 1, ("zero_size.npy", "empty")),
-    Case("npy_data_truncated", ("unfold", f"{C}/short_data.npy", "-k", "1", "-o", OUT), 1,
-         ("short_data.npy", "not a valid .npy")),
+    Case(
+        "npy_data_truncated",
+        ("unfold", f"{C}/short_data.npy", "-k", "1", "-o", OUT),
+        1,
+        ("short_data.npy", "not a valid .npy"),
+    ),
     # --- sidecars ------------------------------------------------------------------------------
-    Case("sidecar_missing_no_kernel", ("fold", f"{C}/nosidecar.npy", "-o", f"{T}/out.png"), 2,
-         ("nosidecar.json", "-k/--kernel-size")),
-    Case("sidecar_missing_no_output_size", ("fold", f"{C}/nosidecar.npy", *K4, "-s", "2", "-o", f"{T}/out.png"), 2,
-         ("nosidecar.json", "--output-size")),
-    Case("sidecar_malformed_json", ("fold", f"{C}/side_badjson.npy", "-o", f"{T}/out.png"), 1,
-         ("side_badjson.json", "not valid JSON")),
-    Case("sidecar_wrong_version", ("fold", f"{C}/side_version.npy", "-o", f"{T}/out.png"), 1,
-         ("side_version.json", "version 99")),
-    Case("sidecar_wrong_format", ("fold", f"{C}/side_format.npy", "-o", f"{T}/out.png"), 1,
-         ("side_format.json", "patchfold-patches")),
-    Case("sidecar_json_list", ("fold", f"{C}/side_list.npy", "-o", f"{T}/out.png"), 1,
-         ("side_list.json", "not a patchfold sidecar")),
-    Case("sidecar_not_utf8", ("fold", f"{C}/side_binary.npy", "-o", f"{T}/out.png"), 1,
-         ("side_binary.json", "cannot read sidecar")),
-    Case("sidecar_lacks_kernel", ("fold", f"{C}/side_nokernel.npy", "-o", f"{T}/out.png"), 1,
-         ("side_nokernel.json", "kernel_size")),
-    Case("sidecar_disagrees_with_matrix", ("fold", f"{C}/side_shape.npy", "-o", f"{T}/out.png"), 1,
-         ("side_shape.npy", "[1, 1, 20, 32]", "describes")),
-    Case("sidecar_kernel_size_text", ("fold", f"{C}/side_kabc.npy", "-o", f"{T}/out.png"), 1,
-         ("side_kabc.json", "kernel_size", "'abc'")),
-    Case("sidecar_negative_stride", ("fold", f"{C}/side_negstride.npy", "-o", f"{T}/out.png"), 1,
-         ("side_negstride.json", "stride", "[-2, 2]")),
-    Case("sidecar_mosaic_disagrees", ("show", "mosaic", f"{C}/side_shape.npy", "-o", f"{T}/out.png"), 1,
-         ("side_shape.npy", "describes")),
-    Case("mosaic_without_sidecar", ("show", "mosaic", f"{C}/nosidecar.npy", "-o", f"{T}/out.png"), 1,
-         ("nosidecar.npy", "no sidecar")),
-    Case("fold_output_size_disagrees_with_L", ("fold", f"{C}/p.npy", "--output-size", "20,32", "-o", f"{T}/out.png"),
-         1, ("L=165", "output_size=[20, 32]")),
-    Case("fold_missing_patches", ("fold", f"{C}/absent.npy", "-o", f"{T}/out.png"), 1,
-         ("absent.npy", "does not exist")),
-    Case("fold_patches_are_an_image", ("fold", GRAY, "-k", "4", "--output-size", "24,32", "-o", f"{T}/out.png"), 1,
-         ("img_gray.png", "not a .npy")),
+    Case(
+        "sidecar_missing_no_kernel",
+        ("fold", f"{C}/nosidecar.npy", "-o", f"{T}/out.png"),
+        2,
+        ("nosidecar.json", "-k/--kernel-size"),
+    ),
+    Case(
+        "sidecar_missing_no_output_size",
+        ("fold", f"{C}/nosidecar.npy", *K4, "-s", "2", "-o", f"{T}/out.png"),
+        2,
+        ("nosidecar.json", "--output-size"),
+    ),
+    Case(
+        "sidecar_malformed_json",
+        ("fold", f"{C}/side_badjson.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_badjson.json", "not valid JSON"),
+    ),
+    Case(
+        "sidecar_wrong_version",
+        ("fold", f"{C}/side_version.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_version.json", "version 99"),
+    ),
+    Case(
+        "sidecar_wrong_format",
+        ("fold", f"{C}/side_format.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_format.json", "patchfold-patches"),
+    ),
+    Case(
+        "sidecar_json_list",
+        ("fold", f"{C}/side_list.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_list.json", "not a patchfold sidecar"),
+    ),
+    Case(
+        "sidecar_not_utf8",
+        ("fold", f"{C}/side_binary.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_binary.json", "cannot read sidecar"),
+    ),
+    Case(
+        "sidecar_lacks_kernel",
+        ("fold", f"{C}/side_nokernel.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_nokernel.json", "kernel_size"),
+    ),
+    Case(
+        "sidecar_disagrees_with_matrix",
+        ("fold", f"{C}/side_shape.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_shape.npy", "[1, 1, 20, 32]", "describes"),
+    ),
+    Case(
+        "sidecar_kernel_size_text",
+        ("fold", f"{C}/side_kabc.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_kabc.json", "kernel_size", "'abc'"),
+    ),
+    Case(
+        "sidecar_negative_stride",
+        ("fold", f"{C}/side_negstride.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_negstride.json", "stride", "[-2, 2]"),
+    ),
+    Case(
+        "sidecar_mosaic_disagrees",
+        ("show", "mosaic", f"{C}/side_shape.npy", "-o", f"{T}/out.png"),
+        1,
+        ("side_shape.npy", "describes"),
+    ),
+    Case(
+        "mosaic_without_sidecar",
+        ("show", "mosaic", f"{C}/nosidecar.npy", "-o", f"{T}/out.png"),
+        1,
+        ("nosidecar.npy", "no sidecar"),
+    ),
+    Case(
+        "fold_output_size_disagrees_with_L",
+        ("fold", f"{C}/p.npy", "--output-size", "20,32", "-o", f"{T}/out.png"),
+        1,
+        ("L=165", "output_size=[20, 32]"),
+    ),
+    Case(
+        "fold_missing_patches", ("fold", f"{C}/absent.npy", "-o", f"{T}/out.png"), 1, ("absent.npy", "does not exist")
+    ),
+    Case(
+        "fold_patches_are_an_image",
+        ("fold", GRAY, "-k", "4", "--output-size", "24,32", "-o", f"{T}/out.png"),
+        1,
+        ("img_gray.png", "not a .npy"),
+    ),
     # --- block geometry and option values --------------------------------------------------------
-    Case("kernel_larger_than_padded_input", ("unfold", GRAY, "-k", "30", "-p", "2", "-o", OUT), 1,
-         ("no block fits", "[28, 36]")),
-    Case("kernel_larger_than_input_tiles", ("tiles", GRAY, "-k", "25,8", "-o", f"{T}/tiles_out"), 1,
-         ("no block fits", "[24, 32]")),
+    Case(
+        "kernel_larger_than_padded_input",
+        ("unfold", GRAY, "-k", "30", "-p", "2", "-o", OUT),
+        1,
+        ("no block fits", "[28, 36]"),
+    ),
+    Case(
+        "kernel_larger_than_input_tiles",
+        ("tiles", GRAY, "-k", "25,8", "-o", f"{T}/tiles_out"),
+        1,
+        ("no block fits", "[24, 32]"),
+    ),
     Case("kernel_zero", ("unfold", GRAY, "-k", "0", "-o", OUT), 2, ("--kernel-size", "positive")),
     Case("kernel_negative", ("unfold", GRAY, "-k", "-4", "-o", OUT), 2, ("--kernel-size", "positive")),
     Case("stride_zero", ("unfold", GRAY, *K4, "-s", "0", "-o", OUT), 2, ("--stride", "positive")),
@@ -372,68 +500,184 @@ HOSTILE_CASES: list[Case] = [
     Case("dilation_negative", ("stats", "--size", "16,16", *K4, "-d", "-2"), 2, ("--dilation", "positive")),
     Case("padding_negative", ("unfold", GRAY, *K4, "-p", "-1", "-o", OUT), 2, ("--padding", "non-negative")),
     Case("kernel_list_too_long", ("unfold", GRAY, "-k", "4,4,4", "-o", OUT), 2, ("--kernel-size", "3 values")),
-    Case("stride_list_too_long", ("fold", f"{C}/p.npy", "-s", "2,2,2", "-o", f"{T}/out.png"), 2,
-         ("--stride", "3 values")),
+    Case(
+        "stride_list_too_long", ("fold", f"{C}/p.npy", "-s", "2,2,2", "-o", f"{T}/out.png"), 2, ("--stride", "3 values")
+    ),
     Case("padding_list_too_long", ("stats", "--size", "16,16", *K4, "-p", "1,1,1"), 2, ("--padding", "3 values")),
-    Case("dilation_list_too_long_3d", ("unfold", f"{C}/whole.npy", "--spatial-dims", "2", *K4, "-d", "1,1,1,1", "-o",
-                                       OUT), 2, ("--dilation", "4 values")),
-    Case("huge_padding", ("stats", "--size", "8,8", "-k", "3", "-p", "1" + "0" * 21), 2,
-         ("--padding", "at most 2**40")),
-    Case("device_cuda_without_gpu", ("unfold", GRAY, *K4, "--device", "cuda", "-o", OUT), 2,
-         ("--device", "CUDA is not available"), marks=(no_cuda,)),
-    Case("fold_device_cuda_without_gpu", ("fold", f"{C}/p.npy", "--device", "cuda", "-o", f"{T}/out.png"), 2,
-         ("--device", "CUDA"), marks=(no_cuda,)),
+    Case(
+        "dilation_list_too_long_3d",
+        ("unfold", f"{C}/whole.npy", "--spatial-dims", "2", *K4, "-d", "1,1,1,1", "-o", OUT),
+        2,
+        ("--dilation", "4 values"),
+    ),
+    Case(
+        "huge_padding", ("stats", "--size", "8,8", "-k", "3", "-p", "1" + "0" * 21), 2, ("--padding", "at most 2**40")
+    ),
+    Case(
+        "device_cuda_without_gpu",
+        ("unfold", GRAY, *K4, "--device", "cuda", "-o", OUT),
+        2,
+        ("--device", "CUDA is not available"),
+        marks=(no_cuda,),
+    ),
+    Case(
+        "fold_device_cuda_without_gpu",
+        ("fold", f"{C}/p.npy", "--device", "cuda", "-o", f"{T}/out.png"),
+        2,
+        ("--device", "CUDA"),
+        marks=(no_cuda,),
+    ),
     Case("device_cuda_7", ("unfold", GRAY, *K4, "--device", "cuda:7", "-o", OUT), 2, ("--device", "cuda:7")),
     Case("device_garbage", ("unfold", GRAY, *K4, "--device", "garbage", "-o", OUT), 2, ("--device", "garbage")),
     # --- where outputs go ------------------------------------------------------------------------
-    Case("output_directory_missing", ("unfold", GRAY, *K4, "-o", f"{T}/no/such/dir/out.npy"), 1,
-         ("no/such/dir", "does not exist")),
-    Case("output_directory_read_only", ("unfold", GRAY, *K4, "-o", f"{T}/ro/out.npy"), 1, ("ro", "not writable"),
-         setup=_readonly_dir, marks=(not_root,)),
-    Case("output_parent_is_a_file", ("unfold", GRAY, *K4, "-o", f"{T}/afile.txt/out.npy"), 1, ("afile.txt",),
-         setup=_file("afile.txt")),
+    Case(
+        "output_directory_missing",
+        ("unfold", GRAY, *K4, "-o", f"{T}/no/such/dir/out.npy"),
+        1,
+        ("no/such/dir", "does not exist"),
+    ),
+    Case(
+        "output_directory_read_only",
+        ("unfold", GRAY, *K4, "-o", f"{T}/ro/out.npy"),
+        1,
+        ("ro", "not writable"),
+        setup=_readonly_dir,
+        marks=(not_root,),
+    ),
+    Case(
+        "output_parent_is_a_file",
+        ("unfold", GRAY, *K4, "-o", f"{T}/afile.txt/out.npy"),
+        1,
+        ("afile.txt",),
+        setup=_file("afile.txt"),
+    ),
     Case("output_under_proc", ("unfold", GRAY, *K4, "-o", "/proc/patchfold_out.npy"), 1, ("/proc",)),
-    Case("output_path_is_a_directory", ("unfold", GRAY, *K4, "-o", f"{T}/dir_out.npy"), 1,
-         ("dir_out.npy", "is a directory"), setup=_mkdir("dir_out.npy")),
-    Case("divisor_output_is_a_directory", ("divisor", "--size", "16,16", *K4, "--npy", f"{T}/dir_out.npy"), 1,
-         ("dir_out.npy", "is a directory"), setup=_mkdir("dir_out.npy")),
+    Case(
+        "output_path_is_a_directory",
+        ("unfold", GRAY, *K4, "-o", f"{T}/dir_out.npy"),
+        1,
+        ("dir_out.npy", "is a directory"),
+        setup=_mkdir("dir_out.npy"),
+    ),
+    Case(
+        "divisor_output_is_a_directory",
+        ("divisor", "--size", "16,16", *K4, "--npy", f"{T}/dir_out.npy"),
+        1,
+        ("dir_out.npy", "is a directory"),
+        setup=_mkdir("dir_out.npy"),
+    ),
     Case("several_images_without_i", ("fold", f"{C}/p2.npy", "-o", f"{T}/out.png"), 1, ("out.png", "{i}")),
-    Case("numbered_images_into_missing_dir", ("fold", f"{C}/p2.npy", "-o", T + "/nodir/out_{{i}}.png"), 1,
-         ("nodir", "does not exist")),
-    Case("tiles_into_non_empty_directory", ("tiles", GRAY, "-k", "8", "-o", f"{T}/tiles_out"), 1,
-         ("tiles_out", "not empty"), setup=_non_empty_dir),
-    Case("tiles_into_a_file", ("tiles", GRAY, "-k", "8", "-o", f"{T}/afile.txt"), 1, ("afile.txt",),
-         setup=_file("afile.txt")),
-    Case("tiles_format_cannot_hold_dtype", ("tiles", f"{C}/whole.npy", "-k", "8", "-o", f"{T}/tiles_out"), 1,
-         ("float32", "--format npy")),
+    Case(
+        "numbered_images_into_missing_dir",
+        ("fold", f"{C}/p2.npy", "-o", T + "/nodir/out_{{i}}.png"),
+        1,
+        ("nodir", "does not exist"),
+    ),
+    Case(
+        "tiles_into_non_empty_directory",
+        ("tiles", GRAY, "-k", "8", "-o", f"{T}/tiles_out"),
+        1,
+        ("tiles_out", "not empty"),
+        setup=_non_empty_dir,
+    ),
+    Case(
+        "tiles_into_a_file",
+        ("tiles", GRAY, "-k", "8", "-o", f"{T}/afile.txt"),
+        1,
+        ("afile.txt",),
+        setup=_file("afile.txt"),
+    ),
+    Case(
+        "tiles_format_cannot_hold_dtype",
+        ("tiles", f"{C}/whole.npy", "-k", "8", "-o", f"{T}/tiles_out"),
+        1,
+        ("float32", "--format npy"),
+    ),
     # --- disk full (RLIMIT_FSIZE: writes past 200 bytes fail with EFBIG) ---------------------------
-    Case("disk_full_unfold", ("unfold", GRAY, *K4, "-s", "1", "-o", OUT), 1,
-         ("out.npy", ("File too large", "No space")), fsize=200),
-    Case("disk_full_fold_png", ("fold", f"{C}/p_rgb.npy", "-o", f"{T}/out.png"), 1,
-         ("out.png", ("File too large", "No space")), fsize=200),
-    Case("disk_full_divisor_npy", ("divisor", "--size", "64,64", *K4, "--npy", OUT), 1,
-         ("out.npy", ("File too large", "No space", "disk full")), fsize=200),
-    Case("disk_full_tiles", ("tiles", GRAY, "-k", "8", "-o", f"{T}/tiles_out"), 1,
-         ("tiles_out", ("File too large", "No space")), fsize=200),
+    Case(
+        "disk_full_unfold",
+        ("unfold", GRAY, *K4, "-s", "1", "-o", OUT),
+        1,
+        ("out.npy", ("File too large", "No space")),
+        fsize=200,
+    ),
+    Case(
+        "disk_full_fold_png",
+        ("fold", f"{C}/p_rgb.npy", "-o", f"{T}/out.png"),
+        1,
+        ("out.png", ("File too large", "No space")),
+        fsize=200,
+    ),
+    Case(
+        "disk_full_divisor_npy",
+        ("divisor", "--size", "64,64", *K4, "--npy", OUT),
+        1,
+        ("out.npy", ("File too large", "No space", "disk full")),
+        fsize=200,
+    ),
+    Case(
+        "disk_full_tiles",
+        ("tiles", GRAY, "-k", "8", "-o", f"{T}/tiles_out"),
+        1,
+        ("tiles_out", ("File too large", "No space")),
+        fsize=200,
+    ),
     # --- untile: damaged or hostile tile directories -------------------------------------------
-    Case("untile_missing_tile", ("untile", f"{C}/tiles_missing", "-o", f"{T}/out.png"), 1,
-         ("img_gray_r000_c001.png", "missing")),
-    Case("untile_tile_of_wrong_size", ("untile", f"{C}/tiles_wrong_size", "-o", f"{T}/out.png"), 1,
-         ("img_gray_r000_c001.png", "[1, 8, 7]", "[1, 8, 8]")),
-    Case("untile_path_escapes_directory", ("untile", f"{C}/tiles_escape", "-o", f"{T}/out.png"), 1,
-         ("img_gray_r000_c000.png", "missing"), check=_nothing_read_outside),
-    Case("untile_absolute_path_in_manifest", ("untile", f"{C}/tiles_passwd", "-o", f"{T}/out.png"), 1,
-         ("passwd", "missing")),
-    Case("untile_manifest_tiles_not_a_list", ("untile", f"{C}/tiles_not_a_list", "-o", f"{T}/out.png"), 1,
-         ("manifest", "tiles")),
-    Case("untile_manifest_stride_zero", ("untile", f"{C}/tiles_stride_zero", "-o", f"{T}/out.png"), 1,
-         ("manifest.json", "stride")),
-    Case("untile_manifest_not_json", ("untile", f"{C}/tiles_bad_json", "-o", f"{T}/out.png"), 1,
-         ("manifest.json", "not valid JSON")),
-    Case("untile_directory_without_manifest", ("untile", f"{C}/no_images", "-o", f"{T}/out.png"), 1,
-         ("no_images", "manifest.json")),
-    Case("untile_missing_directory", ("untile", f"{C}/absent_tiles", "-o", f"{T}/out.png"), 1,
-         ("absent_tiles", "does not exist")),
+    Case(
+        "untile_missing_tile",
+        ("untile", f"{C}/tiles_missing", "-o", f"{T}/out.png"),
+        1,
+        ("img_gray_r000_c001.png", "missing"),
+    ),
+    Case(
+        "untile_tile_of_wrong_size",
+        ("untile", f"{C}/tiles_wrong_size", "-o", f"{T}/out.png"),
+        1,
+        ("img_gray_r000_c001.png", "[1, 8, 7]", "[1, 8, 8]"),
+    ),
+    Case(
+        "untile_path_escapes_directory",
+        ("untile", f"{C}/tiles_escape", "-o", f"{T}/out.png"),
+        1,
+        ("img_gray_r000_c000.png", "missing"),
+        check=_nothing_read_outside,
+    ),
+    Case(
+        "untile_absolute_path_in_manifest",
+        ("untile", f"{C}/tiles_passwd", "-o", f"{T}/out.png"),
+        1,
+        ("passwd", "missing"),
+    ),
+    Case(
+        "untile_manifest_tiles_not_a_list",
+        ("untile", f"{C}/tiles_not_a_list", "-o", f"{T}/out.png"),
+        1,
+        ("manifest", "tiles"),
+    ),
+    Case(
+        "untile_manifest_stride_zero",
+        ("untile", f"{C}/tiles_stride_zero", "-o", f"{T}/out.png"),
+        1,
+        ("manifest.json", "stride"),
+    ),
+    Case(
+        "untile_manifest_not_json",
+        ("untile", f"{C}/tiles_bad_json", "-o", f"{T}/out.png"),
+        1,
+        ("manifest.json", "not valid JSON"),
+    ),
+    Case(
+        "untile_directory_without_manifest",
+        ("untile", f"{C}/no_images", "-o", f"{T}/out.png"),
+        1,
+        ("no_images", "manifest.json"),
+    ),
+    Case(
+        "untile_missing_directory",
+        ("untile", f"{C}/absent_tiles", "-o", f"{T}/out.png"),
+        1,
+        ("absent_tiles", "does not exist"),
+    ),
 ]
 
 
@@ -441,8 +685,9 @@ def expand(args: tuple[str, ...], corpus: Path, tmp: Path) -> list[str]:
     return [arg.format(c=corpus, t=tmp) for arg in args]
 
 
-def check_error_line(done: subprocess.CompletedProcess[str], code: int,
-                     fragments: tuple[str | tuple[str, ...], ...]) -> str:
+def check_error_line(
+    done: subprocess.CompletedProcess[str], code: int, fragments: tuple[str | tuple[str, ...], ...]
+) -> str:
     """The contract for a failed run; returns its Error line."""
     assert done.returncode == code, report(done)
     assert "Traceback" not in done.stderr, report(done)
@@ -491,19 +736,30 @@ def test_hostile_input_fails_cleanly(case: Case, corpus: Path, tmp_path: Path) -
 
 
 # ----- huge but legal values: a result or a clean error, never a crash ------------------------------
-@pytest.mark.parametrize("args", [
-    pytest.param(["unfold", "{gray}", "-k", "3", "-s", "1" + "0" * 23, "-o", "{t}/huge.npy"], id="unfold_huge_stride"),
-    pytest.param(["unfold", "{gray}", "-k", "3", "-s", str(2**62), "-o", "{t}/huge.npy"], id="unfold_stride_2_62"),
-    pytest.param(["unfold", "{line}", "-k", "3", "-s", "1" + "0" * 23, "-o", "{t}/huge.npy"],
-                 id="unfold_1d_huge_stride"),
-    pytest.param(["unfold", "{volume}", "--spatial-dims", "3", "-k", "3", "-s", str(2**63), "-o", "{t}/huge.npy"],
-                 id="unfold_3d_stride_2_63"),
-    pytest.param(["unfold", "{gray}", "-k", "3", "-s", str(2**64), "-o", "{t}/huge.npy"], id="unfold_stride_2_64"),
-    pytest.param(["unfold", "{gray}", "-k", "3", "-s", str(2**63 - 1), "-o", "{t}/huge.npy"],
-                 id="unfold_stride_2_63_minus_1"),
-    pytest.param(["divisor", "--size", "8,8", "-k", "3", "-s", "1" + "0" * 23, "--npy", "{t}/huge.npy"],
-                 id="divisor_huge_stride"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(
+            ["unfold", "{gray}", "-k", "3", "-s", "1" + "0" * 23, "-o", "{t}/huge.npy"], id="unfold_huge_stride"
+        ),
+        pytest.param(["unfold", "{gray}", "-k", "3", "-s", str(2**62), "-o", "{t}/huge.npy"], id="unfold_stride_2_62"),
+        pytest.param(
+            ["unfold", "{line}", "-k", "3", "-s", "1" + "0" * 23, "-o", "{t}/huge.npy"], id="unfold_1d_huge_stride"
+        ),
+        pytest.param(
+            ["unfold", "{volume}", "--spatial-dims", "3", "-k", "3", "-s", str(2**63), "-o", "{t}/huge.npy"],
+            id="unfold_3d_stride_2_63",
+        ),
+        pytest.param(["unfold", "{gray}", "-k", "3", "-s", str(2**64), "-o", "{t}/huge.npy"], id="unfold_stride_2_64"),
+        pytest.param(
+            ["unfold", "{gray}", "-k", "3", "-s", str(2**63 - 1), "-o", "{t}/huge.npy"], id="unfold_stride_2_63_minus_1"
+        ),
+        pytest.param(
+            ["divisor", "--size", "8,8", "-k", "3", "-s", "1" + "0" * 23, "--npy", "{t}/huge.npy"],
+            id="divisor_huge_stride",
+        ),
+    ],
+)
 def test_huge_values_give_a_result_or_a_clean_error(args: list[str], corpus: Path, tmp_path: Path) -> None:
     inputs = tmp_path.parent / f"{tmp_path.name}_inputs"
     inputs.mkdir()
@@ -546,8 +802,10 @@ def special_floats() -> np.ndarray:
 def test_nan_and_inf_are_passed_through_bit_exactly(tmp_path: Path, layout: str, padding: int) -> None:
     values = special_floats()
     np.save(tmp_path / "special.npy", values)
-    done = run(["unfold", "special.npy", "-k", "2", "-p", str(padding), "--layout", layout, "-o", "out.npy",
-                "--no-progress"], cwd=tmp_path)
+    done = run(
+        ["unfold", "special.npy", "-k", "2", "-p", str(padding), "--layout", layout, "-o", "out.npy", "--no-progress"],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, report(done)
     cols = np.load(tmp_path / "out.npy")
     expected = reference_unfold(values, 2, padding=padding)  # copies values only: every bit is kept
@@ -555,7 +813,6 @@ def test_nan_and_inf_are_passed_through_bit_exactly(tmp_path: Path, layout: str,
         expected = expected.transpose(0, 2, 1)
     assert cols.dtype == np.float32 and cols.shape == expected.shape
     np.testing.assert_array_equal(cols.view(np.uint32), expected.view(np.uint32), err_msg="bits changed")
-
 
 
 def fold_back(tmp_path: Path, values: np.ndarray) -> np.ndarray:
@@ -654,8 +911,7 @@ def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
 
 
 @pytest.mark.parametrize(("signum", "existing"), SIGNAL_CASES)
-def test_signal_during_long_write_leaves_nothing(large_npy: Path, tmp_path: Path, signum: int,
-                                                 existing: bool) -> None:
+def test_signal_during_long_write_leaves_nothing(large_npy: Path, tmp_path: Path, signum: int, existing: bool) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     if existing:
@@ -663,12 +919,30 @@ def test_signal_during_long_write_leaves_nothing(large_npy: Path, tmp_path: Path
         (out_dir / "out.json").write_bytes(SENTINEL)
     before = snapshot(out_dir)
     process = subprocess.Popen(
-        [str(COMMAND), "unfold", str(large_npy), "-k", "16", "-s", "2", "--max-memory", "1MB", "--no-progress",
-         "-o", str(out_dir / "out.npy")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=command_env(COLUMNS="200"))
+        [
+            str(COMMAND),
+            "unfold",
+            str(large_npy),
+            "-k",
+            "16",
+            "-s",
+            "2",
+            "--max-memory",
+            "1MB",
+            "--no-progress",
+            "-o",
+            str(out_dir / "out.npy"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=command_env(COLUMNS="200"),
+    )
     try:
-        started = wait_for(lambda: any(p.name.endswith(".part") for p in out_dir.iterdir()) or
-                           process.poll() is not None, 30)
+        started = wait_for(
+            lambda: any(p.name.endswith(".part") for p in out_dir.iterdir()) or process.poll() is not None, 30
+        )
         assert started and process.poll() is None, "the unfold never started writing, or ended at once"
         time.sleep(0.2)  # well into the bands
         assert process.poll() is None, "the unfold finished before it could be interrupted: make it longer"

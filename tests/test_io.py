@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import patchfold
 import pytest
-from patchfold import io
-from patchfold.batch import convert_channels
+from patchfold.io.read import convert_channels, load_inputs, read_npy
 from PIL import Image
 
 tifffile = pytest.importorskip("tifffile")
@@ -30,7 +29,7 @@ def test_tiff_variants_read_exactly(tmp_path: Path, options: dict, dtype: type) 
     pixels = (rng.random((40, 56, 3)) * 60000).astype(dtype)
     path = tmp_path / "image.tif"
     tifffile.imwrite(path, pixels, photometric="rgb", **options)
-    batch = io.load_inputs([path])
+    batch = load_inputs([path])
     assert batch.array.dtype == dtype
     np.testing.assert_array_equal(batch.array[0], np.moveaxis(pixels, -1, 0))
 
@@ -38,7 +37,7 @@ def test_tiff_variants_read_exactly(tmp_path: Path, options: dict, dtype: type) 
 def test_uncompressed_tiff_is_memory_mapped(tmp_path: Path) -> None:
     path = tmp_path / "big.tif"
     tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
-    array = io.load_inputs([path]).array
+    array = load_inputs([path]).array
     assert isinstance(array.base, np.memmap) or isinstance(array, np.memmap) or array.base is not None
     assert not array.flags.owndata
 
@@ -48,8 +47,8 @@ def test_multipage_tiff_needs_stack(tmp_path: Path) -> None:
     volume = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
     tifffile.imwrite(path, volume)
     with pytest.raises(patchfold.PatchfoldError, match="--stack"):
-        io.load_inputs([path])
-    array = io.load_inputs([path], stack=True).array
+        load_inputs([path])
+    array = load_inputs([path], stack=True).array
     assert array.shape == (1, 1, 5, 6, 7)
     np.testing.assert_array_equal(array[0, 0], volume)
 
@@ -58,18 +57,18 @@ def test_directory_of_slices_stacks_into_a_volume(tmp_path: Path) -> None:
     slices = np.random.default_rng(1).integers(0, 255, (4, 9, 11), dtype=np.uint8)
     for i, plane in enumerate(slices):
         Image.fromarray(plane).save(tmp_path / f"slice_{i:02d}.png")
-    array = io.load_inputs([tmp_path], stack=True).array
+    array = load_inputs([tmp_path], stack=True).array
     np.testing.assert_array_equal(array[0, 0], slices)
     Image.fromarray(np.zeros((9, 12), np.uint8)).save(tmp_path / "slice_99.png")
     with pytest.raises(patchfold.PatchfoldError, match="one volume"):
-        io.load_inputs([tmp_path], stack=True)
+        load_inputs([tmp_path], stack=True)
 
 
 def test_tiff_pixel_limit(tmp_path: Path) -> None:
     path = tmp_path / "image.tif"
     tifffile.imwrite(path, np.zeros((30, 40), np.uint8))
     with pytest.raises(patchfold.PatchfoldError, match="over the limit of 1000"):
-        io.load_inputs([path], max_pixels=1000)
+        load_inputs([path], max_pixels=1000)
 
 
 @pytest.mark.parametrize(
@@ -87,10 +86,17 @@ def test_convert_channels_refuses_the_impossible() -> None:
         convert_channels(np.zeros((1, 2, 1, 1), np.uint8), 4, "x.png")
 
 
-@pytest.mark.parametrize(("shape", "dims", "expected"), [
-    ((7,), None, (1, 1, 7)), ((5, 6), None, (1, 1, 5, 6)), ((2, 5, 6), None, (1, 2, 5, 6)),
-    ((1, 2, 3, 4, 5), None, (1, 2, 3, 4, 5)), ((3, 4, 5), 3, (1, 1, 3, 4, 5)), ((2, 9), 1, (1, 2, 9)),
-])
+@pytest.mark.parametrize(
+    ("shape", "dims", "expected"),
+    [
+        ((7,), None, (1, 1, 7)),
+        ((5, 6), None, (1, 1, 5, 6)),
+        ((2, 5, 6), None, (1, 2, 5, 6)),
+        ((1, 2, 3, 4, 5), None, (1, 2, 3, 4, 5)),
+        ((3, 4, 5), 3, (1, 1, 3, 4, 5)),
+        ((2, 9), 1, (1, 2, 9)),
+    ],
+)
 def test_npy_shapes_by_rank(tmp_path: Path, shape: tuple, dims: int | None, expected: tuple) -> None:
     np.save(tmp_path / "a.npy", np.zeros(shape, np.float32))
-    assert io.read_npy(tmp_path / "a.npy", dims).shape == expected
+    assert read_npy(tmp_path / "a.npy", dims).shape == expected

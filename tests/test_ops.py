@@ -23,6 +23,8 @@ from helpers_ref import (
     to_numpy,
 )
 from patchfold import PatchfoldError, windows
+from patchfold.engines import compiled
+from patchfold.engines.cpu import run_parallel, split_range
 
 ENGINES = ("cpu", "torch")
 FLOATS = (np.float32, np.float64)
@@ -725,16 +727,22 @@ def test_cuda_three_d_and_engine_cpu_refused():
 
 def test_compiled_loops_are_used_where_built() -> None:
     """The compiled loops are an optional build; where it exists, every dtype pair must find its loop."""
-    from patchfold import kernels
 
-    if not kernels.available():
+    if not compiled.available():
         pytest.skip("the optional C loops were not built here")
-    for source, accumulator in (("float32", "float32"), ("float32", "float64"), ("float64", "float64"),
-                                ("float16", "float32"), ("uint8", "int64"), ("uint16", "int64"), ("bool", "int64")):
+    for source, accumulator in (
+        ("float32", "float32"),
+        ("float32", "float64"),
+        ("float64", "float64"),
+        ("float16", "float32"),
+        ("uint8", "int64"),
+        ("uint16", "int64"),
+        ("bool", "int64"),
+    ):
         for ndim in (2, 3):
-            assert kernels.fold(source, accumulator, ndim) is not None, (source, accumulator, ndim)
+            assert compiled.fold(source, accumulator, ndim) is not None, (source, accumulator, ndim)
     for itemsize, ndim in itertools.product((1, 2, 4, 8), (2, 3)):
-        assert kernels.unfold(itemsize, ndim) is not None
+        assert compiled.unfold(itemsize, ndim) is not None
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
@@ -757,11 +765,12 @@ def test_compiled_loops_are_used_where_built() -> None:
         ((2, 3, 7, 9, 8), (3, 2, 3), (2, 1, 1), (2, 1, 0), (2, 3, 2)),  # 3-D: dilated depth, padding 2
     ],
 )
-def test_compiled_unfold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, shape, kernel,
-                                               dilation, padding, stride) -> None:
+def test_compiled_unfold_paths_match_reference(
+    monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, shape, kernel, dilation, padding, stride
+) -> None:
     """Every dispatch of the compiled unfold (strides, run lengths, repeated kernel columns, 3-D
     planes, kernel-row and block-row splits over threads) gives the reference result."""
-    from patchfold import cpu
+    from patchfold.engines import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
     x = rng(11).integers(0, 250, shape).astype(dtype)
@@ -788,11 +797,12 @@ def test_compiled_unfold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, 
         ((6, 7, 19), (3, 1, 2), (2, 1, 3), (1, 0, 1), (2, 2, 3)),  # 3-D: depth blocks skipping rows
     ],
 )
-def test_compiled_fold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, size, kernel,
-                                             dilation, padding, stride) -> None:
+def test_compiled_fold_paths_match_reference(
+    monkeypatch: pytest.MonkeyPatch, dtype, layout, threads, size, kernel, dilation, padding, stride
+) -> None:
     """Every path of the compiled fold (summed meeting columns, heads and tails, 3-D planes, bands
     over threads) gives the reference overlap-add (and F.fold's result, in 2-D)."""
-    from patchfold import cpu
+    from patchfold.engines import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
     geometry = patchfold.Geometry.create(size, kernel, stride, padding, dilation)
@@ -808,10 +818,11 @@ def test_compiled_fold_paths_match_reference(monkeypatch: pytest.MonkeyPatch, dt
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [((4, 6), (3, 3), (1, 2)), (16, 8, 0), ((3, 2), (2, 1), 0)])
-def test_half_overlap_fold_matches_torch_on_threads(monkeypatch: pytest.MonkeyPatch, dtype, kernel, stride,
-                                                    padding) -> None:
+def test_half_overlap_fold_matches_torch_on_threads(
+    monkeypatch: pytest.MonkeyPatch, dtype, kernel, stride, padding
+) -> None:
     """Kernel width twice the stride takes the compiled loop's paired path; check it in every band."""
-    from patchfold import cpu
+    from patchfold.engines import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
     size = (37, 45)
@@ -829,8 +840,6 @@ def test_run_parallel_waits_for_every_piece_and_reraises(failing_piece: int) -> 
     import threading
     import time
 
-    from patchfold import cpu
-
     finished: list[int] = []
     lock = threading.Lock()
 
@@ -842,24 +851,24 @@ def test_run_parallel_waits_for_every_piece_and_reraises(failing_piece: int) -> 
             finished.append(lo)
 
     with pytest.raises(RuntimeError, match="piece"):
-        cpu.run_parallel(task, 0, 100, nbytes=1 << 30, threads=2)
+        run_parallel(task, 0, 100, nbytes=1 << 30, threads=2)
     assert finished == [50 if failing_piece == 0 else 0]
 
 
 def test_run_parallel_covers_the_range_once() -> None:
-    from patchfold import cpu
 
     seen = np.zeros(1000, dtype=int)
-    cpu.run_parallel(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 0, 1000, 1 << 30, threads=3)
+    run_parallel(lambda lo, hi: seen.__setitem__(slice(lo, hi), seen[lo:hi] + 1), 0, 1000, 1 << 30, threads=3)
     assert (seen == 1).all()
-    assert cpu.split_range(3, 5, 8) == [(3, 4), (4, 5)]
+    assert split_range(3, 5, 8) == [(3, 4), (4, 5)]
 
 
 @pytest.mark.parametrize("layout", ["ncl", "nlc"])
 @pytest.mark.parametrize("shape", [(2, 3, 13, 30), (1, 2, 5, 6, 9)])
 def test_numpy_loops_match_reference_where_nothing_was_compiled(monkeypatch: pytest.MonkeyPatch, layout, shape) -> None:
     """Without the optional C build (no compiler at install), the numpy copies give the same results."""
-    from patchfold import cpu, kernels
+    from patchfold.engines import compiled as kernels
+    from patchfold.engines import cpu
 
     monkeypatch.setattr(kernels, "unfold", lambda *args: None)
     monkeypatch.setattr(kernels, "fold", lambda *args: None)
@@ -883,11 +892,12 @@ def test_numpy_loops_match_reference_where_nothing_was_compiled(monkeypatch: pyt
         ((1, 1, 2, 2, 1), (1, 1, 3), (1, 1, 2), (0, 0, 2)),
     ],
 )
-def test_padding_wider_than_the_blocks_reach(monkeypatch: pytest.MonkeyPatch, threads, shape, kernel, dilation,
-                                             padding) -> None:
+def test_padding_wider_than_the_blocks_reach(
+    monkeypatch: pytest.MonkeyPatch, threads, shape, kernel, dilation, padding
+) -> None:
     """Kernel columns whose every block lies in the padding are all zeros, and nothing is written past
     the row (found by review under AddressSanitizer: the compiled ncl copy overran such rows)."""
-    from patchfold import cpu
+    from patchfold.engines import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
     x = np.arange(1, 1 + math.prod(shape), dtype=np.float32).reshape(shape)
@@ -936,8 +946,7 @@ def test_misaligned_arrays_take_the_numpy_copy(layout: str) -> None:
 
 
 def test_run_parallel_does_nothing_on_an_empty_range() -> None:
-    from patchfold import cpu
 
     calls: list[tuple[int, int]] = []
-    cpu.run_parallel(lambda lo, hi: calls.append((lo, hi)), 5, 5, nbytes=1 << 30, threads=4)
+    run_parallel(lambda lo, hi: calls.append((lo, hi)), 5, 5, nbytes=1 << 30, threads=4)
     assert calls == []

@@ -22,7 +22,8 @@ from helpers_ref import (
 )
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from patchfold import PatchfoldError, cpu
+from patchfold import PatchfoldError
+from patchfold.engines import cpu
 
 SETTINGS = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = (np.float32, np.float64, np.uint8, np.int16, np.int32, np.int64)

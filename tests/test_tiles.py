@@ -10,7 +10,7 @@ import numpy as np
 import patchfold
 import pytest
 from patchfold.geometry import Geometry
-from patchfold.tiles import TileSet, read_tiles, tile_name, write_tiles
+from patchfold.jobs.tiles import TileSet, read_tiles, tile_name, write_tiles
 from PIL import Image
 
 
@@ -32,8 +32,16 @@ def test_tiles_round_trip_exactly(tmp_path: Path, fmt: str) -> None:
     assert files == {t["file"] for t in manifest["tiles"]}
     with open(tmp_path / "t" / "manifest.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows[1] == {"file": f"a_r000_c001.{fmt}", "image": "0", "row": "0", "col": "1", "y0": "-1", "x0": "4",
-                       "y1": "7", "x1": "10"}
+    assert rows[1] == {
+        "file": f"a_r000_c001.{fmt}",
+        "image": "0",
+        "row": "0",
+        "col": "1",
+        "y0": "-1",
+        "x0": "4",
+        "y1": "7",
+        "x1": "10",
+    }
     tileset = collect(read_tiles(tmp_path / "t"))
     np.testing.assert_array_equal(tileset.cols, patchfold.unfold(x, (8, 6), 1, (1, 0), (6, 4)))
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
 
 import numpy as np
-from patchfold import kernels
 from patchfold.coverage import NUMPY_PAD_MODE
+from patchfold.dtypes import accumulator_dtype
+from patchfold.engines import compiled
+from patchfold.engines.strided import band_view, block_columns, fold_rows, select_blocks, window_view
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 #: Below this many output bytes a second thread costs more than it saves.
@@ -61,54 +63,6 @@ def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes
         wait(futures)  # never leave a worker writing into an array the caller may free
     for future in futures:
         future.result()  # re-raise a worker's error
-
-
-def reshape_view(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Reshape without ever copying (numpy arrays or torch tensors; the result aliases ``array``)."""
-    if isinstance(array, np.ndarray):
-        return array.reshape(tuple(shape), copy=False)
-    return array.view(tuple(shape))
-
-
-def permute(array: np.ndarray, order: Sequence[int]) -> np.ndarray:
-    return array.transpose(order) if isinstance(array, np.ndarray) else array.permute(*order)
-
-
-# ----- unfold ------------------------------------------------------------------------------------
-def window_view(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> np.ndarray:
-    """Zero-copy view ``(N, C, *kernel, last-first, *L[1:])`` of the blocks in block rows
-    ``[first, last)`` of a padded ``(N, C, *padded_size)`` array."""
-    strides = padded.strides
-    spatial = strides[2:]
-    start = padded[:, :, first * geometry.stride[0] :]
-    shape = (*padded.shape[:2], *geometry.kernel_size, last - first, *geometry.blocks_per_dim[1:])
-    view_strides = (
-        *strides[:2],
-        *(st * d for st, d in zip(spatial, geometry.dilation)),
-        *(st * s for st, s in zip(spatial, geometry.stride)),
-    )
-    return np.lib.stride_tricks.as_strided(start, shape=shape, strides=view_strides, writeable=False)
-
-
-def band_view(band: np.ndarray, geometry: Geometry, channels: int, rows: int, layout: str) -> np.ndarray:
-    """View an output band of the patch matrix as ``(N, C, *kernel, rows, *L[1:])``."""
-    ndim = geometry.ndim
-    inner = geometry.blocks_per_dim[1:]
-    if layout == "ncl":
-        return reshape_view(band, (band.shape[0], channels, *geometry.kernel_size, rows, *inner))
-    view = reshape_view(band, (band.shape[0], rows, *inner, channels, *geometry.kernel_size))
-    # (N, rows, *inner, C, *K) -> (N, C, *K, rows, *inner)
-    order = (0, ndim + 1, *range(ndim + 2, 2 * ndim + 2), *range(1, ndim + 1))
-    return permute(view, order)
-
-
-def block_columns(geometry: Geometry, first: int, last: int) -> slice:
-    """Columns of the patch matrix (block indices) that block rows ``[first, last)`` fill."""
-    return slice(first * geometry.blocks_per_row, last * geometry.blocks_per_row)
-
-
-def select_blocks(matrix: np.ndarray, columns: slice, layout: str) -> np.ndarray:
-    return matrix[:, :, columns] if layout == "ncl" else matrix[:, columns, :]
 
 
 def unfold_rows(padded: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, first: int, last: int) -> None:
@@ -189,7 +143,7 @@ def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | N
         and x.flags.aligned
         and x.dtype.byteorder != ">"
         and geometry.padding_mode == "zeros"
-        and kernels.unfold(x.dtype.itemsize, geometry.ndim) is not None
+        and compiled.unfold(x.dtype.itemsize, geometry.ndim) is not None
     )
 
 
@@ -204,7 +158,7 @@ def _compiled_unfold(
         return None
     if layout == "nlc" and out.strides[1] != out.shape[2] * out.itemsize:
         return None
-    function = kernels.unfold(x.dtype.itemsize, geometry.ndim)
+    function = compiled.unfold(x.dtype.itemsize, geometry.ndim)
     # C, *spatial size, *kernel, *blocks after dim 0, *stride, *dilation, *padding
     shape = (
         *x.shape[1:],
@@ -222,64 +176,6 @@ def _compiled_unfold(
             function(x[item].ctypes.data, part[item].ctypes.data, *shape, lo, hi, q0, q1, nlc, row_stride)
 
     return run
-
-
-# ----- fold --------------------------------------------------------------------------------------
-def accumulator_dtype(dtype: np.dtype, exact: bool = False) -> np.dtype:
-    """Integers sum in int64 (never wraps). Floats sum in their own precision, as F.fold does
-    (float16 in float32), or in float64 with ``exact``: then a normalised fold of untouched
-    patches gives the input back bit-exactly and near-maximal values cannot overflow."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "biu":
-        return np.dtype(np.int64) if dtype != np.uint64 else np.dtype(np.uint64)
-    if exact:
-        return np.dtype(np.float64)
-    if dtype == np.float16:
-        return np.dtype(np.float32)
-    return dtype
-
-
-def fold_rows(
-    blocks: np.ndarray,
-    geometry: Geometry,
-    acc: np.ndarray,
-    lo: int,
-    hi: int,
-    weights: list[np.ndarray] | None = None,
-) -> None:
-    """Add every block's contribution to padded output rows ``[lo, hi)`` of dim 0 into ``acc``.
-
-    ``blocks`` is the patch matrix viewed as ``(N, C, *kernel, *L)``; ``acc`` holds padded rows
-    ``[lo, hi)``: ``(N, C, hi-lo, *padded_size[1:])``. ``weights`` are per-dim window weights
-    ``(L_d, k_d)``.
-    """
-    for offset in geometry.kernel_offsets():
-        first, last = geometry.blocks_reaching(0, offset[0], lo, hi)
-        if last <= first:
-            continue
-        rows = geometry.positions(0, offset[0], first, last)
-        target = (
-            slice(None),
-            slice(None),
-            slice(rows.start - lo, rows.stop - lo, rows.step),  # acc holds padded rows from lo
-            *(geometry.positions(dim, offset[dim]) for dim in range(1, geometry.ndim)),
-        )
-        source = blocks[(slice(None), slice(None), *offset, slice(first, last))]
-        if weights is not None:
-            source = source * block_weights(weights, offset, first, last)
-        view = acc[target]
-        view += source if isinstance(source, np.ndarray) else source.to(view.dtype)
-
-
-def block_weights(weights: Sequence[np.ndarray], offset: tuple[int, ...], first: int, last: int) -> np.ndarray:
-    """Window weight of kernel ``offset`` in every block of rows ``[first, last)``: ``(rows, *L[1:])``."""
-    ndim = len(weights)
-    product = None
-    for dim, per_dim in enumerate(weights):
-        factor = per_dim[first:last, offset[0]] if dim == 0 else per_dim[:, offset[dim]]
-        shaped = factor.reshape([-1 if d == dim else 1 for d in range(ndim)])
-        product = shaped if product is None else product * shaped
-    return product
 
 
 def blocks_view(cols: np.ndarray, geometry: Geometry, layout: str) -> np.ndarray:
@@ -334,7 +230,7 @@ def _compiled_fold(
     numpy's. ``out`` must hold whole, contiguous rows of dim 0 (any channel stride)."""
     if weights is not None or not cols.flags.c_contiguous or not cols.flags.aligned or cols.dtype.byteorder == ">":
         return None
-    function = kernels.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
+    function = compiled.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
     if function is None or not _rows_contiguous(out):
         return None
     channels = out.shape[1]

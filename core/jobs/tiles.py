@@ -23,17 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from patchfold.cpu import pad_input
+from patchfold.engines.cpu import pad_input
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.io import check_parent, read_image, read_npy, read_tiff, to_image_array
-from patchfold.pipeline import Progress
+from patchfold.io.formats import MANIFEST_FORMAT, MANIFEST_VERSION, manifest_geometry, read_manifest
+from patchfold.io.read import read_image, read_npy, read_tiff
+from patchfold.io.write import check_parent, to_image_array
+from patchfold.jobs.plan import Progress
 
 #: Tile file formats: ``png`` (uint8 with 1-4 channels, or one 16-bit channel), ``tif`` (also one
 #: channel of float32/int32, and volumes), ``npy`` (anything, exact).
 TILE_FORMATS = ("png", "tif", "npy")
-MANIFEST_FORMAT = "patchfold-tiles"
-MANIFEST_VERSION = 1
+
+
 _AXIS_LETTERS = "zrc"
 
 
@@ -47,13 +49,6 @@ class TileSet:
     @cached_property
     def geometry(self) -> Geometry:
         return manifest_geometry(self.manifest)
-
-
-def manifest_geometry(manifest: dict[str, Any]) -> Geometry:
-    m = manifest
-    return Geometry.create(
-        m["input_shape"][2:], m["kernel_size"], m["stride"], m["padding"], m["dilation"], m["padding_mode"]
-    )
 
 
 def tile_name(stem: str, index: Sequence[int], suffix: str) -> str:
@@ -191,40 +186,6 @@ def _atomic_directory(directory: Path) -> Iterator[Path]:
             raise PatchfoldError(f"output directory '{directory}' was filled by another run meanwhile") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-# ----- reading back ------------------------------------------------------------------------------
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
-    if not directory.is_dir():
-        raise PatchfoldError(f"tile directory '{directory}' does not exist")
-    if not path.exists():
-        raise PatchfoldError(f"'{directory}' has no manifest.json: is it a directory written by patchfold tiles?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PatchfoldError(f"manifest '{path}' is not valid JSON: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise PatchfoldError(f"'{path}' is not a patchfold tile manifest")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise PatchfoldError(f"'{path}' has version {manifest.get('version')!r}; expected {MANIFEST_VERSION}")
-    missing = [k for k in ("kernel_size", "stride", "padding", "dilation", "input_shape", "tiles") if k not in manifest]
-    if missing:
-        raise PatchfoldError(f"manifest '{path}' lacks field(s) {', '.join(missing)}")
-    manifest.setdefault("padding_mode", "zeros")
-    tiles = manifest["tiles"]
-    if not isinstance(tiles, list) or not all(isinstance(t, dict) and isinstance(t.get("file"), str) for t in tiles):
-        raise PatchfoldError(f'manifest \'{path}\': "tiles" must be a list of objects with a "file" name')
-    if not isinstance(manifest.get("images", []), list):
-        raise PatchfoldError(f"manifest '{path}': \"images\" must be a list")
-    shape = manifest["input_shape"]
-    if not (isinstance(shape, list) and len(shape) >= 3 and all(type(v) is int and v > 0 for v in shape)):
-        raise PatchfoldError(f"manifest '{path}': input_shape must be [N, C, *spatial] of positive ints, got {shape!r}")
-    try:
-        manifest_geometry(manifest)
-    except (PatchfoldError, TypeError) as error:  # a fault in the file, not in an option
-        raise PatchfoldError(f"manifest '{path}': {error}") from None
-    return manifest
 
 
 def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:

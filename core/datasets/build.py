@@ -14,72 +14,34 @@ killed job resumes by skipping the images whose rows are already complete.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from patchfold import io
+from patchfold import dtypes
+from patchfold.blocks import to_tuple
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.pipeline import allocate_npy, write_at, write_npy_header
+from patchfold.io import read
+from patchfold.io.formats import DATASET_FORMAT, DATASET_VERSION, _identity, _write_manifest
+from patchfold.io.read import convert_channels
+from patchfold.io.write import allocate_npy, check_free_space, save_npy, write_at, write_npy_header
+from patchfold.ops import unfold
+from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
 
-DATASET_FORMAT = "patchfold-dataset"
-DATASET_VERSION = 1
 DONE_DIR = ".done"
+
+
 DEFAULT_SHARD_SIZE = 10**9
 
 
-# ----- inputs ------------------------------------------------------------------------------------
-def find_sources(sources: Sequence[str], recursive: bool = False) -> list[Path]:
-    """Files, directories (their images; all levels with ``recursive``) and glob patterns, in the
-    order given (each directory or pattern sorted by name), without duplicates."""
-    found: dict[str, Path] = {}
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            matches = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in io.INPUT_SUFFIXES]
-        elif path.exists():
-            matches = [path]
-        elif glob.has_magic(source):
-            matches = [Path(p) for p in glob.glob(source, recursive=recursive) if Path(p).is_file()]
-        else:
-            raise PatchfoldError(f"input '{source}' does not exist")
-        for match in sorted(matches):
-            found.setdefault(str(match), match)
-    if not found:
-        raise PatchfoldError(f"no images found in {', '.join(repr(s) for s in sources)}")
-    return list(found.values())
-
-
-def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
-    """``(1, C, H, W)`` to ``channels``: grey↔RGB, alpha dropped; None keeps what there is."""
-    have = array.shape[1]
-    if channels is None or channels == have:
-        return array
-    if channels == 3 and have in (1, 2):
-        return np.repeat(array[:, :1], 3, axis=1)
-    if channels == 3 and have == 4:
-        return array[:, :3]
-    if channels == 1 and have in (3, 4):
-        weights = np.array([0.299, 0.587, 0.114])
-        grey = np.tensordot(weights, array[0, :3].astype(np.float64), axes=1)[None, None]
-        return np.rint(grey).astype(array.dtype) if array.dtype.kind in "iu" else grey.astype(array.dtype)
-    if channels == 1 and have == 2:
-        return array[:, :1]
-    raise PatchfoldError(f"'{source}' has {have} channel(s); cannot convert to {channels}")
-
-
-# ----- plan --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageTask:
     """One image's share of the work: where its patches go. Picklable, sent to workers."""
@@ -97,19 +59,6 @@ class ImageTask:
     params: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]
     marker: str
     max_pixels: int
-
-
-@dataclass
-class ImageResult:
-    image_id: int
-    source: str
-    rows: int
-    error: str | None = None
-    skipped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass
@@ -137,14 +86,14 @@ def plan_dataset(
     dtype: str = "keep",
     channels: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    max_pixels: int = io.DEFAULT_MAX_PIXELS,
+    max_pixels: int = read.DEFAULT_MAX_PIXELS,
 ) -> DatasetPlan:
     """Read every image's header, check geometry and channels, and assign rows in shards."""
     shapes: list[tuple[Path, tuple[int, ...], np.dtype]] = []
     failed: list[ImageResult] = []
     for image_id, path in enumerate(sources):
         try:
-            shape, image_dtype = io.probe_shape([path], None, max_pixels)
+            shape, image_dtype = read.probe_shape([path], None, max_pixels)
             shapes.append((path, shape, image_dtype))
         except PatchfoldError as error:
             failed.append(ImageResult(image_id, str(path), 0, str(error)))
@@ -154,12 +103,12 @@ def plan_dataset(
         listing = ", ".join(f"{c}: {sum(1 for _, s, _ in shapes if s and s[1] == c)} image(s)" for c in counts)
         raise PatchfoldError(f"images differ in channel count ({listing}); convert them with --channels C")
     channel_count = channels or (counts[0] if counts else 1)
-    dtypes = [d for _, s, d in shapes if s]
-    source_dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint8)
-    out_dtype, scale = io.target_dtype(source_dtype, dtype)
+    image_dtypes = [d for _, s, d in shapes if s]
+    source_dtype = np.result_type(*image_dtypes) if image_dtypes else np.dtype(np.uint8)
+    out_dtype, scale = dtypes.target_dtype(source_dtype, dtype)
     ndim = len(shapes[0][1]) - 2 if shapes and shapes[0][1] else 2
     geometry_args = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-    patch_length = channel_count * math.prod(_expand(kernel_size, ndim))
+    patch_length = channel_count * math.prod(to_tuple(kernel_size, ndim, "kernel_size"))
     row_bytes = patch_length * out_dtype.itemsize
     capacity = max(1, shard_size // row_bytes)
 
@@ -238,15 +187,10 @@ def plan_dataset(
     return DatasetPlan(directory, manifest, tasks, failed, index)
 
 
-def _expand(values: Sequence[int], ndim: int) -> tuple[int, ...]:
-    return tuple(values) * ndim if len(values) == 1 else tuple(values)
-
-
 def _header_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
     return write_npy_header(BytesIO(), shape, dtype)
 
 
-# ----- preparing the directory -------------------------------------------------------------------
 def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
     """Create (or check, for a resumed run) the dataset files; return the tasks still to do."""
     directory = plan.directory
@@ -267,36 +211,23 @@ def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
     (directory / DONE_DIR).mkdir(exist_ok=True)
     dtype, patch_length = np.dtype(plan.manifest["dtype"]), plan.manifest["patch_length"]
     shards = plan.manifest["shards"]
-    io.check_free_space(directory / "x", sum(s["rows"] for s in shards) * patch_length * dtype.itemsize)
+    check_free_space(directory / "x", sum(s["rows"] for s in shards) * patch_length * dtype.itemsize)
     for shard in shards:
         with open(directory / shard["file"], "wb") as handle:
             allocate_npy(handle, (shard["rows"], patch_length), dtype)
-    io.save_npy(directory / "index.npy", plan.index)
+    save_npy(directory / "index.npy", plan.index)
     _write_manifest(directory, plan.manifest)
     return list(plan.tasks)
 
 
-def _identity(manifest: dict[str, Any]) -> str:
-    keys = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "channels", "dtype", "shards")
-    images = [{k: v for k, v in image.items() if k != "error"} for image in manifest.get("images", [])]
-    return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
-
-
-def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    with io.atomic_paths(directory / "manifest.json") as (temporary,):
-        temporary.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-
-
-# ----- the work ----------------------------------------------------------------------------------
 def process_image(task: ImageTask) -> ImageResult:
     """Unfold one image into its rows of its shard (runs in a worker process)."""
-    from patchfold.ops import unfold
 
     try:
-        array = io.read_input(Path(task.source), None, task.max_pixels)
+        array = read.read_input(Path(task.source), None, task.max_pixels)
         array = convert_channels(array, task.channels, task.source)
         # the dataset's one scale (from the common dtype of all its images), as the manifest records
-        values = io.cast_scaled(array, np.dtype(task.dtype), task.scale)
+        values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
         kernel, stride, padding, dilation, mode = task.params
         patches = unfold(
             np.ascontiguousarray(values), kernel, dilation, padding, stride, padding_mode=mode, layout="nlc", threads=1
@@ -316,94 +247,6 @@ def process_image(task: ImageTask) -> ImageResult:
         return ImageResult(task.image_id, task.source, task.rows)
     except IMAGE_ERRORS as error:
         return failure(task.image_id, task.source, error)
-
-
-#: What one image may raise without stopping the others (reported per image instead).
-IMAGE_ERRORS = (PatchfoldError, OSError, ValueError, MemoryError)
-
-
-def failure(image_id: int, source: str, error: Exception) -> ImageResult:
-    """The result of an image that failed: our own messages as they are, others with their type."""
-    message = str(error) if isinstance(error, PatchfoldError) else f"{type(error).__name__}: {error}"
-    return ImageResult(image_id, source, 0, message)
-
-
-def process_chunk(tasks: Sequence[Any], function: Callable[[Any], ImageResult]) -> list[ImageResult]:
-    """Several small images per scheduled task, so scheduling costs stay small next to the work."""
-    return [function(task) for task in tasks]
-
-
-def chunks(tasks: Sequence[Any], workers: int, per_worker: int = 16, largest: int = 32) -> list[list[Any]]:
-    """Groups of consecutive tasks: about ``per_worker`` per worker, at most ``largest`` each."""
-    size = max(1, min(largest, len(tasks) // max(1, workers * per_worker)))
-    return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
-
-
-def run_local(
-    tasks: Sequence[Any], workers: int, fail_fast: bool = False, function: Callable[[Any], ImageResult] | None = None
-) -> Iterator[ImageResult]:
-    """Run tasks on a pool of ``workers`` processes (in this process when 1), yielding results as
-    they finish."""
-    function = function or process_image
-    if workers <= 1:
-        for task in tasks:
-            result = function(task)
-            yield result
-            if fail_fast and not result.ok:
-                return
-        return
-    # imported here: process pools are not needed by `import patchfold` (nor by the CLI's start-up)
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-        pending: set[Future[list[ImageResult]]] = set()
-        queue = iter(chunks(tasks, workers))
-        try:
-            for group in queue:
-                pending.add(pool.submit(process_chunk, group, function))
-                if len(pending) >= workers * 2:
-                    break
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    for result in future.result():
-                        yield result
-                        if fail_fast and not result.ok:
-                            return
-                    group = next(queue, None)
-                    if group is not None:
-                        pending.add(pool.submit(process_chunk, group, function))
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def run_dask(
-    tasks: Sequence[Any], scheduler: str, fail_fast: bool = False, function: Callable[[Any], ImageResult] | None = None
-) -> Iterator[ImageResult]:
-    """Send tasks to a running Dask distributed cluster; workers write to the shared directory."""
-    function = function or process_image
-    try:
-        from dask.distributed import Client, as_completed
-    except ImportError:
-        raise PatchfoldError("--scheduler needs dask.distributed: pip install 'patchfold[distributed]'") from None
-    try:
-        client = Client(scheduler, timeout="20s")
-    except (OSError, TimeoutError) as error:
-        raise PatchfoldError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
-    try:
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
-        groups = chunks(tasks, workers, per_worker=4, largest=128)  # a cluster's tasks cost more to schedule
-        futures = client.map(process_chunk, groups, function=function, pure=False)
-        for future in as_completed(futures):
-            for result in future.result():
-                yield result
-                if fail_fast and not result.ok:
-                    client.cancel(futures)
-                    return
-    finally:
-        client.close()
 
 
 def finish(plan: DatasetPlan, failures: Sequence[ImageResult]) -> dict[str, Any]:
@@ -433,7 +276,11 @@ def run_dataset(
         if task.image_id not in todo:
             yield ImageResult(task.image_id, task.source, task.rows, skipped=True)
     failures: list[ImageResult] = []
-    runner = run_dask(remaining, scheduler, fail_fast) if scheduler else run_local(remaining, workers, fail_fast)
+    runner = (
+        run_dask(remaining, process_image, scheduler, fail_fast)
+        if scheduler
+        else run_local(remaining, process_image, workers, fail_fast)
+    )
     try:
         for result in runner:
             if not result.ok:
@@ -443,53 +290,6 @@ def run_dataset(
         finish(plan, failures)
 
 
-# ----- reading -----------------------------------------------------------------------------------
-class PatchDataset:
-    """A patch dataset opened for reading: memory-mapped shards and the index.
-
-    ``dataset[i]`` is patch ``i`` as ``(C, *kernel_size)``; ``dataset.index[i]`` says where it
-    came from (image id, block index, shard, row).
-    """
-
-    def __init__(self, directory: str | Path, allow_incomplete: bool = False) -> None:
-        self.directory = Path(directory)
-        path = self.directory / "manifest.json"
-        if not path.exists():
-            raise PatchfoldError(f"'{self.directory}' is not a patchfold dataset (no manifest.json)")
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != DATASET_FORMAT:
-            raise PatchfoldError(f"'{path}' is not a patchfold dataset manifest")
-        if not self.manifest.get("complete") and not allow_incomplete:
-            raise PatchfoldError(
-                f"dataset '{self.directory}' is incomplete (a run failed or was stopped); "
-                "re-run the same command to finish it"
-            )
-        self.index = np.load(self.directory / "index.npy", allow_pickle=False)
-        self.shards = [
-            np.load(self.directory / s["file"], mmap_mode="r", allow_pickle=False) for s in self.manifest["shards"]
-        ]
-        kernel = self.manifest["kernel_size"]
-        ndim = len(self.manifest["index_columns"]) - 3
-        self.patch_shape = (self.manifest["channels"], *_expand(kernel, ndim))
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        shard, row = self.index[i, -2], self.index[i, -1]
-        return np.asarray(self.shards[shard][row]).reshape(self.patch_shape)
-
-    def image_rows(self, image_id: int) -> np.ndarray:
-        """Dataset indices of one image's patches, in block order."""
-        return np.flatnonzero(self.index[:, 0] == image_id)
-
-
-def load_dataset(directory: str | Path, allow_incomplete: bool = False) -> PatchDataset:
-    """Open a dataset written by ``patchfold batch unfold`` (memory-mapped; nothing is read yet)."""
-    return PatchDataset(directory, allow_incomplete)
-
-
-# ----- tiles at scale ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TilesTask:
     """One image's tiles: written to their own directory (atomic, so a finished one is skipped)."""
@@ -515,13 +315,13 @@ def plan_tiles(
 
 def process_tiles(task: TilesTask) -> ImageResult:
     """Write one image's tiles (runs in a worker process); an existing complete directory is kept."""
-    from patchfold.tiles import write_tiles
+    from patchfold.jobs.tiles import write_tiles
 
     target = Path(task.directory)
     if (target / "manifest.json").exists():
         return ImageResult(task.image_id, task.source, 0, skipped=True)
     try:
-        array = convert_channels(io.read_input(Path(task.source), None, task.max_pixels), task.channels, task.source)
+        array = convert_channels(read.read_input(Path(task.source), None, task.max_pixels), task.channels, task.source)
         kernel, stride, padding, dilation, mode = task.params
         geometry = Geometry.create(array.shape[2:], kernel, stride, padding, dilation, mode)
         for _ in write_tiles(array, geometry, target, [task.source], task.fmt):
@@ -543,9 +343,9 @@ def run_tiles(
     directory.mkdir(parents=True, exist_ok=True)
     results: dict[int, ImageResult] = {}
     runner = (
-        run_dask(tasks, scheduler, fail_fast, process_tiles)
+        run_dask(tasks, process_tiles, scheduler, fail_fast)
         if scheduler
-        else run_local(tasks, workers, fail_fast, process_tiles)
+        else run_local(tasks, process_tiles, workers, fail_fast)
     )
     try:
         for result in runner:

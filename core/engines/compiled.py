@@ -46,6 +46,8 @@ def available() -> bool:
 
 #: Integer arguments (after the two pointers) of the compiled loops, by number of spatial dims.
 _FOLD_ARGUMENTS = {2: 16, 3: 21}
+
+
 _UNFOLD_ARGUMENTS = {2: 18, 3: 24}
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from patchfold.coverage import divisor_map, source_index, unpad_adjoint
-from patchfold.cpu import band_view, fold_rows
+from patchfold.engines.strided import band_view, fold_rows
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 

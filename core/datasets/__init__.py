@@ -1,0 +1,1 @@
+"""Sharded patch datasets: building them (planner and worker) and reading them back."""

@@ -1,0 +1,134 @@
+"""The dtype policy, in one place: what dtype each operation accumulates in and writes, and how
+``--dtype`` converts (integers scaled into [0, 1] when going to float, and back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from patchfold.errors import PatchfoldError
+
+#: Target dtypes of ``--dtype``; ``keep`` keeps the input's, floats scale integers to [0, 1].
+DTYPES = ("keep", "float32", "float64", "float16")
+
+
+def target_dtype(dtype: np.dtype, target: str) -> tuple[np.dtype, float]:
+    """The dtype ``--dtype target`` gives for input of ``dtype``, and the scale integers get
+    (1/max of the integer type when going to float, else 1.0)."""
+    if target not in DTYPES:
+        raise PatchfoldError(f"dtype must be one of {', '.join(DTYPES)}, got {target!r}", param="dtype")
+    dtype = np.dtype(dtype)
+    if target == "keep":
+        return dtype, 1.0
+    scale = 1.0 / np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+    return np.dtype(target), scale
+
+
+def convert_dtype(array: np.ndarray, target: str) -> tuple[np.ndarray, float]:
+    """Cast to ``target`` (one of :data:`DTYPES`); integers going to float are scaled into [0, 1].
+
+    Returns the array and the scale applied (1.0 when none).
+    """
+    dtype, scale = target_dtype(array.dtype, target)
+    return cast_scaled(array, dtype, scale), scale
+
+
+def cast_scaled(array: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
+    """``array`` as ``dtype`` (itself when it already is), multiplied by ``scale`` unless 1."""
+    if dtype == array.dtype:
+        return array
+    converted = array.astype(dtype)
+    if scale != 1.0:
+        converted *= dtype.type(scale)
+    return converted
+
+
+def restore_dtype(images: np.ndarray, input_dtype: str, scale: float) -> np.ndarray:
+    """Undo ``convert_dtype``: scaled floats back to the integer dtype they came from."""
+    target = np.dtype(input_dtype)
+    if scale == 1.0 or target.kind not in "iu" or images.dtype.kind != "f":
+        return images
+    info = np.iinfo(target)
+    return np.clip(np.rint(images.astype(np.float64) / scale), info.min, info.max).astype(target)
+
+
+def fold_output_dtype(
+    cols_dtype: np.dtype, normalize: bool, weighted: bool, restore: tuple[str, float] | None = None
+) -> np.dtype:
+    """The dtype a fold of ``cols_dtype`` patches writes (see :func:`patchfold.fold`)."""
+    cols_dtype = np.dtype(cols_dtype)
+    integer = cols_dtype.kind in "biu"
+    if normalize:
+        if restore is not None and restore[1] != 1.0 and cols_dtype.kind == "f" and np.dtype(restore[0]).kind in "iu":
+            return np.dtype(restore[0])
+        return cols_dtype
+    if integer:
+        return np.dtype(np.float64) if weighted else np.dtype(np.uint64 if cols_dtype == np.uint64 else np.int64)
+    return cols_dtype
+
+
+def accumulator_dtype(dtype: np.dtype, exact: bool = False) -> np.dtype:
+    """Integers sum in int64 (never wraps). Floats sum in their own precision, as F.fold does
+    (float16 in float32), or in float64 with ``exact``: then a normalised fold of untouched
+    patches gives the input back bit-exactly and near-maximal values cannot overflow."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biu":
+        return np.dtype(np.int64) if dtype != np.uint64 else np.dtype(np.uint64)
+    if exact:
+        return np.dtype(np.float64)
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def check_real_dtype(dtype: Any, what: str) -> None:
+    if isinstance(dtype, np.dtype | type):
+        kind = np.dtype(dtype).kind
+    else:  # a torch dtype
+        kind = "c" if getattr(dtype, "is_complex", False) else None
+    if kind is not None and kind not in "biuf":
+        raise PatchfoldError(f"{what} must hold real numbers (bool, int, uint or float), got dtype {dtype}")
+
+
+def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> Any:
+    """Normalise (or not) and pick the output dtype; works for numpy arrays and tensors."""
+    integer = not _is_float(dtype)
+    if divisor_map is None:
+        if integer:
+            return summed
+        return summed.astype(dtype, copy=False) if isinstance(summed, np.ndarray) else summed.to(dtype)
+    covered = divisor_map > 0
+    safe = divisor_map + (divisor_map == 0)
+    if isinstance(summed, np.ndarray):
+        work = np.float64 if integer or weighted else summed.dtype
+        values = np.divide(summed, safe, dtype=work) * covered
+        if integer:
+            low, high = _integer_range(dtype)
+            values = np.clip(np.rint(values), low, high)
+        return values.astype(dtype)
+    import torch
+
+    values = summed.to(torch.float64 if integer or weighted else summed.dtype) / safe * covered
+    if integer:
+        low, high = _integer_range(dtype)
+        values = values.round().clamp(low, high)
+    return values.to(dtype)
+
+
+def _integer_range(dtype: Any) -> tuple[int, int]:
+    """Smallest and largest value of an integer (or bool) numpy or torch dtype."""
+    if str(dtype) in ("bool", "torch.bool"):
+        return 0, 1
+    if isinstance(dtype, np.dtype):
+        info = np.iinfo(dtype)
+    else:
+        import torch
+
+        info = torch.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def _is_float(dtype: Any) -> bool:
+    if isinstance(dtype, np.dtype):
+        return dtype.kind == "f"
+    return bool(getattr(dtype, "is_floating_point", False))

@@ -1,0 +1,1 @@
+"""Files in and out: reading inputs, writing outputs atomically, and the formats beside them."""

@@ -1,0 +1,392 @@
+"""Reading inputs: files, directories and globs found, images (Pillow, with one table of modes),
+TIFFs (tifffile), ``.npy`` arrays (never unpickled), each shaped ``(N, C, *spatial)``; headers probed
+without decoding where the format allows."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from patchfold.errors import PatchfoldError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm")
+
+
+INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
+
+
+#: Default limit for decoded pixels (Pillow's decompression-bomb guard), raised from Pillow's 89 M.
+DEFAULT_MAX_PIXELS = 2**32
+
+
+_CONVERT_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
+
+
+_KEEP_MODES = {"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F"}
+
+
+@dataclass
+class Batch:
+    """Loaded inputs: ``array`` is ``(N, C, *spatial)``; ``sources`` names each of the N items."""
+
+    array: np.ndarray
+    sources: list[str]
+
+    @property
+    def spatial_size(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[2:])
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; directories become their images and ``.npy`` files, sorted by name."""
+    paths: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            if not found:
+                raise PatchfoldError(
+                    f"directory '{path}' has no images or .npy files (looked for {', '.join(INPUT_SUFFIXES)})"
+                )
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise PatchfoldError(f"input '{path}' does not exist")
+    if not paths:
+        raise PatchfoldError("no inputs given")
+    return paths
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file into ``(C, H, W)`` in its natural dtype (16-bit stays 16-bit)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise PatchfoldError(
+                    f"'{path}' has {image.width}x{image.height} = {image.width * image.height} pixels, over the "
+                    f"limit of {max_pixels} (raise it with --max-pixels)"
+                )
+            image = _normalise_mode(image, path)
+            pixels = np.asarray(image)
+    except PatchfoldError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels}: {error}") from None
+    except UnidentifiedImageError:
+        raise PatchfoldError(f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+    if pixels.dtype == np.bool_:
+        pixels = pixels.astype(np.uint8)
+    if pixels.dtype.byteorder == ">":
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    return pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+
+
+def _normalise_mode(image: Any, path: Path) -> Any:
+    mode = image.mode
+    if mode in _KEEP_MODES:
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    if mode in _CONVERT_TO_RGB:
+        return image.convert("RGB")
+    raise PatchfoldError(
+        f"'{path}' has image mode {mode!r}, which patchfold does not read (supported: 1, L, LA, P, "
+        "RGB, RGBA, CMYK, YCbCr, I;16, I, F)"
+    )
+
+
+def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
+    """Read a ``.npy`` (memory-mapped, never unpickled) and shape it ``(N, C, *spatial)``."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as error:
+        raise PatchfoldError(f"cannot read '{path}': {error.strerror or error}") from None
+    if magic != b"\x93NUMPY":
+        raise PatchfoldError(f"'{path}' is not a .npy file (no NumPy header)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        if "pickle" in str(error).lower() or "object" in str(error).lower():
+            raise PatchfoldError(
+                f"'{path}' holds Python objects (a pickled array); patchfold never loads pickles"
+            ) from None
+        raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
+    except (OSError, EOFError) as error:
+        raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
+    if not isinstance(array, np.ndarray):
+        raise PatchfoldError(f"'{path}' is an .npz archive, not a single .npy array")
+    if array.dtype.kind not in "biuf":
+        raise PatchfoldError(f"'{path}' has dtype {array.dtype}; expected real numbers (bool, int, uint, float)")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    return shape_array(array, path, spatial_dims)
+
+
+def shape_array(array: np.ndarray, path: Path | str, spatial_dims: int | None = None) -> np.ndarray:
+    """Add missing N and C axes: by rank (1 → 1-D, 2–4 → 2-D, 5 → 3-D) or by ``spatial_dims``."""
+    rank = array.ndim
+    if spatial_dims is None:
+        spatial_dims = {1: 1, 2: 2, 3: 2, 4: 2, 5: 3}.get(rank)
+        if spatial_dims is None:
+            raise PatchfoldError(
+                f"'{path}' has shape {array.shape} (rank {rank}); expected rank 1 to 5, "
+                "or say which axes are spatial with --spatial-dims"
+            )
+    if not spatial_dims <= rank <= spatial_dims + 2:
+        raise PatchfoldError(
+            f"'{path}' has shape {array.shape} (rank {rank}); with {spatial_dims} spatial dim(s) "
+            f"expected rank {spatial_dims} to {spatial_dims + 2}"
+        )
+    if array.size == 0:
+        raise PatchfoldError(f"'{path}' is empty (shape {array.shape})")
+    return array.reshape((1,) * (spatial_dims + 2 - rank) + array.shape)
+
+
+def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """Read a TIFF with tifffile, memory-mapped where the file allows (uncompressed, contiguous),
+    so a gigapixel TIFF is not decoded into a second copy. Returns ``(C, H, W)``, or ``(C, D, H, W)``
+    for a multi-page stack; None when tifffile is not installed (Pillow reads it instead)."""
+    header = _tiff_header(path, max_pixels)
+    if header is None:
+        return None
+    import tifffile
+
+    _, axes, pages, _ = header
+    try:
+        data = tifffile.memmap(path, mode="r", series=0)
+    except (ValueError, OSError):
+        try:
+            data = tifffile.imread(path, series=0)
+        except Exception as error:
+            raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("="))
+    return _tiff_axes_to_channels_first(data, axes, pages)
+
+
+def _probe_tiff(path: Path, max_pixels: int) -> np.ndarray | None:
+    """A zero-stride stand-in for :func:`read_tiff`'s result (only the header is read)."""
+    header = _tiff_header(path, max_pixels)
+    if header is None:
+        return None
+    shape, axes, pages, dtype = header
+    return _tiff_axes_to_channels_first(np.broadcast_to(np.zeros((), dtype), shape), axes, pages)
+
+
+def _tiff_header(path: Path, max_pixels: int) -> tuple[tuple[int, ...], str, int, np.dtype] | None:
+    """Shape, axes, page count and (native) dtype of a TIFF's first series, checked against the
+    pixel limit; None when tifffile is not installed."""
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
+            pages = len(tiff.pages)
+    except Exception as error:  # tifffile raises many types for a broken file
+        raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {error}") from None
+    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    if height * width > max_pixels:
+        raise PatchfoldError(
+            f"'{path}' has {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(raise it with --max-pixels)"
+        )
+    if dtype.kind not in "biuf":
+        raise PatchfoldError(f"'{path}' holds {dtype} pixels; expected real numbers")
+    return shape, axes, pages, dtype.newbyteorder("=")
+
+
+def _tiff_axes_to_channels_first(data: np.ndarray, axes: str, pages: int) -> np.ndarray:
+    """Reorder tifffile's axes (Y, X, S samples, C channels, and one page axis such as Z/Q/I/T)
+    into ``(C, H, W)`` or ``(C, D, H, W)`` views, copying nothing."""
+    channel_axes = [i for i, a in enumerate(axes) if a in "SC"]
+    page_axes = [i for i, a in enumerate(axes) if a not in "SCYX"]
+    if len(channel_axes) > 1 or len(page_axes) > 1:
+        raise PatchfoldError(f"TIFF axes {axes!r} are not supported (expected pages, Y, X and samples)")
+    order = channel_axes + page_axes + [axes.index("Y"), axes.index("X")]
+    result = np.transpose(data, order)
+    return result if channel_axes else result[None]
+
+
+def read_input(
+    path: Path, spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, stack: bool = False
+) -> np.ndarray:
+    """One input file as ``(N, C, *spatial)``; a multi-page TIFF is a volume ``(1, C, D, H, W)``
+    and needs ``stack=True``."""
+    if path.suffix.lower() == ".npy":
+        return read_npy(path, spatial_dims)
+    if path.stat().st_size == 0:
+        raise PatchfoldError(f"'{path}' is an empty file")
+    image = read_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
+    if image is None:
+        image = read_image(path, max_pixels)
+    return _image_item(image, path, spatial_dims, stack)
+
+
+def _image_item(image: np.ndarray, path: Path, spatial_dims: int | None, stack: bool) -> np.ndarray:
+    """An image ``(C, *spatial)`` as a batch of one, if its dims are what was asked for."""
+    if image.ndim == 4 and not stack:
+        raise PatchfoldError(f"'{path}' has {image.shape[1]} pages: pass --stack to read it as a 3-D volume (D, H, W)")
+    wanted = image.ndim - 1
+    if spatial_dims not in (None, wanted):
+        raise PatchfoldError(f"'{path}' is a {wanted}-D image but --spatial-dims {spatial_dims} was asked for")
+    return image[None]
+
+
+def load_inputs(
+    inputs: Sequence[str | Path],
+    spatial_dims: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stack: bool = False,
+) -> Batch:
+    """Load inputs into one batch; sizes and channel counts must agree.
+
+    With ``stack``, 2-D images (a directory of slices, or several files) become the slices of one
+    3-D volume ``(1, C, D, H, W)`` in the order given, and multi-page TIFFs are volumes.
+    """
+    paths = expand_inputs(inputs)
+    arrays = [read_input(path, spatial_dims, max_pixels, stack) for path in paths]
+    slices = stack and all(a.ndim == 4 for a in arrays)  # 2-D images to stack into one volume
+    if len(arrays) == 1 and not slices:
+        return Batch(arrays[0], [str(paths[0])] * arrays[0].shape[0])
+    _check_agree(paths, arrays, "stack into one volume" if slices else "stack into one batch")
+    parts = [a.astype(np.result_type(*arrays), copy=False) for a in arrays]
+    if slices:
+        volume = np.stack([part[0] for part in parts], axis=1)[None]
+        return Batch(volume, [str(paths[0].parent if len(paths) > 1 else paths[0])])
+    sources = [str(p) for p, a in zip(paths, arrays) for _ in range(a.shape[0])]
+    return Batch(np.concatenate(parts), sources)
+
+
+def _check_agree(paths: Sequence[Path], arrays: Sequence[np.ndarray], purpose: str) -> None:
+    if len({a.shape[1:] for a in arrays}) > 1:
+        listing = "; ".join(f"'{p}' {_describe(a)}" for p, a in zip(paths, arrays))
+        raise PatchfoldError(f"inputs must agree in size and channel count to {purpose}: {listing}")
+
+
+def _describe(array: np.ndarray) -> str:
+    size = "x".join(str(s) for s in array.shape[2:][::-1])
+    return f"{size} with {array.shape[1]} channel(s)"
+
+
+def probe_shape(
+    inputs: Sequence[str | Path], spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape ``(N, C, *spatial)`` and dtype the inputs would load as, reading headers only where
+    the format allows (``.npy``, and images whose mode needs no conversion)."""
+    shapes, dtypes = [], []
+    paths = expand_inputs(inputs)
+    for path in paths:
+        if path.suffix.lower() == ".npy":
+            array = read_npy(path, spatial_dims)
+        else:
+            image = _probe_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
+            array = _image_item(_probe_image(path, max_pixels) if image is None else image, path, spatial_dims, False)
+        shapes.append(array.shape)
+        dtypes.append(array.dtype)
+    if len({s[1:] for s in shapes}) > 1:
+        listing = "; ".join(f"'{p}' {list(s)}" for p, s in zip(paths, shapes))
+        raise PatchfoldError(f"inputs must agree in size and channel count: {listing}")
+    return (sum(s[0] for s in shapes), *shapes[0][1:]), np.result_type(*dtypes)
+
+
+def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
+    """A zero-stride stand-in array with the image's shape and dtype (only the header is read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with Image.open(path) as image:
+            mode, width, height = image.mode, image.width, image.height
+    except Image.DecompressionBombError as error:
+        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (--max-pixels): {error}") from None
+    except UnidentifiedImageError:
+        raise PatchfoldError(f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...)") from None
+    except OSError as error:
+        raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+    if width * height > max_pixels:
+        raise PatchfoldError(f"'{path}' has {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels)")
+    channels, dtype = _MODE_LAYOUT.get(mode, (None, None))
+    if channels is None:
+        return read_image(path, max_pixels)
+    return np.broadcast_to(np.zeros((), dtype=dtype), (channels, height, width))
+
+
+_MODE_LAYOUT = {
+    "1": (1, np.uint8),
+    "L": (1, np.uint8),
+    "LA": (2, np.uint8),
+    "RGB": (3, np.uint8),
+    "RGBA": (4, np.uint8),
+    "CMYK": (3, np.uint8),
+    "YCbCr": (3, np.uint8),
+    "I;16": (1, np.uint16),
+    "I;16L": (1, np.uint16),
+    "I;16B": (1, np.uint16),
+    "I": (1, np.int32),
+    "F": (1, np.float32),
+}
+
+
+def read_patch_matrix(path: Path) -> np.ndarray:
+    """A patch matrix ``.npy`` (memory-mapped) as ``(N, rows, cols)``; unbatched 2-D gains N=1."""
+    if not path.exists():
+        raise PatchfoldError(f"patch matrix '{path}' does not exist")
+    if path.is_dir():
+        raise PatchfoldError(f"patch matrix '{path}' is a directory; expected a .npy file")
+    return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
+
+
+def find_sources(sources: Sequence[str], recursive: bool = False) -> list[Path]:
+    """Files, directories (their images; all levels with ``recursive``) and glob patterns, in the
+    order given (each directory or pattern sorted by name), without duplicates."""
+    found: dict[str, Path] = {}
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            matches = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES]
+        elif path.exists():
+            matches = [path]
+        elif glob.has_magic(source):
+            matches = [Path(p) for p in glob.glob(source, recursive=recursive) if Path(p).is_file()]
+        else:
+            raise PatchfoldError(f"input '{source}' does not exist")
+        for match in sorted(matches):
+            found.setdefault(str(match), match)
+    if not found:
+        raise PatchfoldError(f"no images found in {', '.join(repr(s) for s in sources)}")
+    return list(found.values())
+
+
+def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
+    """``(1, C, H, W)`` to ``channels``: grey↔RGB, alpha dropped; None keeps what there is."""
+    have = array.shape[1]
+    if channels is None or channels == have:
+        return array
+    if channels == 3 and have in (1, 2):
+        return np.repeat(array[:, :1], 3, axis=1)
+    if channels == 3 and have == 4:
+        return array[:, :3]
+    if channels == 1 and have in (3, 4):
+        weights = np.array([0.299, 0.587, 0.114])
+        grey = np.tensordot(weights, array[0, :3].astype(np.float64), axes=1)[None, None]
+        return np.rint(grey).astype(array.dtype) if array.dtype.kind in "iu" else grey.astype(array.dtype)
+    if channels == 1 and have == 2:
+        return array[:, :1]
+    raise PatchfoldError(f"'{source}' has {have} channel(s); cannot convert to {channels}")

@@ -1,0 +1,231 @@
+"""Writing outputs atomically: every file is written to a temporary beside its target and renamed into
+place, so a failed run never leaves a partial file or clobbers an existing one; ``.npy`` headers and
+positioned writes for outputs filled band by band; image files and where each image goes."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from patchfold.errors import PatchfoldError
+from patchfold.units import format_bytes
+
+
+def check_output_path(path: Path, what: str = "output") -> None:
+    """Fail before any work if the file ``path`` cannot be written."""
+    if path.is_dir():
+        raise PatchfoldError(f"{what} '{path}' is a directory; give a file path")
+    check_parent(path, f"{what} directory")
+
+
+def check_parent(path: Path, what: str) -> Path:
+    """The directory that will hold ``path``; it must exist and be writable."""
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise PatchfoldError(f"{what} '{parent}' is a file, not a directory")
+    if not parent.is_dir():
+        raise PatchfoldError(f"{what} '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PatchfoldError(f"{what} '{parent}' is not writable")
+    return parent
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise PatchfoldError(f"'{path}' needs {format_bytes(needed)} but only {format_bytes(free)} is free on its disk")
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
+    """Yield temporary paths beside ``targets``; on success move them all into place, on failure
+    delete them. If one move fails, the targets already moved are put back as they were, so a set
+    of outputs (a patch matrix and its sidecar) is replaced whole or not at all."""
+    for target in targets:
+        check_output_path(target)
+    temporaries: list[Path] = []
+    backups: list[tuple[Path, Path | None]] = []
+    try:
+        for target in targets:
+            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            os.close(handle)
+            temporaries.append(Path(name))
+        try:
+            yield temporaries
+        except OSError as error:  # disk full, file too large, I/O error: name the file being written
+            raise PatchfoldError(f"cannot write '{targets[0]}': {_reason(error)}") from None
+        mode = 0o666 & ~_umask()
+        try:
+            for temporary, target in zip(temporaries, targets):
+                backups.append((target, _backup(target)))
+                os.chmod(temporary, mode)
+                os.replace(temporary, target)
+        except OSError as error:
+            _restore(backups[:-1])
+            raise PatchfoldError(f"cannot write '{backups[-1][0]}': {error.strerror or error}") from None
+    finally:
+        for temporary in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+        for _, backup in backups:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
+
+
+def _reason(error: OSError) -> str:
+    """An OSError in words; numpy's short writes carry no errno, so say what they usually mean."""
+    if error.strerror:
+        return error.strerror
+    return f"{error} (is the disk full?)"
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to the file a move is about to replace (None when there is none)."""
+    if not target.exists():
+        return None
+    backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent))
+    try:
+        os.link(target, backup)
+    except OSError:
+        backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent))
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _restore(moved: list[tuple[Path, Path | None]]) -> None:
+    for target, backup in reversed(moved):
+        with contextlib.suppress(OSError):
+            if backup is None:
+                target.unlink()
+            else:
+                os.replace(backup, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write one ``.npy`` atomically."""
+    with atomic_paths(path) as (temporary,), open(temporary, "wb") as handle:
+        np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
+
+
+def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
+    channels = pixels.shape[0]
+    if pixels.ndim != 3:
+        raise PatchfoldError(
+            f"'{path}': only 2-D images can be written as image files (got shape {pixels.shape}); use .npy"
+        )
+    if pixels.dtype == np.uint8 and channels in (1, 2, 3, 4):
+        return pixels[0] if channels == 1 else np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+    if channels == 1 and pixels.dtype in (np.uint16, np.int32, np.float32):
+        return pixels[0]
+    raise PatchfoldError(
+        f"'{path}': cannot write {channels} channel(s) of {pixels.dtype} as an image "
+        "(uint8 with 1-4 channels, or one channel of uint16/int32/float32); write .npy instead"
+    )
+
+
+def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[Path]:
+    """Where each of ``count`` images goes: one file, ``{i}``-numbered files, or a directory."""
+    if output.is_dir() or str(output).endswith(os.sep):
+        stems = [Path(n).stem for n in names]
+        if len(stems) != count or len(set(stems)) != count:
+            stems = [f"{i:04d}" for i in range(count)]
+        return [output / f"{stem}.png" for stem in stems]
+    if "{i}" in str(output):
+        return [Path(str(output).replace("{i}", f"{i:04d}")) for i in range(count)]
+    if count > 1:
+        raise PatchfoldError(
+            f"output '{output}' is one image file but there are {count} images: put {{i}} in the "
+            "name (out_{i}.png), give a directory, or write .npy"
+        )
+    return [output]
+
+
+def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
+    """Write ``(N, C, H, W)`` as image files (or ``(N, C, D, H, W)`` volumes as multi-page TIFF),
+    all or none: temporary files are renamed into place only when every one is written."""
+    writers = []
+    for target, pixels in zip(targets, images):
+        writers.append(_volume_writer(pixels, target) if pixels.ndim == 4 else _image_writer(pixels, target))
+    with atomic_paths(*targets) as temporaries:
+        for write, temporary, target in zip(writers, temporaries, targets):
+            try:
+                write(temporary)
+            except (KeyError, ValueError, OSError) as error:
+                suffix = target.suffix.lower() or "file without suffix"
+                raise PatchfoldError(f"cannot write '{target}' as a {suffix} image: {error}") from None
+
+
+def _image_writer(pixels: np.ndarray, target: Path) -> Any:
+    from PIL import Image
+
+    image = Image.fromarray(to_image_array(pixels, target))
+    image_format = Image.registered_extensions().get(target.suffix.lower())
+    if image_format is None:
+        raise PatchfoldError(f"'{target}': unknown image type {target.suffix!r}; use .png, .tif, .jpg, ... or .npy")
+    return lambda temporary: image.save(temporary, format=image_format)
+
+
+def _volume_writer(pixels: np.ndarray, target: Path) -> Any:
+    """A 3-D volume ``(C, D, H, W)`` as one multi-page TIFF (one page per slice)."""
+    if target.suffix.lower() not in (".tif", ".tiff"):
+        raise PatchfoldError(f"'{target}': a 3-D volume is written as .tif (multi-page) or .npy")
+    try:
+        import tifffile
+    except ImportError:
+        raise PatchfoldError(f"'{target}': writing a volume as TIFF needs tifffile (pip install tifffile)") from None
+    pages = pixels[0] if pixels.shape[0] == 1 else np.moveaxis(pixels, 0, -1)
+    return lambda temporary: tifffile.imwrite(temporary, np.ascontiguousarray(pages))
+
+
+def write_npy_header(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Write a ``.npy`` header for a C-ordered array; return where the data starts."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    handle.seek(0)
+    np.lib.format.write_array_header_2_0(handle, header) if _needs_v2(header) else np.lib.format.write_array_header_1_0(
+        handle, header
+    )
+    return handle.tell()
+
+
+def allocate_npy(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Write the header of a C-ordered ``.npy`` and size the file for all its data (sparse where
+    the file system allows, so bands can be written in place); return where the data starts."""
+    header = write_npy_header(handle, shape, dtype)
+    handle.truncate(header + math.prod(shape) * np.dtype(dtype).itemsize)
+    return header
+
+
+def _needs_v2(header: dict[str, Any]) -> bool:
+    return len(repr(header)) > 65000
+
+
+def write_at(fd: int, values: np.ndarray, offset: int) -> None:
+    """Write all of ``values`` at byte ``offset`` of the open file ``fd`` (positioned writes may be short)."""
+    view = memoryview(np.ascontiguousarray(values)).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _release(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process (they stay in the page cache)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        import mmap
+
+        mapping.madvise(mmap.MADV_DONTNEED)

@@ -1,0 +1,110 @@
+"""Running independent work items (one per image) on a local process pool or a Dask cluster,
+yielding each item's result as it finishes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+from patchfold.errors import PatchfoldError
+
+
+@dataclass
+class ImageResult:
+    image_id: int
+    source: str
+    rows: int
+    error: str | None = None
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: What one image may raise without stopping the others (reported per image instead).
+IMAGE_ERRORS = (PatchfoldError, OSError, ValueError, MemoryError)
+
+
+def failure(image_id: int, source: str, error: Exception) -> ImageResult:
+    """The result of an image that failed: our own messages as they are, others with their type."""
+    message = str(error) if isinstance(error, PatchfoldError) else f"{type(error).__name__}: {error}"
+    return ImageResult(image_id, source, 0, message)
+
+
+def process_chunk(tasks: Sequence[Any], function: Callable[[Any], ImageResult]) -> list[ImageResult]:
+    """Several small images per scheduled task, so scheduling costs stay small next to the work."""
+    return [function(task) for task in tasks]
+
+
+def chunks(tasks: Sequence[Any], workers: int, per_worker: int = 16, largest: int = 32) -> list[list[Any]]:
+    """Groups of consecutive tasks: about ``per_worker`` per worker, at most ``largest`` each."""
+    size = max(1, min(largest, len(tasks) // max(1, workers * per_worker)))
+    return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
+
+
+def run_local(
+    tasks: Sequence[Any], function: Callable[[Any], ImageResult], workers: int, fail_fast: bool = False
+) -> Iterator[ImageResult]:
+    """Run tasks on a pool of ``workers`` processes (in this process when 1), yielding results as
+    they finish."""
+    if workers <= 1:
+        for task in tasks:
+            result = function(task)
+            yield result
+            if fail_fast and not result.ok:
+                return
+        return
+    # imported here: process pools are not needed by `import patchfold` (nor by the CLI's start-up)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+        pending: set[Future[list[ImageResult]]] = set()
+        queue = iter(chunks(tasks, workers))
+        try:
+            for group in queue:
+                pending.add(pool.submit(process_chunk, group, function))
+                if len(pending) >= workers * 2:
+                    break
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    for result in future.result():
+                        yield result
+                        if fail_fast and not result.ok:
+                            return
+                    group = next(queue, None)
+                    if group is not None:
+                        pending.add(pool.submit(process_chunk, group, function))
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_dask(
+    tasks: Sequence[Any], function: Callable[[Any], ImageResult], scheduler: str, fail_fast: bool = False
+) -> Iterator[ImageResult]:
+    """Send tasks to a running Dask distributed cluster; workers write to the shared directory."""
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise PatchfoldError("--scheduler needs dask.distributed: pip install 'patchfold[distributed]'") from None
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise PatchfoldError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    try:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        groups = chunks(tasks, workers, per_worker=4, largest=128)  # a cluster's tasks cost more to schedule
+        futures = client.map(process_chunk, groups, function=function, pure=False)
+        for future in as_completed(futures):
+            for result in future.result():
+                yield result
+                if fail_fast and not result.ok:
+                    client.cancel(futures)
+                    return
+    finally:
+        client.close()
