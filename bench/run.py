@@ -180,7 +180,9 @@ def measure_case(case: Case, repeats: int) -> dict[str, float | None]:
     output at a time, as a user's would."""
     x = make_input(case)
     params = dict(kernel_size=case.kernel, dilation=case.dilation, padding=case.padding, stride=case.stride)
-    geometry = patchfold.Geometry.create(x.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
+    geometry = patchfold.Geometry.create(
+        x.shape[2:], case.kernel, stride=case.stride, padding=case.padding, dilation=case.dilation
+    )
     out_shape = geometry.unfold_shape(*x.shape[:2])
     t: dict[str, float | None] = {}
     t["floor touched"], t["floor fresh"] = time_floor(out_shape, x.dtype, repeats)
@@ -197,7 +199,9 @@ def measure_case(case: Case, repeats: int) -> dict[str, float | None]:
 
 def case_rows(case: Case, t: dict[str, float | None]) -> list[str]:
     """The table rows of one case from its contenders' times."""
-    geometry = patchfold.Geometry.create(case.shape[2:], case.kernel, case.stride, case.padding, case.dilation)
+    geometry = patchfold.Geometry.create(
+        case.shape[2:], case.kernel, stride=case.stride, padding=case.padding, dilation=case.dilation
+    )
     out_bytes = int(np.prod(geometry.unfold_shape(*case.shape[:2]))) * np.dtype(case.dtype).itemsize
     peer_times = {name.removeprefix("peer "): value for name, value in t.items() if name.startswith("peer ")}
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     ByteSize,
@@ -17,12 +16,8 @@ from patchfold.cli.options import (
     max_pixels_option,
     progress_option,
 )
-from patchfold.cli.present import emit_summary, stderr_console
-from patchfold.datasets.build import plan_dataset, plan_tiles, run_dataset, run_tiles
-from patchfold.engines.cpu import cpu_count
-from patchfold.io.read import find_sources
+from patchfold.cli.present import emit_summary, track_images
 from patchfold.jobs.tiles import TILE_FORMATS
-from patchfold.scheduling import ImageResult
 
 
 def _common(command):
@@ -81,7 +76,7 @@ def batch_unfold(
     max_pixels: int,
     no_progress: bool,
     as_json: bool,
-    block,
+    blocks: Blocks,
     dtype: str,
     shard_size: int,
 ) -> None:
@@ -95,35 +90,13 @@ def batch_unfold(
       patchfold batch unfold 'sample_images/*.png' -k 16 -s 8 --channels 3 -o out/dataset
       python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
     """
-    started = time.perf_counter()
-    workers = workers or cpu_count()
-    paths = find_sources(sources, recursive)
-    plan = plan_dataset(
-        paths,
-        output,
-        block.kernel_size,
-        block.stride,
-        block.padding,
-        block.dilation,
-        block.padding_mode,
-        dtype=dtype,
-        channels=channels,
-        shard_size=shard_size,
-        max_pixels=max_pixels,
-    )
-    results = _track(
-        run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
-        len(plan.tasks),
-        not no_progress,
-        "patches",
-    )
-    extra = {
-        "patches": plan.total_rows,
-        "shards": len(plan.manifest["shards"]),
-        "patch_length": plan.manifest["patch_length"],
-        "dtype": plan.manifest["dtype"],
-    }
-    _report("batch unfold", output, len(paths), results, plan.failed, extra, scheduler, workers, started, as_json)
+    from patchfold.datasets.build import unfold_dataset
+
+    job = unfold_dataset(
+        sources, output, blocks, recursive=recursive, dtype=dtype, channels=channels, shard_size=shard_size,
+        workers=workers, scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
+    )  # fmt: skip
+    _report("batch unfold", output, track_images(job, not no_progress, "patches"), as_json)
 
 
 @batch.command("tiles")
@@ -142,7 +115,7 @@ def batch_tiles(
     max_pixels: int,
     no_progress: bool,
     as_json: bool,
-    block,
+    blocks: Blocks,
     fmt: str,
 ) -> None:
     """Write the tiles of every image of SOURCES into its own directory under OUTPUT (as
@@ -152,88 +125,20 @@ def batch_tiles(
     Example:
       patchfold batch tiles 'sample_images/*.png' -k 32 -s 32 --format npy -o out/tiles
     """
-    started = time.perf_counter()
-    workers = workers or cpu_count()
-    paths = find_sources(sources, recursive)
-    params = (block.kernel_size, block.stride, block.padding, block.dilation, block.padding_mode)
-    tasks = plan_tiles(paths, output, params, fmt, channels, max_pixels)
-    results = _track(
-        run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast),
-        len(tasks),
-        not no_progress,
-        "tiles",
-    )
-    extra = {"tiles": sum(r.rows for r in results)}
-    _report("batch tiles", output, len(paths), results, [], extra, scheduler, workers, started, as_json)
+    from patchfold.datasets.build import tile_dataset
+
+    job = tile_dataset(
+        sources, output, blocks, recursive=recursive, tile_format=fmt, channels=channels, workers=workers,
+        scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
+    )  # fmt: skip
+    _report("batch tiles", output, track_images(job, not no_progress, "tiles"), as_json)
 
 
-def _report(
-    title: str,
-    output: Path,
-    count: int,
-    results: list,
-    failed_early: list,
-    extra: dict,
-    scheduler: str | None,
-    workers: int,
-    started: float,
-    as_json: bool,
-) -> None:
+def _report(title: str, output: Path, result, as_json: bool) -> None:
     """The summary of a batch run; exit 1 (after the summary) when any image failed."""
-    failed = [*failed_early, *(r for r in results if not r.ok)]
-    summary = {
-        "output": str(output),
-        "images": count,
-        "done": sum(1 for r in results if r.ok and not r.skipped),
-        "skipped": sum(1 for r in results if r.skipped),
-        "failed": len(failed),
-        **extra,
-        "workers": "dask " + scheduler if scheduler else workers,
-        "seconds": round(time.perf_counter() - started, 3),
-        "errors": {r.source: r.error for r in failed},
-    }
-    emit_summary(f"{title} → {output}", summary, as_json)
-    if failed:
+    emit_summary(f"{title} → {output}", result.summary(), as_json)
+    if result.failed:
         raise click.ClickException(
-            f"{len(failed)} of {count} image(s) failed (listed above); the others are done, and a re-run "
-            "retries only the failed ones"
+            f"{len(result.failed)} of {result.images} image(s) failed (listed above); the others are done, and a "
+            "re-run retries only the failed ones"
         )
-
-
-def _track(results: Iterator[ImageResult], total: int, show: bool, unit: str) -> list:
-    """Collect results, with a progress bar on stderr (images, patches, failures) when a TTY."""
-    import sys
-
-    collected: list[ImageResult] = []
-    bar = task = None
-    show = show and sys.stderr.isatty()
-    patches = failed = 0
-    try:
-        for result in results:
-            collected.append(result)
-            patches += result.rows
-            failed += not result.ok
-            if show and bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                bar = Progress(
-                    TextColumn("[bold]images"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("{task.fields[patches]:,} " + unit),
-                    TextColumn("{task.fields[failed]} failed"),
-                    TimeRemainingColumn(),
-                    console=stderr_console(),
-                    transient=True,
-                )
-                bar.start()
-                task = bar.add_task("images", total=total, patches=0, failed=0)
-            if bar is not None:
-                bar.update(task, advance=1, patches=patches, failed=failed)
-    finally:
-        if bar is not None:
-            bar.stop()
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
-    return collected

@@ -5,24 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from patchfold import render
+from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import block_options, max_pixels_option
-from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
-from patchfold.io.read import load_inputs, read_patch_matrix
-from patchfold.io.write import check_output_path
 
 _OUTPUT = click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="PNG to write.")
-
-
-def _check_png(output: Path) -> None:
-    if output.suffix.lower() != ".png":
-        raise click.BadParameter(f"pictures are written as .png, got '{output}'", param_hint="'-o' / '--output'")
-    check_output_path(output)
-
-
-def _first_image(image: Path, max_pixels: int):
-    return load_inputs([image], max_pixels=max_pixels).array[0]
 
 
 @click.group()
@@ -44,7 +31,7 @@ def show() -> None:
 @_OUTPUT
 @max_pixels_option
 @handle_errors
-def grid(image: Path, block, output: Path, max_pixels: int) -> None:
+def grid(image: Path, blocks: Blocks, output: Path, max_pixels: int) -> None:
     """Draw the block grid over IMAGE: outlines of every n-th block (the first one in blue) and the
     padding area hatched.
 
@@ -52,10 +39,9 @@ def grid(image: Path, block, output: Path, max_pixels: int) -> None:
     Example:
       patchfold show grid sample_images/scene_rgb.png -k 64 -s 48 -p 8 -o out/grid.png
     """
-    _check_png(output)
-    pixels = _first_image(image, max_pixels)
-    render.save_png(output, render.grid_picture(pixels, block.geometry(pixels.shape[1:])))
-    click.echo(f"wrote {output}", err=True)
+    from patchfold.jobs.pictures import grid_picture_file
+
+    click.echo(f"wrote {grid_picture_file(image, blocks, output, max_pixels=max_pixels)}", err=True)
 
 
 @show.command()
@@ -71,16 +57,9 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
     Example:
       patchfold show mosaic out/patches.npy --count 100 --spread -o out/mosaic.png
     """
-    _check_png(output)
-    cols = read_patch_matrix(patches)
-    sidecar = read_sidecar(patches)
-    if sidecar is None:
-        raise click.ClickException(f"'{patches}' has no sidecar '{sidecar_path(patches)}' to tell the patch shape")
-    check_against_sidecar(cols, sidecar, sidecar.layout, patches)
-    channels = sidecar.input_shape[1]
-    picture = render.mosaic_picture(cols, channels, sidecar.kernel_size, sidecar.layout, count, spread)
-    render.save_png(output, picture)
-    click.echo(f"wrote {output}", err=True)
+    from patchfold.jobs.pictures import mosaic_file
+
+    click.echo(f"wrote {mosaic_file(patches, output, count=count, spread=spread)}", err=True)
 
 
 @show.command("divisor")
@@ -89,14 +68,13 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 @_OUTPUT
 @max_pixels_option
 @handle_errors
-def divisor_picture(image: Path, block, output: Path, max_pixels: int) -> None:
+def divisor_picture(image: Path, blocks: Blocks, output: Path, max_pixels: int) -> None:
     """IMAGE and its divisor map (blocks per pixel, with a legend) side by side.
 
     \b
     Example:
       patchfold show divisor sample_images/scene_rgb.png -k 64 -s 48 -o out/overlap.png
     """
-    _check_png(output)
-    pixels = _first_image(image, max_pixels)
-    render.save_png(output, render.divisor_beside_image(pixels, block.geometry(pixels.shape[1:])))
-    click.echo(f"wrote {output}", err=True)
+    from patchfold.jobs.pictures import divisor_picture_file
+
+    click.echo(f"wrote {divisor_picture_file(image, blocks, output, max_pixels=max_pixels)}", err=True)

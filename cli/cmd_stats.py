@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
-from patchfold import coverage, ops
+from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
-    BlockParams,
     block_options,
     dtype_option,
     json_option,
@@ -21,33 +18,9 @@ from patchfold.cli.options import (
     size_option,
     spatial_dims_option,
     stack_option,
-    typed_size,
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
 from patchfold.geometry import LAYOUTS
-from patchfold.io.read import load_inputs, probe_shape
-from patchfold.io.write import check_output_path, save_npy
-from patchfold.jobs.plan import plan_unfold
-
-
-def shape_of(
-    inputs: tuple[Path, ...],
-    spatial_size: tuple[int, ...] | None,
-    block: BlockParams,
-    spatial_dims: int | None,
-    stack: bool,
-    max_pixels: int,
-) -> tuple[tuple[int, ...], np.dtype | None]:
-    """``(N, C, *spatial)`` and dtype from INPUT (headers only), or ``(1, 1, *size)`` from --size."""
-    if bool(inputs) == bool(spatial_size):
-        raise click.UsageError("give either INPUT or --size H,W (exactly one)")
-    if inputs and stack:  # volumes are assembled from their slices: read them
-        array = load_inputs(inputs, spatial_dims, max_pixels, stack=True).array
-        return array.shape, array.dtype
-    if inputs:
-        return probe_shape(inputs, spatial_dims, max_pixels)
-    assert spatial_size is not None
-    return (1, 1, *typed_size(spatial_size, block.kernel_size)), None
 
 
 def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -87,8 +60,8 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @handle_errors
 def stats(
     inputs: tuple[Path, ...],
-    spatial_size: tuple[int, ...] | None,
-    block: BlockParams,
+    spatial_size: int | tuple[int, ...] | None,
+    blocks: Blocks,
     channels: int | None,
     batch: int | None,
     dtype: str,
@@ -108,24 +81,24 @@ def stats(
       patchfold stats --size 512,512 -k 16 -s 8
       patchfold stats sample_images/scene_rgb.png -k 32 -s 16 --json
     """
-    shape, input_dtype = shape_of(inputs, spatial_size, block, spatial_dims, stack, max_pixels)
-    shape = (batch or shape[0], channels or shape[1], *shape[2:])
-    out_dtype = dtype if dtype != "keep" else (input_dtype or np.dtype(np.float32))
-    geometry = block.geometry(tuple(shape[2:]))
-    result = ops.stats_with(geometry, channels=shape[1], batch=shape[0], dtype=out_dtype, layout=layout)
-    plan = plan_unfold(shape, out_dtype, geometry, layout, max_memory)
-    input_bytes = math.prod(shape) * np.dtype(input_dtype or out_dtype).itemsize
+    from patchfold.jobs.estimate import estimate
+
+    result = estimate(
+        inputs, blocks, size=spatial_size, channels=channels, batch=batch, dtype=dtype, layout=layout,
+        spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory,
+    )  # fmt: skip
+    plan = result.plan
     streaming = (
         f"yes: {plan.bands} bands of {plan.band_rows} block rows within {human_bytes(plan.budget)}"
         if plan.streaming
         else f"no: the whole output fits the {human_bytes(plan.budget)} budget"
     )
     rows = [
-        *stats_rows(result),
+        *stats_rows(result.stats),
         ("unfold would stream", streaming),
-        ("unfold peak memory", f"≈ {human_bytes(plan.peak_memory(input_bytes))} (input, padding, bands)"),
+        ("unfold peak memory", f"≈ {human_bytes(result.peak_memory)} (input, padding, bands)"),
     ]
-    emit_summary("overlap statistics", result, as_json, rows)
+    emit_summary("overlap statistics", result.summary(), as_json, rows)
 
 
 @click.command()
@@ -143,8 +116,8 @@ def stats(
 @handle_errors
 def divisor(
     inputs: tuple[Path, ...],
-    spatial_size: tuple[int, ...] | None,
-    block: BlockParams,
+    spatial_size: int | tuple[int, ...] | None,
+    blocks: Blocks,
     npy_path: Path | None,
     png_path: Path | None,
     spatial_dims: int | None,
@@ -159,26 +132,13 @@ def divisor(
     Example:
       patchfold divisor --size 256,256 -k 32 -s 24 --png divisor.png --npy divisor.npy
     """
-    shape, _ = shape_of(inputs, spatial_size, block, spatial_dims, stack, max_pixels)
-    geometry = block.geometry(tuple(shape[2:]))
-    for path, suffix, option in ((npy_path, ".npy", "'--npy'"), (png_path, ".png", "'--png'")):
-        if path is not None:
-            if path.suffix.lower() != suffix:
-                raise click.BadParameter(f"expected a {suffix} path, got '{path}'", param_hint=option)
-            check_output_path(path)
-    if npy_path is not None:
-        save_npy(npy_path, coverage.divisor_map(geometry))
-    if png_path is not None:
-        from patchfold.render import write_divisor_png
+    from patchfold.jobs.estimate import divisor_files
 
-        write_divisor_png(png_path, geometry)
-    result = ops.stats_with(geometry, channels=shape[1], batch=shape[0], dtype=np.float32)
+    result = divisor_files(
+        inputs, blocks, size=spatial_size, npy=npy_path, png=png_path, spatial_dims=spatial_dims, stack=stack,
+        max_pixels=max_pixels,
+    )  # fmt: skip
     if not as_json and sys.stderr.isatty():
-        divisor_preview(geometry)
-    written = [str(p) for p in (npy_path, png_path) if p is not None]
-    emit_summary(
-        "divisor map",
-        {**result, "written": written},
-        as_json,
-        [*stats_rows(result), ("written", ", ".join(written) or "nothing (use --npy/--png)")],
-    )
+        divisor_preview(result.estimate.geometry)
+    written = ", ".join(str(p) for p in result.written) or "nothing (use --npy/--png)"
+    emit_summary("divisor map", result.summary(), as_json, [*stats_rows(result.estimate.stats), ("written", written)])

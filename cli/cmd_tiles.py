@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
-from patchfold import ops
-from patchfold.cli.cmd_fold import output_targets, write_images, written_to
+from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     block_options,
@@ -19,8 +17,7 @@ from patchfold.cli.options import (
     stack_option,
 )
 from patchfold.cli.present import emit_summary, track
-from patchfold.io.read import load_inputs
-from patchfold.jobs.tiles import TILE_FORMATS, TileSet, read_tiles, write_tiles
+from patchfold.jobs.tiles import TILE_FORMATS
 
 
 @click.command()
@@ -44,7 +41,7 @@ from patchfold.jobs.tiles import TILE_FORMATS, TileSet, read_tiles, write_tiles
 def tiles(
     inputs: tuple[Path, ...],
     output: Path,
-    block,
+    blocks: Blocks,
     fmt: str,
     spatial_dims: int | None,
     stack: bool,
@@ -63,22 +60,13 @@ def tiles(
       mogrify -blur 0x2 out/tiles/*.png            # any per-tile processing
       patchfold untile out/tiles --window hann -o out/blended.png
     """
-    started = time.perf_counter()
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
-    geometry = block.geometry(batch.spatial_size)
-    track(write_tiles(batch.array, geometry, output, batch.sources, fmt), "tiles", not no_progress)
-    count = batch.array.shape[0] * geometry.num_blocks
-    summary = {
-        "output": str(output),
-        "tiles": count,
-        "images": batch.array.shape[0],
-        "format": fmt,
-        "tile_shape": [batch.array.shape[1], *geometry.kernel_size],
-        "blocks_per_dim": list(geometry.blocks_per_dim),
-        "manifest": [str(output / "manifest.json"), str(output / "manifest.csv")],
-        "seconds": round(time.perf_counter() - started, 4),
-    }
-    emit_summary(f"tiles → {output}", summary, as_json)
+    from patchfold.jobs.tiles import tiles_file
+
+    job = tiles_file(
+        inputs, output, blocks, tile_format=fmt, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels
+    )
+    result = track(job, "tiles", not no_progress)
+    emit_summary(f"tiles → {output}", result.summary(), as_json)
 
 
 @click.command()
@@ -96,20 +84,17 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
       patchfold untile out/tiles -o out/restored.png
       patchfold untile out/tiles --window gaussian:0.2 -o out/blended.png
     """
-    started = time.perf_counter()
-    tileset: TileSet = track(read_tiles(directory), "untile", not no_progress)
-    geometry = tileset.geometry
-    sources = [image.get("source", "") for image in tileset.manifest.get("images", [])]
-    targets = output_targets(output, tileset.cols.shape[0], sources)
-    images = ops.fold_with(tileset.cols, geometry, normalize, window=window)
-    write_images(output, targets, images)
+    from patchfold.jobs.tiles import untile_dir
+
+    result = track(untile_dir(directory, output, normalize=normalize, window=window), "untile", not no_progress)
+    summary = result.summary()
     summary = {
-        "output": written_to(output, targets),
-        "tiles": tileset.cols.shape[2] * tileset.cols.shape[0],
-        "output_shape": list(images.shape),
-        "output_dtype": str(images.dtype),
-        "window": window,
+        "output": summary["output"],
+        "tiles": result.source_shape[0] * result.source_shape[2],
+        "output_shape": summary["output_shape"],
+        "output_dtype": summary["output_dtype"],
+        "window": summary["window"],
         "normalize": normalize,
-        "seconds": round(time.perf_counter() - started, 4),
+        "seconds": summary["seconds"],
     }
     emit_summary(f"untile → {output}", summary, as_json)

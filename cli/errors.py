@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from patchfold.cli.options import OPTION_NAMES
+from patchfold.cli.options import as_click_error
 from patchfold.errors import PatchfoldError
 
 
@@ -35,10 +35,3 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"{where}{error.strerror or error}") from None
 
     return wrapper
-
-
-def as_click_error(error: PatchfoldError) -> click.ClickException:
-    message = str(error).replace("\n", " ")
-    if error.param in OPTION_NAMES:
-        return click.BadParameter(message, param_hint=OPTION_NAMES[error.param])
-    return click.ClickException(message)

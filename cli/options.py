@@ -5,18 +5,18 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+from patchfold.blocks import PADDING_MODES, Blocks
 from patchfold.dtypes import DTYPES
 from patchfold.engines import ENGINES
-from patchfold.geometry import PADDING_MODES, Geometry
+from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS
 from patchfold.units import parse_bytes
 
-#: How each block parameter is named on the command line (for error messages).
+#: How each library parameter is spelled on the command line (for error messages).
 OPTION_NAMES = {
     "kernel_size": "'-k' / '--kernel-size'",
     "stride": "'-s' / '--stride'",
@@ -25,12 +25,28 @@ OPTION_NAMES = {
     "padding_mode": "'--padding-mode'",
     "spatial_size": "'--size'",
     "output_size": "'--output-size'",
+    "output": "'-o' / '--output'",
     "device": "'--device'",
     "dtype": "'--dtype'",
     "layout": "'--layout'",
     "window": "'--window'",
     "engine": "'--engine'",
     "spatial_dims": "'--spatial-dims'",
+    "format": "'--format'",
+    "npy": "'--npy'",
+    "png": "'--png'",
+}
+
+#: Library parameters as flags, where a message gives them as advice (``stack=True`` → ``--stack``).
+FLAGS = {
+    "stack": "--stack",
+    "max_pixels": "--max-pixels",
+    "max_memory": "--max-memory",
+    "spatial_dims": "--spatial-dims",
+    "channels": "--channels",
+    "kernel_size": "-k/--kernel-size",
+    "output_size": "--output-size",
+    "spatial_size": "--size",
 }
 
 
@@ -52,42 +68,11 @@ class IntList(click.ParamType):
         if any(v < self.minimum for v in values):
             what = "positive" if self.minimum == 1 else "non-negative"
             self.fail(f"every value must be {what}, got {text}", param, ctx)
-        return values
+        return values[0] if len(values) == 1 else values  # one value: every spatial dim
 
 
 POSITIVE = IntList(1)
 NON_NEGATIVE = IntList(0)
-
-#: Defaults of the block options other than the kernel size (PyTorch's).
-BLOCK_DEFAULTS: dict[str, Any] = {"stride": (1,), "padding": (0,), "dilation": (1,), "padding_mode": "zeros"}
-
-
-@dataclass(frozen=True)
-class BlockParams:
-    """Block options as given (None where not given and there is no default yet)."""
-
-    kernel_size: tuple[int, ...] | None
-    stride: tuple[int, ...] | None
-    padding: tuple[int, ...] | None
-    dilation: tuple[int, ...] | None
-    padding_mode: str | None
-
-    def merged(self, fallback: dict[str, Any] | None) -> BlockParams:
-        """Fill what was not given from ``fallback`` (a sidecar), then from the defaults."""
-        fallback = fallback or {}
-        values = {}
-        for name in ("kernel_size", "stride", "padding", "dilation", "padding_mode"):
-            value = getattr(self, name)
-            if value is None:
-                value = fallback.get(name, BLOCK_DEFAULTS.get(name))
-            values[name] = tuple(value) if isinstance(value, list) else value
-        return BlockParams(**values)
-
-    def geometry(self, spatial_size: tuple[int, ...]) -> Geometry:
-        """The geometry for ``spatial_size`` (every value given: by an option's default, or merged)."""
-        return Geometry.create(
-            spatial_size, self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode
-        )
 
 
 def apply_options(command: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
@@ -97,23 +82,22 @@ def apply_options(command: Callable[..., Any], options: list[Callable[..., Any]]
     return command
 
 
-def typed_size(size: tuple[int, ...], kernel_size: tuple[int, ...] | None) -> tuple[int, ...]:
-    """A size given on the command line: one value means a square (a cube for a 3-value kernel)."""
-    return size * max(2, len(kernel_size or ())) if len(size) == 1 else size
-
-
 def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``-k/-s/-p/-d/--padding-mode``, gathered into one ``block`` argument (a :class:`BlockParams`).
-
-    With ``required=False`` (fold, which can read them from a sidecar) nothing has a default here.
+    """``-k/-s/-p/-d/--padding-mode``, gathered into one ``blocks`` argument: a
+    :class:`~patchfold.blocks.Blocks`, or with ``required=False`` (fold, which reads them from a
+    sidecar) a dict of the options given (None where not given).
     """
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            kwargs["block"] = BlockParams(
-                *(kwargs.pop(n) for n in ("kernel_size", "stride", "padding", "dilation", "padding_mode"))
-            )
+            given = {
+                name: kwargs.pop(name) for name in ("kernel_size", "stride", "padding", "dilation", "padding_mode")
+            }
+            try:
+                kwargs["blocks"] = Blocks(**given) if required else given
+            except PatchfoldError as error:
+                raise as_click_error(error) from None
             return command(*args, **kwargs)
 
         options = [
@@ -128,7 +112,7 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 "-s",
                 "--stride",
                 type=POSITIVE,
-                default=BLOCK_DEFAULTS["stride"] if required else None,
+                default=1 if required else None,
                 show_default="1",
                 help="Step between blocks, per dim.",
             ),
@@ -136,7 +120,7 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 "-p",
                 "--padding",
                 type=NON_NEGATIVE,
-                default=BLOCK_DEFAULTS["padding"] if required else None,
+                default=0 if required else None,
                 show_default="0",
                 help="Padding on both sides, per dim.",
             ),
@@ -144,14 +128,14 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 "-d",
                 "--dilation",
                 type=POSITIVE,
-                default=BLOCK_DEFAULTS["dilation"] if required else None,
+                default=1 if required else None,
                 show_default="1",
                 help="Spacing between kernel points, per dim.",
             ),
             click.option(
                 "--padding-mode",
                 type=click.Choice(PADDING_MODES),
-                default=BLOCK_DEFAULTS["padding_mode"] if required else None,
+                default="zeros" if required else None,
                 show_default="zeros",
                 help="How the padding is filled (zeros is PyTorch's).",
             ),
@@ -294,3 +278,15 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
     ]
     return apply_options(command, options)
+
+
+def as_click_error(error: PatchfoldError) -> click.ClickException:
+    """A library error as the command line reports it: a bad option (exit 2) when the parameter at
+    fault is an option, else a runtime error (exit 1); parameters named as advice become flags."""
+    message = str(error).replace("\n", " ")
+    for name, flag in FLAGS.items():
+        message = re.sub(rf"\b{name}=True\b", flag, message)
+        message = re.sub(rf"\b{name}=(?=[\s),;]|$)", flag, message)
+    if error.param in OPTION_NAMES:
+        return click.BadParameter(message, param_hint=OPTION_NAMES[error.param])
+    return click.ClickException(message)

@@ -37,17 +37,6 @@ def emit_summary(
     stderr_console().print(table)
 
 
-def geometry_fields(geometry: Any) -> dict[str, Any]:
-    """The block parameters of a geometry, for summaries."""
-    return {
-        "kernel_size": list(geometry.kernel_size),
-        "stride": list(geometry.stride),
-        "padding": list(geometry.padding),
-        "dilation": list(geometry.dilation),
-        "padding_mode": geometry.padding_mode,
-    }
-
-
 def format_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "×".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else ", ".join(map(str, value))
@@ -124,3 +113,48 @@ def divisor_preview(geometry: Any, width: int = 48) -> None:
             text.append("▀", style=f"rgb({upper[0]},{upper[1]},{upper[2]}) on rgb({lower[0]},{lower[1]},{lower[2]})")
         text.append("\n")
     stderr_console().print(text, end="")
+
+
+def track_images(events: Iterator[Any], enabled: bool, unit: str) -> Any:
+    """Drain a dataset job's events, with a bar on stderr (images, patches or tiles, failures) when
+    a TTY; return its final result. The job's first event (a :class:`Progress`) gives the total."""
+    bar = task = None
+    show = enabled and sys.stderr.isatty()
+    patches = failed = 0
+    last: Any = None
+    try:
+        for last in events:
+            if isinstance(last, Progress):
+                if show:
+                    bar, task = _start_image_bar(last.total, unit)
+                continue
+            if not hasattr(last, "rows"):  # the final result
+                continue
+            patches += last.rows
+            failed += not last.ok
+            if bar is not None:
+                bar.update(task, advance=1, patches=patches, failed=failed)
+    finally:
+        if bar is not None:
+            bar.stop()
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+    return last
+
+
+def _start_image_bar(total: int, unit: str) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]images"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[patches]:,} " + unit),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    )
+    bar.start()
+    return bar, bar.add_task("images", total=total, patches=0, failed=0)

@@ -9,10 +9,11 @@
 True
 """
 
+from patchfold.blocks import PADDING_MODES, Blocks
 from patchfold.datasets.reader import PatchDataset, load_dataset
 from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import LAYOUTS, PADDING_MODES, Geometry
+from patchfold.geometry import LAYOUTS, Geometry
 from patchfold.ops import divisor, fold, overlap_stats, unfold
 from patchfold.windows import WINDOWS
 
@@ -23,6 +24,7 @@ __all__ = [
     "LAYOUTS",
     "PADDING_MODES",
     "WINDOWS",
+    "Blocks",
     "Geometry",
     "PatchDataset",
     "PatchfoldError",

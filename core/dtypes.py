@@ -53,32 +53,54 @@ def restore_dtype(images: np.ndarray, input_dtype: str, scale: float) -> np.ndar
 
 
 def fold_output_dtype(
-    cols_dtype: np.dtype, normalize: bool, weighted: bool, restore: tuple[str, float] | None = None
-) -> np.dtype:
-    """The dtype a fold of ``cols_dtype`` patches writes (see :func:`patchfold.fold`)."""
+    cols_dtype: Any, normalize: bool, weighted: bool, restore: tuple[str, float] | None = None
+) -> Any:
+    """The dtype a fold of ``cols_dtype`` patches gives (numpy or torch dtypes; see
+    :func:`patchfold.fold`): normalised folds keep the patches' dtype, or give back the integer
+    dtype ``restore = (input_dtype, scale)`` names when floats were scaled from it; sums of
+    integers are int64 (uint64 for uint64), float64 when weighted; sums of floats keep their dtype."""
+    if not isinstance(cols_dtype, np.dtype | type | str):  # a torch dtype
+        if normalize or cols_dtype.is_floating_point:
+            return cols_dtype
+        return _torch_dtype(fold_output_dtype(_numpy_name(cols_dtype), normalize, weighted))
     cols_dtype = np.dtype(cols_dtype)
-    integer = cols_dtype.kind in "biu"
     if normalize:
         if restore is not None and restore[1] != 1.0 and cols_dtype.kind == "f" and np.dtype(restore[0]).kind in "iu":
             return np.dtype(restore[0])
         return cols_dtype
-    if integer:
+    if cols_dtype.kind in "biu":
         return np.dtype(np.float64) if weighted else np.dtype(np.uint64 if cols_dtype == np.uint64 else np.int64)
     return cols_dtype
 
 
-def accumulator_dtype(dtype: np.dtype, exact: bool = False) -> np.dtype:
-    """Integers sum in int64 (never wraps). Floats sum in their own precision, as F.fold does
-    (float16 in float32), or in float64 with ``exact``: then a normalised fold of untouched
-    patches gives the input back bit-exactly and near-maximal values cannot overflow."""
+def accumulator_dtype(dtype: Any, *, exact: bool = False, weighted: bool = False) -> Any:
+    """The dtype a fold of ``dtype`` patches sums in, for numpy and torch dtypes alike (a torch
+    dtype gives a torch dtype): integers in int64 (uint64 in uint64), weighted folds in float64,
+    floats in their own precision as F.fold does (halves in float32), or in float64 with ``exact``:
+    then a normalised fold of untouched patches gives the input back bit-exactly and near-maximal
+    values cannot overflow."""
+    if not isinstance(dtype, np.dtype | type | str):
+        return _torch_dtype(accumulator_dtype(_numpy_name(dtype), exact=exact, weighted=weighted))
     dtype = np.dtype(dtype)
-    if dtype.kind in "biu":
+    if dtype.kind in "biu" and not weighted:
         return np.dtype(np.int64) if dtype != np.uint64 else np.dtype(np.uint64)
-    if exact:
+    if exact or weighted:
         return np.dtype(np.float64)
     if dtype == np.float16:
         return np.dtype(np.float32)
     return dtype
+
+
+def _numpy_name(torch_dtype: Any) -> str:
+    """A torch dtype's numpy name; bfloat16 (which numpy lacks) is a half for this policy."""
+    name = str(torch_dtype).removeprefix("torch.")
+    return "float16" if name == "bfloat16" else name
+
+
+def _torch_dtype(dtype: np.dtype) -> Any:
+    import torch
+
+    return getattr(torch, dtype.name)
 
 
 def check_real_dtype(dtype: Any, what: str) -> None:
@@ -94,9 +116,8 @@ def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> An
     """Normalise (or not) and pick the output dtype; works for numpy arrays and tensors."""
     integer = not _is_float(dtype)
     if divisor_map is None:
-        if integer:
-            return summed
-        return summed.astype(dtype, copy=False) if isinstance(summed, np.ndarray) else summed.to(dtype)
+        target = fold_output_dtype(dtype, False, weighted)
+        return summed.astype(target, copy=False) if isinstance(summed, np.ndarray) else summed.to(target)
     covered = divisor_map > 0
     safe = divisor_map + (divisor_map == 0)
     if isinstance(summed, np.ndarray):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
 
-from patchfold.blocks import PADDING_MODES, IntOrSeq, infer_spatial_dims, to_tuple
+from patchfold.blocks import Blocks, IntOrSeq, per_dim
 from patchfold.errors import PatchfoldError
 
 #: Layouts of the patch matrix. ``ncl`` is PyTorch's ``(N, C·∏k, L)``; ``nlc`` is one row per
@@ -46,36 +46,41 @@ class Geometry:
         cls,
         spatial_size: IntOrSeq,
         kernel_size: IntOrSeq,
+        *,
         stride: IntOrSeq = 1,
         padding: IntOrSeq = 0,
         dilation: IntOrSeq = 1,
         padding_mode: str = "zeros",
     ) -> Geometry:
-        """Normalise parameters to per-dim tuples and check that at least one block fits."""
-        if isinstance(spatial_size, int):
-            ndim = infer_spatial_dims(kernel_size, stride, padding, dilation)
-        else:
-            ndim = len(spatial_size)
-        if ndim < 1:
-            raise PatchfoldError("the input has no spatial dims", param=None)
-        size = to_tuple(spatial_size, ndim, "spatial_size")
-        if any(s < 1 for s in size):
-            raise PatchfoldError(f"every spatial size must be positive, got {list(size)}")
-        if padding_mode not in PADDING_MODES:
-            raise PatchfoldError(
-                f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}",
-                param="padding_mode",
-            )
+        """``Blocks(kernel_size, ...).at(spatial_size)``: normalise and check that a block fits."""
+        blocks = Blocks(kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+        return blocks.at(spatial_size)
+
+    @classmethod
+    def of(cls, spatial_size: tuple[int, ...], blocks: Blocks) -> Geometry:
+        """The geometry of ``blocks`` over ``spatial_size`` (one int per spatial dim), validated."""
+        ndim = len(spatial_size)
         geometry = cls(
-            spatial_size=size,
-            kernel_size=to_tuple(kernel_size, ndim, "kernel_size"),
-            stride=to_tuple(stride, ndim, "stride"),
-            padding=to_tuple(padding, ndim, "padding"),
-            dilation=to_tuple(dilation, ndim, "dilation"),
-            padding_mode=padding_mode,
+            spatial_size=tuple(spatial_size),
+            kernel_size=per_dim(blocks.kernel_size, ndim, "kernel_size"),
+            stride=per_dim(blocks.stride, ndim, "stride"),
+            padding=per_dim(blocks.padding, ndim, "padding"),
+            dilation=per_dim(blocks.dilation, ndim, "dilation"),
+            padding_mode=blocks.padding_mode,
         )
         geometry._validate()
         return geometry
+
+    @cached_property
+    def blocks(self) -> Blocks:
+        """The block parameters, per dim."""
+        return Blocks(
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            padding_mode=self.padding_mode,
+        )
 
     def _validate(self) -> None:
         if self.padding_mode == "reflect" and any(p >= s for p, s in zip(self.padding, self.spatial_size)):
@@ -98,6 +103,12 @@ class Geometry:
                 f"L_d = floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1 = "
                 f"{list(counts)} (each must be >= 1)"
             )
+
+    def over_padded(self, size: tuple[int, ...] | None = None) -> Geometry:
+        """The same blocks over an array that is already padded (the whole padded input by
+        default, or a slab of it of ``size``): no padding of its own."""
+        blocks = self.blocks.replace(padding=(0,), padding_mode="zeros")
+        return blocks.at(self.padded_size if size is None else tuple(size))
 
     # ----- derived sizes (computed once: the hot loops of the engines and tiles read them) ----
     @property
@@ -206,10 +217,7 @@ class Geometry:
         return patch_length // self.kernel_volume
 
     def describe(self) -> str:
-        return (
-            f"kernel_size={list(self.kernel_size)} stride={list(self.stride)} "
-            f"padding={list(self.padding)} dilation={list(self.dilation)}"
-        )
+        return self.blocks.describe()
 
 
 def check_layout(layout: str) -> str:

@@ -1,39 +1,62 @@
 """Public operations: unfold, fold, divisor, overlap_stats.
 
 Arrays in, arrays out: numpy arrays give numpy results; torch tensors give tensors on their own
-device. CPU data goes through the CPU engine (:mod:`patchfold.cpu`), CUDA tensors through the torch
-engine. torch is imported only when a tensor is passed or ``engine="torch"`` is asked for.
+device. Arguments are normalised once at the top (one :class:`~patchfold.blocks.Blocks`, one
+:class:`~patchfold.geometry.Geometry`), then :func:`patchfold.engines.select` picks the engine that
+runs: patchfold's CPU engine for CPU data, PyTorch's for CUDA tensors and tensors that need
+gradients. torch is imported only when a tensor is passed or ``engine="torch"`` is asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from patchfold import coverage
+from patchfold import coverage, engines
+from patchfold.blocks import Blocks, IntOrSeq, as_ints
 from patchfold.dtypes import check_real_dtype, finish_fold
-from patchfold.engines import cpu, is_tensor, select
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import Geometry, IntOrSeq, check_layout, infer_spatial_dims
+from patchfold.geometry import Geometry, check_layout
 from patchfold.windows import window_weights
 
-_DEFAULT_SPATIAL_DIMS = {3: 2, 4: 2, 5: 3}
+#: Spatial dims of an input by its rank when ``spatial_dims`` is not given (PyTorch's rule for
+#: 2-D: ``(C, H, W)`` unbatched, ``(N, C, H, W)``; 5-D is ``(N, C, D, H, W)``).
+SPATIAL_DIMS_BY_RANK = {3: 2, 4: 2, 5: 3}
 
 
-def _spatial_dims(ndim: int, given: int | None, *params: IntOrSeq | None) -> int:
-    if given is not None:
-        return given
-    inferred = infer_spatial_dims(*params, default=0)
-    if inferred:
-        return inferred
-    if ndim not in _DEFAULT_SPATIAL_DIMS:
-        raise PatchfoldError(
-            f"cannot tell the spatial dims of a {ndim}-D input from int parameters: pass "
-            "spatial_dims= or one kernel_size value per spatial dim",
-            param="spatial_dims",
-        )
-    return _DEFAULT_SPATIAL_DIMS[ndim]
+def blocks_of(
+    kernel_size: IntOrSeq | Blocks,
+    dilation: IntOrSeq = 1,
+    padding: IntOrSeq = 0,
+    stride: IntOrSeq = 1,
+    padding_mode: str = "zeros",
+) -> Blocks:
+    """The :class:`Blocks` of an operation's arguments; ``kernel_size`` may be a Blocks itself."""
+    if isinstance(kernel_size, Blocks):
+        if (dilation, padding, stride, padding_mode) != (1, 0, 1, "zeros"):
+            raise PatchfoldError("give block parameters either as a Blocks or as arguments, not both")
+        return kernel_size
+    return Blocks(kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+
+
+def spatial_dims_of(x: Any, spatial_dims: int | None, blocks: Blocks) -> int:
+    """How many trailing axes of ``x`` are spatial: ``spatial_dims`` when given, else by rank
+    (:data:`SPATIAL_DIMS_BY_RANK`); other ranks take the length of the parameter lists. A
+    parameter list of another length is then an error, as in PyTorch."""
+    if spatial_dims is not None:
+        if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int | np.integer) or spatial_dims < 1:
+            raise PatchfoldError(f"spatial_dims must be a positive int, got {spatial_dims!r}", param="spatial_dims")
+        return int(spatial_dims)
+    rank = x.ndim
+    if rank in SPATIAL_DIMS_BY_RANK:
+        return SPATIAL_DIMS_BY_RANK[rank]
+    if blocks.ndim is not None and rank in (blocks.ndim + 1, blocks.ndim + 2):
+        return blocks.ndim
+    raise PatchfoldError(
+        f"cannot tell the spatial dims of an input of shape {tuple(x.shape)}: pass spatial_dims= "
+        "(inputs are (N, C, *spatial) or (C, *spatial))",
+        param="spatial_dims",
+    )
 
 
 def _batched(x: Any, spatial_dims: int, what: str) -> tuple[Any, bool]:
@@ -88,19 +111,16 @@ def unfold(
     array([0, 1, 4, 5])
     """
     layout = check_layout(layout)
-    nd = _spatial_dims(x.ndim, spatial_dims, kernel_size, dilation, padding, stride)
-    batch, unbatched = _batched(x, nd, "unfold input")
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
+    batch, unbatched = _batched(x, spatial_dims_of(x, spatial_dims, blocks), "unfold input")
     check_real_dtype(getattr(batch, "dtype", None), "unfold input")
-    geometry = _geometry(batch.shape, nd, kernel_size, stride, padding, dilation, padding_mode)
-    if select(batch, engine) == "torch":
-        from patchfold.engines import torch_engine
-
-        result = _unlike(torch_engine.unfold(_as_tensor(batch), geometry, layout), batch)
-    else:
-        source = _as_numpy(batch)
-        result = _output_for(out, geometry.unfold_shape(*source.shape[:2], layout), source.dtype, unbatched, source)
-        cpu.unfold_into(source, geometry, result, layout, threads=threads)
-        result = _like(result, batch)
+    geometry = _geometry(blocks, batch.shape, "input shape")
+    name = engines.select(batch, engine)
+    if out is not None and (name != "cpu" or unbatched):
+        raise PatchfoldError("out= is for batched numpy input on the CPU engine (the result is written into it)")
+    engine_module = engines.load(name)
+    result = engine_module.unfold(engine_module.take(batch), geometry, layout, out=out, threads=threads)
+    result = engines.give_back(result, batch)
     return result[0] if unbatched else result
 
 
@@ -146,70 +166,32 @@ def fold(
     True
     """
     layout = check_layout(layout)
-    nd = (
-        len(output_size)
-        if isinstance(output_size, Sequence)
-        else infer_spatial_dims(kernel_size, dilation, padding, stride)
-    )
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
+    geometry = _geometry(blocks, output_size, "fold of patch matrix shape", tuple(getattr(cols, "shape", ())))
+    return fold_with(cols, geometry, normalize, layout=layout, window=window, engine=engine, threads=threads)
+
+
+def fold_with(
+    cols: Any,
+    geometry: Geometry,
+    normalize: bool = False,
+    *,
+    layout: str = "ncl",
+    window: str | None = None,
+    engine: str = "auto",
+    threads: int | None = None,
+) -> Any:
+    """:func:`fold` with the output size and block parameters of a :class:`Geometry`."""
+    layout = check_layout(layout)
     batch, unbatched = _batched(cols, 1, "fold input (patch matrix)")
     check_real_dtype(getattr(batch, "dtype", None), "fold input")
-    try:
-        geometry = Geometry.create(
-            output_size if not isinstance(output_size, int) else (output_size,) * nd,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            padding_mode,
-        )
-    except PatchfoldError as error:
-        raise PatchfoldError(f"{error} (fold of patch matrix shape {tuple(batch.shape)})", param=error.param) from None
     weights = window_weights(geometry, window)
-    if select(batch, engine) == "torch":
-        from patchfold.engines import torch_engine
-
-        tensor = _as_tensor(batch)
-        summed = torch_engine.fold(tensor, geometry, layout, weights, exact=normalize)
-        divisor_map = torch_engine.divisor(geometry, weights, tensor.device) if normalize else None
-        result = _unlike(finish_fold(summed, divisor_map, tensor.dtype, weights is not None), batch)
-    else:
-        source = _as_numpy(batch)
-        summed = coverage.unpad_adjoint(
-            cpu.fold_padded(source, geometry, layout, weights, threads=threads, exact=normalize), geometry, 2
-        )
-        divisor_map = coverage.divisor_map(geometry, weights) if normalize else None
-        result = _like(finish_fold(summed, divisor_map, source.dtype, weights is not None), batch)
+    engine_module = engines.load(engines.select(batch, engine))
+    data = engine_module.take(batch)
+    summed = engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
+    divisor_map = engine_module.divisor(geometry, weights, like=data) if normalize else None
+    result = engines.give_back(finish_fold(summed, divisor_map, data.dtype, weights is not None), batch)
     return result[0] if unbatched else result
-
-
-def _output_for(
-    out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype, unbatched: bool, source: np.ndarray
-) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if unbatched or not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape):
-        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
-        raise PatchfoldError(f"out must be a numpy array of shape {tuple(shape)} for batched input, got {got}")
-    if not out.flags.writeable:
-        raise PatchfoldError(f"out must be writeable, got a read-only array of shape {tuple(out.shape)}")
-    if np.may_share_memory(out, source):
-        raise PatchfoldError(f"out must not overlap the input (shape {tuple(source.shape)})")
-    return out
-
-
-def fold_with(cols: Any, geometry: Geometry, normalize: bool = False, **options: Any) -> Any:
-    """:func:`fold` with the output size and block parameters of a :class:`Geometry`."""
-    return fold(
-        cols,
-        geometry.spatial_size,
-        geometry.kernel_size,
-        geometry.dilation,
-        geometry.padding,
-        geometry.stride,
-        normalize,
-        padding_mode=geometry.padding_mode,
-        **options,
-    )
 
 
 def divisor(
@@ -230,7 +212,7 @@ def divisor(
     >>> divisor((1, 5), kernel_size=(1, 3)).tolist()
     [[1, 2, 3, 2, 1]]
     """
-    geometry = Geometry.create(spatial_size, kernel_size, stride, padding, dilation, padding_mode)
+    geometry = _geometry(blocks_of(kernel_size, dilation, padding, stride, padding_mode), spatial_size, "size")
     return coverage.divisor_map(geometry, window_weights(geometry, window))
 
 
@@ -257,9 +239,11 @@ def overlap_stats(
     >>> overlap_stats((4, 4), 2, stride=2)["coverage"]["histogram"]
     {'1': 16}
     """
+    (channels,) = as_ints(channels, "channels")
+    (batch,) = as_ints(batch, "batch")
     if channels < 1 or batch < 1:
         raise PatchfoldError(f"channels and batch must be positive, got channels={channels} batch={batch}")
-    geometry = Geometry.create(spatial_size, kernel_size, stride, padding, dilation, padding_mode)
+    geometry = _geometry(blocks_of(kernel_size, dilation, padding, stride, padding_mode), spatial_size, "size")
     return stats_with(geometry, channels=channels, batch=batch, dtype=dtype, layout=layout)
 
 
@@ -272,10 +256,7 @@ def stats_with(
     itemsize = np.dtype(dtype).itemsize
     return {
         "input_shape": [batch, channels, *geometry.spatial_size],
-        "kernel_size": list(geometry.kernel_size),
-        "stride": list(geometry.stride),
-        "padding": list(geometry.padding),
-        "dilation": list(geometry.dilation),
+        **geometry.blocks.to_dict(),
         "blocks_per_dim": list(geometry.blocks_per_dim),
         "num_blocks": geometry.num_blocks,
         "patch_length": geometry.patch_length(channels),
@@ -289,42 +270,12 @@ def stats_with(
     }
 
 
-def _geometry(
-    shape: Sequence[int],
-    nd: int,
-    kernel_size: IntOrSeq,
-    stride: IntOrSeq,
-    padding: IntOrSeq,
-    dilation: IntOrSeq,
-    padding_mode: str,
-) -> Geometry:
+def _geometry(blocks: Blocks, size: Any, what: str, shape: tuple[int, ...] | None = None) -> Geometry:
+    """The geometry of ``blocks`` over ``size`` (an input's shape, whose trailing dims are taken,
+    or a spatial size); a fault names what it was computed for."""
     try:
-        return Geometry.create(tuple(shape[-nd:]), kernel_size, stride, padding, dilation, padding_mode)
+        if shape is None and what == "input shape":
+            shape, size = tuple(size), tuple(size)[2:]
+        return blocks.at(size)
     except PatchfoldError as error:
-        raise PatchfoldError(f"{error} (input shape {tuple(shape)})", param=error.param) from None
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if is_tensor(x):
-        return x.detach().numpy()
-    return np.asarray(x)
-
-
-def _as_tensor(x: Any) -> Any:
-    import torch
-
-    return x if is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))
-
-
-def _unlike(result: Any, original: Any) -> Any:
-    """Give a torch-engine result back as numpy when the caller passed numpy."""
-    return result if is_tensor(original) else result.cpu().numpy()
-
-
-def _like(result: np.ndarray, original: Any) -> Any:
-    """Give a CPU result back as the caller's type."""
-    if is_tensor(original):
-        import torch
-
-        return torch.from_numpy(result)
-    return result
+        raise PatchfoldError(f"{error} ({what} {tuple(shape) if shape else size})", param=error.param) from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import patchfold
+from patchfold.blocks import Blocks
 import pytest
 from cli_fixtures import COMMAND
 from patchfold.datasets.build import DONE_DIR, DatasetPlan, plan_dataset, plan_tiles, run_dataset, run_tiles
@@ -33,7 +34,7 @@ def make_images(folder: Path, count: int = 12, seed: int = 0) -> list[Path]:
 
 
 def plan(paths: list[Path], out: Path, shard_size: int = 40_000, **kwargs) -> DatasetPlan:
-    return plan_dataset(paths, out, (8,), (4,), (0,), (1,), channels=3, shard_size=shard_size, **kwargs)
+    return plan_dataset(paths, out, Blocks(8, stride=4), channels=3, shard_size=shard_size, **kwargs)
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -49,7 +50,7 @@ def test_mixed_bit_depths_share_the_manifest_scale(tmp_path: Path) -> None:
     Image.fromarray(eight).save(tmp_path / "a.png")
     Image.fromarray(sixteen).save(tmp_path / "b.png")
     the_plan = plan_dataset(
-        [tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "ds", (8,), (8,), (0,), (1,), dtype="float32"
+        [tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "ds", Blocks(8, stride=8), dtype="float32"
     )
     assert all(r.ok for r in run_dataset(the_plan, workers=1))
     dataset = patchfold.load_dataset(tmp_path / "ds")
@@ -88,7 +89,7 @@ def test_dataset_matches_per_image_unfold(tmp_path: Path) -> None:
 def test_channels_must_agree_without_conversion(tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in")
     with pytest.raises(patchfold.PatchfoldError, match=r"differ in channel count \(1: 2 image\(s\), 3: 10"):
-        plan_dataset(paths, tmp_path / "ds", (8,), (4,), (0,), (1,))
+        plan_dataset(paths, tmp_path / "ds", Blocks(8, stride=4))
 
 
 def test_failed_image_is_reported_and_others_finish(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_failed_image_is_reported_and_others_finish(tmp_path: Path) -> None:
 def test_dataset_from_different_parameters_is_refused(tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 3)
     list(run_dataset(plan(paths, tmp_path / "ds"), workers=1))
-    other = plan_dataset(paths, tmp_path / "ds", (4,), (4,), (0,), (1,), channels=3)
+    other = plan_dataset(paths, tmp_path / "ds", Blocks(4, stride=4), channels=3)
     with pytest.raises(patchfold.PatchfoldError, match="different dataset"):
         list(run_dataset(other, workers=1))
 
@@ -186,7 +187,7 @@ def test_killed_run_resumes_and_ends_identical(tmp_path: Path) -> None:
 
 def test_batch_tiles_writes_one_directory_per_image(tmp_path: Path) -> None:
     paths = make_images(tmp_path / "in", 4)
-    tasks = plan_tiles(paths, tmp_path / "t", ((8,), (8,), (0,), (1,), "zeros"), "png", 3, 10**9)
+    tasks = plan_tiles(paths, tmp_path / "t", Blocks(8, stride=8), "png", 3, 10**9)
     results = list(run_tiles(tasks, tmp_path / "t", workers=2))
     assert all(r.ok for r in results)
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())

@@ -106,7 +106,7 @@ def test_operations_give_a_correct_result_or_a_patchfold_error(case: dict[str, A
     x = make_input(case)
     n, c = x.shape[:2]
     try:
-        geometry = patchfold.Geometry.create(size, k, s, p, d, mode)
+        geometry = patchfold.Geometry.create(size, k, stride=s, padding=p, dilation=d, padding_mode=mode)
     except PatchfoldError:
         geometry = None
     assert (geometry is not None) == valid, f"Geometry.create {'refused' if valid else 'accepted'} {case}"
@@ -380,7 +380,11 @@ def test_unfold_option_parser(small_npy: Path, k: str, s: str, p: str, d: str) -
         if result.exit_code == 0:
             sidecar = json.loads(out.with_suffix(".json").read_text())
             geometry = patchfold.Geometry.create(
-                (6, 5), sidecar["kernel_size"], sidecar["stride"], sidecar["padding"], sidecar["dilation"]
+                (6, 5),
+                sidecar["kernel_size"],
+                stride=sidecar["stride"],
+                padding=sidecar["padding"],
+                dilation=sidecar["dilation"],
             )
             assert np.load(out).shape == geometry.unfold_shape(1, 1)
         else:

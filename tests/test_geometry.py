@@ -30,7 +30,7 @@ def torch_blocks(size, kernel_size, dilation, padding, stride) -> int:
     ],
 )
 def test_blocks_per_dim_formula(size, kernel_size, dilation, padding, stride):
-    g = Geometry.create(size, kernel_size, stride, padding, dilation)
+    g = Geometry.create(size, kernel_size, stride=stride, padding=padding, dilation=dilation)
     expected = blocks_per_dim(size, kernel_size, dilation, padding, stride)
     assert g.blocks_per_dim == expected
     assert g.num_blocks == math.prod(expected) == torch_blocks(size, kernel_size, dilation, padding, stride)
@@ -78,7 +78,7 @@ def test_no_block_fits_names_parameters_size_and_counts(size, kernel_size, dilat
     counts = blocks_per_dim(size, kernel_size, dilation, padding, stride)
     assert min(counts) < 1
     with pytest.raises(PatchfoldError) as info:
-        Geometry.create(size, kernel_size, stride, padding, dilation)
+        Geometry.create(size, kernel_size, stride=stride, padding=padding, dilation=dilation)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert info.value.param is None  # the fault only shows against the input size

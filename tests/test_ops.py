@@ -529,7 +529,7 @@ def test_windowed_normalised_fold_gives_back_x(case, window, engine):
 @pytest.mark.parametrize("window", WINDOW_SPECS[1:])
 def test_windowed_fold_matches_reference_weighting(window, mode, engine):
     size, k, d, p, s = (9, 7), (4, 3), (1, 2), (2, 1), (2, 1)
-    geometry = patchfold.Geometry.create(size, k, s, p, d, mode)
+    geometry = patchfold.Geometry.create(size, k, stride=s, padding=p, dilation=d, padding_mode=mode)
     weights = windows.window_weights(geometry, window)
     assert [w.shape for w in weights] == [(geometry.blocks_per_dim[i], geometry.kernel_size[i]) for i in range(2)]
     assert all(np.all(w > 0) and np.all(w <= 1) for w in weights)
@@ -592,6 +592,7 @@ STATS_KEYS = {
     "stride",
     "padding",
     "dilation",
+    "padding_mode",
     "blocks_per_dim",
     "num_blocks",
     "patch_length",
@@ -805,7 +806,7 @@ def test_compiled_fold_paths_match_reference(
     from patchfold.engines import cpu
 
     monkeypatch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-    geometry = patchfold.Geometry.create(size, kernel, stride, padding, dilation)
+    geometry = patchfold.Geometry.create(size, kernel, stride=stride, padding=padding, dilation=dilation)
     cols = rng(12).integers(0, 100, (2, 3 * geometry.kernel_volume, geometry.num_blocks))
     expected = reference_fold(cols, size, kernel, dilation, padding, stride)
     if len(size) == 2:
@@ -913,7 +914,7 @@ def test_padding_wider_than_the_blocks_reach(
 
 def test_out_must_be_writeable_and_apart_from_the_input(tmp_path) -> None:
     x = rng(16).random((1, 3, 20, 20), dtype=np.float32)
-    shape = patchfold.Geometry.create((20, 20), 4, 4).unfold_shape(1, 3)
+    shape = patchfold.Geometry.create((20, 20), 4, stride=4).unfold_shape(1, 3)
     read_only = np.zeros(shape, np.float32)
     read_only.flags.writeable = False
     with pytest.raises(PatchfoldError, match="writeable"):

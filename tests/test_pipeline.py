@@ -31,11 +31,15 @@ def image(dtype=np.uint8, shape=(2, 3, 29, 31)) -> np.ndarray:
 def test_streamed_unfold_equals_in_memory(tmp_path: Path, params: dict, layout: str, budget: int) -> None:
     x = image()
     geometry = Geometry.create(
-        x.shape[2:], params["kernel_size"], params["stride"], params.get("padding", 0), params.get("dilation", 1)
+        x.shape[2:],
+        params["kernel_size"],
+        stride=params["stride"],
+        padding=params.get("padding", 0),
+        dilation=params.get("dilation", 1),
     )
     plan = plan_unfold(x.shape, np.float32, geometry, layout, budget)
     assert plan.streaming == (budget < 10**9)
-    events = list(unfold_to_npy(x, plan, tmp_path / "p.npy", layout, scale=1 / 255, sidecar="{}"))
+    events = list(unfold_to_npy(x, plan, tmp_path / "p.npy", scale=1 / 255, sidecar="{}"))
     assert events[-1].done == events[-1].total == plan.bands
     assert events[-1].bytes_done == plan.output_bytes
     expected, _ = convert_dtype(x, "float32")
@@ -57,15 +61,19 @@ def test_streamed_fold_equals_in_memory(
     np.save(tmp_path / "cols.npy", cols)
     mapped = np.load(tmp_path / "cols.npy", mmap_mode="r")
     geometry = Geometry.create(
-        x.shape[2:], params["kernel_size"], params["stride"], params.get("padding", 0), params.get("dilation", 1)
+        x.shape[2:],
+        params["kernel_size"],
+        stride=params["stride"],
+        padding=params.get("padding", 0),
+        dilation=params.get("dilation", 1),
     )
     reference = patchfold.fold(cols, x.shape[2:], layout=layout, normalize=normalize, window=window, **params)
     for budget in (1, 10**9):
         dtype = fold_output_dtype(cols.dtype, normalize, window is not None)
-        plan = plan_fold(cols.shape, 3, geometry, dtype, budget)
+        plan = plan_fold(cols.shape, 3, geometry, dtype, budget, layout)
         assert plan.streaming == (budget == 1)
         target = tmp_path / f"out{budget}.npy"
-        list(fold_to_npy(mapped, plan, target, layout, normalize=normalize, window=window))
+        list(fold_to_npy(mapped, plan, target, normalize=normalize, window=window))
         result = np.load(target)
         assert result.dtype == reference.dtype
         np.testing.assert_array_equal(result, reference)
@@ -74,7 +82,7 @@ def test_streamed_fold_equals_in_memory(
 def test_streamed_fold_with_reflect_padding_is_one_band(tmp_path: Path) -> None:
     x = image()
     cols = patchfold.unfold(x, 5, padding=2, stride=2, padding_mode="reflect")
-    geometry = Geometry.create(x.shape[2:], 5, 2, 2, 1, "reflect")
+    geometry = Geometry.create(x.shape[2:], 5, stride=2, padding=2, dilation=1, padding_mode="reflect")
     plan = plan_fold(cols.shape, 3, geometry, np.uint8, 1)
     assert plan.bands == 1
     list(fold_to_npy(cols, plan, tmp_path / "r.npy", normalize=True))
@@ -83,7 +91,7 @@ def test_streamed_fold_with_reflect_padding_is_one_band(tmp_path: Path) -> None:
 
 def test_interrupted_unfold_leaves_nothing(tmp_path: Path) -> None:
     x = image(shape=(1, 3, 64, 64))
-    geometry = Geometry.create((64, 64), 8, 1)
+    geometry = Geometry.create((64, 64), 8, stride=1)
     plan = plan_unfold(x.shape, x.dtype, geometry, "ncl", 10_000)
     assert plan.bands > 3
     (tmp_path / "p.npy").write_bytes(b"precious")
@@ -98,7 +106,7 @@ def test_interrupted_unfold_leaves_nothing(tmp_path: Path) -> None:
 def test_interrupted_fold_leaves_nothing(tmp_path: Path) -> None:
     x = image(shape=(1, 3, 64, 64))
     cols = patchfold.unfold(x, 8, stride=2)
-    geometry = Geometry.create((64, 64), 8, 2)
+    geometry = Geometry.create((64, 64), 8, stride=2)
     plan = plan_fold(cols.shape, 3, geometry, np.uint8, 1)
     job = fold_to_npy(cols, plan, tmp_path / "f.npy")
     next(job)
@@ -119,7 +127,7 @@ def test_unfold_refuses_when_disk_is_too_small(tmp_path: Path, monkeypatch: pyte
 
 
 def test_peak_memory_and_default_budget() -> None:
-    geometry = Geometry.create((1000, 1000), 10, 5)
+    geometry = Geometry.create((1000, 1000), 10, stride=5)
     plan = plan_unfold((1, 3, 1000, 1000), np.float32, geometry, "ncl", 10**6)
     assert plan.streaming and plan.band_rows * plan.row_bytes <= 10**6
     assert plan.peak_memory(3 * 10**6) == 3 * 10**6 + 2 * plan.band_rows * plan.row_bytes

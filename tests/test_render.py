@@ -17,13 +17,13 @@ def test_colormap_ends_and_monotonic_brightness() -> None:
 
 
 def test_sampled_divisor_matches_full_map_where_not_resampled() -> None:
-    geometry = Geometry.create((300, 280), 32, 24)
+    geometry = Geometry.create((300, 280), 32, stride=24)
     sampled = render.sampled_divisor(geometry, max_side=1024, min_side=1)
     np.testing.assert_array_equal(sampled, patchfold.divisor((300, 280), 32, stride=24))
 
 
 def test_sampled_divisor_of_huge_size_is_small() -> None:
-    sampled = render.sampled_divisor(Geometry.create((100000, 50000), 64, 32))
+    sampled = render.sampled_divisor(Geometry.create((100000, 50000), 64, stride=32))
     assert max(sampled.shape) == render.MAX_SIDE and sampled.min() >= 1
 
 
@@ -39,7 +39,7 @@ def test_heatmap_marks_uncovered_pixels() -> None:
 
 def test_grid_picture_draws_outlines_and_hatched_padding() -> None:
     pixels = np.zeros((3, 40, 60), dtype=np.uint8)
-    picture = render.grid_picture(pixels, Geometry.create((40, 60), 16, 12, 4))
+    picture = render.grid_picture(pixels, Geometry.create((40, 60), 16, stride=12, padding=4))
     zoom = picture.shape[0] // 48
     assert picture.shape[:2] == (48 * zoom, 68 * zoom)
     assert (picture[0, 0] != 0).any()  # padding is hatched, not black

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -26,13 +27,21 @@ from typing import Any
 
 import numpy as np
 from patchfold import dtypes
-from patchfold.blocks import to_tuple
+from patchfold.blocks import Blocks, to_tuple
+from patchfold.engines.cpu import cpu_count
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import Geometry
 from patchfold.io import read
-from patchfold.io.formats import DATASET_FORMAT, DATASET_VERSION, _identity, _write_manifest
+from patchfold.io.formats import (
+    DATASET_FORMAT,
+    DATASET_VERSION,
+    TILE_DATASET_FORMAT,
+    dataset_identity,
+    read_json,
+    write_json,
+)
 from patchfold.io.read import convert_channels
 from patchfold.io.write import allocate_npy, check_free_space, save_npy, write_at, write_npy_header
+from patchfold.jobs.plan import Progress
 from patchfold.ops import unfold
 from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
 
@@ -56,7 +65,7 @@ class ImageTask:
     dtype: str
     scale: float
     channels: int | None
-    params: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]
+    blocks: Blocks
     marker: str
     max_pixels: int
 
@@ -77,11 +86,7 @@ class DatasetPlan:
 def plan_dataset(
     sources: Sequence[Path],
     directory: Path,
-    kernel_size: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    padding_mode: str = "zeros",
+    blocks: Blocks,
     *,
     dtype: str = "keep",
     channels: int | None = None,
@@ -107,8 +112,7 @@ def plan_dataset(
     source_dtype = np.result_type(*image_dtypes) if image_dtypes else np.dtype(np.uint8)
     out_dtype, scale = dtypes.target_dtype(source_dtype, dtype)
     ndim = len(shapes[0][1]) - 2 if shapes and shapes[0][1] else 2
-    geometry_args = (tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-    patch_length = channel_count * math.prod(to_tuple(kernel_size, ndim, "kernel_size"))
+    patch_length = channel_count * math.prod(to_tuple(blocks.kernel_size, ndim, "kernel_size"))
     row_bytes = patch_length * out_dtype.itemsize
     capacity = max(1, shard_size // row_bytes)
 
@@ -123,7 +127,7 @@ def plan_dataset(
         if image_id in failed_ids:
             continue
         try:
-            geometry = Geometry.create(shape[2:], *geometry_args, padding_mode)
+            geometry = blocks.at(shape[2:])
         except PatchfoldError as error:
             failed.append(ImageResult(image_id, str(path), 0, str(error)))
             failed_ids.add(image_id)
@@ -135,10 +139,10 @@ def plan_dataset(
         shard_rows[-1] += rows
         record.update(blocks_per_dim=list(geometry.blocks_per_dim), shard=shard, first_row=first, rows=rows)
         placements.append((image_id, shard, first, path))
-        blocks = np.indices(geometry.blocks_per_dim).reshape(geometry.ndim, -1).T
+        positions = np.indices(geometry.blocks_per_dim).reshape(geometry.ndim, -1).T
         index_parts.append(
             np.column_stack(
-                [np.full(rows, image_id), blocks, np.full(rows, shard), np.arange(first, first + rows)]
+                [np.full(rows, image_id), positions, np.full(rows, shard), np.arange(first, first + rows)]
             ).astype(np.int64)
         )
     failed.sort(key=lambda f: f.image_id)
@@ -148,11 +152,7 @@ def plan_dataset(
     manifest = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
-        "kernel_size": list(geometry_args[0]),
-        "stride": list(geometry_args[1]),
-        "padding": list(geometry_args[2]),
-        "dilation": list(geometry_args[3]),
-        "padding_mode": padding_mode,
+        **blocks.to_dict(),
         "channels": channel_count,
         "dtype": str(out_dtype),
         "scale": scale,
@@ -176,7 +176,7 @@ def plan_dataset(
             str(out_dtype),
             scale,
             channels,
-            (*geometry_args, padding_mode),
+            blocks,
             str(directory / DONE_DIR / f"{image_id:08d}"),
             max_pixels,
         )
@@ -196,8 +196,8 @@ def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
     directory = plan.directory
     manifest_path = directory / "manifest.json"
     if manifest_path.exists():
-        existing = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if _identity(existing) != _identity(plan.manifest):
+        existing = read_json(manifest_path, "dataset manifest")
+        if dataset_identity(existing) != dataset_identity(plan.manifest):
             raise PatchfoldError(
                 f"'{directory}' holds a different dataset (other parameters or images); write to a new directory"
             )
@@ -216,7 +216,7 @@ def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
         with open(directory / shard["file"], "wb") as handle:
             allocate_npy(handle, (shard["rows"], patch_length), dtype)
     save_npy(directory / "index.npy", plan.index)
-    _write_manifest(directory, plan.manifest)
+    write_json(directory / "manifest.json", plan.manifest)
     return list(plan.tasks)
 
 
@@ -228,10 +228,7 @@ def process_image(task: ImageTask) -> ImageResult:
         array = convert_channels(array, task.channels, task.source)
         # the dataset's one scale (from the common dtype of all its images), as the manifest records
         values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
-        kernel, stride, padding, dilation, mode = task.params
-        patches = unfold(
-            np.ascontiguousarray(values), kernel, dilation, padding, stride, padding_mode=mode, layout="nlc", threads=1
-        )[0]
+        patches = unfold(np.ascontiguousarray(values), task.blocks, layout="nlc", threads=1)[0]
         if patches.shape != (task.rows, task.patch_length):
             raise PatchfoldError(
                 f"'{task.source}' changed since the dataset was planned: {patches.shape[0]} "
@@ -259,7 +256,7 @@ def finish(plan: DatasetPlan, failures: Sequence[ImageResult]) -> dict[str, Any]
     done = plan.directory / DONE_DIR
     pending = [t for t in plan.tasks if not (done / f"{t.image_id:08d}").exists()]
     manifest["complete"] = not pending
-    _write_manifest(plan.directory, manifest)
+    write_json(plan.directory / "manifest.json", manifest)
     if manifest["complete"]:
         shutil.rmtree(done, ignore_errors=True)
     return manifest
@@ -299,16 +296,16 @@ class TilesTask:
     directory: str
     fmt: str
     channels: int | None
-    params: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], str]
+    blocks: Blocks
     max_pixels: int
 
 
 def plan_tiles(
-    sources: Sequence[Path], directory: Path, params: tuple, fmt: str, channels: int | None, max_pixels: int
+    sources: Sequence[Path], directory: Path, blocks: Blocks, fmt: str, channels: int | None, max_pixels: int
 ) -> list[TilesTask]:
     stems = [f"{i:06d}_{path.stem}" for i, path in enumerate(sources)]
     return [
-        TilesTask(i, str(path), str(directory / stem), fmt, channels, params, max_pixels)
+        TilesTask(i, str(path), str(directory / stem), fmt, channels, blocks, max_pixels)
         for i, (path, stem) in enumerate(zip(sources, stems))
     ]
 
@@ -322,8 +319,7 @@ def process_tiles(task: TilesTask) -> ImageResult:
         return ImageResult(task.image_id, task.source, 0, skipped=True)
     try:
         array = convert_channels(read.read_input(Path(task.source), None, task.max_pixels), task.channels, task.source)
-        kernel, stride, padding, dilation, mode = task.params
-        geometry = Geometry.create(array.shape[2:], kernel, stride, padding, dilation, mode)
+        geometry = task.blocks.at(array.shape[2:])
         for _ in write_tiles(array, geometry, target, [task.source], task.fmt):
             pass
         return ImageResult(task.image_id, task.source, geometry.num_blocks)
@@ -364,5 +360,114 @@ def run_tiles(
             for t in tasks
         ]
         complete = all((Path(t.directory) / "manifest.json").exists() for t in tasks)
-        manifest = {"format": "patchfold-tile-dataset", "version": 1, "images": images, "complete": complete}
-        _write_manifest(directory, manifest)
+        manifest = {"format": TILE_DATASET_FORMAT, "version": 1, "images": images, "complete": complete}
+        write_json(directory / "manifest.json", manifest)
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """The outcome of a :func:`unfold_dataset` or :func:`tile_dataset` run."""
+
+    output: Path
+    images: int
+    results: list[ImageResult]
+    failed: list[ImageResult]
+    extra: dict[str, Any]
+    workers: str | int
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "images": self.images,
+            "done": sum(1 for r in self.results if r.ok and not r.skipped),
+            "skipped": sum(1 for r in self.results if r.skipped),
+            "failed": len(self.failed),
+            **self.extra,
+            "workers": self.workers,
+            "seconds": round(self.seconds, 3),
+            "errors": {r.source: r.error for r in self.failed},
+        }
+
+
+def unfold_dataset(
+    sources: Sequence[str],
+    output: str | Path,
+    blocks: Blocks,
+    *,
+    recursive: bool = False,
+    dtype: str = "keep",
+    channels: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    fail_fast: bool = False,
+    max_pixels: int = read.DEFAULT_MAX_PIXELS,
+) -> Iterator[Progress | ImageResult | DatasetResult]:
+    """Unfold every image of ``sources`` (files, directories, globs) into the sharded dataset
+    ``output``, on ``workers`` local processes (default: the cores) or a Dask ``scheduler``.
+    Yields :class:`Progress` once the work is planned (its ``total`` is the images to do), one
+    :class:`ImageResult` per image as it finishes, then the :class:`DatasetResult`."""
+    started = time.perf_counter()
+    output = Path(output)
+    paths = read.find_sources(sources, recursive)
+    plan = plan_dataset(
+        paths, output, blocks, dtype=dtype, channels=channels, shard_size=shard_size, max_pixels=max_pixels
+    )
+    workers = _workers(workers, len(plan.tasks))
+    yield Progress(0, len(plan.tasks), 0, plan.total_rows)
+    results = yield from _collect(run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast))
+    extra = {
+        "patches": plan.total_rows,
+        "shards": len(plan.manifest["shards"]),
+        "patch_length": plan.manifest["patch_length"],
+        "dtype": plan.manifest["dtype"],
+    }
+    failed = [*plan.failed, *(r for r in results if not r.ok)]
+    where = "dask " + scheduler if scheduler else workers
+    yield DatasetResult(output, len(paths), results, failed, extra, where, time.perf_counter() - started)
+
+
+def tile_dataset(
+    sources: Sequence[str],
+    output: str | Path,
+    blocks: Blocks,
+    *,
+    recursive: bool = False,
+    tile_format: str = "png",
+    channels: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    fail_fast: bool = False,
+    max_pixels: int = read.DEFAULT_MAX_PIXELS,
+) -> Iterator[Progress | ImageResult | DatasetResult]:
+    """Write the tiles of every image of ``sources`` into its own directory under ``output`` (as
+    :func:`patchfold.jobs.tiles.tiles_file` does for one), with a top-level manifest; resumable."""
+    started = time.perf_counter()
+    output = Path(output)
+    paths = read.find_sources(sources, recursive)
+    tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels)
+    workers = _workers(workers, len(tasks))
+    yield Progress(0, len(tasks), 0, 0)
+    results = yield from _collect(run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast))
+    failed = [r for r in results if not r.ok]
+    extra = {"tiles": sum(r.rows for r in results)}
+    where = "dask " + scheduler if scheduler else workers
+    yield DatasetResult(output, len(paths), results, failed, extra, where, time.perf_counter() - started)
+
+
+def _workers(requested: int | None, tasks: int) -> int:
+    """Local worker processes: as asked (default: the cores), never more than there is work."""
+    return max(1, min(requested or cpu_count(), max(1, tasks)))
+
+
+def _collect(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
+    """Pass results on and return them all (closing the run when the caller stops early)."""
+    collected: list[ImageResult] = []
+    try:
+        for result in results:
+            collected.append(result)
+            yield result
+    finally:
+        results.close()  # type: ignore[attr-defined]
+    return collected  # type: ignore[return-value]

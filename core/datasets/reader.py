@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import numpy as np
 from patchfold.blocks import to_tuple
 from patchfold.errors import PatchfoldError
-from patchfold.io.formats import DATASET_FORMAT
+from patchfold.io.formats import read_dataset_manifest
 
 
 class PatchDataset:
@@ -20,24 +20,31 @@ class PatchDataset:
 
     def __init__(self, directory: str | Path, allow_incomplete: bool = False) -> None:
         self.directory = Path(directory)
-        path = self.directory / "manifest.json"
-        if not path.exists():
-            raise PatchfoldError(f"'{self.directory}' is not a patchfold dataset (no manifest.json)")
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != DATASET_FORMAT:
-            raise PatchfoldError(f"'{path}' is not a patchfold dataset manifest")
+        self.manifest = read_dataset_manifest(self.directory)
         if not self.manifest.get("complete") and not allow_incomplete:
             raise PatchfoldError(
                 f"dataset '{self.directory}' is incomplete (a run failed or was stopped); "
                 "re-run the same command to finish it"
             )
-        self.index = np.load(self.directory / "index.npy", allow_pickle=False)
+        columns = len(self.manifest["index_columns"])
+        dtype = np.dtype(self.manifest["dtype"])
+        kernel = to_tuple(self.manifest["kernel_size"], columns - 3, "kernel_size")
+        self.patch_shape = (self.manifest["channels"], *kernel)
+        length = math.prod(self.patch_shape)
         self.shards = [
-            np.load(self.directory / s["file"], mmap_mode="r", allow_pickle=False) for s in self.manifest["shards"]
+            _open_npy(self.directory / s["file"], (s["rows"], length), dtype) for s in self.manifest["shards"]
         ]
-        kernel = self.manifest["kernel_size"]
-        ndim = len(self.manifest["index_columns"]) - 3
-        self.patch_shape = (self.manifest["channels"], *to_tuple(kernel, ndim, "kernel_size"))
+        self.index = np.asarray(_open_npy(self.directory / "index.npy", None, np.dtype(np.int64)))
+        if self.index.ndim != 2 or self.index.shape[1] != columns:
+            raise PatchfoldError(
+                f"'{self.directory / 'index.npy'}' has shape {list(self.index.shape)}; expected (rows, {columns})"
+            )
+        shard, row = self.index[:, -2], self.index[:, -1]
+        rows = np.array([s["rows"] for s in self.manifest["shards"]], dtype=np.int64)
+        if len(self.index) and (
+            shard.min() < 0 or shard.max() >= len(rows) or row.min() < 0 or (row >= rows[shard]).any()
+        ):
+            raise PatchfoldError(f"'{self.directory / 'index.npy'}' points at rows its shards do not have")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -54,3 +61,18 @@ class PatchDataset:
 def load_dataset(directory: str | Path, allow_incomplete: bool = False) -> PatchDataset:
     """Open a dataset written by ``patchfold batch unfold`` (memory-mapped; nothing is read yet)."""
     return PatchDataset(directory, allow_incomplete)
+
+
+def _open_npy(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
+    """A dataset file memory-mapped, with the shape (when given) and dtype its manifest records."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise PatchfoldError(f"dataset file '{path}' is missing") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise PatchfoldError(f"dataset file '{path}' is not a valid .npy: {error}") from None
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or (shape is not None and array.shape != shape):
+        got = f"{array.dtype} {list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
+        expected = f"{dtype} {list(shape)}" if shape is not None else str(dtype)
+        raise PatchfoldError(f"dataset file '{path}' holds {got}; its manifest says {expected}")
+    return array

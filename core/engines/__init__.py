@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from types import ModuleType
 from typing import Any
 
 from patchfold.errors import PatchfoldError
@@ -48,6 +49,29 @@ def select(x: Any, engine: str = "auto") -> str:
             )
         return "torch"
     return "cpu"
+
+
+def load(name: str) -> ModuleType:
+    """The engine module ``cpu`` or ``torch``: each has ``take``, ``unfold``, ``fold`` and ``divisor``
+    with the same signatures (the torch one is imported only here, when first used)."""
+    if name == "torch":
+        from patchfold.engines import torch_engine
+
+        return torch_engine
+    from patchfold.engines import cpu
+
+    return cpu
+
+
+def give_back(result: Any, original: Any) -> Any:
+    """An engine's result as the caller's type: numpy for numpy input, a tensor for a tensor."""
+    if is_tensor(original):
+        if is_tensor(result):
+            return result
+        import torch
+
+        return torch.from_numpy(result)
+    return result.cpu().numpy() if is_tensor(result) else result
 
 
 def _needs_grad(x: Any) -> bool:

@@ -13,12 +13,14 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
+from typing import Any
 
 import numpy as np
-from patchfold.coverage import NUMPY_PAD_MODE
+from patchfold.coverage import NUMPY_PAD_MODE, divisor_map, unpad_adjoint
 from patchfold.dtypes import accumulator_dtype
-from patchfold.engines import compiled
+from patchfold.engines import compiled, is_tensor
 from patchfold.engines.strided import band_view, block_columns, fold_rows, select_blocks, window_view
+from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 #: Below this many output bytes a second thread costs more than it saves.
@@ -131,8 +133,7 @@ def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = No
     else a padded copy with an unpadded geometry."""
     if not any(geometry.padding) or _compiled_unfold_fits(x, geometry, dtype):
         return x, geometry
-    padded_geometry = Geometry.create(geometry.padded_size, geometry.kernel_size, geometry.stride, 0, geometry.dilation)
-    return pad_input(x, geometry), padded_geometry
+    return pad_input(x, geometry), geometry.over_padded()
 
 
 def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> bool:
@@ -204,7 +205,7 @@ def fold_padded(
     lo, hi = rows or (0, geometry.padded_size[0])
     fresh = out is None
     if out is None:
-        dtype = np.dtype(np.float64) if weights is not None else accumulator_dtype(cols.dtype, exact)
+        dtype = accumulator_dtype(cols.dtype, exact=exact, weighted=weights is not None)
         out = np.empty((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
 
     compiled = _compiled_fold(cols, geometry, layout, weights, out)
@@ -261,3 +262,54 @@ def _rows_contiguous(out: np.ndarray) -> bool:
             return False
         expected *= out.shape[dim]
     return True
+
+
+# ----- the engine interface (as in :mod:`patchfold.engines.torch_engine`) ------------------------
+def take(x: Any, device: str | None = None) -> np.ndarray:
+    """The engine's own array for ``x``: a numpy view (CPU tensors share their memory)."""
+    if is_tensor(x):
+        return x.detach().numpy()
+    return np.asarray(x)
+
+
+def unfold(
+    x: np.ndarray, geometry: Geometry, layout: str = "ncl", *, out: np.ndarray | None = None, threads: int | None = None
+) -> np.ndarray:
+    """The patch matrix of ``x`` ``(N, C, *spatial)``, written into ``out`` when given (any real
+    dtype: values are cast)."""
+    shape = geometry.unfold_shape(*x.shape[:2], layout)
+    result = np.empty(shape, dtype=x.dtype) if out is None else checked_out(out, shape, x)
+    unfold_into(x, geometry, result, layout, threads=threads)
+    return result
+
+
+def checked_out(out: Any, shape: tuple[int, ...], source: np.ndarray) -> np.ndarray:
+    """A caller's ``out=``: a writeable numpy array of the result's shape, apart from the input."""
+    if not isinstance(out, np.ndarray) or tuple(out.shape) != tuple(shape):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise PatchfoldError(f"out must be a numpy array of shape {tuple(shape)}, got {got}")
+    if out.dtype.kind not in "biuf":
+        raise PatchfoldError(f"out must hold real numbers, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise PatchfoldError(f"out must be writeable, got a read-only array of shape {tuple(out.shape)}")
+    if np.may_share_memory(out, source):
+        raise PatchfoldError(f"out must not overlap the input (shape {tuple(source.shape)})")
+    return out
+
+
+def fold(
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str = "ncl",
+    weights: list[np.ndarray] | None = None,
+    *,
+    exact: bool = False,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Overlap-add sums ``(N, C, *spatial_size)`` in :func:`patchfold.dtypes.accumulator_dtype`."""
+    return unpad_adjoint(fold_padded(cols, geometry, layout, weights, threads=threads, exact=exact), geometry, 2)
+
+
+def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: Any = None) -> np.ndarray:
+    """The (weighted) divisor map, from the per-axis coverage vectors."""
+    return divisor_map(geometry, weights)

@@ -5,10 +5,13 @@ devices and is the reference the CPU engine is tested against. Imported only whe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from patchfold.coverage import divisor_map, source_index, unpad_adjoint
+from patchfold.dtypes import accumulator_dtype
 from patchfold.engines.strided import band_view, fold_rows
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
@@ -33,9 +36,29 @@ def pad(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     return x
 
 
-def unfold(x: torch.Tensor, geometry: Geometry, layout: str = "ncl") -> torch.Tensor:
-    """Unfold ``(N, C, *spatial)`` into a patch matrix in ``layout``."""
+def take(x: Any, device: str | None = None) -> torch.Tensor:
+    """The engine's own array for ``x``: the tensor itself, or a tensor holding a numpy array's
+    values (sharing its memory where it is writeable and contiguous), moved to ``device`` if given."""
+    if not isinstance(x, torch.Tensor):
+        array = np.asarray(x)
+        writeable = array.flags.writeable and array.flags.c_contiguous and array.dtype.isnative
+        x = torch.from_numpy(array if writeable else np.array(array, order="C", dtype=array.dtype.newbyteorder("=")))
+    if device is None:
+        return x
+    try:
+        return x.to(resolve_device(device))
+    except RuntimeError as error:  # out of memory on the device, most often
+        raise PatchfoldError(f"cannot move the patch matrix to {device}: {error}") from None
+
+
+def unfold(
+    x: torch.Tensor, geometry: Geometry, layout: str = "ncl", *, out: Any = None, threads: int | None = None
+) -> torch.Tensor:
+    """Unfold ``(N, C, *spatial)`` into a patch matrix in ``layout`` (``out`` and ``threads`` are
+    the CPU engine's; PyTorch allocates its own result and threads)."""
     check_layout(layout)
+    if out is not None:
+        raise PatchfoldError("out= is for the CPU engine (numpy input)", param="engine")
     if _native_ok(x, geometry) and layout == "ncl":
         return F.unfold(x, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride)
     windows = pad(x, geometry)
@@ -57,7 +80,9 @@ def fold(
     geometry: Geometry,
     layout: str = "ncl",
     weights: list[np.ndarray] | None = None,
+    *,
     exact: bool = False,
+    threads: int | None = None,
 ) -> torch.Tensor:
     """Overlap-add a patch matrix into ``(N, C, *spatial)``: sums, in the accumulation dtype
     (float64 for floats with ``exact``, as the CPU engine does for normalised folds)."""
@@ -80,16 +105,9 @@ def fold(
     return unpad_adjoint(acc, geometry, axis_offset=2)
 
 
-def accumulator_dtype(dtype: torch.dtype, weighted: bool = False) -> torch.dtype:
-    if weighted:
-        return torch.float64
-    if not dtype.is_floating_point:
-        return torch.int64
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def divisor(geometry: Geometry, weights: list[np.ndarray] | None, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(divisor_map(geometry, weights)).to(device)
+def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: torch.Tensor) -> torch.Tensor:
+    """The (weighted) divisor map on ``like``'s device."""
+    return torch.from_numpy(divisor_map(geometry, weights)).to(like.device)
 
 
 def resolve_device(name: str) -> torch.device:

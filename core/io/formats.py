@@ -1,112 +1,190 @@
 """The file formats patchfold writes beside its data: the patch matrix's sidecar, the tile manifest and
-the dataset manifest, each read back through one validator."""
+the dataset manifest.
+
+Each records its block parameters with :meth:`Blocks.to_dict` and reads them back through
+:meth:`Blocks.from_dict`, the one validator; every JSON file is read through :func:`read_json`, the
+one error path for a file that is missing, not a regular file, too large, not JSON or too deeply
+nested.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from patchfold.blocks import Blocks
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import LAYOUTS, PADDING_MODES, Geometry
+from patchfold.geometry import LAYOUTS, Geometry
 from patchfold.io.write import atomic_paths
 
 SIDECAR_FORMAT = "patchfold-patches"
-
-
 SIDECAR_VERSION = 1
+TILES_FORMAT = "patchfold-tiles"
+TILES_VERSION = 1
+DATASET_FORMAT = "patchfold-dataset"
+DATASET_VERSION = 1
+TILE_DATASET_FORMAT = "patchfold-tile-dataset"
+
+#: Largest JSON file read (a manifest of a million tiles is about 150 MB).
+MAX_JSON_BYTES = 1 << 30
 
 
-@dataclass
+# ----- JSON in and out -----------------------------------------------------------------------------
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in the regular file ``path`` (``what`` names it in messages: "sidecar")."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise PatchfoldError(f"{what} '{path}' does not exist") from None
+    except OSError as error:
+        raise PatchfoldError(f"cannot read {what} '{path}': {error.strerror or error}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PatchfoldError(f"{what} '{path}' is not a regular file")
+    if info.st_size > MAX_JSON_BYTES:
+        raise PatchfoldError(f"{what} '{path}' is {info.st_size} bytes, over the {MAX_JSON_BYTES} a {what} may have")
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except OSError as error:
+        raise PatchfoldError(f"cannot read {what} '{path}': {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise PatchfoldError(f"cannot read {what} '{path}': it is not UTF-8 text ({error})") from None
+    except ValueError as error:  # JSONDecodeError, and ints of more than 4300 digits
+        raise PatchfoldError(f"{what} '{path}' is not valid JSON: {error}") from None
+    except RecursionError:
+        raise PatchfoldError(f"{what} '{path}' is nested too deeply to be a patchfold file") from None
+    if not isinstance(data, dict):
+        raise PatchfoldError(f"{what} '{path}' is not a patchfold {what} (it holds a JSON {type(data).__name__})")
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_paths(path) as (temporary,):
+        temporary.write_text(dumps(data), encoding="utf-8")
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=1) + "\n"
+
+
+def check_format(data: dict[str, Any], where: str, name: str, version: int, kind: str) -> None:
+    """``"format"`` and ``"version"`` must be what this patchfold writes (``kind``: "sidecar"...)."""
+    if data.get("format") != name:
+        raise PatchfoldError(f'{where} is not a patchfold {kind} (expected "format": "{name}")')
+    if data.get("version") != version:
+        raise PatchfoldError(f"{where} has version {data.get('version')!r}; this patchfold reads version {version}")
+
+
+def require(data: dict[str, Any], where: str, *names: str) -> None:
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise PatchfoldError(f"{where} lacks field(s) {', '.join(missing)}")
+
+
+def shape_field(value: Any, where: str, name: str, minimum_rank: int = 3) -> tuple[int, ...]:
+    """A recorded shape: a list of at least ``minimum_rank`` positive JSON ints."""
+    if not (isinstance(value, list) and len(value) >= minimum_rank and all(type(v) is int and v > 0 for v in value)):
+        raise PatchfoldError(f"{where}: {name} must be a list of {minimum_rank} or more positive ints, got {value!r}")
+    return tuple(value)
+
+
+def dtype_field(value: Any, where: str, name: str) -> np.dtype:
+    """A recorded dtype name of real numbers."""
+    try:
+        dtype = np.dtype(value) if isinstance(value, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf":
+        raise PatchfoldError(f"{where}: {name} must be the name of a real numpy dtype, got {value!r}")
+    return dtype
+
+
+def geometry_field(blocks: Blocks, spatial_size: Sequence[int], where: str) -> Geometry:
+    try:
+        return blocks.at(tuple(spatial_size))
+    except PatchfoldError as error:  # a fault in the file, not in an option
+        raise PatchfoldError(f"{where}: the parameters do not fit: {error}") from None
+
+
+def string_list(value: Any, where: str, name: str) -> tuple[str, ...]:
+    if not (isinstance(value, list) and all(isinstance(v, str) and "\0" not in v for v in value)):
+        raise PatchfoldError(f"{where}: {name} must be a list of strings, got {value!r}"[:300])
+    return tuple(value)
+
+
+# ----- the patch matrix's sidecar ------------------------------------------------------------------
+@dataclass(frozen=True)
 class Sidecar:
     """What ``fold`` needs to undo an ``unfold``: stored as ``OUT.json`` beside ``OUT.npy``."""
 
-    kernel_size: list[int]
-    stride: list[int]
-    padding: list[int]
-    dilation: list[int]
-    input_shape: list[int]
+    blocks: Blocks
+    input_shape: tuple[int, ...]
     input_dtype: str
     output_dtype: str
     scale: float = 1.0
     layout: str = "ncl"
-    padding_mode: str = "zeros"
-    sources: list[str] = field(default_factory=list)
-    format: str = SIDECAR_FORMAT
-    version: int = SIDECAR_VERSION
+    sources: tuple[str, ...] = field(default=())
 
     @property
     def spatial_size(self) -> tuple[int, ...]:
         return tuple(self.input_shape[2:])
 
+    @cached_property
     def geometry(self) -> Geometry:
-        try:
-            return Geometry.create(
-                self.spatial_size, self.kernel_size, self.stride, self.padding, self.dilation, self.padding_mode
-            )
-        except PatchfoldError as error:  # a fault in the file, not in an option
-            raise PatchfoldError(f"the sidecar's parameters do not fit: {error}") from None
+        return geometry_field(self.blocks, self.spatial_size, "the sidecar")
+
+    def matrix_shape(self) -> tuple[int, int, int]:
+        """The shape of the patch matrix this sidecar describes."""
+        return self.geometry.unfold_shape(self.input_shape[0], self.input_shape[1], self.layout)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.blocks.to_dict(),
+            "input_shape": list(self.input_shape),
+            "input_dtype": self.input_dtype,
+            "output_dtype": self.output_dtype,
+            "scale": self.scale,
+            "layout": self.layout,
+            "sources": list(self.sources),
+            "format": SIDECAR_FORMAT,
+            "version": SIDECAR_VERSION,
+        }
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, path: Path) -> Sidecar:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PatchfoldError(f"sidecar '{path}' is not valid JSON: {error}") from None
-        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-            raise PatchfoldError(
-                f'sidecar \'{path}\' is not a patchfold sidecar (expected "format": "{SIDECAR_FORMAT}")'
-            )
-        if data.get("version") != SIDECAR_VERSION:
-            raise PatchfoldError(
-                f"sidecar '{path}' has version {data.get('version')!r}; this patchfold reads version {SIDECAR_VERSION}"
-            )
-        required = ("kernel_size", "stride", "padding", "dilation", "input_shape", "input_dtype", "output_dtype")
-        missing = [key for key in required if key not in data]
-        if missing:
-            raise PatchfoldError(f"sidecar '{path}' lacks field(s) {', '.join(missing)}")
-        known = {f for f in cls.__dataclass_fields__}
-        sidecar = cls(**{k: v for k, v in data.items() if k in known})
-        sidecar._validate(path)
+    def from_dict(cls, data: dict[str, Any], where: str) -> Sidecar:
+        check_format(data, where, SIDECAR_FORMAT, SIDECAR_VERSION, "sidecar")
+        require(
+            data, where, "kernel_size", "stride", "padding", "dilation", "input_shape", "input_dtype", "output_dtype"
+        )
+        scale = data.get("scale", 1.0)
+        if type(scale) not in (int, float) or not math.isfinite(scale) or scale <= 0:
+            raise PatchfoldError(f"{where}: scale must be a positive number, got {scale!r}")
+        layout = data.get("layout", "ncl")
+        if layout not in LAYOUTS:
+            raise PatchfoldError(f"{where}: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        sidecar = cls(
+            blocks=Blocks.from_dict(data, where),
+            input_shape=shape_field(data["input_shape"], where, "input_shape"),
+            input_dtype=str(dtype_field(data["input_dtype"], where, "input_dtype")),
+            output_dtype=str(dtype_field(data["output_dtype"], where, "output_dtype")),
+            scale=float(scale),
+            layout=layout,
+            sources=string_list(data.get("sources", []), where, "sources"),
+        )
+        sidecar.geometry  # noqa: B018 - the parameters must fit the recorded size
         return sidecar
-
-    def _validate(self, path: Path) -> None:
-        def int_list(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if not (isinstance(value, list) and value and all(type(v) is int and v >= minimum for v in value)):
-                raise PatchfoldError(f"sidecar '{path}': {name} must be a list of ints >= {minimum}, got {value!r}")
-
-        for name, minimum in (("kernel_size", 1), ("stride", 1), ("dilation", 1), ("padding", 0), ("input_shape", 1)):
-            int_list(name, minimum)
-        if len(self.input_shape) < 3:
-            raise PatchfoldError(f"sidecar '{path}': input_shape must be [N, C, *spatial], got {self.input_shape}")
-        for name in ("input_dtype", "output_dtype"):
-            try:
-                kind = np.dtype(getattr(self, name)).kind
-            except TypeError:
-                kind = "?"
-            if kind not in "biuf":
-                raise PatchfoldError(
-                    f"sidecar '{path}': {name} must be a real numpy dtype, got {getattr(self, name)!r}"
-                )
-        if self.layout not in LAYOUTS:
-            raise PatchfoldError(f"sidecar '{path}': layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if self.padding_mode not in PADDING_MODES:
-            raise PatchfoldError(
-                f"sidecar '{path}': padding_mode must be one of {', '.join(PADDING_MODES)}, got {self.padding_mode!r}"
-            )
-        if not isinstance(self.scale, int | float) or not math.isfinite(self.scale) or self.scale <= 0:
-            raise PatchfoldError(f"sidecar '{path}': scale must be a positive number, got {self.scale!r}")
-        try:
-            self.geometry()
-        except PatchfoldError as error:
-            raise PatchfoldError(f"sidecar '{path}': {error}") from None
 
 
 def sidecar_path(npy_path: Path) -> Path:
@@ -116,84 +194,112 @@ def sidecar_path(npy_path: Path) -> Path:
 def read_sidecar(npy_path: Path) -> Sidecar | None:
     """The sidecar beside a patch matrix, or None when there is none."""
     path = sidecar_path(npy_path)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise PatchfoldError(f"cannot read sidecar '{path}': {error}") from None
-    return Sidecar.from_json(text, path)
+    return Sidecar.from_dict(read_json(path, "sidecar"), f"sidecar '{path}'")
 
 
-def check_against_sidecar(cols: np.ndarray, sidecar: Sidecar, layout: str, path: Path) -> None:
+def check_against_sidecar(cols: Any, sidecar: Sidecar, path: Path) -> None:
     """The patch matrix must have the shape the sidecar's unfold produced."""
-    geometry = sidecar.geometry()
-    expected = geometry.unfold_shape(sidecar.input_shape[0], sidecar.input_shape[1], layout)
+    expected = sidecar.matrix_shape()
     if tuple(cols.shape) != expected:
         raise PatchfoldError(
-            f"patch matrix '{path}' has shape {list(cols.shape)} but its sidecar ({geometry.describe()}, input_shape "
-            f"{sidecar.input_shape}, layout {layout}) describes {list(expected)}"
+            f"patch matrix '{path}' has shape {list(cols.shape)} but its sidecar ({sidecar.blocks.describe()}, "
+            f"input_shape {list(sidecar.input_shape)}, layout {sidecar.layout}) describes {list(expected)}"
         )
 
 
-MANIFEST_FORMAT = "patchfold-tiles"
+# ----- the tile manifest ---------------------------------------------------------------------------
+def tile_manifest(
+    geometry: Geometry,
+    input_shape: Sequence[int],
+    dtype: Any,
+    tile_format: str,
+    images: list[dict[str, Any]],
+    tiles: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``manifest.json`` of a tile directory."""
+    return {
+        "format": TILES_FORMAT,
+        "version": TILES_VERSION,
+        **geometry.blocks.to_dict(),
+        "blocks_per_dim": list(geometry.blocks_per_dim),
+        "input_shape": list(input_shape),
+        "dtype": str(dtype),
+        "tile_format": tile_format,
+        "images": images,
+        "tiles": tiles,
+    }
 
 
-MANIFEST_VERSION = 1
+@dataclass(frozen=True)
+class TileManifest:
+    """A tile directory's manifest, validated: the geometry and every tile's file and block index."""
+
+    geometry: Geometry
+    input_shape: tuple[int, ...]
+    dtype: np.dtype
+    tiles: list[dict[str, Any]]
+    images: list[dict[str, Any]]
+
+    @property
+    def sources(self) -> list[str]:
+        return [str(image.get("source", "")) for image in self.images]
 
 
-def manifest_geometry(manifest: dict[str, Any]) -> Geometry:
-    m = manifest
-    return Geometry.create(
-        m["input_shape"][2:], m["kernel_size"], m["stride"], m["padding"], m["dilation"], m["padding_mode"]
-    )
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
+def read_tile_manifest(directory: Path) -> TileManifest:
     if not directory.is_dir():
         raise PatchfoldError(f"tile directory '{directory}' does not exist")
-    if not path.exists():
+    path = directory / "manifest.json"
+    if not os.path.lexists(path):
         raise PatchfoldError(f"'{directory}' has no manifest.json: is it a directory written by patchfold tiles?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PatchfoldError(f"manifest '{path}' is not valid JSON: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise PatchfoldError(f"'{path}' is not a patchfold tile manifest")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise PatchfoldError(f"'{path}' has version {manifest.get('version')!r}; expected {MANIFEST_VERSION}")
-    missing = [k for k in ("kernel_size", "stride", "padding", "dilation", "input_shape", "tiles") if k not in manifest]
-    if missing:
-        raise PatchfoldError(f"manifest '{path}' lacks field(s) {', '.join(missing)}")
-    manifest.setdefault("padding_mode", "zeros")
-    tiles = manifest["tiles"]
+    data = read_json(path, "manifest")
+    where = f"manifest '{path}'"
+    check_format(data, where, TILES_FORMAT, TILES_VERSION, "tile manifest")
+    require(data, where, "kernel_size", "stride", "padding", "dilation", "input_shape", "tiles")
+    shape = shape_field(data["input_shape"], where, "input_shape")
+    geometry = geometry_field(Blocks.from_dict(data, where), shape[2:], where)
+    tiles, images = data["tiles"], data.get("images", [])
     if not isinstance(tiles, list) or not all(isinstance(t, dict) and isinstance(t.get("file"), str) for t in tiles):
-        raise PatchfoldError(f'manifest \'{path}\': "tiles" must be a list of objects with a "file" name')
-    if not isinstance(manifest.get("images", []), list):
-        raise PatchfoldError(f"manifest '{path}': \"images\" must be a list")
-    shape = manifest["input_shape"]
-    if not (isinstance(shape, list) and len(shape) >= 3 and all(type(v) is int and v > 0 for v in shape)):
-        raise PatchfoldError(f"manifest '{path}': input_shape must be [N, C, *spatial] of positive ints, got {shape!r}")
-    try:
-        manifest_geometry(manifest)
-    except (PatchfoldError, TypeError) as error:  # a fault in the file, not in an option
-        raise PatchfoldError(f"manifest '{path}': {error}") from None
-    return manifest
+        raise PatchfoldError(f'{where}: "tiles" must be a list of objects with a "file" name')
+    if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
+        raise PatchfoldError(f'{where}: "images" must be a list of objects')
+    dtype = dtype_field(data.get("dtype", "uint8"), where, "dtype")
+    return TileManifest(geometry, shape, dtype, tiles, images)
 
 
-DATASET_FORMAT = "patchfold-dataset"
-
-
-DATASET_VERSION = 1
-
-
-def _identity(manifest: dict[str, Any]) -> str:
+# ----- the dataset manifest ------------------------------------------------------------------------
+def dataset_identity(manifest: dict[str, Any]) -> str:
+    """What two runs must share to write the same dataset: parameters, shards and images."""
     keys = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "channels", "dtype", "shards")
     images = [{k: v for k, v in image.items() if k != "error"} for image in manifest.get("images", [])]
     return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
 
 
-def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    with atomic_paths(directory / "manifest.json") as (temporary,):
-        temporary.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+def read_dataset_manifest(directory: Path) -> dict[str, Any]:
+    """A dataset's ``manifest.json``, validated enough to open its shards and index."""
+    path = directory / "manifest.json"
+    if not os.path.lexists(path):
+        raise PatchfoldError(f"'{directory}' is not a patchfold dataset (no manifest.json)")
+    data = read_json(path, "dataset manifest")
+    where = f"dataset manifest '{path}'"
+    check_format(data, where, DATASET_FORMAT, DATASET_VERSION, "dataset manifest")
+    require(data, where, "kernel_size", "channels", "dtype", "index_columns", "shards", "images")
+    Blocks.from_dict(data, where)
+    if type(data["channels"]) is not int or data["channels"] < 1:
+        raise PatchfoldError(f"{where}: channels must be a positive int, got {data['channels']!r}")
+    dtype_field(data["dtype"], where, "dtype")
+    columns = data["index_columns"]
+    if not (isinstance(columns, list) and len(columns) >= 4 and all(isinstance(c, str) for c in columns)):
+        raise PatchfoldError(f"{where}: index_columns must be a list of at least 4 names, got {columns!r}"[:300])
+    shards = data["shards"]
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) and type(s.get("rows")) is int for s in shards
+    ):
+        raise PatchfoldError(f'{where}: "shards" must be a list of objects with a "file" name and "rows"')
+    for shard in shards:
+        if Path(shard["file"]).name != shard["file"] or not shard["file"].endswith(".npy"):
+            raise PatchfoldError(f"{where}: shard file {shard['file']!r} must be a .npy name inside the dataset")
+    if not isinstance(data["images"], list):
+        raise PatchfoldError(f'{where}: "images" must be a list')
+    return data

@@ -137,13 +137,23 @@ def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
-def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[Path]:
-    """Where each of ``count`` images goes: one file, ``{i}``-numbered files, or a directory."""
+def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[Path] | None:
+    """Where each of ``count`` folded images goes: None for one ``.npy`` holding them all, else one
+    image file, ``{i}``-numbered files (four digits: ``0000``), or files named after ``names``
+    (else numbered) in a directory. The paths are checked before any work."""
+    if output.suffix.lower() == ".npy":
+        check_output_path(output)
+        return None
     if output.is_dir() or str(output).endswith(os.sep):
         stems = [Path(n).stem for n in names]
         if len(stems) != count or len(set(stems)) != count:
             stems = [f"{i:04d}" for i in range(count)]
         return [output / f"{stem}.png" for stem in stems]
+    if not output.suffix:
+        raise PatchfoldError(
+            f"'{output}' has no file type: use .npy, an image suffix (.png, .tif...) or an existing directory",
+            param="output",
+        )
     if "{i}" in str(output):
         return [Path(str(output).replace("{i}", f"{i:04d}")) for i in range(count)]
     if count > 1:
@@ -152,6 +162,14 @@ def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[P
             "name (out_{i}.png), give a directory, or write .npy"
         )
     return [output]
+
+
+def write_images(output: Path, targets: list[Path] | None, images: np.ndarray) -> None:
+    """Write folded images where :func:`image_targets` said: one ``.npy``, or image files."""
+    if targets is None:
+        save_npy(output, images)
+    else:
+        save_images(targets, images)
 
 
 def save_images(targets: Sequence[Path], images: np.ndarray) -> None:

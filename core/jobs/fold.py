@@ -1,17 +1,36 @@
-"""Fold a patch matrix file back into images, band by band of output rows."""
+"""The fold job: a patch matrix file back into images, in memory or band by band of output rows."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from patchfold import engines
+from patchfold.blocks import Blocks
 from patchfold.coverage import coverage_vectors, outer, unpad_adjoint
-from patchfold.dtypes import finish_fold, restore_dtype
-from patchfold.engines import cpu
-from patchfold.io.write import _release, allocate_npy, atomic_paths, check_free_space, check_output_path, write_at
-from patchfold.jobs.plan import FoldPlan, Progress
+from patchfold.dtypes import finish_fold, fold_output_dtype, restore_dtype
+from patchfold.engines import cpu, resolve
+from patchfold.errors import PatchfoldError
+from patchfold.geometry import Geometry, check_layout, matrix_dims
+from patchfold.io.formats import Sidecar, check_against_sidecar, read_sidecar, sidecar_path
+from patchfold.io.read import read_patch_matrix
+from patchfold.io.write import (
+    _release,
+    allocate_npy,
+    atomic_paths,
+    check_free_space,
+    check_output_path,
+    image_targets,
+    write_at,
+    write_images,
+)
+from patchfold.jobs.plan import FoldPlan, Progress, plan_fold
+from patchfold.ops import fold_with
 from patchfold.windows import window_weights
 
 
@@ -19,7 +38,6 @@ def fold_to_npy(
     cols: np.ndarray,
     plan: FoldPlan,
     path: Path,
-    layout: str = "ncl",
     *,
     normalize: bool = True,
     window: str | None = None,
@@ -45,7 +63,7 @@ def fold_to_npy(
         for index, (top, bottom) in enumerate(plan.band_ranges()):
             pad = geometry.padding[0]
             rows = None if single_band else (top + pad, bottom + pad)
-            summed = cpu.fold_padded(cols, geometry, layout, weights, rows=rows, threads=threads, exact=normalize)
+            summed = cpu.fold_padded(cols, geometry, plan.layout, weights, rows=rows, threads=threads, exact=normalize)
             summed = unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if single_band else 1)
             divisor_band = None
             if vectors is not None:
@@ -68,3 +86,116 @@ def _write_rows(fd: int, header: int, values: np.ndarray, plan: FoldPlan, top: i
         for channel in range(c):
             offset = header + ((item * c + channel) * plane + top * row) * plan.dtype.itemsize
             write_at(fd, values[item, channel], offset)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What a :func:`fold_file` (or :func:`patchfold.jobs.tiles.untile_dir`) job wrote."""
+
+    written: list[Path] | Path
+    source: Path
+    source_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    output_dtype: np.dtype
+    geometry: Geometry
+    layout: str
+    normalize: bool
+    window: str | None
+    device: str
+    engine: str
+    bands: int
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "output": [str(p) for p in self.written] if isinstance(self.written, list) else str(self.written),
+            "patches": str(self.source),
+            "patches_shape": list(self.source_shape),
+            "output_shape": list(self.output_shape),
+            "output_dtype": str(self.output_dtype),
+            **self.geometry.blocks.to_dict(),
+            "layout": self.layout,
+            "normalize": self.normalize,
+            "window": self.window or "none",
+            "device": self.device,
+            "engine": self.engine,
+            "bands": self.bands,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def fold_file(
+    patches: str | Path,
+    output: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    output_size: Any = None,
+    layout: str | None = None,
+    normalize: bool = True,
+    window: str | None = None,
+    device: str = "auto",
+    engine: str = "auto",
+    max_memory: int | None = None,
+) -> Iterator[Progress | FoldResult]:
+    """Fold the patch matrix file ``patches`` back into images at ``output`` (``.npy``, an image
+    file, ``{i}``-numbered image files or a directory).
+
+    Parameters come from the sidecar beside ``patches``; ``overrides`` (block parameters by name),
+    ``output_size`` and ``layout`` replace what it records. Without a sidecar, ``kernel_size`` (in
+    ``overrides``) and ``output_size`` are required. A ``.npy`` output on the CPU is written band by
+    band within ``max_memory``; images are folded in memory. Yields :class:`Progress`, then the
+    :class:`FoldResult`.
+    """
+    started = time.perf_counter()
+    patches, output = Path(patches), Path(output)
+    cols = read_patch_matrix(patches)
+    sidecar = read_sidecar(patches)
+    geometry, layout = _fold_geometry(patches, sidecar, dict(overrides or {}), output_size, layout)
+    if sidecar is not None and geometry == sidecar.geometry and layout == sidecar.layout:
+        check_against_sidecar(cols, sidecar, patches)
+    channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
+    targets = image_targets(output, cols.shape[0], sidecar.sources if sidecar else ())
+    device, engine = resolve(device, engine)
+    restore = (sidecar.input_dtype, sidecar.scale) if normalize and sidecar is not None else None
+    weighted = window not in (None, "none")
+    bands = 1
+    if targets is None and engine == "cpu":
+        dtype = fold_output_dtype(cols.dtype, normalize, weighted, restore)
+        plan = plan_fold(cols.shape, channels, geometry, dtype, max_memory, layout)
+        yield from fold_to_npy(cols, plan, output, normalize=normalize, window=window, restore=restore)
+        output_shape, output_dtype, bands = plan.output_shape, dtype, plan.bands
+    else:
+        data = engines.load(engine).take(cols, device=device)
+        images = fold_with(data, geometry, normalize, layout=layout, window=window, engine=engine)
+        images = engines.give_back(images, cols)
+        if restore is not None:
+            images = restore_dtype(images, *restore)
+        write_images(output, targets, images)
+        output_shape, output_dtype = images.shape, images.dtype
+    written = targets if targets is not None else output
+    seconds = time.perf_counter() - started
+    yield FoldResult(
+        written, patches, tuple(cols.shape), tuple(output_shape), np.dtype(output_dtype), geometry, layout,
+        normalize, window, device, engine, bands, seconds,
+    )  # fmt: skip
+
+
+def _fold_geometry(
+    patches: Path, sidecar: Sidecar | None, overrides: dict[str, Any], output_size: Any, layout: str | None
+) -> tuple[Geometry, str]:
+    """The geometry and layout to fold with: the sidecar's, with what was given instead."""
+    if sidecar is None:
+        if overrides.get("kernel_size") is None:
+            raise PatchfoldError(
+                f"no sidecar '{sidecar_path(patches)}' found: give kernel_size= (and output_size=)", param="kernel_size"
+            )
+        if output_size is None:
+            raise PatchfoldError(f"no sidecar '{sidecar_path(patches)}' found: give output_size=", param="output_size")
+        blocks = Blocks(**{k: v for k, v in overrides.items() if v is not None})
+    else:
+        blocks = sidecar.blocks.merged(overrides)
+    layout = check_layout(layout or (sidecar.layout if sidecar else "ncl"))
+    try:
+        return blocks.at(output_size if output_size is not None else sidecar.spatial_size), layout  # type: ignore[union-attr]
+    except PatchfoldError as error:
+        raise PatchfoldError(f"{error} (patch matrix '{patches}')", param=error.param) from None

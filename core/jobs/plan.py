@@ -54,6 +54,7 @@ class BandPlan:
     dtype: np.dtype
     band_rows: int
     budget: int
+    layout: str = "ncl"
 
     @property
     def total_rows(self) -> int:
@@ -103,7 +104,7 @@ def plan_unfold(
     """Choose band sizes so one band of output fits in ``budget`` bytes (default: a share of RAM)."""
     check_layout(layout)
     budget = default_budget() if budget is None else budget
-    plan = UnfoldPlan(geometry, geometry.unfold_shape(shape[0], shape[1], layout), np.dtype(dtype), 1, budget)
+    plan = UnfoldPlan(geometry, geometry.unfold_shape(shape[0], shape[1], layout), np.dtype(dtype), 1, budget, layout)
     rows = max(1, min(plan.total_rows, budget // max(1, plan.row_bytes)))
     if rows < plan.total_rows:  # streaming: two band buffers share the budget
         rows = max(1, rows // 2)
@@ -123,7 +124,12 @@ class FoldPlan(BandPlan):
 
 
 def plan_fold(
-    cols_shape: tuple[int, ...], channels: int, geometry: Geometry, dtype: Any, budget: int | None = None
+    cols_shape: tuple[int, ...],
+    channels: int,
+    geometry: Geometry,
+    dtype: Any,
+    budget: int | None = None,
+    layout: str = "ncl",
 ) -> FoldPlan:
     """Bands of output rows whose accumulator (8 bytes a value) and output fit in ``budget``."""
     budget = default_budget() if budget is None else budget
@@ -134,4 +140,4 @@ def plan_fold(
     rows = max(1, budget // max(1, row_values * (_FOLD_BYTES_PER_VALUE + dtype.itemsize)))
     if geometry.padding_mode != "zeros" and geometry.padding[0] > 0:
         rows = geometry.spatial_size[0]  # padding folds back across the first dim: one band
-    return FoldPlan(geometry, output_shape, dtype, min(rows, geometry.spatial_size[0]), budget)
+    return FoldPlan(geometry, output_shape, dtype, min(rows, geometry.spatial_size[0]), budget, check_layout(layout))

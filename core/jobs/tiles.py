@@ -11,25 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from patchfold.blocks import Blocks
 from patchfold.engines.cpu import pad_input
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.io.formats import MANIFEST_FORMAT, MANIFEST_VERSION, manifest_geometry, read_manifest
-from patchfold.io.read import read_image, read_npy, read_tiff
-from patchfold.io.write import check_parent, to_image_array
+from patchfold.io.formats import TileManifest, dumps, read_tile_manifest, tile_manifest
+from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_image, read_npy, read_tiff
+from patchfold.io.write import check_parent, image_targets, to_image_array, write_images
+from patchfold.jobs.fold import FoldResult
 from patchfold.jobs.plan import Progress
+from patchfold.ops import fold_with
 
 #: Tile file formats: ``png`` (uint8 with 1-4 channels, or one 16-bit channel), ``tif`` (also one
 #: channel of float32/int32, and volumes), ``npy`` (anything, exact).
@@ -39,16 +41,16 @@ TILE_FORMATS = ("png", "tif", "npy")
 _AXIS_LETTERS = "zrc"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TileSet:
-    """A tile directory read back: the patch matrix ``(N, C·∏k, L)`` and its manifest."""
+    """A tile directory read back: the patch matrix ``(N, C·∏k, L)`` (ncl) and its manifest."""
 
     cols: np.ndarray
-    manifest: dict[str, Any]
+    manifest: TileManifest
 
-    @cached_property
+    @property
     def geometry(self) -> Geometry:
-        return manifest_geometry(self.manifest)
+        return self.manifest.geometry
 
 
 def tile_name(stem: str, index: Sequence[int], suffix: str) -> str:
@@ -71,7 +73,6 @@ def check_tile_format(fmt: str, dtype: np.dtype, channels: int, ndim: int) -> No
         raise PatchfoldError(
             f"{channels}-channel {dtype} tiles cannot be written as {fmt} (png: uint8 with 1-4 channels or one "
             "uint16 channel; tif also one float32/int32 channel); use --format npy",
-            param="format",
         )
 
 
@@ -92,22 +93,9 @@ def write_tiles(
                 _save_tile(staging / name, _cut(padded, geometry, index), fmt)
                 tiles.append(_tile_record(name, item, index, geometry))
             yield Progress(item + 1, array.shape[0], (item + 1) * per_image, array.shape[0] * per_image)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": MANIFEST_VERSION,
-            "kernel_size": list(geometry.kernel_size),
-            "stride": list(geometry.stride),
-            "padding": list(geometry.padding),
-            "dilation": list(geometry.dilation),
-            "padding_mode": geometry.padding_mode,
-            "blocks_per_dim": list(geometry.blocks_per_dim),
-            "input_shape": list(array.shape),
-            "dtype": str(array.dtype),
-            "tile_format": fmt,
-            "images": [{"index": i, "source": s, "stem": stem} for i, (s, stem) in enumerate(zip(sources, stems))],
-            "tiles": tiles,
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        images = [{"index": i, "source": s, "stem": stem} for i, (s, stem) in enumerate(zip(sources, stems))]
+        manifest = tile_manifest(geometry, array.shape, array.dtype, fmt, images, tiles)
+        (staging / "manifest.json").write_text(dumps(manifest), encoding="utf-8")
         _write_csv(staging / "manifest.csv", tiles, geometry.ndim)
 
 
@@ -190,36 +178,77 @@ def _atomic_directory(directory: Path) -> Iterator[Path]:
 
 def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
     """Read a tile directory back into a patch matrix ``(N, C·∏k, L)`` (ncl), yielding progress
-    per image and finally the :class:`TileSet`. Tiles may have been rewritten by other programs,
-    in another dtype, but must keep their shape."""
-    manifest = read_manifest(directory)
-    geometry = manifest_geometry(manifest)
-    batch, channels = manifest["input_shape"][:2]
+    and finally the :class:`TileSet`. Each tile goes to the block its manifest entry records
+    (``image`` and ``index``), whatever the order of the entries; every block needs exactly one
+    tile. Tiles may have been rewritten by other programs, in another dtype than the original, but
+    all in one dtype and each of its original shape. Only regular files inside ``directory`` are
+    read (a symbolic link must point inside it too)."""
+    manifest = read_tile_manifest(directory)
+    geometry = manifest.geometry
+    batch, channels = manifest.input_shape[:2]
     expected = (channels, *geometry.kernel_size)
-    tiles = manifest["tiles"]
-    if len(tiles) != batch * geometry.num_blocks:
+    where = f"manifest '{directory / 'manifest.json'}'"
+    columns = [_tile_position(tile, batch, geometry, where) for tile in manifest.tiles]
+    if len(set(columns)) != len(columns):
+        duplicate = next(c for c in columns if columns.count(c) > 1)
+        raise PatchfoldError(f"{where} lists block {duplicate[1]} of image {duplicate[0]} more than once")
+    if len(columns) != batch * geometry.num_blocks:
         raise PatchfoldError(
-            f"manifest lists {len(tiles)} tiles but {batch} image(s) × {geometry.num_blocks} blocks are expected"
+            f"{where} lists {len(columns)} tiles but {batch} image(s) × {geometry.num_blocks} blocks are expected"
         )
     cols: np.ndarray | None = None
-    for position, tile in enumerate(tiles):
-        item, column = divmod(position, geometry.num_blocks)
-        path = directory / Path(str(tile.get("file", ""))).name  # never leave the directory
+    first_path = None
+    inside = directory.resolve()
+    for done, (tile, (item, column)) in enumerate(zip(manifest.tiles, columns), start=1):
+        path = _tile_path(directory, inside, tile["file"])
         pixels = _load_tile(path, len(expected) - 1)
         if pixels.shape != expected:
             raise PatchfoldError(f"tile '{path}' has shape {list(pixels.shape)}; expected {list(expected)}")
         if cols is None:
             cols = np.empty((batch, channels * geometry.kernel_volume, geometry.num_blocks), dtype=pixels.dtype)
+            first_path = path
+        elif pixels.dtype != cols.dtype:
+            raise PatchfoldError(
+                f"tile '{path}' holds {pixels.dtype} pixels but '{first_path}' holds {cols.dtype}: "
+                "tiles must share one dtype to be folded together"
+            )
         cols[item, :, column] = pixels.reshape(-1)
-        if column == geometry.num_blocks - 1:
-            yield Progress(item + 1, batch, position + 1, len(tiles))
+        if done % geometry.num_blocks == 0:
+            yield Progress(done // geometry.num_blocks, batch, done, len(columns))
     assert cols is not None
     yield TileSet(cols, manifest)
 
 
-def _load_tile(path: Path, ndim: int) -> np.ndarray:
+def _tile_position(tile: dict[str, Any], batch: int, geometry: Geometry, where: str) -> tuple[int, int]:
+    """(image, block column) of a manifest entry, from its recorded image and block index."""
+    image, index = tile.get("image"), tile.get("index")
+    valid_index = (
+        isinstance(index, list)
+        and len(index) == geometry.ndim
+        and all(type(i) is int and 0 <= i < n for i, n in zip(index, geometry.blocks_per_dim))
+    )
+    if type(image) is not int or not 0 <= image < batch or not valid_index:
+        raise PatchfoldError(
+            f"{where}: tile {tile.get('file')!r} must record its image (0..{batch - 1}) and block index "
+            f"(one int per dim below {list(geometry.blocks_per_dim)}), got image={image!r} index={index!r}"[:400]
+        )
+    return image, int(np.ravel_multi_index(tuple(index), geometry.blocks_per_dim))
+
+
+def _tile_path(directory: Path, inside: Path, name: str) -> Path:
+    """The tile file ``name`` of ``directory``: a plain name, a regular file, inside it."""
+    path = directory / Path(name).name
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise PatchfoldError(f"tile {name!r} in the manifest of '{directory}' is not a file name inside it")
     if not path.exists():
         raise PatchfoldError(f"tile '{path}' listed in the manifest is missing")
+    resolved = path.resolve()
+    if resolved.parent != inside or not resolved.is_file():
+        raise PatchfoldError(f"tile '{path}' is not a regular file inside '{directory}' (links may not leave it)")
+    return path
+
+
+def _load_tile(path: Path, ndim: int) -> np.ndarray:
     if path.suffix == ".npy":
         return read_npy(path, spatial_dims=ndim)[0]
     if path.suffix in (".tif", ".tiff"):
@@ -227,3 +256,69 @@ def _load_tile(path: Path, ndim: int) -> np.ndarray:
         if pixels is not None:
             return pixels
     return read_image(path)
+
+
+@dataclass(frozen=True)
+class TilesResult:
+    output: Path
+    geometry: Geometry
+    images: int
+    channels: int
+    tile_format: str
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "tiles": self.images * self.geometry.num_blocks,
+            "images": self.images,
+            "format": self.tile_format,
+            "tile_shape": [self.channels, *self.geometry.kernel_size],
+            "blocks_per_dim": list(self.geometry.blocks_per_dim),
+            "manifest": [str(self.output / "manifest.json"), str(self.output / "manifest.csv")],
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def tiles_file(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    blocks: Blocks,
+    *,
+    tile_format: str = "png",
+    spatial_dims: int | None = None,
+    stack: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Progress | TilesResult]:
+    """Write every block of ``inputs`` as its own file in the new directory ``output`` (see
+    :func:`write_tiles`); yields :class:`Progress` per image, then the :class:`TilesResult`."""
+    started = time.perf_counter()
+    output = Path(output)
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
+    geometry = blocks.at(batch.spatial_size)
+    yield from write_tiles(batch.array, geometry, output, batch.sources, tile_format)
+    shape = batch.array.shape
+    yield TilesResult(output, geometry, shape[0], shape[1], tile_format, time.perf_counter() - started)
+
+
+def untile_dir(
+    directory: str | Path, output: str | Path, *, normalize: bool = True, window: str | None = None
+) -> Iterator[Progress | FoldResult]:
+    """Fold a tile directory (see :func:`read_tiles`) back into images at ``output`` (as
+    :func:`patchfold.jobs.fold.fold_file` writes them); yields :class:`Progress`, then the result."""
+    started = time.perf_counter()
+    directory, output = Path(directory), Path(output)
+    tileset: TileSet | None = None
+    for event in read_tiles(directory):
+        if isinstance(event, TileSet):
+            tileset = event
+        else:
+            yield event
+    assert tileset is not None
+    targets = image_targets(output, tileset.cols.shape[0], tileset.manifest.sources)
+    images = fold_with(tileset.cols, tileset.geometry, normalize, window=window)
+    write_images(output, targets, images)
+    yield FoldResult(
+        targets if targets is not None else output, directory, tuple(tileset.cols.shape), tuple(images.shape),
+        images.dtype, tileset.geometry, "ncl", normalize, window, "cpu", "cpu", 1, time.perf_counter() - started,
+    )  # fmt: skip

@@ -1,5 +1,5 @@
-"""File-to-file jobs: unfold an array into a ``.npy`` patch matrix band by band, with bounded
-memory, and fold one back.
+"""The unfold job: inputs to a ``.npy`` patch matrix and its sidecar, band by band, with bounded
+memory.
 
 Each job is a generator of :class:`Progress` events so a caller can show progress (the command line
 wraps it in a progress bar; the library never prints). Outputs appear atomically when the generator
@@ -9,24 +9,30 @@ finishes; closing it early (Ctrl-C included) leaves no file behind.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from patchfold.blocks import Blocks
+from patchfold.dtypes import target_dtype
+from patchfold.engines import resolve
 from patchfold.engines.cpu import pad_input, prepare_input, unfold_into
+from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.io.formats import sidecar_path
+from patchfold.io.formats import Sidecar, sidecar_path
+from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs
 from patchfold.io.write import _release, allocate_npy, atomic_paths, check_free_space, check_output_path, write_at
-from patchfold.jobs.plan import Progress, UnfoldPlan
+from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
 
 
 def unfold_to_npy(
     array: np.ndarray,
     plan: UnfoldPlan,
     path: Path,
-    layout: str = "ncl",
     *,
     scale: float = 1.0,
     sidecar: str | None = None,
@@ -50,7 +56,7 @@ def unfold_to_npy(
         source, source_geometry = prepare_input(array, geometry)
     else:  # via contiguous slabs in the output dtype
         source, source_geometry = pad_input(array, geometry), None
-    band = _band_computer(source, source_geometry, plan, layout, device, engine, threads, factor)
+    band = _band_computer(source, source_geometry, plan, device, engine, threads, factor)
     targets = [path] + ([sidecar_path(path)] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
@@ -64,7 +70,7 @@ def unfold_to_npy(
                     if pending is not None:
                         pending.result()
                         yield Progress(index, plan.bands, written, plan.output_bytes)
-                    pending = writer.submit(write_band, handle.fileno(), header, values, plan, first, layout)
+                    pending = writer.submit(write_band, handle.fileno(), header, values, plan, first)
                     written += values.nbytes
                     _release(source)
                 if pending is not None:
@@ -78,7 +84,6 @@ def _band_computer(
     padded: np.ndarray,
     direct_geometry: Geometry | None,
     plan: UnfoldPlan,
-    layout: str,
     device: str,
     engine: str,
     threads: int | None,
@@ -90,7 +95,7 @@ def _band_computer(
     With ``direct_geometry`` blocks are cut from ``padded`` (the input as :func:`prepare_input`
     gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype.
     """
-    geometry = plan.geometry
+    geometry, layout = plan.geometry, plan.layout
     per_row = geometry.blocks_per_row
     size = plan.band_rows * plan.row_bytes // plan.dtype.itemsize
     buffers = [np.empty(size, dtype=plan.dtype), np.empty(size if plan.bands > 1 else 0, dtype=plan.dtype)]
@@ -139,21 +144,103 @@ def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int)
     top = first * geometry.stride[0]
     height = (last - first - 1) * geometry.stride[0] + geometry.span[0]
     slab = padded[:, :, top : top + height]
-    slab_geometry = Geometry.create(
-        (height, *geometry.padded_size[1:]), geometry.kernel_size, geometry.stride, 0, geometry.dilation
-    )
-    return slab, slab_geometry
+    return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
 
-def write_band(fd: int, header: int, values: np.ndarray, plan: UnfoldPlan, first: int, layout: str) -> None:
+def write_band(fd: int, header: int, values: np.ndarray, plan: UnfoldPlan, first: int) -> None:
     """Write one band of block columns to its place in the file (one write per contiguous run)."""
     n, a, b = plan.output_shape
     itemsize = plan.dtype.itemsize
     start = first * plan.geometry.blocks_per_row
-    if layout == "nlc":
+    if plan.layout == "nlc":
         for item in range(n):
             write_at(fd, values[item], header + (item * a + start) * b * itemsize)
         return
     for item in range(n):
         for row in range(a):
             write_at(fd, values[item, row], header + ((item * a + row) * b + start) * itemsize)
+
+
+@dataclass(frozen=True)
+class UnfoldResult:
+    """What an :func:`unfold_file` job wrote."""
+
+    output: Path
+    sidecar: Sidecar
+    plan: UnfoldPlan
+    inputs: int
+    device: str
+    engine: str
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        geometry, sidecar = self.plan.geometry, self.sidecar
+        return {
+            "output": str(self.output),
+            "sidecar": str(sidecar_path(self.output)),
+            "inputs": self.inputs,
+            "input_shape": list(sidecar.input_shape),
+            "input_dtype": sidecar.input_dtype,
+            "output_dtype": sidecar.output_dtype,
+            **geometry.blocks.to_dict(),
+            "layout": self.plan.layout,
+            "blocks_per_dim": list(geometry.blocks_per_dim),
+            "num_blocks": geometry.num_blocks,
+            "output_shape": list(self.plan.output_shape),
+            "output_bytes": self.plan.output_bytes,
+            "device": self.device,
+            "engine": self.engine,
+            "streamed": self.plan.streaming,
+            "bands": self.plan.bands,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def unfold_file(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    blocks: Blocks,
+    *,
+    dtype: str = "keep",
+    layout: str = "ncl",
+    device: str = "auto",
+    engine: str = "auto",
+    spatial_dims: int | None = None,
+    stack: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_memory: int | None = None,
+    threads: int | None = None,
+) -> Iterator[Progress | UnfoldResult]:
+    """Unfold image files, directories or ``.npy`` arrays into the patch matrix ``output`` (``.npy``)
+    with its sidecar beside it, in bands that fit ``max_memory``.
+
+    A generator: it yields :class:`Progress` per band and finally the :class:`UnfoldResult`.
+    Nothing is written until the inputs and parameters have been checked; both files appear only
+    when complete (closing the generator early leaves nothing).
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    if output.suffix.lower() != ".npy":
+        raise PatchfoldError(f"the patch matrix is written as .npy, got '{output}'", param="output")
+    check_output_path(output)
+    check_output_path(sidecar_path(output), "sidecar")
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
+    array = batch.array
+    out_dtype, scale = target_dtype(array.dtype, dtype)
+    geometry = blocks.at(batch.spatial_size)
+    device, engine = resolve(device, engine)
+    plan = plan_unfold(array.shape, out_dtype, geometry, layout, max_memory)
+    sidecar = Sidecar(
+        blocks=geometry.blocks,
+        input_shape=tuple(array.shape),
+        input_dtype=str(array.dtype),
+        output_dtype=str(out_dtype),
+        scale=scale,
+        layout=layout,
+        sources=tuple(str(Path(s).resolve()) for s in batch.sources),
+    )
+    yield from unfold_to_npy(
+        array, plan, output, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine, threads=threads
+    )
+    inputs_count = len(set(batch.sources))
+    yield UnfoldResult(output, sidecar, plan, inputs_count, device, engine, time.perf_counter() - started)

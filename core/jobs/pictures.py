@@ -1,0 +1,59 @@
+"""Picture jobs for ``patchfold show``: the block grid over an image, a mosaic of a patch matrix's
+patches, and the divisor map beside the image, each written as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from patchfold import render
+from patchfold.blocks import Blocks
+from patchfold.errors import PatchfoldError
+from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
+from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_patch_matrix
+from patchfold.io.write import check_output_path
+
+
+def _check_png(output: Path) -> Path:
+    if output.suffix.lower() != ".png":
+        raise PatchfoldError(f"pictures are written as .png, got '{output}'", param="output")
+    check_output_path(output)
+    return output
+
+
+def _first_image(image: str | Path, max_pixels: int) -> np.ndarray:
+    return load_inputs([image], max_pixels=max_pixels).array[0]
+
+
+def grid_picture_file(
+    image: str | Path, blocks: Blocks, output: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Path:
+    """Draw the block grid of ``blocks`` over ``image`` into the PNG ``output``."""
+    output = _check_png(Path(output))
+    pixels = _first_image(image, max_pixels)
+    render.save_png(output, render.grid_picture(pixels, blocks.at(pixels.shape[1:])))
+    return output
+
+
+def mosaic_file(patches: str | Path, output: str | Path, *, count: int = 64, spread: bool = False) -> Path:
+    """Lay out ``count`` patches of the patch matrix ``patches`` (with its sidecar) as a PNG."""
+    output, patches = _check_png(Path(output)), Path(patches)
+    cols = read_patch_matrix(patches)
+    sidecar = read_sidecar(patches)
+    if sidecar is None:
+        raise PatchfoldError(f"'{patches}' has no sidecar '{sidecar_path(patches)}' to tell the patch shape")
+    check_against_sidecar(cols, sidecar, patches)
+    channels = sidecar.input_shape[1]
+    picture = render.mosaic_picture(cols, channels, sidecar.geometry.kernel_size, sidecar.layout, count, spread)
+    render.save_png(output, picture)
+    return output
+
+
+def divisor_picture_file(
+    image: str | Path, blocks: Blocks, output: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Path:
+    """``image`` and its divisor map side by side, as the PNG ``output``."""
+    output = _check_png(Path(output))
+    pixels = _first_image(image, max_pixels)
+    render.save_png(output, render.divisor_beside_image(pixels, blocks.at(pixels.shape[1:])))
+    return output
