@@ -132,3 +132,15 @@ def test_peak_memory_and_default_budget() -> None:
     assert plan.streaming and plan.band_rows * plan.row_bytes <= 10**6
     assert plan.peak_memory(3 * 10**6) == 3 * 10**6 + 2 * plan.band_rows * plan.row_bytes
     assert 0 < default_budget() <= DEFAULT_MEMORY_CAP
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_streamed_unfold_follows_its_plan_layout(tmp_path: Path, layout: str) -> None:
+    """The plan carries the layout it was sized for: the job cannot be run with the other one
+    (which gave a matrix equal to neither, silently)."""
+    x = image()
+    geometry = Geometry.create(x.shape[2:], 6, stride=3)
+    plan = plan_unfold(x.shape, x.dtype, geometry, layout, 2000)
+    assert plan.streaming and plan.layout == layout
+    list(unfold_to_npy(x, plan, tmp_path / "p.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), patchfold.unfold(x, 6, stride=3, layout=layout))
