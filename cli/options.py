@@ -47,6 +47,9 @@ FLAGS = {
     "kernel_size": "-k/--kernel-size",
     "output_size": "--output-size",
     "spatial_size": "--size",
+    "format": "--format",
+    "engine": "--engine",
+    "scheduler": "--scheduler",
 }
 
 
@@ -287,6 +290,7 @@ def as_click_error(error: PatchfoldError) -> click.ClickException:
     for name, flag in FLAGS.items():
         message = re.sub(rf"\b{name}=True\b", flag, message)
         message = re.sub(rf"\b{name}=(?=[\s),;]|$)", flag, message)
+        message = re.sub(rf"\b{name}=(\w+)", rf"{flag} \1", message)
     if error.param in OPTION_NAMES:
         return click.BadParameter(message, param_hint=OPTION_NAMES[error.param])
     return click.ClickException(message)

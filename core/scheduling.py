@@ -91,7 +91,7 @@ def run_dask(
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
-        raise PatchfoldError("--scheduler needs dask.distributed: pip install 'patchfold[distributed]'") from None
+        raise PatchfoldError("scheduler= needs dask.distributed: pip install 'patchfold[distributed]'") from None
     try:
         client = Client(scheduler, timeout="20s")
     except (OSError, TimeoutError) as error:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import patchfold
-from patchfold.blocks import Blocks
 import pytest
 from cli_fixtures import COMMAND
+from patchfold.blocks import Blocks
 from patchfold.datasets.build import DONE_DIR, DatasetPlan, plan_dataset, plan_tiles, run_dataset, run_tiles
 from patchfold.io.read import convert_channels, read_input
 from PIL import Image

@@ -46,7 +46,7 @@ def test_multipage_tiff_needs_stack(tmp_path: Path) -> None:
     path = tmp_path / "volume.tif"
     volume = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
     tifffile.imwrite(path, volume)
-    with pytest.raises(patchfold.PatchfoldError, match="--stack"):
+    with pytest.raises(patchfold.PatchfoldError, match="stack=True"):
         load_inputs([path])
     array = load_inputs([path], stack=True).array
     assert array.shape == (1, 1, 5, 6, 7)

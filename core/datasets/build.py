@@ -106,7 +106,7 @@ def plan_dataset(
     counts = sorted({shape[1] for _, shape, _ in shapes if shape})
     if channels is None and len(counts) > 1:
         listing = ", ".join(f"{c}: {sum(1 for _, s, _ in shapes if s and s[1] == c)} image(s)" for c in counts)
-        raise PatchfoldError(f"images differ in channel count ({listing}); convert them with --channels C")
+        raise PatchfoldError(f"images differ in channel count ({listing}); convert them with channels=C")
     channel_count = channels or (counts[0] if counts else 1)
     image_dtypes = [d for _, s, d in shapes if s]
     source_dtype = np.result_type(*image_dtypes) if image_dtypes else np.dtype(np.uint8)

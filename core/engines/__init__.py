@@ -108,7 +108,7 @@ def resolve(device: str, engine: str = "auto") -> tuple[str, str]:
         return "cpu", "torch" if engine == "torch" else "cpu"
     if engine == "cpu":
         raise PatchfoldError(
-            f"engine 'cpu' cannot run on device {device!r}; use --engine torch or auto", param="engine"
+            f"engine 'cpu' cannot run on device {device!r}; use engine=torch or engine=auto", param="engine"
         )
     from patchfold.engines import torch_engine
 

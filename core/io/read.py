@@ -72,7 +72,7 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
             if image.width * image.height > max_pixels:
                 raise PatchfoldError(
                     f"'{path}' has {image.width}x{image.height} = {image.width * image.height} pixels, over the "
-                    f"limit of {max_pixels} (raise it with --max-pixels)"
+                    f"limit of {max_pixels} (raise it with max_pixels=)"
                 )
             image = _normalise_mode(image, path)
             pixels = np.asarray(image)
@@ -143,7 +143,7 @@ def shape_array(array: np.ndarray, path: Path | str, spatial_dims: int | None = 
         if spatial_dims is None:
             raise PatchfoldError(
                 f"'{path}' has shape {array.shape} (rank {rank}); expected rank 1 to 5, "
-                "or say which axes are spatial with --spatial-dims"
+                "or say which axes are spatial with spatial_dims="
             )
     if not spatial_dims <= rank <= spatial_dims + 2:
         raise PatchfoldError(
@@ -204,7 +204,7 @@ def _tiff_header(path: Path, max_pixels: int) -> tuple[tuple[int, ...], str, int
     if height * width > max_pixels:
         raise PatchfoldError(
             f"'{path}' has {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-            "(raise it with --max-pixels)"
+            "(raise it with max_pixels=)"
         )
     if dtype.kind not in "biuf":
         raise PatchfoldError(f"'{path}' holds {dtype} pixels; expected real numbers")
@@ -241,10 +241,10 @@ def read_input(
 def _image_item(image: np.ndarray, path: Path, spatial_dims: int | None, stack: bool) -> np.ndarray:
     """An image ``(C, *spatial)`` as a batch of one, if its dims are what was asked for."""
     if image.ndim == 4 and not stack:
-        raise PatchfoldError(f"'{path}' has {image.shape[1]} pages: pass --stack to read it as a 3-D volume (D, H, W)")
+        raise PatchfoldError(f"'{path}' has {image.shape[1]} pages: pass stack=True to read it as a 3-D volume (D, H, W)")
     wanted = image.ndim - 1
     if spatial_dims not in (None, wanted):
-        raise PatchfoldError(f"'{path}' is a {wanted}-D image but --spatial-dims {spatial_dims} was asked for")
+        raise PatchfoldError(f"'{path}' is a {wanted}-D image but spatial_dims={spatial_dims} was asked for")
     return image[None]
 
 
@@ -314,13 +314,13 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
         with Image.open(path) as image:
             mode, width, height = image.mode, image.width, image.height
     except Image.DecompressionBombError as error:
-        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (--max-pixels): {error}") from None
+        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (max_pixels=): {error}") from None
     except UnidentifiedImageError:
         raise PatchfoldError(f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...)") from None
     except OSError as error:
         raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
     if width * height > max_pixels:
-        raise PatchfoldError(f"'{path}' has {width}x{height} pixels, over the limit of {max_pixels} (--max-pixels)")
+        raise PatchfoldError(f"'{path}' has {width}x{height} pixels, over the limit of {max_pixels} (max_pixels=)")
     channels, dtype = _MODE_LAYOUT.get(mode, (None, None))
     if channels is None:
         return read_image(path, max_pixels)

@@ -72,7 +72,7 @@ def check_tile_format(fmt: str, dtype: np.dtype, channels: int, ndim: int) -> No
     if not (image_ok if fmt == "png" else tif_ok):
         raise PatchfoldError(
             f"{channels}-channel {dtype} tiles cannot be written as {fmt} (png: uint8 with 1-4 channels or one "
-            "uint16 channel; tif also one float32/int32 channel); use --format npy",
+            "uint16 channel; tif also one float32/int32 channel); use format=npy",
         )
 
 
