@@ -410,7 +410,7 @@ def unfold_dataset(
     :class:`ImageResult` per image as it finishes, then the :class:`DatasetResult`."""
     started = time.perf_counter()
     output = Path(output)
-    paths = read.find_sources(sources, recursive)
+    paths = read.find_inputs(sources, recursive=recursive, unique=True)
     plan = plan_dataset(
         paths, output, blocks, dtype=dtype, channels=channels, shard_size=shard_size, max_pixels=max_pixels
     )
@@ -445,7 +445,7 @@ def tile_dataset(
     :func:`patchfold.jobs.tiles.tiles_file` does for one), with a top-level manifest; resumable."""
     started = time.perf_counter()
     output = Path(output)
-    paths = read.find_sources(sources, recursive)
+    paths = read.find_inputs(sources, recursive=recursive, unique=True)
     tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels)
     workers = _workers(workers, len(tasks))
     yield Progress(0, len(tasks), 0, 0)

@@ -23,10 +23,41 @@ INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
 DEFAULT_MAX_PIXELS = 2**32
 
 
-_CONVERT_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"}
+#: Every Pillow image mode patchfold reads: the mode it is converted to first (None: as it is), and
+#: the channels and dtype it then has. Palette images become RGB, or RGBA when they have
+#: transparency (``P`` is decided per image); 16-bit stays 16-bit.
+IMAGE_MODES: dict[str, tuple[str | None, int, type]] = {
+    "1": ("L", 1, np.uint8),
+    "L": (None, 1, np.uint8),
+    "LA": (None, 2, np.uint8),
+    "P": ("RGB", 3, np.uint8),
+    "PA": ("RGBA", 4, np.uint8),
+    "RGB": (None, 3, np.uint8),
+    "RGBA": (None, 4, np.uint8),
+    "RGBX": ("RGB", 3, np.uint8),
+    "RGBa": ("RGB", 3, np.uint8),
+    "CMYK": ("RGB", 3, np.uint8),
+    "YCbCr": ("RGB", 3, np.uint8),
+    "LAB": ("RGB", 3, np.uint8),
+    "HSV": ("RGB", 3, np.uint8),
+    "I;16": (None, 1, np.uint16),
+    "I;16L": (None, 1, np.uint16),
+    "I;16B": (None, 1, np.uint16),
+    "I": (None, 1, np.int32),
+    "F": (None, 1, np.float32),
+}
 
 
-_KEEP_MODES = {"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F"}
+def image_mode(image: Any, path: Path) -> tuple[str | None, int, type]:
+    """How an opened image is read: :data:`IMAGE_MODES`' row for its mode (from its header)."""
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        return "RGBA", 4, np.uint8
+    if mode not in IMAGE_MODES:
+        raise PatchfoldError(
+            f"'{path}' has image mode {mode!r}, which patchfold does not read (supported: {', '.join(IMAGE_MODES)})"
+        )
+    return IMAGE_MODES[mode]
 
 
 @dataclass
@@ -41,25 +72,38 @@ class Batch:
         return tuple(self.array.shape[2:])
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; directories become their images and ``.npy`` files, sorted by name."""
+def find_inputs(inputs: Sequence[str | Path], *, recursive: bool = False, unique: bool = False) -> list[Path]:
+    """The input files of a command, in the order given: files as they are, directories as their
+    images and ``.npy`` files (all levels with ``recursive``) and glob patterns (``**`` with
+    ``recursive``), each directory or pattern sorted by name. ``unique`` drops repeats (a dataset
+    holds each image once; a batch may stack one image twice)."""
     paths: list[Path] = []
     for raw in inputs:
         path = Path(raw)
+        if str(raw) == "":
+            raise PatchfoldError("an input is an empty string; give a file, directory or pattern")
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            found = [p for p in path.glob("**/*" if recursive else "*") if _is_input(p)]
             if not found:
                 raise PatchfoldError(
                     f"directory '{path}' has no images or .npy files (looked for {', '.join(INPUT_SUFFIXES)})"
                 )
-            paths.extend(found)
         elif path.exists():
-            paths.append(path)
+            found = [path]
+        elif glob.has_magic(str(raw)):
+            found = [Path(p) for p in glob.glob(str(raw), recursive=recursive) if Path(p).is_file()]
+            if not found:
+                raise PatchfoldError(f"pattern '{raw}' matches no files")
         else:
             raise PatchfoldError(f"input '{path}' does not exist")
+        paths.extend(sorted(found) if len(found) > 1 else found)
     if not paths:
         raise PatchfoldError("no inputs given")
-    return paths
+    return list(dict.fromkeys(paths)) if unique else paths
+
+
+def _is_input(path: Path) -> bool:
+    return path.suffix.lower() in INPUT_SUFFIXES and path.is_file()
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -74,8 +118,8 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                     f"'{path}' has {image.width}x{image.height} = {image.width * image.height} pixels, over the "
                     f"limit of {max_pixels} (raise it with max_pixels=)"
                 )
-            image = _normalise_mode(image, path)
-            pixels = np.asarray(image)
+            convert_to, _, _ = image_mode(image, path)
+            pixels = np.asarray(image if convert_to is None else image.convert(convert_to))
     except PatchfoldError:
         raise
     except Image.DecompressionBombError as error:
@@ -89,22 +133,6 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if pixels.dtype.byteorder == ">":
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
-
-
-def _normalise_mode(image: Any, path: Path) -> Any:
-    mode = image.mode
-    if mode in _KEEP_MODES:
-        return image
-    if mode == "1":
-        return image.convert("L")
-    if mode in ("P", "PA"):
-        return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
-    if mode in _CONVERT_TO_RGB:
-        return image.convert("RGB")
-    raise PatchfoldError(
-        f"'{path}' has image mode {mode!r}, which patchfold does not read (supported: 1, L, LA, P, "
-        "RGB, RGBA, CMYK, YCbCr, I;16, I, F)"
-    )
 
 
 def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
@@ -241,7 +269,9 @@ def read_input(
 def _image_item(image: np.ndarray, path: Path, spatial_dims: int | None, stack: bool) -> np.ndarray:
     """An image ``(C, *spatial)`` as a batch of one, if its dims are what was asked for."""
     if image.ndim == 4 and not stack:
-        raise PatchfoldError(f"'{path}' has {image.shape[1]} pages: pass stack=True to read it as a 3-D volume (D, H, W)")
+        raise PatchfoldError(
+            f"'{path}' has {image.shape[1]} pages: pass stack=True to read it as a 3-D volume (D, H, W)"
+        )
     wanted = image.ndim - 1
     if spatial_dims not in (None, wanted):
         raise PatchfoldError(f"'{path}' is a {wanted}-D image but spatial_dims={spatial_dims} was asked for")
@@ -259,7 +289,7 @@ def load_inputs(
     With ``stack``, 2-D images (a directory of slices, or several files) become the slices of one
     3-D volume ``(1, C, D, H, W)`` in the order given, and multi-page TIFFs are volumes.
     """
-    paths = expand_inputs(inputs)
+    paths = find_inputs(inputs)
     arrays = [read_input(path, spatial_dims, max_pixels, stack) for path in paths]
     slices = stack and all(a.ndim == 4 for a in arrays)  # 2-D images to stack into one volume
     if len(arrays) == 1 and not slices:
@@ -290,7 +320,7 @@ def probe_shape(
     """Shape ``(N, C, *spatial)`` and dtype the inputs would load as, reading headers only where
     the format allows (``.npy``, and images whose mode needs no conversion)."""
     shapes, dtypes = [], []
-    paths = expand_inputs(inputs)
+    paths = find_inputs(inputs)
     for path in paths:
         if path.suffix.lower() == ".npy":
             array = read_npy(path, spatial_dims)
@@ -312,7 +342,10 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as image:
-            mode, width, height = image.mode, image.width, image.height
+            _, channels, dtype = image_mode(image, path)
+            width, height = image.width, image.height
+    except PatchfoldError:
+        raise
     except Image.DecompressionBombError as error:
         raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (max_pixels=): {error}") from None
     except UnidentifiedImageError:
@@ -321,26 +354,7 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
         raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
     if width * height > max_pixels:
         raise PatchfoldError(f"'{path}' has {width}x{height} pixels, over the limit of {max_pixels} (max_pixels=)")
-    channels, dtype = _MODE_LAYOUT.get(mode, (None, None))
-    if channels is None:
-        return read_image(path, max_pixels)
     return np.broadcast_to(np.zeros((), dtype=dtype), (channels, height, width))
-
-
-_MODE_LAYOUT = {
-    "1": (1, np.uint8),
-    "L": (1, np.uint8),
-    "LA": (2, np.uint8),
-    "RGB": (3, np.uint8),
-    "RGBA": (4, np.uint8),
-    "CMYK": (3, np.uint8),
-    "YCbCr": (3, np.uint8),
-    "I;16": (1, np.uint16),
-    "I;16L": (1, np.uint16),
-    "I;16B": (1, np.uint16),
-    "I": (1, np.int32),
-    "F": (1, np.float32),
-}
 
 
 def read_patch_matrix(path: Path) -> np.ndarray:
@@ -350,28 +364,6 @@ def read_patch_matrix(path: Path) -> np.ndarray:
     if path.is_dir():
         raise PatchfoldError(f"patch matrix '{path}' is a directory; expected a .npy file")
     return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
-
-
-def find_sources(sources: Sequence[str], recursive: bool = False) -> list[Path]:
-    """Files, directories (their images; all levels with ``recursive``) and glob patterns, in the
-    order given (each directory or pattern sorted by name), without duplicates."""
-    found: dict[str, Path] = {}
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            matches = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES]
-        elif path.exists():
-            matches = [path]
-        elif glob.has_magic(source):
-            matches = [Path(p) for p in glob.glob(source, recursive=recursive) if Path(p).is_file()]
-        else:
-            raise PatchfoldError(f"input '{source}' does not exist")
-        for match in sorted(matches):
-            found.setdefault(str(match), match)
-    if not found:
-        raise PatchfoldError(f"no images found in {', '.join(repr(s) for s in sources)}")
-    return list(found.values())
 
 
 def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
