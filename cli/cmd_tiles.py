@@ -87,14 +87,4 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
     from patchfold.jobs.tiles import untile_dir
 
     result = track(untile_dir(directory, output, normalize=normalize, window=window), "untile", not no_progress)
-    summary = result.summary()
-    summary = {
-        "output": summary["output"],
-        "tiles": result.source_shape[0] * result.source_shape[2],
-        "output_shape": summary["output_shape"],
-        "output_dtype": summary["output_dtype"],
-        "window": summary["window"],
-        "normalize": normalize,
-        "seconds": summary["seconds"],
-    }
-    emit_summary(f"untile → {output}", summary, as_json)
+    emit_summary(f"untile → {output}", result.summary(), as_json)

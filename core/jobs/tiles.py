@@ -301,9 +301,21 @@ def tiles_file(
     yield TilesResult(output, geometry, shape[0], shape[1], tile_format, time.perf_counter() - started)
 
 
+class UntileResult(FoldResult):
+    """What :func:`untile_dir` wrote (``source`` is the tile directory)."""
+
+    def summary(self) -> dict[str, Any]:
+        summary = super().summary()
+        return {
+            "output": summary["output"],
+            "tiles": self.source_shape[0] * self.source_shape[2],
+            **{key: summary[key] for key in ("output_shape", "output_dtype", "window", "normalize", "seconds")},
+        }
+
+
 def untile_dir(
     directory: str | Path, output: str | Path, *, normalize: bool = True, window: str | None = None
-) -> Iterator[Progress | FoldResult]:
+) -> Iterator[Progress | UntileResult]:
     """Fold a tile directory (see :func:`read_tiles`) back into images at ``output`` (as
     :func:`patchfold.jobs.fold.fold_file` writes them); yields :class:`Progress`, then the result."""
     started = time.perf_counter()
@@ -318,7 +330,7 @@ def untile_dir(
     targets = image_targets(output, tileset.cols.shape[0], tileset.manifest.sources)
     images = fold_with(tileset.cols, tileset.geometry, normalize, window=window)
     write_images(output, targets, images)
-    yield FoldResult(
+    yield UntileResult(
         targets if targets is not None else output, directory, tuple(tileset.cols.shape), tuple(images.shape),
         images.dtype, tileset.geometry, "ncl", normalize, window, "cpu", "cpu", 1, time.perf_counter() - started,
     )  # fmt: skip
