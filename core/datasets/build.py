@@ -414,18 +414,15 @@ def unfold_dataset(
     plan = plan_dataset(
         paths, output, blocks, dtype=dtype, channels=channels, shard_size=shard_size, max_pixels=max_pixels
     )
-    workers = _workers(workers, len(plan.tasks))
-    yield Progress(0, len(plan.tasks), 0, plan.total_rows)
-    results = yield from _collect(run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast))
     extra = {
         "patches": plan.total_rows,
         "shards": len(plan.manifest["shards"]),
         "patch_length": plan.manifest["patch_length"],
         "dtype": plan.manifest["dtype"],
     }
-    failed = [*plan.failed, *(r for r in results if not r.ok)]
-    where = "dask " + scheduler if scheduler else workers
-    yield DatasetResult(output, len(paths), results, failed, extra, where, time.perf_counter() - started)
+    workers = _workers(workers, len(plan.tasks))
+    runner = run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
+    yield from _run(output, len(paths), len(plan.tasks), runner, extra, plan.failed, scheduler or workers, started)
 
 
 def tile_dataset(
@@ -448,26 +445,36 @@ def tile_dataset(
     paths = read.find_inputs(sources, recursive=recursive, unique=True)
     tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels)
     workers = _workers(workers, len(tasks))
-    yield Progress(0, len(tasks), 0, 0)
-    results = yield from _collect(run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast))
-    failed = [r for r in results if not r.ok]
-    extra = {"tiles": sum(r.rows for r in results)}
-    where = "dask " + scheduler if scheduler else workers
-    yield DatasetResult(output, len(paths), results, failed, extra, where, time.perf_counter() - started)
+    runner = run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
+    yield from _run(output, len(paths), len(tasks), runner, {"tiles": None}, [], scheduler or workers, started)
+
+
+def _run(
+    output: Path,
+    images: int,
+    tasks: int,
+    runner: Iterator[ImageResult],
+    extra: dict[str, Any],
+    failed_early: list[ImageResult],
+    where: str | int,
+    started: float,
+) -> Iterator[Progress | ImageResult | DatasetResult]:
+    """Report the planned work, pass each image's result on as it finishes, then the outcome.
+    ``extra`` values that are None are summed from the results' rows (tiles written)."""
+    yield Progress(0, tasks, 0, 0)
+    results: list[ImageResult] = []
+    try:
+        for result in runner:
+            results.append(result)
+            yield result
+    finally:
+        runner.close()  # type: ignore[attr-defined]
+    failed = [*failed_early, *(r for r in results if not r.ok)]
+    extra = {key: sum(r.rows for r in results) if value is None else value for key, value in extra.items()}
+    workers = f"dask {where}" if isinstance(where, str) else where
+    yield DatasetResult(output, images, results, failed, extra, workers, time.perf_counter() - started)
 
 
 def _workers(requested: int | None, tasks: int) -> int:
     """Local worker processes: as asked (default: the cores), never more than there is work."""
     return max(1, min(requested or cpu_count(), max(1, tasks)))
-
-
-def _collect(results: Iterator[ImageResult]) -> Iterator[ImageResult]:
-    """Pass results on and return them all (closing the run when the caller stops early)."""
-    collected: list[ImageResult] = []
-    try:
-        for result in results:
-            collected.append(result)
-            yield result
-    finally:
-        results.close()  # type: ignore[attr-defined]
-    return collected  # type: ignore[return-value]

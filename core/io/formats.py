@@ -247,16 +247,30 @@ class TileManifest:
         return [str(image.get("source", "")) for image in self.images]
 
 
+def read_manifest(
+    directory: Path, kind: str, name: str, version: int, *fields: str, absent: str
+) -> tuple[dict[str, Any], str]:
+    """The ``manifest.json`` of ``directory`` (a ``kind`` such as "tile manifest"): its data, of
+    format ``name`` and ``version`` with ``fields``, and how messages name it. ``absent`` says what
+    the directory is not when the file is missing."""
+    path = directory / "manifest.json"
+    if not os.path.lexists(path):
+        raise PatchfoldError(f"'{directory}' {absent} (no manifest.json)")
+    data = read_json(path, kind)
+    where = f"{kind} '{path}'"
+    check_format(data, where, name, version, kind)
+    require(data, where, *fields)
+    return data, where
+
+
 def read_tile_manifest(directory: Path) -> TileManifest:
     if not directory.is_dir():
         raise PatchfoldError(f"tile directory '{directory}' does not exist")
-    path = directory / "manifest.json"
-    if not os.path.lexists(path):
-        raise PatchfoldError(f"'{directory}' has no manifest.json: is it a directory written by patchfold tiles?")
-    data = read_json(path, "manifest")
-    where = f"manifest '{path}'"
-    check_format(data, where, TILES_FORMAT, TILES_VERSION, "tile manifest")
-    require(data, where, "kernel_size", "stride", "padding", "dilation", "input_shape", "tiles")
+    data, where = read_manifest(
+        directory, "tile manifest", TILES_FORMAT, TILES_VERSION,
+        "kernel_size", "stride", "padding", "dilation", "input_shape", "tiles",
+        absent="is not a tile directory written by patchfold tiles",
+    )  # fmt: skip
     shape = shape_field(data["input_shape"], where, "input_shape")
     geometry = geometry_field(Blocks.from_dict(data, where), shape[2:], where)
     tiles, images = data["tiles"], data.get("images", [])
@@ -278,13 +292,11 @@ def dataset_identity(manifest: dict[str, Any]) -> str:
 
 def read_dataset_manifest(directory: Path) -> dict[str, Any]:
     """A dataset's ``manifest.json``, validated enough to open its shards and index."""
-    path = directory / "manifest.json"
-    if not os.path.lexists(path):
-        raise PatchfoldError(f"'{directory}' is not a patchfold dataset (no manifest.json)")
-    data = read_json(path, "dataset manifest")
-    where = f"dataset manifest '{path}'"
-    check_format(data, where, DATASET_FORMAT, DATASET_VERSION, "dataset manifest")
-    require(data, where, "kernel_size", "channels", "dtype", "index_columns", "shards", "images")
+    data, where = read_manifest(
+        directory, "dataset manifest", DATASET_FORMAT, DATASET_VERSION,
+        "kernel_size", "channels", "dtype", "index_columns", "shards", "images",
+        absent="is not a patchfold dataset",
+    )  # fmt: skip
     Blocks.from_dict(data, where)
     if type(data["channels"]) is not int or data["channels"] < 1:
         raise PatchfoldError(f"{where}: channels must be a positive int, got {data['channels']!r}")

@@ -4,8 +4,11 @@ without decoding where the format allows."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
-from collections.abc import Sequence
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,28 +109,45 @@ def _is_input(path: Path) -> bool:
     return path.suffix.lower() in INPUT_SUFFIXES and path.is_file()
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read one image file into ``(C, H, W)`` in its natural dtype (16-bit stays 16-bit)."""
+@contextlib.contextmanager
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Any]:
+    """Pillow's image of ``path`` (header read, pixels not yet decoded), within the pixel limit.
+    Every failure inside the block, decoding included, becomes one :class:`PatchfoldError` naming
+    the file, with any warning Pillow gave folded into it."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > max_pixels:
-                raise PatchfoldError(
-                    f"'{path}' has {image.width}x{image.height} = {image.width * image.height} pixels, over the "
-                    f"limit of {max_pixels} (raise it with max_pixels=)"
-                )
-            convert_to, _, _ = image_mode(image, path)
-            pixels = np.asarray(image if convert_to is None else image.convert(convert_to))
-    except PatchfoldError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels}: {error}") from None
-    except UnidentifiedImageError:
-        raise PatchfoldError(f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    raise PatchfoldError(
+                        f"'{path}' has {image.width}x{image.height} = {image.width * image.height} pixels, over "
+                        f"the limit of {max_pixels} (raise it with max_pixels=)"
+                    )
+                yield image
+        except PatchfoldError:
+            raise
+        except Image.DecompressionBombError as error:
+            raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (max_pixels=): {error}") from None
+        except UnidentifiedImageError:
+            raise PatchfoldError(
+                f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...){_noted(caught)}"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as error:
+            raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}{_noted(caught)}") from None
+
+
+def _noted(caught: list[warnings.WarningMessage]) -> str:
+    return f" ({caught[0].message})" if caught else ""
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one image file into ``(C, H, W)`` in its natural dtype (16-bit stays 16-bit)."""
+    with open_image(path, max_pixels) as image:
+        convert_to, _, _ = image_mode(image, path)
+        pixels = np.asarray(image if convert_to is None else image.convert(convert_to))
     if pixels.dtype == np.bool_:
         pixels = pixels.astype(np.uint8)
     if pixels.dtype.byteorder == ">":
@@ -337,24 +357,10 @@ def probe_shape(
 
 def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
     """A zero-stride stand-in array with the image's shape and dtype (only the header is read)."""
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with Image.open(path) as image:
-            _, channels, dtype = image_mode(image, path)
-            width, height = image.width, image.height
-    except PatchfoldError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise PatchfoldError(f"'{path}' is over the pixel limit of {max_pixels} (max_pixels=): {error}") from None
-    except UnidentifiedImageError:
-        raise PatchfoldError(f"'{path}' is not an image Pillow can read (PNG, JPEG, TIFF, BMP, WebP...)") from None
-    except OSError as error:
-        raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
-    if width * height > max_pixels:
-        raise PatchfoldError(f"'{path}' has {width}x{height} pixels, over the limit of {max_pixels} (max_pixels=)")
-    return np.broadcast_to(np.zeros((), dtype=dtype), (channels, height, width))
+    with open_image(path, max_pixels) as image:
+        _, channels, dtype = image_mode(image, path)
+        shape = (channels, image.height, image.width)
+    return np.broadcast_to(np.zeros((), dtype=dtype), shape)
 
 
 def read_patch_matrix(path: Path) -> np.ndarray:

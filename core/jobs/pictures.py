@@ -3,12 +3,14 @@ patches, and the divisor map beside the image, each written as a PNG."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from patchfold import render
 from patchfold.blocks import Blocks
 from patchfold.errors import PatchfoldError
+from patchfold.geometry import Geometry
 from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_patch_matrix
 from patchfold.io.write import check_output_path
@@ -21,17 +23,21 @@ def _check_png(output: Path) -> Path:
     return output
 
 
-def _first_image(image: str | Path, max_pixels: int) -> np.ndarray:
-    return load_inputs([image], max_pixels=max_pixels).array[0]
-
-
 def grid_picture_file(
     image: str | Path, blocks: Blocks, output: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Path:
     """Draw the block grid of ``blocks`` over ``image`` into the PNG ``output``."""
+    return _picture_of_image(render.grid_picture, image, blocks, output, max_pixels)
+
+
+def _picture_of_image(
+    draw: Callable[[np.ndarray, Geometry], np.ndarray], image: str | Path, blocks: Blocks, output: str | Path,
+    max_pixels: int,
+) -> Path:  # fmt: skip
+    """``draw(pixels, geometry)`` of the first image of ``image``, saved as the PNG ``output``."""
     output = _check_png(Path(output))
-    pixels = _first_image(image, max_pixels)
-    render.save_png(output, render.grid_picture(pixels, blocks.at(pixels.shape[1:])))
+    pixels = load_inputs([image], max_pixels=max_pixels).array[0]
+    render.save_png(output, draw(pixels, blocks.at(pixels.shape[1:])))
     return output
 
 
@@ -53,7 +59,4 @@ def divisor_picture_file(
     image: str | Path, blocks: Blocks, output: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Path:
     """``image`` and its divisor map side by side, as the PNG ``output``."""
-    output = _check_png(Path(output))
-    pixels = _first_image(image, max_pixels)
-    render.save_png(output, render.divisor_beside_image(pixels, blocks.at(pixels.shape[1:])))
-    return output
+    return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels)
