@@ -65,9 +65,14 @@ class IntList(click.ParamType):
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
-        if not re.fullmatch(r"[+-]?\d+(\s*[,x]\s*[+-]?\d+)*", text):
+        if not re.fullmatch(r"[+-]?\d+(\s*,\s*[+-]?\d+)*", text):
             self.fail(f"expected an int or a comma list of ints like 16 or 16,8, got {value!r}", param, ctx)
-        values = tuple(int(part) for part in re.split(r"\s*[,x]\s*", text))
+        parts = re.split(r"\s*,\s*", text)
+        if any(
+            len(part.lstrip("+-")) > 15 for part in parts
+        ):  # int() of 4300+ digits raises, and no size is this large
+            self.fail(f"values must be at most 2**40, got {text[:40]}...", param, ctx)
+        values = tuple(int(part) for part in parts)
         if any(v < self.minimum for v in values):
             what = "positive" if self.minimum == 1 else "non-negative"
             self.fail(f"every value must be {what}, got {text}", param, ctx)

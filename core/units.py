@@ -16,7 +16,8 @@ def format_bytes(count: float) -> str:
 
 
 def parse_bytes(text: str) -> int:
-    """``"2GB"``, ``"512MiB"``, ``"1e9"`` → bytes.
+    """``"2GB"``, ``"512MiB"``, ``"1e9"`` → bytes (``1T``, ``1TB`` and ``1TiB`` alike: decimal
+    units with or without ``B``, binary ones with ``iB``).
 
     >>> parse_bytes("2GB"), parse_bytes("512MiB")
     (2000000000, 536870912)
@@ -35,6 +36,7 @@ def parse_bytes(text: str) -> int:
         "K": 10**3,
         "M": 10**6,
         "G": 10**9,
+        "T": 10**12,
     }
     cleaned = text.strip().upper().replace(" ", "")
     number = cleaned.rstrip("KMGTIB")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -91,7 +93,8 @@ def find_inputs(inputs: Sequence[str | Path], *, recursive: bool = False, unique
                 raise PatchfoldError(
                     f"directory '{path}' has no images or .npy files (looked for {', '.join(INPUT_SUFFIXES)})"
                 )
-        elif path.exists():
+        elif os.path.lexists(path):
+            require_file(path)
             found = [path]
         elif glob.has_magic(str(raw)):
             found = [Path(p) for p in glob.glob(str(raw), recursive=recursive) if Path(p).is_file()]
@@ -155,8 +158,25 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
 
 
+def require_file(path: Path, what: str = "input") -> os.stat_result:
+    """The status of ``path``, which must be a regular file (never a FIFO or a device, which would
+    block or never end)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise PatchfoldError(f"{what} '{path}' does not exist") from None
+    except OSError as error:
+        raise PatchfoldError(f"cannot read {what} '{path}': {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise PatchfoldError(f"{what} '{path}' is a directory; expected a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise PatchfoldError(f"{what} '{path}' is not a regular file (a FIFO, socket or device)")
+    return info
+
+
 def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
     """Read a ``.npy`` (memory-mapped, never unpickled) and shape it ``(N, C, *spatial)``."""
+    require_file(path)
     try:
         with open(path, "rb") as handle:
             magic = handle.read(6)
@@ -278,7 +298,7 @@ def read_input(
     and needs ``stack=True``."""
     if path.suffix.lower() == ".npy":
         return read_npy(path, spatial_dims)
-    if path.stat().st_size == 0:
+    if require_file(path).st_size == 0:
         raise PatchfoldError(f"'{path}' is an empty file")
     image = read_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
     if image is None:
@@ -365,10 +385,7 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
 
 def read_patch_matrix(path: Path) -> np.ndarray:
     """A patch matrix ``.npy`` (memory-mapped) as ``(N, rows, cols)``; unbatched 2-D gains N=1."""
-    if not path.exists():
-        raise PatchfoldError(f"patch matrix '{path}' does not exist")
-    if path.is_dir():
-        raise PatchfoldError(f"patch matrix '{path}' is a directory; expected a .npy file")
+    require_file(path, "patch matrix")
     return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
 
 

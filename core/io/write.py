@@ -25,6 +25,19 @@ def check_output_path(path: Path, what: str = "output") -> None:
     check_parent(path, f"{what} directory")
 
 
+def check_not_an_input(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """No output may be one of the files a job reads (it would be overwritten while read)."""
+    existing = [p for p in inputs if os.path.exists(p)]
+    for output in outputs:
+        if not os.path.exists(output):
+            continue
+        for source in existing:
+            if os.path.samefile(output, source):
+                raise PatchfoldError(
+                    f"output '{output}' is the input '{source}': write to another file", param="output"
+                )
+
+
 def check_parent(path: Path, what: str) -> Path:
     """The directory that will hold ``path``; it must exist and be writable."""
     parent = path.parent

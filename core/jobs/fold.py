@@ -24,6 +24,7 @@ from patchfold.io.write import (
     allocate_npy,
     atomic_paths,
     check_free_space,
+    check_not_an_input,
     check_output_path,
     image_targets,
     write_at,
@@ -155,6 +156,7 @@ def fold_file(
         check_against_sidecar(cols, sidecar, patches)
     channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
     targets = image_targets(output, cols.shape[0], sidecar.sources if sidecar else ())
+    check_not_an_input(targets or [output], [patches, sidecar_path(patches)])
     device, engine = resolve(device, engine)
     restore = (sidecar.input_dtype, sidecar.scale) if normalize and sidecar is not None else None
     weighted = window not in (None, "none")

@@ -24,8 +24,16 @@ from patchfold.engines.cpu import pad_input, prepare_input, unfold_into
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import Sidecar, sidecar_path
-from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs
-from patchfold.io.write import _release, allocate_npy, atomic_paths, check_free_space, check_output_path, write_at
+from patchfold.io.read import DEFAULT_MAX_PIXELS, find_inputs, load_inputs
+from patchfold.io.write import (
+    _release,
+    allocate_npy,
+    atomic_paths,
+    check_free_space,
+    check_not_an_input,
+    check_output_path,
+    write_at,
+)
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
 
 
@@ -224,7 +232,9 @@ def unfold_file(
         raise PatchfoldError(f"the patch matrix is written as .npy, got '{output}'", param="output")
     check_output_path(output)
     check_output_path(sidecar_path(output), "sidecar")
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
+    paths = find_inputs(inputs)
+    check_not_an_input([output, sidecar_path(output)], paths)
+    batch = load_inputs(paths, spatial_dims, max_pixels, stack)
     array = batch.array
     out_dtype, scale = target_dtype(array.dtype, dtype)
     geometry = blocks.at(batch.spatial_size)
