@@ -63,6 +63,27 @@ def window_1d(name: str, size: int, sigma: float | None = None) -> np.ndarray:
     return values / values.max()
 
 
+#: Smallest weight a window may give a kernel point: products over three dims (1e-300) stay normal
+#: float64 numbers, so the weighted divisor is never 0 or subnormal where a block reaches.
+MIN_WEIGHT = 1e-100
+
+
+def _check_weights(base: np.ndarray, spec: str | None, size: int, sigma: float | None) -> None:
+    """Refuse a window whose weights are not all finite and at least :data:`MIN_WEIGHT` (a
+    gaussian too narrow for the patch underflows to 0 at its edges, and a normalised fold would
+    then divide by 0)."""
+    if np.isfinite(base).all() and base.min() >= MIN_WEIGHT:
+        return
+    hint = ""
+    if sigma is not None:
+        edge = 0.5 - 0.5 / size  # the farthest kernel point's distance from the centre, in patch units
+        smallest = edge / np.sqrt(2 * np.log(1 / MIN_WEIGHT))
+        hint = f"; for a {size}-point patch sigma must be at least {smallest:.4g}"
+    raise PatchfoldError(
+        f"window {spec!r} gives weights below {MIN_WEIGHT:.3g} at the patch edges{hint}", param="window"
+    )
+
+
 def window_weights(geometry: Geometry, spec: str | None, edge_aware: bool = True) -> list[np.ndarray] | None:
     """Per-dim weights ``(L_d, k_d)`` of every kernel offset in every block, or None for no window.
 
@@ -75,6 +96,7 @@ def window_weights(geometry: Geometry, spec: str | None, edge_aware: bool = True
     weights = []
     for count, size in zip(geometry.blocks_per_dim, geometry.kernel_size):
         base = window_1d(name, size, sigma)
+        _check_weights(base, spec, size, sigma)
         per_block = np.tile(base, (count, 1))
         if edge_aware:
             half = (size + 1) // 2
