@@ -57,11 +57,33 @@ def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = N
 
     ``weights`` has shape ``(blocks_per_dim[dim], kernel_size[dim])`` for a windowed fold.
     """
-    dtype = np.int64 if weights is None else np.float64
-    coverage = np.zeros(geometry.padded_size[dim], dtype=dtype)
-    for offset in range(geometry.kernel_size[dim]):
-        coverage[geometry.positions(dim, offset)] += 1 if weights is None else weights[:, offset]
+    if weights is None:
+        return _block_counts(
+            geometry.padded_size[dim],
+            geometry.blocks_per_dim[dim],
+            geometry.kernel_size[dim],
+            geometry.stride[dim],
+            geometry.dilation[dim],
+        )
+    coverage = np.zeros(geometry.padded_size[dim], dtype=np.float64)
+    for offset in range(geometry.kernel_size[dim]):  # weights already hold (L, k) values: O(L·k) anyway
+        coverage[geometry.positions(dim, offset)] += weights[:, offset]
     return coverage
+
+
+def _block_counts(size: int, blocks: int, kernel: int, stride: int, dilation: int) -> np.ndarray:
+    """How many kernel points of ``blocks`` blocks land on each of ``size`` positions, in
+    O(size + blocks) whatever the kernel size: block ``i`` covers ``i·stride + j·dilation`` for
+    ``j < kernel``, a run of ``kernel`` consecutive positions of the residue class
+    ``i·stride mod dilation``; each run is a +1/−1 pair in that class's difference array."""
+    starts = np.arange(blocks, dtype=np.int64) * stride
+    residue, first = np.divmod(starts, dilation)[::-1]
+    # every block ends inside the padded size, so first + kernel <= ceil(size / dilation)
+    steps = np.zeros((dilation, -(-size // dilation) + 1), dtype=np.int64)
+    np.add.at(steps, (residue, first), 1)
+    np.add.at(steps, (residue, first + kernel), -1)
+    np.cumsum(steps, axis=1, out=steps)  # steps[r, m]: coverage of position r + m·dilation
+    return steps.T.reshape(-1)[:size].copy()
 
 
 def coverage_vectors(geometry: Geometry, weights: list[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -87,7 +109,9 @@ def coverage_histogram(geometry: Geometry) -> dict[int, int]:
     """Exact ``{blocks covering a pixel: pixel count}`` from the per-dim histograms."""
     histogram: Counter[int] = Counter({1: 1})
     for vector in coverage_vectors(geometry):
-        values, counts = np.unique(vector, return_counts=True)
+        per_value = np.bincount(vector)  # counts are small non-negative ints: no sort needed
+        values = np.flatnonzero(per_value)
+        counts = per_value[values]
         combined: Counter[int] = Counter()
         for value, count in zip(values.tolist(), counts.tolist()):
             for previous, pixels in histogram.items():
