@@ -1,4 +1,4 @@
-"""Shared helpers for the command-line tests (test_cli.py, test_cli_subprocess.py).
+"""Shared helpers for the command-line tests (test_cli*.py, test_hostile.py, test_fuzz.py, ...).
 
 Plain functions rather than pytest fixtures, so the test modules can import them without
 shadowing warnings; each test module wraps what it needs in its own fixtures.
@@ -96,18 +96,6 @@ def assert_runtime_error(result: Result, *fragments: str) -> str:
     return lines[0]
 
 
-def assert_bad_parameter(result: Result, option: str, *fragments: str) -> str:
-    """Exit 2 with click's usage error naming ``option`` (e.g. ``--stride``); returns the Error line."""
-    assert result.exit_code == 2, describe(result)
-    assert "Traceback" not in result.stderr, describe(result)
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1, describe(result)
-    assert option in lines[0], f"{option!r} not named in {lines[0]!r}"
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 def part_files(directory: Path) -> list[Path]:
     """Temporary files an interrupted write could leave (``.<name>.*.part``)."""
     return sorted(p for p in directory.rglob("*") if p.name.endswith(".part"))
@@ -147,56 +135,6 @@ def fold_ref(
     if layout == "nlc":
         tensor = tensor.transpose(1, 2)
     return F.fold(tensor, size, kernel, dilation=dilation, padding=padding, stride=stride).numpy()
-
-
-def build_bad_inputs(directory: Path) -> dict[str, Path]:
-    """Broken and mismatched inputs for the error-path tests, written into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    good = directory / "good.npy"
-    ok("unfold", sample("gray"), "-k", 8, "-s", 4, "-o", good, "--no-progress")
-    sidecar = json.loads(good.with_suffix(".json").read_text())
-    cols = np.load(good)
-    files["good"] = good
-
-    def patch_set(name: str, array: np.ndarray, side: dict[str, Any] | str | None) -> None:
-        path = directory / f"{name}.npy"
-        np.save(path, array)
-        if isinstance(side, dict):
-            path.with_suffix(".json").write_text(json.dumps(side))
-        elif isinstance(side, str):
-            path.with_suffix(".json").write_text(side)
-        files[name] = path
-
-    for field in ("kernel_size", "input_shape", "input_dtype"):
-        patch_set(f"no_{field}", cols, {k: v for k, v in sidecar.items() if k != field})
-    patch_set("short", cols[:, :, :-1], sidecar)
-    patch_set("bad_json", cols, "{not json")
-    patch_set("foreign_json", cols, {k: v for k, v in sidecar.items() if k != "format"})
-    patch_set("bad_stride", cols, {**sidecar, "stride": [0, 4]})
-    patch_set("no_sidecar", cols, None)
-    objects = directory / "objects.npy"
-    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    files["objects"] = objects
-    strings = directory / "strings.npy"
-    np.save(strings, np.array(["a", "b"]))
-    files["strings"] = strings
-    truncated = directory / "truncated.npy"
-    truncated.write_bytes(good.read_bytes()[:300])
-    files["truncated"] = truncated
-    corrupt = directory / "corrupt.png"
-    corrupt.write_bytes(sample("gray").read_bytes()[:200])
-    files["corrupt_png"] = corrupt
-    not_image = directory / "notes.png"
-    not_image.write_text("this is not a picture\n")
-    files["not_image"] = not_image
-    empty = directory / "empty.png"
-    empty.write_bytes(b"")
-    files["empty_png"] = empty
-    empty_dir = directory / "empty_dir"
-    empty_dir.mkdir()
-    files["empty_dir"] = empty_dir
-    return files
 
 
 def divisor_ref(size: tuple[int, int], kernel: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1) -> np.ndarray:

@@ -254,10 +254,10 @@ def run_in_process(args: list[str]) -> Outcome:
     return Outcome(result.exit_code, result.stdout, result.stderr, describe(result))
 
 
-#: Runs argv[2:] with writes past argv[1] bytes failing with EFBIG (a full disk, simulated): the
-#: limit and the ignored SIGXFSZ survive exec. SIGINT is reset to its default, which a pytest started
-#: in the background (SIGINT ignored) would otherwise pass on. (A wrapper rather than preexec_fn,
-#: which is unsafe in a process with threads.)
+#: Runs argv[2:]; when argv[1] >= 0, writes past argv[1] bytes fail with EFBIG (a full disk,
+#: simulated): the limit and the ignored SIGXFSZ survive exec. SIGINT is reset to its default, which
+#: a pytest started in the background (SIGINT ignored) would otherwise pass on to the command. (A
+#: wrapper rather than preexec_fn, which is unsafe in a process with threads.)
 _LIMITED_EXEC = (
     "import os, resource, signal, sys; limit = int(sys.argv[1]); "
     "signal.signal(signal.SIGINT, signal.SIG_DFL); "
