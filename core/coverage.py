@@ -7,6 +7,7 @@ per-dim weights. Everything here costs O(sum of sizes), not O(pixels·∏k).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from functools import reduce
 
@@ -93,6 +94,11 @@ def coverage_vectors(geometry: Geometry, weights: list[np.ndarray] | None = None
         padded = padded_coverage(geometry, dim, None if weights is None else weights[dim])
         vectors.append(_unpad_axis(padded, 0, geometry.spatial_size[dim], geometry.padding[dim], geometry.padding_mode))
     return vectors
+
+
+def max_coverage(geometry: Geometry) -> int:
+    """The most blocks covering any one pixel (the divisor map's maximum, from its factors)."""
+    return math.prod(int(v.max()) for v in coverage_vectors(geometry))
 
 
 def outer(vectors: list[np.ndarray]) -> np.ndarray:

@@ -84,8 +84,8 @@ def accumulator_dtype(dtype: Any, *, exact: bool = False, weighted: bool = False
     dtype = np.dtype(dtype)
     if dtype.kind in "biu" and not weighted:
         return np.dtype(np.int64) if dtype != np.uint64 else np.dtype(np.uint64)
-    if exact or weighted:
-        return np.dtype(np.float64)
+    if exact or weighted:  # float64, or the wider long double
+        return np.dtype(np.float64) if dtype.itemsize <= 8 or dtype.kind != "f" else dtype
     if dtype == np.float16:
         return np.dtype(np.float32)
     return dtype
@@ -120,8 +120,11 @@ def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> An
         return summed.astype(target, copy=False) if isinstance(summed, np.ndarray) else summed.to(target)
     covered = divisor_map > 0
     safe = divisor_map + (divisor_map == 0)
+    if integer and not weighted:  # integer sums by integer counts: exact, whatever the magnitude
+        values = _rounded_quotient(summed, safe) * covered
+        return values.astype(dtype) if isinstance(values, np.ndarray) else values.to(dtype)
     if isinstance(summed, np.ndarray):
-        work = np.float64 if integer or weighted else summed.dtype
+        work = np.float64 if integer else np.result_type(summed.dtype, np.float64 if weighted else summed.dtype)
         values = np.divide(summed, safe, dtype=work) * covered
         if integer:
             low, high = _integer_range(dtype)
@@ -134,6 +137,45 @@ def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> An
         low, high = _integer_range(dtype)
         values = values.round().clamp(low, high)
     return values.to(dtype)
+
+
+def _rounded_quotient(summed: Any, counts: Any) -> Any:
+    """``summed / counts`` rounded half to even, in integer arithmetic (numpy or torch): exact for
+    int64 and uint64 sums of any size (a float64 quotient is not above 2**53)."""
+    if isinstance(summed, np.ndarray):
+        quotient, remainder = np.divmod(summed, counts.astype(summed.dtype, copy=False))
+    else:
+        counts = counts.to(summed.dtype)
+        quotient = summed.div(counts, rounding_mode="floor")
+        remainder = summed - quotient * counts
+    twice = remainder * 2  # remainder < counts (a block count): never overflows
+    return quotient + ((twice > counts) | ((twice == counts) & (quotient % 2 == 1)))
+
+
+#: Largest magnitude a float64 holds exactly: weighted integer sums must stay below it.
+_EXACT_FLOAT = 2**53
+
+
+def check_integer_sum(cols: Any, max_coverage: int, weighted: bool) -> None:
+    """Refuse, before any work, a fold of integer patches whose sums could overflow the int64
+    (uint64) accumulator, or, when weighted, leave the float64 range of exact integers. Decided
+    from the dtype's range where that suffices, else from the data's own extremes."""
+    dtype = cols.dtype
+    if _is_float(dtype) or str(dtype) in ("bool", "torch.bool"):
+        return
+    unsigned_64 = str(dtype) in ("uint64", "torch.uint64")
+    limit = _EXACT_FLOAT if weighted else (2**64 - 1 if unsigned_64 else 2**63 - 1)
+    low, high = _integer_range(dtype)
+    if max(high, -low) * max_coverage <= limit:
+        return
+    low, high = int(cols.min()), int(cols.max())
+    largest = max(high, -low)
+    if largest * max_coverage > limit:
+        what = "exactly in float64 (2**53)" if weighted else f"in {'uint64' if unsigned_64 else 'int64'}"
+        raise PatchfoldError(
+            f"folding these {dtype} patches could overflow: values up to {largest} summed over up to "
+            f"{max_coverage} blocks exceed what fits {what}; fold a smaller range (or floats)"
+        )
 
 
 def _integer_range(dtype: Any) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from patchfold import coverage, engines
 from patchfold.blocks import Blocks, IntOrSeq, as_ints
-from patchfold.dtypes import check_real_dtype, finish_fold
+from patchfold.dtypes import check_integer_sum, check_real_dtype, finish_fold
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout
 from patchfold.windows import window_weights
@@ -186,6 +186,7 @@ def fold_with(
     batch, unbatched = _batched(cols, 1, "fold input (patch matrix)")
     check_real_dtype(getattr(batch, "dtype", None), "fold input")
     weights = window_weights(geometry, window)
+    check_integer_sum(batch, coverage.max_coverage(geometry), weights is not None)
     engine_module = engines.load(engines.select(batch, engine))
     data = engine_module.take(batch)
     summed = engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)

@@ -1,11 +1,25 @@
-"""Access to the compiled loops in ``_kernels`` (through ctypes), or None where they did not build."""
+"""Access to the compiled loops in ``_kernels`` (through ctypes), or None where they did not build.
+
+The C loops trust their arguments: a pointer, a struct of dims and nothing else. So they are only
+reachable through :class:`UnfoldLoop` and :class:`FoldLoop`, which take numpy arrays, build the
+struct themselves from the arrays' shapes and strides, and check, before any call and whoever the
+caller, everything the loop relies on: dtypes, native byte order, alignment, the contiguity the
+loop assumes, a writeable destination, that every element the loop touches lies inside each
+array, and that source and destination do not overlap. A violation raises
+:class:`~patchfold.errors.PatchfoldError` naming the array.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
-from functools import cache
-from typing import Any
+import math
+from collections.abc import Sequence
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
+
+import numpy as np
+from patchfold.errors import PatchfoldError
 
 #: (patch dtype, accumulator dtype) -> suffix of the compiled fold for that pair.
 _SOURCE_NAMES = {
@@ -25,6 +39,55 @@ _SOURCE_NAMES = {
     ("uint64", "uint64"): "u64_u64",
 }
 
+#: Spatial dims the C structs have room for (PF_MAX_DIMS in _kernels.c).
+_MAX_DIMS = 3
+_Dims = ctypes.c_int64 * _MAX_DIMS
+
+#: Bound on every size, step and padding handed to C (patchfold's documented limit on parameters), so
+#: no product the loops form overflows int64.
+_LIMIT = 1 << 40
+
+
+class FoldDims(ctypes.Structure):
+    """Mirror of ``pf_fold_dims`` in ``_kernels.c``: one call of ``fold_<src>_<acc>``."""
+
+    _fields_ = [
+        ("ndim", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("kernel", _Dims),
+        ("blocks", _Dims),
+        ("stride", _Dims),
+        ("dilation", _Dims),
+        ("size", _Dims),  # padded output size; size[0] unused
+        ("row_lo", ctypes.c_int64),
+        ("row_hi", ctypes.c_int64),
+        ("kernel_step", ctypes.c_int64),
+        ("block_step", ctypes.c_int64),
+        ("channel_stride", ctypes.c_int64),
+        ("zero", ctypes.c_int64),
+    ]
+
+
+class UnfoldDims(ctypes.Structure):
+    """Mirror of ``pf_unfold_dims`` in ``_kernels.c``: one call of ``unfold_<bits>``."""
+
+    _fields_ = [
+        ("ndim", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("size", _Dims),
+        ("kernel", _Dims),
+        ("blocks", _Dims),
+        ("stride", _Dims),
+        ("dilation", _Dims),
+        ("padding", _Dims),
+        ("row_lo", ctypes.c_int64),
+        ("row_hi", ctypes.c_int64),
+        ("q_lo", ctypes.c_int64),
+        ("q_hi", ctypes.c_int64),
+        ("nlc", ctypes.c_int64),
+        ("row_stride", ctypes.c_int64),
+    ]
+
 
 @cache
 def _library() -> ctypes.CDLL | None:
@@ -35,46 +98,432 @@ def _library() -> ctypes.CDLL | None:
     if spec is None or not spec.origin:
         return None
     try:
-        return ctypes.CDLL(spec.origin)
+        library = ctypes.CDLL(spec.origin)
     except OSError:
         return None
+    # A library built from other sources (older, or with other structs) is not used at all.
+    for name, struct in (("pf_fold_dims_size", FoldDims), ("pf_unfold_dims_size", UnfoldDims)):
+        size = getattr(library, name, None)
+        if size is None:
+            return None
+        size.restype, size.argtypes = ctypes.c_int64, []
+        if size() != ctypes.sizeof(struct):
+            return None
+    return library
 
 
 def available() -> bool:
     return _library() is not None
 
 
-#: Integer arguments (after the two pointers) of the compiled loops, by number of spatial dims.
-_FOLD_ARGUMENTS = {2: 16, 3: 21}
-
-
-_UNFOLD_ARGUMENTS = {2: 18, 3: 24}
-
-
 @cache
-def fold(dtype_name: str, accumulator_name: str, ndim: int = 2) -> Any | None:
-    """The C overlap-add of ``ndim`` (2 or 3) spatial dims for patches of one dtype into an
+def fold(dtype_name: str, accumulator_name: str, ndim: int = 2) -> FoldLoop | None:
+    """The checked C overlap-add of ``ndim`` (2 or 3) spatial dims for patches of one dtype into an
     accumulator of another, or None."""
     suffix = _SOURCE_NAMES.get((dtype_name, accumulator_name))
-    if suffix is None or ndim not in _FOLD_ARGUMENTS:
+    if suffix is None or ndim not in (2, 3):
         return None
-    return _bind(f"fold{ndim}d_{suffix}", _FOLD_ARGUMENTS[ndim])
+    function = _bind(f"fold_{suffix}", FoldDims)
+    if function is None:
+        return None
+    return FoldLoop(function, np.dtype(dtype_name), np.dtype(accumulator_name), ndim)
 
 
 @cache
-def unfold(itemsize: int, ndim: int = 2) -> Any | None:
-    """The C block copy of ``ndim`` (2 or 3) spatial dims for items of this many bytes, or None."""
-    if itemsize not in (1, 2, 4, 8) or ndim not in _UNFOLD_ARGUMENTS:
+def unfold(itemsize: int, ndim: int = 2) -> UnfoldLoop | None:
+    """The checked C block copy of ``ndim`` (2 or 3) spatial dims for items of this many bytes, or
+    None."""
+    if itemsize not in (1, 2, 4, 8) or ndim not in (2, 3):
         return None
-    return _bind(f"unfold{ndim}d_{itemsize * 8}", _UNFOLD_ARGUMENTS[ndim])
+    function = _bind(f"unfold_{itemsize * 8}", UnfoldDims)
+    return None if function is None else UnfoldLoop(function, itemsize, ndim)
 
 
-def _bind(name: str, integers: int) -> Any | None:
-    """The library's function ``name(void *, void *, int64 × integers)``, or None where not built."""
+def _bind(name: str, struct: type[ctypes.Structure]) -> Any | None:
+    """The library's function ``name(void *, void *, const struct *)``, or None where not built."""
     library = _library()
     function = getattr(library, name, None) if library is not None else None
     if function is None:
         return None
     function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * integers
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(struct)]
     return function
+
+
+class UnfoldLoop:
+    """``unfold_<bits>`` behind its checks: call it as ``loop(x, out, geometry, rows, kernel_rows,
+    layout)``."""
+
+    def __init__(self, function: Any, itemsize: int, ndim: int) -> None:
+        self._function = function
+        self.itemsize = itemsize
+        self.ndim = ndim
+
+    def __call__(
+        self,
+        x: np.ndarray,
+        out: np.ndarray,
+        geometry: Any,
+        rows: tuple[int, int],
+        kernel_rows: tuple[int, int],
+        layout: str,
+    ) -> None:
+        """Copy block rows ``rows`` (of dim 0) and kernel rows ``kernel_rows`` (``q = c·k0 + offset
+        in dim 0``) of ``x`` ``(N, C, *spatial)``, zero padded as ``geometry`` says, into ``out``:
+        the band of the patch matrix that holds those block rows, ``(N, C·∏k, ≥ band)`` (``ncl``,
+        any row stride) or ``(N, ≥ band, C·∏k)`` (``nlc``)."""
+        dims = self.check(x, out, geometry, rows, kernel_rows, layout)
+        items = x.shape[0]
+        if items == 0 or dims.row_lo == dims.row_hi or dims.q_lo == dims.q_hi:
+            return
+        pointer = ctypes.byref(dims)
+        x_data, x_step = x.ctypes.data, x.strides[0]
+        out_data, out_step = out.ctypes.data, out.strides[0]
+        for item in range(items):
+            self._function(x_data + item * x_step, out_data + item * out_step, pointer)
+
+    def check(
+        self,
+        x: np.ndarray,
+        out: np.ndarray,
+        geometry: Any,
+        rows: tuple[int, int],
+        kernel_rows: tuple[int, int],
+        layout: str,
+    ) -> UnfoldDims:
+        """The struct for this call, after checking that the loop stays inside both arrays (raises
+        :class:`PatchfoldError` otherwise)."""
+        _check_array(x, "x", self.ndim + 2)
+        _check_array(out, "out", 3)
+        if x.dtype.itemsize != self.itemsize:
+            raise PatchfoldError(f"x must have {self.itemsize}-byte items for this loop, got {x.dtype}")
+        if out.dtype != x.dtype:
+            raise PatchfoldError(f"out must have x's dtype {x.dtype}, got {out.dtype} of shape {out.shape}")
+        _check_memory(x, "x", writeable=False)
+        _check_memory(out, "out", writeable=True)
+        if not _packed(x, 1):
+            raise PatchfoldError(f"x must be C-contiguous in each item, got strides {x.strides} for shape {x.shape}")
+        if layout not in ("ncl", "nlc"):
+            raise PatchfoldError(f"layout must be 'ncl' or 'nlc', got {layout!r}")
+        plan = _cached(_unfold_plan, geometry, self.ndim, x.shape[1:])
+        lo, hi = _check_range(rows, plan.block_rows, "block rows")
+        q0, q1 = _check_range(kernel_rows, plan.kernel_rows, "kernel rows")
+        if out.shape[0] != x.shape[0]:
+            raise PatchfoldError(f"out must hold x's {x.shape[0]} items, got shape {out.shape}")
+        itemsize, (_, first, second), (_, step1, step2) = self.itemsize, out.shape, out.strides
+        touched = (q1 - q0) * plan.per_q  # matrix rows (ncl) or columns (nlc) written
+        band = (hi - lo) * plan.per_row  # blocks of the band: columns (ncl) or rows (nlc)
+        if layout == "ncl":
+            # element (r, j) of an item at r·rs + j for r in [q0·per_q, q1·per_q), j < band: rows may
+            # lie anywhere, but apart (the loop reads back rows it wrote, threads write their own)
+            rs = step1 // itemsize
+            fits = first >= q1 * plan.per_q and second >= band
+            strided = (second <= 1 or step2 == itemsize) and step1 % itemsize == 0 and (touched <= 1 or rs >= band)
+            if not (fits and strided):
+                raise PatchfoldError(
+                    f"out must be (N, ≥ {q1 * plan.per_q}, ≥ {band}) with contiguous rows at least {band} "
+                    f"elements apart for block rows [{lo}, {hi}) and kernel rows [{q0}, {q1}) (ncl), got shape "
+                    f"{out.shape} with strides {out.strides}"
+                )
+        else:
+            # element (j, r) of an item at j·width + r for j < band, r in [q0·per_q, q1·per_q)
+            rs = 0
+            fits = first >= band and second >= q1 * plan.per_q
+            strided = (second <= 1 or step2 == itemsize) and (first <= 1 or step1 == plan.width * itemsize)
+            if not (fits and strided):
+                raise PatchfoldError(
+                    f"out must be (N, ≥ {band}, ≥ {q1 * plan.per_q}) with packed rows of {plan.width} elements "
+                    f"for block rows [{lo}, {hi}) and kernel rows [{q0}, {q1}) (nlc), got shape {out.shape} "
+                    f"with strides {out.strides}"
+                )
+        _check_apart(x, "x", out)
+        dims = UnfoldDims.from_buffer_copy(plan.dims)
+        dims.row_lo, dims.row_hi, dims.q_lo, dims.q_hi = lo, hi, q0, q1
+        dims.nlc, dims.row_stride = int(layout == "nlc"), rs
+        return dims
+
+
+class FoldLoop:
+    """``fold_<src>_<acc>`` behind its checks: call it as ``loop(cols, acc, geometry, rows, layout,
+    zero)``."""
+
+    def __init__(self, function: Any, source: np.dtype, accumulator: np.dtype, ndim: int) -> None:
+        self._function = function
+        self.source = source
+        self.accumulator = accumulator
+        self.ndim = ndim
+
+    def __call__(
+        self, cols: np.ndarray, acc: np.ndarray, geometry: Any, rows: tuple[int, int], layout: str, zero: bool
+    ) -> None:
+        """Add every block of ``cols`` (the whole patch matrix, ``ncl`` or ``nlc``) to padded output
+        rows ``rows`` of dim 0 in ``acc`` ``(N, C, ≥ hi-lo, *padded_size[1:])``, zeroing them first
+        with ``zero``."""
+        dims = self.check(cols, acc, geometry, rows, layout, zero)
+        if cols.shape[0] == 0 or dims.row_lo == dims.row_hi:
+            return
+        pointer = ctypes.byref(dims)
+        cols_data, cols_step = cols.ctypes.data, cols.strides[0]
+        acc_data, acc_step = acc.ctypes.data, acc.strides[0]
+        for item in range(cols.shape[0]):
+            self._function(cols_data + item * cols_step, acc_data + item * acc_step, pointer)
+
+    def check(
+        self, cols: np.ndarray, acc: np.ndarray, geometry: Any, rows: tuple[int, int], layout: str, zero: bool
+    ) -> FoldDims:
+        """The struct for this call, after checking that the loop stays inside both arrays (raises
+        :class:`PatchfoldError` otherwise)."""
+        _check_array(cols, "cols", 3)
+        _check_array(acc, "out", self.ndim + 2)
+        if cols.dtype != self.source:
+            raise PatchfoldError(f"cols must be {self.source} for this loop, got {cols.dtype}")
+        if acc.dtype != self.accumulator:
+            raise PatchfoldError(
+                f"out must be {self.accumulator} to sum {cols.dtype} patches here, got {acc.dtype} of shape {acc.shape}"
+            )
+        _check_memory(cols, "cols", writeable=False)
+        _check_memory(acc, "out", writeable=True)
+        if not _packed(cols, 1):
+            raise PatchfoldError(
+                f"cols must be C-contiguous in each item, got strides {cols.strides} for shape {cols.shape}"
+            )
+        if layout not in ("ncl", "nlc"):
+            raise PatchfoldError(f"layout must be 'ncl' or 'nlc', got {layout!r}")
+        # the loop's row length (size[d] for d >= 1) is out's own: the plan checks every block lands
+        # inside it (in dim 0 the loop only adds rows in [lo, hi), checked against out below)
+        plan = _cached(_fold_plan, geometry, self.ndim, acc.shape[1], acc.shape[3:])
+        channels = acc.shape[1]
+        matrix = (plan.width, plan.count) if layout == "ncl" else (plan.count, plan.width)
+        if cols.shape[1:] != matrix:
+            raise PatchfoldError(
+                f"cols must be (N, {matrix[0]}, {matrix[1]}) for {channels} channels ({layout}), got {cols.shape}"
+            )
+        lo, hi = _check_range(rows, _LIMIT, "output rows")
+        itemsize = acc.itemsize
+        # channels anywhere (any sign of stride), but apart; rows of dim 0 packed inside each
+        apart = channels <= 1 or abs(acc.strides[1]) >= (hi - lo) * plan.plane * itemsize
+        if (
+            acc.shape[0] != cols.shape[0]
+            or acc.shape[2] < hi - lo
+            or not _packed(acc, 2)
+            or acc.strides[1] % itemsize
+            or not apart
+        ):
+            raise PatchfoldError(
+                f"out must be (N={cols.shape[0]}, C={channels}, ≥ {hi - lo}, *padded size) with each channel's "
+                f"rows packed and channels apart, for output rows [{lo}, {hi}), got shape {acc.shape} with "
+                f"strides {acc.strides}"
+            )
+        _check_apart(cols, "cols", acc)
+        dims = FoldDims.from_buffer_copy(plan.dims)
+        dims.row_lo, dims.row_hi, dims.zero = lo, hi, int(bool(zero))
+        dims.kernel_step, dims.block_step = (plan.count, 1) if layout == "ncl" else (1, plan.width)
+        dims.channel_stride = acc.strides[1] // itemsize
+        return dims
+
+
+class _UnfoldPlan(NamedTuple):
+    dims: UnfoldDims  # the fields that do not change between calls
+    block_rows: int  # L0
+    kernel_rows: int  # C·k0
+    per_q: int  # ∏k[1:]: matrix rows (ncl) or columns (nlc) of one kernel row
+    per_row: int  # ∏L[1:]: blocks per block row
+    width: int  # C·∏k
+
+
+class _FoldPlan(NamedTuple):
+    dims: FoldDims
+    width: int  # C·∏k
+    count: int  # ∏L
+    plane: int  # elements of one padded row of dim 0 (∏ padded size[1:])
+
+
+def _cached(plan: Any, geometry: Any, *args: Any) -> Any:
+    """``plan(geometry, *args)``, from a cache where the geometry is hashable (patchfold's is)."""
+    try:
+        return plan(geometry, *args)
+    except TypeError:
+        return plan.__wrapped__(geometry, *args)
+
+
+@lru_cache(maxsize=256)
+def _unfold_plan(geometry: Any, ndim: int, item_shape: tuple[int, ...]) -> _UnfoldPlan:
+    channels, size = item_shape[0], tuple(item_shape[1:])
+    kernel, stride, dilation, padding, blocks = _geometry_fields(geometry, ndim)
+    if getattr(geometry, "padding_mode", "zeros") != "zeros":
+        raise PatchfoldError(f"the compiled unfold pads with zeros only, not {geometry.padding_mode!r}")
+    spatial_size = tuple(getattr(geometry, "spatial_size", ()))
+    if spatial_size != size:
+        raise PatchfoldError(f"x must have the geometry's spatial size {spatial_size}, got {size}")
+    for dim in range(ndim):
+        _check_reach(dim, kernel, stride, dilation, blocks, size[dim] + 2 * padding[dim])
+    _check_limits(size, kernel, stride, dilation, padding, blocks)
+    dims = UnfoldDims(ndim, channels, *map(_padded, (size, kernel, blocks, stride, dilation, padding)))
+    per_q, width = math.prod(kernel[1:]), channels * math.prod(kernel)
+    return _UnfoldPlan(dims, blocks[0], channels * kernel[0], per_q, math.prod(blocks[1:]), width)
+
+
+@lru_cache(maxsize=256)
+def _fold_plan(geometry: Any, ndim: int, channels: int, row_shape: tuple[int, ...]) -> _FoldPlan:
+    kernel, stride, dilation, _, blocks = _geometry_fields(geometry, ndim)
+    size = (0, *row_shape)
+    # dim 0 only needs the loop's row arithmetic to stay small (it adds rows in [lo, hi) alone)
+    _check_reach(0, kernel, stride, dilation, blocks, 2 * _LIMIT, what="any output")
+    for dim in range(1, ndim):
+        _check_reach(dim, kernel, stride, dilation, blocks, size[dim], what="out")
+    _check_limits(size, kernel, stride, dilation, blocks)
+    dims = FoldDims(ndim, channels, *map(_padded, (kernel, blocks, stride, dilation, size)))
+    return _FoldPlan(dims, channels * math.prod(kernel), math.prod(blocks), math.prod(row_shape))
+
+
+def check_unfold_out(x: np.ndarray, geometry: Any, out: Any, layout: str, rows: tuple[int, int]) -> None:
+    """Check a caller's ``out`` for block rows ``rows`` of ``x`` (either CPU path): the band's exact
+    shape (see :func:`check_out`), and ``x`` and ``rows`` as the geometry says."""
+    if tuple(x.shape[2:]) != tuple(geometry.spatial_size):
+        raise PatchfoldError(f"x must have the geometry's spatial size {geometry.spatial_size}, got shape {x.shape}")
+    first, last = rows
+    if not 0 <= first <= last <= geometry.blocks_per_dim[0]:
+        raise PatchfoldError(f"rows must satisfy 0 <= first <= last <= {geometry.blocks_per_dim[0]}, got {rows}")
+    n, channels = x.shape[:2]
+    length, count = channels * geometry.kernel_volume, (last - first) * geometry.blocks_per_row
+    shape = (n, length, count) if layout == "ncl" else (n, count, length)
+    check_out(out, shape, x, source_name="x", cast_from=x.dtype, casting="unsafe")
+
+
+def check_fold_out(
+    cols: np.ndarray, geometry: Any, out: Any, layout: str, weighted: bool, rows: tuple[int, int]
+) -> None:
+    """Check a caller's ``out`` for padded output rows ``rows`` of a fold of ``cols`` (either CPU
+    path): ``(N, C, hi-lo, *padded_size[1:])`` in a dtype the patches (float64 once weighted) add
+    into (see :func:`check_out`)."""
+    length = cols.shape[1] if layout == "ncl" else cols.shape[2]
+    shape = (cols.shape[0], length // geometry.kernel_volume, rows[1] - rows[0], *geometry.padded_size[1:])
+    summed = np.dtype(np.float64) if weighted else cols.dtype  # what the numpy loop adds
+    check_out(out, shape, cols, source_name="cols", cast_from=summed, casting="same_kind")
+
+
+def check_out(
+    out: Any, shape: Sequence[int], source: np.ndarray, *, source_name: str, cast_from: np.dtype, casting: str
+) -> None:
+    """Check a caller's ``out`` for an engine loop, compiled or not: a writeable numpy array of
+    ``shape``, of ``source``'s dtype or a real one ``cast_from`` casts to under ``casting``,
+    apart from ``source``. Raises :class:`PatchfoldError` naming ``out``."""
+    if not isinstance(out, np.ndarray):
+        raise PatchfoldError(f"out must be a numpy array of shape {tuple(shape)}, got {type(out).__name__}")
+    if out.dtype != cast_from and (out.dtype.kind not in "biuf" or not np.can_cast(cast_from, out.dtype, casting)):
+        raise PatchfoldError(
+            f"out must have a real dtype {cast_from} casts to ({casting}), got {out.dtype} of shape {out.shape}"
+        )
+    if tuple(out.shape) != tuple(shape):
+        raise PatchfoldError(f"out must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise PatchfoldError(f"out must be writeable, got a read-only array of shape {out.shape}")
+    _check_apart(source, source_name, out)
+
+
+def _check_array(array: Any, name: str, ndim: int) -> None:
+    if not isinstance(array, np.ndarray):
+        raise PatchfoldError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if array.ndim != ndim:
+        raise PatchfoldError(f"{name} must have {ndim} dims, got shape {array.shape}")
+
+
+def _check_memory(array: np.ndarray, name: str, writeable: bool) -> None:
+    """Plain native words at aligned addresses (and writeable, for a destination)."""
+    if array.dtype.hasobject or array.dtype.fields is not None or not array.dtype.isnative:
+        raise PatchfoldError(
+            f"{name} must hold plain values in native byte order, got dtype {array.dtype!r} of shape {array.shape}"
+        )
+    if not array.flags.aligned:
+        raise PatchfoldError(f"{name} must be aligned to its {array.itemsize}-byte items, got shape {array.shape}")
+    if writeable and not array.flags.writeable:
+        raise PatchfoldError(f"{name} must be writeable, got a read-only array of shape {array.shape}")
+
+
+def _packed(array: np.ndarray, first: int) -> bool:
+    """Whether dims ``first..`` are C-contiguous (dims of one element excepted, as numpy's flags)."""
+    expected = array.itemsize
+    for dim in range(array.ndim - 1, first - 1, -1):
+        if array.shape[dim] != 1 and array.strides[dim] != expected:
+            return False
+        expected *= array.shape[dim]
+    return True
+
+
+def _geometry_fields(geometry: Any, ndim: int) -> tuple[tuple[int, ...], ...]:
+    """Kernel, stride, dilation, padding and blocks per dim, checked as the loops assume."""
+    try:
+        fields = tuple(
+            tuple(int(v) for v in values)
+            for values in (
+                geometry.kernel_size,
+                geometry.stride,
+                geometry.dilation,
+                geometry.padding,
+                geometry.blocks_per_dim,
+            )
+        )
+    except (AttributeError, TypeError, ValueError) as error:
+        raise PatchfoldError(f"geometry must give per-dim kernel, stride, dilation, padding: {error}") from None
+    kernel, stride, dilation, padding, blocks = fields
+    if any(len(values) != ndim for values in fields):
+        raise PatchfoldError(f"geometry must have {ndim} spatial dims for this loop, got kernel {kernel}")
+    if min(kernel + stride + dilation) < 1 or min(padding + blocks) < 0:
+        raise PatchfoldError(
+            f"geometry needs kernel, stride, dilation >= 1 and padding, blocks >= 0, got kernel {kernel} "
+            f"stride {stride} dilation {dilation} padding {padding} blocks {blocks}"
+        )
+    return fields
+
+
+def _check_reach(
+    dim: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    blocks: Sequence[int],
+    extent: int,
+    what: str = "x",
+) -> None:
+    """The last block's last element in ``dim`` lies inside ``extent`` (the padded size)."""
+    if blocks[dim] and (kernel[dim] - 1) * dilation[dim] + (blocks[dim] - 1) * stride[dim] >= extent:
+        raise PatchfoldError(
+            f"{blocks[dim]} blocks of kernel {kernel[dim]} (stride {stride[dim]}, dilation {dilation[dim]}) "
+            f"reach past the padded size {extent} of {what} in dim {dim}"
+        )
+
+
+def _check_limits(*fields: Sequence[int]) -> None:
+    if any(value > _LIMIT for values in fields for value in values):
+        raise PatchfoldError(f"sizes and steps must be at most 2**40 for the compiled loops, got {fields}")
+
+
+def _check_range(bounds: tuple[int, int], stop: int, what: str) -> tuple[int, int]:
+    lo, hi = bounds
+    if not (isinstance(lo, int | np.integer) and isinstance(hi, int | np.integer) and 0 <= lo <= hi <= stop):
+        raise PatchfoldError(f"{what} must be integers 0 <= lo <= hi <= {stop}, got {bounds}")
+    return int(lo), int(hi)
+
+
+def _check_apart(source: np.ndarray, name: str, out: np.ndarray) -> None:
+    # np.may_share_memory compares the arrays' memory bounds: never a false "apart"
+    if np.may_share_memory(source, out):
+        raise PatchfoldError(f"out must not overlap {name} (shape {source.shape}), got shape {out.shape}")
+
+
+def _padded(values: Sequence[int]) -> Any:
+    return _Dims(*values, *[0] * (_MAX_DIMS - len(values)))
+
+
+__all__ = [
+    "FoldDims",
+    "FoldLoop",
+    "UnfoldDims",
+    "UnfoldLoop",
+    "available",
+    "check_fold_out",
+    "check_out",
+    "check_unfold_out",
+    "fold",
+    "unfold",
+]

@@ -90,7 +90,7 @@ def unfold_into(
     check_layout(layout)
     source, source_geometry = prepare_input(x, geometry, out.dtype)
     first, last = rows or (0, geometry.blocks_per_dim[0])
-    compiled = _compiled_unfold(source, source_geometry, out, layout)
+    compiled = _compiled_unfold(source, source_geometry, out, layout, (first, last))
     if compiled is None and source is x and any(geometry.padding):  # the numpy copy needs real padding
         source = pad_input(x, geometry)
 
@@ -137,44 +137,39 @@ def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = No
 
 
 def _compiled_unfold_fits(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> bool:
+    """Whether the C block copy can read ``x`` as it is (into an output of ``dtype``, default x's)."""
     return (
         (dtype is None or np.dtype(dtype) == x.dtype)
         and x.ndim == geometry.ndim + 2
         and x.flags.c_contiguous
         and x.flags.aligned
-        and x.dtype.byteorder != ">"
+        and x.dtype.isnative
+        and not x.dtype.hasobject
+        and x.dtype.fields is None
         and geometry.padding_mode == "zeros"
         and compiled.unfold(x.dtype.itemsize, geometry.ndim) is not None
     )
 
 
 def _compiled_unfold(
-    x: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str
+    x: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, rows: tuple[int, int]
 ) -> Callable[[np.ndarray, int, int, int, int], None] | None:
-    """The C block copy for 2-D and 3-D unfolds without casting, or None to use numpy's. The
+    """Check ``out`` for block rows ``rows`` of ``x`` (for either path: raises PatchfoldError), then
+    give the C block copy for 2-D and 3-D unfolds without casting, or None to use numpy's. The
     returned ``run(part, lo, hi, q0, q1)`` writes block rows ``[lo, hi)`` (of dim 0) and kernel rows
     ``[q0, q1)`` (``q = c·k0 + offset in dim 0``) into ``part``, the band of the matrix that holds
-    those block rows."""
+    those block rows; the loop checks ``part`` again before every call."""
+    compiled.check_unfold_out(x, geometry, out, layout, rows)
     if not _compiled_unfold_fits(x, geometry, out.dtype) or out.strides[-1] != out.itemsize or not out.flags.aligned:
         return None
     if layout == "nlc" and out.strides[1] != out.shape[2] * out.itemsize:
         return None
-    function = compiled.unfold(x.dtype.itemsize, geometry.ndim)
-    # C, *spatial size, *kernel, *blocks after dim 0, *stride, *dilation, *padding
-    shape = (
-        *x.shape[1:],
-        *geometry.kernel_size,
-        *geometry.blocks_per_dim[1:],
-        *geometry.stride,
-        *geometry.dilation,
-        *geometry.padding,
-    )
-    row_stride = out.strides[1] // out.itemsize if layout == "ncl" else 0
-    nlc = int(layout == "nlc")
+    loop = compiled.unfold(x.dtype.itemsize, geometry.ndim)
+    if loop is None:
+        return None
 
     def run(part: np.ndarray, lo: int, hi: int, q0: int, q1: int) -> None:
-        for item in range(x.shape[0]):
-            function(x[item].ctypes.data, part[item].ctypes.data, *shape, lo, hi, q0, q1, nlc, row_stride)
+        loop(x, part, geometry, (lo, hi), (q0, q1), layout)
 
     return run
 
@@ -208,7 +203,7 @@ def fold_padded(
         dtype = accumulator_dtype(cols.dtype, exact=exact, weighted=weights is not None)
         out = np.empty((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
 
-    compiled = _compiled_fold(cols, geometry, layout, weights, out)
+    compiled = _compiled_fold(cols, geometry, layout, weights, out, (lo, hi))
     if compiled is not None:
 
         def task(a: int, b: int) -> None:
@@ -225,31 +220,26 @@ def fold_padded(
 
 
 def _compiled_fold(
-    cols: np.ndarray, geometry: Geometry, layout: str, weights: list[np.ndarray] | None, out: np.ndarray
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str,
+    weights: list[np.ndarray] | None,
+    out: np.ndarray,
+    rows: tuple[int, int],
 ) -> Callable[[np.ndarray, int, int, bool], None] | None:
-    """The C loop for 2-D and 3-D unweighted folds of contiguous patch matrices, or None to use
-    numpy's. ``out`` must hold whole, contiguous rows of dim 0 (any channel stride)."""
-    if weights is not None or not cols.flags.c_contiguous or not cols.flags.aligned or cols.dtype.byteorder == ">":
+    """Check ``out`` for padded output rows ``rows`` (for either path: raises PatchfoldError), then
+    give the C loop for 2-D and 3-D unweighted folds of contiguous patch matrices, or None to use
+    numpy's. ``out`` must hold whole, contiguous rows of dim 0 (any channel stride) for the C loop,
+    which checks each band again before every call."""
+    compiled.check_fold_out(cols, geometry, out, layout, weights is not None, rows)
+    if weights is not None or not cols.flags.c_contiguous or not cols.flags.aligned or not cols.dtype.isnative:
         return None
-    function = compiled.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
-    if function is None or not _rows_contiguous(out):
+    loop = compiled.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
+    if loop is None or not out.flags.aligned or not out.dtype.isnative or not _rows_contiguous(out):
         return None
-    channels = out.shape[1]
-    a, b = (geometry.num_blocks, 1) if layout == "ncl" else (1, channels * geometry.kernel_volume)
-    # C, *kernel, *blocks, *stride, *dilation, *padded size after dim 0
-    shape = (
-        channels,
-        *geometry.kernel_size,
-        *geometry.blocks_per_dim,
-        *geometry.stride,
-        *geometry.dilation,
-        *geometry.padded_size[1:],
-    )
-    channel_stride = out.strides[1] // out.itemsize
 
     def run(band: np.ndarray, lo: int, hi: int, zero: bool) -> None:
-        for item in range(cols.shape[0]):
-            function(cols[item].ctypes.data, band[item].ctypes.data, *shape, lo, hi, a, b, channel_stride, int(zero))
+        loop(cols, band, geometry, (lo, hi), layout, zero)
 
     return run
 

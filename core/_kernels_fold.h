@@ -1,0 +1,150 @@
+/* The overlap-add loops of _kernels.c, written once against the type macros
+ *   PF_SOURCE       the patch matrix's element type
+ *   PF_ACC          the accumulator's element type
+ *   PF_SUFFIX       the name suffix of this pair (fold_<suffix> is the exported entry point)
+ * and included by _kernels.c once per pair (the numpy style of templating); the macros are
+ * undefined again at the end of this file.
+ *
+ * fold_<suffix>(src, acc, dims): overlap-add of one item's patch matrix src into the accumulator
+ * acc, which holds padded output rows [dims->row_lo, dims->row_hi) of dim 0: (C, hi-lo, *size[1:])
+ * with rows of dim 0 packed and channels dims->channel_stride elements apart. 2-D:
+ *   acc[c*cs + (r - lo)*W + kj*d1 + j*s1] += src[((c*K0 + ki)*K1 + kj)*a + (i*L1 + j)*b]
+ *   for every channel c, kernel offset (ki, kj) and block (i, j) with r = ki*d0 + i*s0 in [lo, hi).
+ * (a, b) = (L, 1) reads the ncl layout (N, C*K, L); (1, C*K) reads nlc (N, L, C*K).
+ * Output rows are visited in bands so the accumulator stays in cache; with zero != 0 each band is
+ * zeroed first (so threads touch fresh memory in parallel, while it is hot). In 3-D the same loop
+ * runs over the planes of a volume.
+ *
+ * The caller (patchfold.engines.compiled) checks every extent below against the arrays before the
+ * call; the asserts restate the preconditions for debug builds.
+ */
+
+#define PF_F(name) PF_JOIN(name, PF_SUFFIX)
+
+/* The 2-D loop over output rows [g.lo, g.hi) (see pf_fold2d in _kernels.c). */
+static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
+  /* locals, not struct fields: the compiler then knows no store into acc changes them */
+  const int64_t C = g.C, K0 = g.K0, K1 = g.K1, L0 = g.L0, L1 = g.L1, s0 = g.s0, s1 = g.s1;
+  const int64_t d0 = g.d0, d1 = g.d1, W = g.W, lo = g.lo, hi = g.hi, a = g.a, b = g.b, cs = g.cs;
+  assert(C >= 0 && K0 >= 1 && K1 >= 1 && L0 >= 0 && L1 >= 0);
+  assert(s0 >= 1 && s1 >= 1 && d0 >= 1 && d1 >= 1 && a >= 1 && b >= 1);
+  assert(0 <= lo && lo <= hi);
+  assert(L1 == 0 || (K1 - 1) * d1 + (L1 - 1) * s1 < W); /* every column lands inside the row */
+  const int64_t gcd_ = gcd(d1, s1), t = s1 / gcd_, m = d1 / gcd_; /* t*d1 = m*s1, without overflow */
+  for (int64_t top = lo; top < hi; top += BAND) {
+    const int64_t bottom = top + BAND < hi ? top + BAND : hi;
+    if (g.zero)
+      for (int64_t c = 0; c < C; c++)
+        memset(acc + c * cs + (top - lo) * W, 0, (size_t)((bottom - top) * W) * sizeof(PF_ACC));
+    for (int64_t c = 0; c < C; c++) {
+      for (int64_t ki = 0; ki < K0; ki++) {
+        const int64_t base = ki * d0;
+        int64_t i0 = ceil_div(top - base, s0), i1 = ceil_div(bottom - base, s0);
+        if (i0 < 0) i0 = 0;
+        if (i1 > L0) i1 = L0;
+        for (int64_t i = i0; i < i1; i++) {
+          PF_ACC *row = acc + c * cs + (base + i * s0 - lo) * W;
+          if (a == 1) { /* nlc: one patch row's kernel offsets are contiguous */
+            const PF_SOURCE *in = src + (c * K0 + ki) * K1 + i * L1 * b;
+            for (int64_t j = 0; j < L1; j++) {
+              PF_ACC *out = row + j * s1;
+              const PF_SOURCE *patch = in + j * b;
+              for (int64_t kj = 0; kj < K1; kj++) out[kj * d1] += (PF_ACC)patch[kj];
+            }
+            continue;
+          }
+          if (b == 1 && K1 > t) {
+            /* kernel columns r, r + t, r + 2t, ... land on the same output columns, shifted by
+               m blocks each: sum them first, touching each output column once per residue r */
+            for (int64_t r = 0; r < t; r++) {
+              const int64_t n = (K1 - r + t - 1) / t, shift = (n - 1) * m;
+              const PF_SOURCE *in = src + ((c * K0 + ki) * K1 + r) * a + i * L1;
+              const int64_t step = t * a; /* from kernel column r + q*t to r + (q+1)*t */
+              PF_ACC *out = row + r * d1;
+              for (int64_t J = 0; J < L1 + shift; J++) {
+                if (J == shift && n == 2) { /* the interior, where every column has a block */
+                  for (; J < L1; J++) out[J * s1] += (PF_ACC)in[J] + (PF_ACC)in[step + J - m];
+                  if (J >= L1 + shift) break;
+                } else if (J == shift && shift < L1) {
+                  for (; J < L1; J++) {
+                    PF_ACC sum = 0;
+                    for (int64_t q = 0; q < n; q++) sum += (PF_ACC)in[q * step + J - q * m];
+                    out[J * s1] += sum;
+                  }
+                  if (J >= L1 + shift) break;
+                }
+                /* head or tail: only columns q with 0 <= J - q*m < L1 */
+                const int64_t qlo = J < L1 ? 0 : (J - L1) / m + 1;
+                const int64_t qhi = J / m < n - 1 ? J / m : n - 1;
+                PF_ACC sum = 0;
+                for (int64_t q = qlo; q <= qhi; q++) sum += (PF_ACC)in[q * step + J - q * m];
+                out[J * s1] += sum;
+              }
+            }
+            continue;
+          }
+          for (int64_t kj = 0; kj < K1; kj++) {
+            const PF_SOURCE *in = src + ((c * K0 + ki) * K1 + kj) * a + i * L1 * b;
+            PF_ACC *out = row + kj * d1;
+            if (s1 == 1 && b == 1) {
+              for (int64_t j = 0; j < L1; j++) out[j] += (PF_ACC)in[j];
+            } else {
+              for (int64_t j = 0; j < L1; j++) out[j * s1] += (PF_ACC)in[j * b];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/* 3-D: depth rows [lo, hi) of acc (C, hi-lo, H, W). Every (channel c, depth offset A, depth block
+ * p) with A*d0 + p*s0 = z is a 2-D fold of one plane of patches (one channel, kernel K1 x K2,
+ * blocks L1 x L2) into depth row z. */
+static void PF_F(fold3d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
+  const int64_t C = dims->channels, K0 = dims->kernel[0], K1 = dims->kernel[1], K2 = dims->kernel[2];
+  const int64_t L0 = dims->blocks[0], L1 = dims->blocks[1], L2 = dims->blocks[2];
+  const int64_t s0 = dims->stride[0], d0 = dims->dilation[0], H = dims->size[1], W = dims->size[2];
+  const int64_t lo = dims->row_lo, hi = dims->row_hi, a = dims->kernel_step, b = dims->block_step;
+  const int64_t cs = dims->channel_stride, zero = dims->zero;
+  assert(C >= 0 && K0 >= 1 && L0 >= 0 && s0 >= 1 && d0 >= 1 && H >= 0 && W >= 0);
+  assert(0 <= lo && lo <= hi);
+  /* one plane of patches: rows [0, H) of one depth row of one channel */
+  const pf_fold2d plane = {.C = 1, .K0 = K1, .K1 = K2, .L0 = L1, .L1 = L2,
+                           .s0 = dims->stride[1], .s1 = dims->stride[2],
+                           .d0 = dims->dilation[1], .d1 = dims->dilation[2],
+                           .W = W, .lo = 0, .hi = H, .a = a, .b = b, .cs = 0, .zero = 0};
+  for (int64_t z = lo; z < hi; z++) {
+    PF_ACC *depth_row = acc + (z - lo) * H * W;
+    if (zero)
+      for (int64_t c = 0; c < C; c++) memset(depth_row + c * cs, 0, (size_t)(H * W) * sizeof(PF_ACC));
+    for (int64_t A = 0; A < K0; A++) {
+      const int64_t rest = z - A * d0;
+      if (rest < 0 || rest % s0 || rest / s0 >= L0) continue;
+      const int64_t p = rest / s0;
+      for (int64_t c = 0; c < C; c++)
+        PF_F(fold2d)(src + (c * K0 + A) * K1 * K2 * a + p * L1 * L2 * b, depth_row + c * cs, plane);
+    }
+  }
+}
+
+void PF_F(fold)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
+  assert(dims->ndim == 2 || dims->ndim == 3);
+  if (dims->ndim == 3) {
+    PF_F(fold3d)(src, acc, dims);
+    return;
+  }
+  const pf_fold2d g = {.C = dims->channels, .K0 = dims->kernel[0], .K1 = dims->kernel[1],
+                       .L0 = dims->blocks[0], .L1 = dims->blocks[1],
+                       .s0 = dims->stride[0], .s1 = dims->stride[1],
+                       .d0 = dims->dilation[0], .d1 = dims->dilation[1],
+                       .W = dims->size[1], .lo = dims->row_lo, .hi = dims->row_hi,
+                       .a = dims->kernel_step, .b = dims->block_step,
+                       .cs = dims->channel_stride, .zero = dims->zero};
+  PF_F(fold2d)(src, acc, g);
+}
+
+#undef PF_F
+#undef PF_SOURCE
+#undef PF_ACC
+#undef PF_SUFFIX
