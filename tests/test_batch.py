@@ -100,7 +100,9 @@ def test_failed_image_is_reported_and_others_finish(tmp_path: Path) -> None:
     assert len(the_plan.failed) == 1 and "not an image" in the_plan.failed[0].error
     assert all(r.ok for r in results) and len(results) == 4
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
-    assert manifest["complete"] and "error" in manifest["images"][2]
+    # an image that failed, even at the header stage, keeps the dataset incomplete
+    assert not manifest["complete"] and "error" in manifest["images"][2]
+    assert len(patchfold.load_dataset(tmp_path / "ds", allow_incomplete=True)) == the_plan.total_rows
 
 
 def test_dataset_from_different_parameters_is_refused(tmp_path: Path) -> None:

@@ -14,13 +14,15 @@ killed job resumes by skipping the images whose rows are already complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from patchfold.io.formats import (
     DATASET_VERSION,
     TILE_DATASET_FORMAT,
     dataset_identity,
-    read_json,
+    read_dataset_manifest,
     write_json,
 )
 from patchfold.io.read import convert_channels
@@ -191,33 +193,146 @@ def _header_size(shape: tuple[int, ...], dtype: np.dtype) -> int:
     return write_npy_header(BytesIO(), shape, dtype)
 
 
-def prepare_directory(plan: DatasetPlan) -> list[ImageTask]:
-    """Create (or check, for a resumed run) the dataset files; return the tasks still to do."""
+@dataclass
+class Preparation:
+    """What a run has to do in a dataset directory: the tasks left, whether the dataset was already
+    complete and sound (then nothing is written), and the shards rebuilt because they were damaged."""
+
+    tasks: list[ImageTask]
+    unchanged: bool = False
+    rebuilt: list[str] = field(default_factory=list)
+
+
+def prepare_directory(plan: DatasetPlan) -> Preparation:
+    """Create the dataset files, or check those of an earlier run with the same parameters: every
+    shard's header and size, the index, and each finished image's source against the fingerprint
+    recorded for it. Damaged shards are rebuilt (their images redone); changed sources are redone."""
     directory = plan.directory
-    manifest_path = directory / "manifest.json"
-    if manifest_path.exists():
-        existing = read_json(manifest_path, "dataset manifest")
-        if dataset_identity(existing) != dataset_identity(plan.manifest):
-            raise PatchfoldError(
-                f"'{directory}' holds a different dataset (other parameters or images); write to a new directory"
-            )
-        if existing.get("complete"):
-            return []
-        done = directory / DONE_DIR
-        return [task for task in plan.tasks if not (done / f"{task.image_id:08d}").exists()]
+    if os.path.lexists(directory / "manifest.json"):
+        return _resume(plan, read_dataset_manifest(directory))
     if directory.exists() and any(directory.iterdir()):
         raise PatchfoldError(f"output directory '{directory}' exists, is not empty and holds no patchfold dataset")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / DONE_DIR).mkdir(exist_ok=True)
-    dtype, patch_length = np.dtype(plan.manifest["dtype"]), plan.manifest["patch_length"]
-    shards = plan.manifest["shards"]
-    check_free_space(directory / "x", sum(s["rows"] for s in shards) * patch_length * dtype.itemsize)
-    for shard in shards:
-        with open(directory / shard["file"], "wb") as handle:
-            allocate_npy(handle, (shard["rows"], patch_length), dtype)
-    save_npy(directory / "index.npy", plan.index)
-    write_json(directory / "manifest.json", plan.manifest)
-    return list(plan.tasks)
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / DONE_DIR).mkdir(exist_ok=True)
+        check_free_space(directory / "x", sum(s["rows"] for s in plan.manifest["shards"]) * _row_bytes(plan))
+        for shard in plan.manifest["shards"]:
+            _allocate_shard(plan, shard)
+        save_npy(directory / "index.npy", plan.index)
+        write_json(directory / "manifest.json", plan.manifest)  # last: a dataset exists once this does
+    except BaseException:
+        _remove_partial(directory, created)
+        raise
+    return Preparation(list(plan.tasks))
+
+
+def _resume(plan: DatasetPlan, existing: dict[str, Any]) -> Preparation:
+    directory = plan.directory
+    if dataset_identity(existing) != dataset_identity(plan.manifest):
+        raise PatchfoldError(
+            f"'{directory}' holds a different dataset (other parameters or images); write to a new directory"
+        )
+    recorded = {image["id"]: image.get("fingerprint") for image in existing["images"]} if existing["complete"] else {}
+    done = directory / DONE_DIR
+    if done.is_dir():
+        recorded.update({task.image_id: _marker(task) for task in plan.tasks if os.path.exists(task.marker)})
+    damaged = [shard for shard in plan.manifest["shards"] if not _shard_is_sound(plan, shard)]
+    damaged_files = {shard["file"] for shard in damaged}
+    todo = [
+        task
+        for task in plan.tasks
+        if Path(task.shard_path).name in damaged_files
+        or recorded.get(task.image_id) is None
+        or recorded[task.image_id] != fingerprint(task.source)
+    ]
+    index_sound = _index_is_sound(plan)
+    if existing["complete"] and not todo and not damaged and index_sound and not plan.failed:
+        return Preparation([], unchanged=True)
+    done.mkdir(exist_ok=True)
+    redo = {task.image_id for task in todo}
+    for task in plan.tasks:  # markers for what is kept, so the outcome is decided from them alone
+        marker = Path(task.marker)
+        if task.image_id in redo:
+            marker.unlink(missing_ok=True)
+        elif not marker.exists():
+            marker.write_text(recorded[task.image_id], encoding="ascii")
+    for shard in damaged:
+        _allocate_shard(plan, shard)
+    if not index_sound:
+        save_npy(directory / "index.npy", plan.index)
+    if existing["complete"]:  # incomplete again until the redone images are written
+        write_json(directory / "manifest.json", {**existing, "complete": False})
+    return Preparation(todo, rebuilt=[shard["file"] for shard in damaged])
+
+
+def _row_bytes(plan: DatasetPlan) -> int:
+    return plan.manifest["patch_length"] * np.dtype(plan.manifest["dtype"]).itemsize
+
+
+def _allocate_shard(plan: DatasetPlan, shard: dict[str, Any]) -> None:
+    dtype = np.dtype(plan.manifest["dtype"])
+    with open(plan.directory / shard["file"], "wb") as handle:
+        allocate_npy(handle, (shard["rows"], plan.manifest["patch_length"]), dtype)
+
+
+def _shard_is_sound(plan: DatasetPlan, shard: dict[str, Any]) -> bool:
+    """Whether a shard file is a regular ``.npy`` with the header and the size the plan gives it."""
+    path = plan.directory / shard["file"]
+    shape = (shard["rows"], plan.manifest["patch_length"])
+    header = _header_size(shape, np.dtype(plan.manifest["dtype"]))
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode) or path.stat().st_size != header + shape[0] * _row_bytes(plan):
+            return False
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            version = tuple(version)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            found_shape, fortran, found_dtype = read_header(handle)
+            return (found_shape, fortran, found_dtype, handle.tell()) == (
+                shape, False, np.dtype(plan.manifest["dtype"]), header,
+            )  # fmt: skip
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+def _index_is_sound(plan: DatasetPlan) -> bool:
+    try:
+        index = np.load(plan.directory / "index.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    return isinstance(index, np.ndarray) and index.dtype == plan.index.dtype and np.array_equal(index, plan.index)
+
+
+def _remove_partial(directory: Path, created: bool) -> None:
+    """Undo a dataset directory that could not be set up, so a retry starts from nothing."""
+    if created:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    shutil.rmtree(directory / DONE_DIR, ignore_errors=True)
+    for path in [directory / "index.npy", directory / "manifest.json", *directory.glob("shard-*.npy")]:
+        path.unlink(missing_ok=True)
+
+
+def fingerprint(source: str | Path) -> str:
+    """A digest of a source file's bytes: a changed image is redone on resume."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(source, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _marker(task: ImageTask) -> str | None:
+    try:
+        return Path(task.marker).read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def process_image(task: ImageTask) -> ImageResult:
@@ -240,25 +355,29 @@ def process_image(task: ImageTask) -> ImageResult:
             write_at(descriptor, patches, offset)
         finally:
             os.close(descriptor)
-        Path(task.marker).touch()
+        # the digest of the bytes as read now: a later run redoes the image if its source changes
+        Path(task.marker).write_text(fingerprint(task.source), encoding="ascii")
         return ImageResult(task.image_id, task.source, task.rows)
     except IMAGE_ERRORS as error:
         return failure(task.image_id, task.source, error)
 
 
 def finish(plan: DatasetPlan, failures: Sequence[ImageResult]) -> dict[str, Any]:
-    """Record the outcome in the manifest; a run with no failure marks the dataset complete."""
+    """Record the outcome in the manifest: complete only when every planned image is written and
+    none failed (at the header stage included), with each image's source fingerprint."""
     manifest = json.loads(json.dumps(plan.manifest))
     errors = {f.image_id: f.error for f in [*plan.failed, *failures]}
+    marks = {task.image_id: _marker(task) for task in plan.tasks}
     for image in manifest["images"]:
         if image["id"] in errors:
             image["error"] = errors[image["id"]]
-    done = plan.directory / DONE_DIR
-    pending = [t for t in plan.tasks if not (done / f"{t.image_id:08d}").exists()]
-    manifest["complete"] = not pending
+    manifest["complete"] = not errors and all(marks.values())
+    if manifest["complete"]:
+        for image in manifest["images"]:
+            image["fingerprint"] = marks[image["id"]]
     write_json(plan.directory / "manifest.json", manifest)
     if manifest["complete"]:
-        shutil.rmtree(done, ignore_errors=True)
+        shutil.rmtree(plan.directory / DONE_DIR, ignore_errors=True)
     return manifest
 
 
@@ -267,7 +386,8 @@ def run_dataset(
 ) -> Iterator[ImageResult]:
     """Prepare the directory, run what is left, and record the outcome. Yields one result per image
     (skipped ones first, marked ``skipped``)."""
-    remaining = prepare_directory(plan)
+    preparation = prepare_directory(plan)
+    remaining = preparation.tasks
     todo = {task.image_id for task in remaining}
     for task in plan.tasks:
         if task.image_id not in todo:
@@ -278,6 +398,8 @@ def run_dataset(
         if scheduler
         else run_local(remaining, process_image, workers, fail_fast)
     )
+    if preparation.unchanged:  # complete and sound: leave every byte as it is
+        return
     try:
         for result in runner:
             if not result.ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,11 @@ def _open_npy(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.
         raise PatchfoldError(f"dataset file '{path}' is missing") from None
     except (OSError, ValueError, EOFError) as error:
         raise PatchfoldError(f"dataset file '{path}' is not a valid .npy: {error}") from None
+    if isinstance(array, np.memmap) and os.path.getsize(path) != array.offset + array.nbytes:
+        raise PatchfoldError(
+            f"dataset file '{path}' is {os.path.getsize(path)} bytes; its header describes "
+            f"{array.offset + array.nbytes}"
+        )
     if not isinstance(array, np.ndarray) or array.dtype != dtype or (shape is not None and array.shape != shape):
         got = f"{array.dtype} {list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
         expected = f"{dtype} {list(shape)}" if shape is not None else str(dtype)

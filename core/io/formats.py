@@ -286,7 +286,7 @@ def read_tile_manifest(directory: Path) -> TileManifest:
 def dataset_identity(manifest: dict[str, Any]) -> str:
     """What two runs must share to write the same dataset: parameters, shards and images."""
     keys = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "channels", "dtype", "shards")
-    images = [{k: v for k, v in image.items() if k != "error"} for image in manifest.get("images", [])]
+    images = [{k: v for k, v in image.items() if k not in ("error", "fingerprint")} for image in manifest["images"]]
     return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
 
 
@@ -312,6 +312,9 @@ def read_dataset_manifest(directory: Path) -> dict[str, Any]:
     for shard in shards:
         if Path(shard["file"]).name != shard["file"] or not shard["file"].endswith(".npy"):
             raise PatchfoldError(f"{where}: shard file {shard['file']!r} must be a .npy name inside the dataset")
-    if not isinstance(data["images"], list):
-        raise PatchfoldError(f'{where}: "images" must be a list')
+    images = data["images"]
+    if not isinstance(images, list) or not all(
+        isinstance(i, dict) and type(i.get("id")) is int and isinstance(i.get("source"), str) for i in images
+    ):
+        raise PatchfoldError(f'{where}: "images" must be a list of objects with an int "id" and a "source" name')
     return data
