@@ -35,6 +35,8 @@ OPTION_NAMES = {
     "format": "'--format'",
     "npy": "'--npy'",
     "png": "'--png'",
+    "batch": "'--batch'",
+    "channels": "'--channels'",
 }
 
 #: Library parameters as flags, where a message gives them as advice (``stack=True`` → ``--stack``).
