@@ -667,7 +667,7 @@ def test_unfold_with_unwritable_sidecar_leaves_existing_npy_untouched(tmp_path: 
     out.write_bytes(ORIGINAL)
     (tmp_path / "out.json").mkdir()
     result = invoke("unfold", sample("gray"), "-k", 8, "-o", out)
-    assert_runtime_error(result)
+    assert_runtime_error(result, f"sidecar '{tmp_path / 'out.json'}' is a directory")
     assert part_files(tmp_path) == []
     assert out.read_bytes() == ORIGINAL, "out.npy was replaced although the run failed"
 

@@ -179,9 +179,12 @@ def test_padding_limits_per_mode(size, padding, mode, ok):
         assert str(list(size)) in str(info.value)
 
 
-def test_nonpositive_spatial_size_rejected():
-    with pytest.raises(PatchfoldError):
-        Geometry.create((0, 5), 1)
+@pytest.mark.parametrize("size", [(0, 5), (-1, 5)])
+def test_nonpositive_spatial_size_rejected(size):
+    with pytest.raises(PatchfoldError, match="spatial_size must be positive") as info:
+        Geometry.create(size, 1)
+    assert info.value.param == "spatial_size"
+    assert str(list(size)) in str(info.value)
 
 
 def test_fold_block_count_mismatch():
@@ -205,8 +208,10 @@ def test_fold_patch_length_not_multiple_of_kernel():
 @pytest.mark.parametrize("engine", ["cpu", "torch"])
 def test_fold_mismatch_same_error_for_both_engines(engine):
     cols = torch.zeros(2, 12, 5)
-    with pytest.raises(PatchfoldError):
+    with pytest.raises(PatchfoldError) as info:
         patchfold.fold(cols, (4, 4), 2, engine=engine)
+    assert str(info.value).startswith("the patch matrix has L=5 blocks but output_size=[4, 4]")
+    assert "gives L=9" in str(info.value) and info.value.param is None
 
 
 def test_fold_geometry_error_mentions_matrix_shape():
@@ -216,11 +221,15 @@ def test_fold_geometry_error_mentions_matrix_shape():
     assert "(1, 4, 1)" in str(info.value)
 
 
-def test_unfold_wrong_rank_input():
-    with pytest.raises(PatchfoldError):
-        patchfold.unfold(np.zeros((1, 1, 1, 4, 4, 4, 4)), kernel_size=2)
-    with pytest.raises(PatchfoldError):
-        patchfold.unfold(np.zeros((4, 4)), kernel_size=(2, 2))  # needs at least (C, H, W)
+@pytest.mark.parametrize(
+    ("shape", "kernel_size"),
+    [((1, 1, 1, 4, 4, 4, 4), 2), ((4, 4), (2, 2))],  # 5 spatial dims; 2-D needs at least (C, H, W)
+)
+def test_unfold_wrong_rank_input(shape, kernel_size):
+    with pytest.raises(PatchfoldError, match="cannot tell the spatial dims") as info:
+        patchfold.unfold(np.zeros(shape), kernel_size=kernel_size)
+    assert info.value.param == "spatial_dims"
+    assert str(shape) in str(info.value)
 
 
 def test_patchfold_error_is_value_error():

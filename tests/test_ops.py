@@ -218,7 +218,7 @@ def test_unfold_into_preallocated_out():
     result = patchfold.unfold(x, 3, 1, 1, 2, out=out, engine="cpu")
     assert result is out
     assert np.array_equal(out, expected)
-    with pytest.raises(PatchfoldError):
+    with pytest.raises(PatchfoldError, match=r"out must be .* of shape \(2, 27, 12\), got \(2, 27, 5\)"):
         patchfold.unfold(x, 3, 1, 1, 2, out=np.empty((2, 27, 5)), engine="cpu")
 
 
@@ -308,10 +308,10 @@ def test_normalised_fold_of_arbitrary_integer_patches_rounds(engine):
 def test_complex_input_rejected(kind, engine):
     x = np.zeros((1, 1, 4, 4), dtype=np.complex64)
     source = torch.from_numpy(x) if kind == "tensor" else x
-    with pytest.raises(PatchfoldError):
+    with pytest.raises(PatchfoldError, match=r"^unfold input must hold real numbers.*complex64"):
         patchfold.unfold(source, 2, engine=engine)
     cols = np.zeros((1, 4, 9), dtype=np.complex64)
-    with pytest.raises(PatchfoldError):
+    with pytest.raises(PatchfoldError, match=r"^fold input must hold real numbers.*complex64"):
         patchfold.fold(torch.from_numpy(cols) if kind == "tensor" else cols, (4, 4), 2, engine=engine)
 
 
@@ -677,9 +677,10 @@ def test_overlap_stats_uncovered_case_has_zero_bucket():
 
 
 def test_overlap_stats_rejects_bad_values():
-    with pytest.raises(PatchfoldError):
+    with pytest.raises(PatchfoldError, match=r"no block fits: kernel_size=\[5, 5\].*input size \[4, 4\]") as info:
         patchfold.overlap_stats((4, 4), 5)
-    with pytest.raises(PatchfoldError):
+    assert info.value.param is None
+    with pytest.raises(PatchfoldError, match="channels and batch must be positive, got channels=0"):
         patchfold.overlap_stats((4, 4), 2, channels=0)
     with pytest.raises(PatchfoldError) as info:
         patchfold.overlap_stats((4, 4), 2, stride=0)
