@@ -598,5 +598,5 @@ def _run(
 
 
 def _workers(requested: int | None, tasks: int) -> int:
-    """Local worker processes: as asked (default: the cores), never more than there is work."""
-    return max(1, min(requested or cpu_count(), max(1, tasks)))
+    """Local worker processes: as asked (default: the cores), never more than the cores or the work."""
+    return max(1, min(requested or cpu_count(), cpu_count(), tasks))

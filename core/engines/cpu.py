@@ -9,6 +9,7 @@ caller-provided array, so the same code fills an in-memory result or a band of a
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -22,6 +23,7 @@ from patchfold.engines import compiled, is_tensor
 from patchfold.engines.strided import band_view, block_columns, fold_rows, select_blocks, window_view
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
+from patchfold.memory import check_fits
 
 #: Below this many output bytes a second thread costs more than it saves.
 _PARALLEL_MIN_BYTES = 4 << 20
@@ -121,6 +123,7 @@ def pad_input(x: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Pad the spatial dims of ``(N, C, *spatial)`` as the geometry says (a copy only if padded)."""
     if not any(geometry.padding):
         return x
+    check_fits(x.shape[0] * x.shape[1] * math.prod(geometry.padded_size) * x.itemsize, "the padded copy of the input")
     widths = [(0, 0), (0, 0), *((p, p) for p in geometry.padding)]
     if geometry.padding_mode == "zeros":
         return np.pad(x, widths)
@@ -201,7 +204,9 @@ def fold_padded(
     fresh = out is None
     if out is None:
         dtype = accumulator_dtype(cols.dtype, exact=exact, weighted=weights is not None)
-        out = np.empty((*blocks.shape[:2], hi - lo, *geometry.padded_size[1:]), dtype=dtype)
+        shape = (*blocks.shape[:2], hi - lo, *geometry.padded_size[1:])
+        check_fits(math.prod(shape) * dtype.itemsize, "the fold's accumulator")
+        out = np.empty(shape, dtype=dtype)
 
     compiled = _compiled_fold(cols, geometry, layout, weights, out, (lo, hi))
     if compiled is not None:
@@ -268,6 +273,8 @@ def unfold(
     """The patch matrix of ``x`` ``(N, C, *spatial)``, written into ``out`` when given (any real
     dtype: values are cast)."""
     shape = geometry.unfold_shape(*x.shape[:2], layout)
+    if out is None:
+        check_fits(math.prod(shape) * x.itemsize, f"the patch matrix {list(shape)}")
     result = np.empty(shape, dtype=x.dtype) if out is None else checked_out(out, shape, x)
     unfold_into(x, geometry, result, layout, threads=threads)
     return result

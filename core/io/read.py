@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import stat
 import struct
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from patchfold.errors import PatchfoldError
+from patchfold.memory import check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -149,7 +151,13 @@ def _noted(caught: list[warnings.WarningMessage]) -> str:
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file into ``(C, H, W)`` in its natural dtype (16-bit stays 16-bit)."""
     with open_image(path, max_pixels) as image:
-        convert_to, _, _ = image_mode(image, path)
+        if getattr(image, "n_frames", 1) > 1 and image.format == "TIFF":
+            raise PatchfoldError(
+                f"'{path}' has {image.n_frames} pages: reading a multi-page TIFF needs tifffile "
+                "(pip install 'patchfold[tiff]'); only its first page would be read otherwise"
+            )
+        convert_to, channels, dtype = image_mode(image, path)
+        check_fits(channels * image.width * image.height * np.dtype(dtype).itemsize * 2, f"decoding '{path}'")
         pixels = np.asarray(image if convert_to is None else image.convert(convert_to))
     if pixels.dtype == np.bool_:
         pixels = pixels.astype(np.uint8)
@@ -232,13 +240,18 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
         return None
     import tifffile
 
-    _, axes, pages, _ = header
+    shape, axes, pages, dtype = header
     try:
         data = tifffile.memmap(path, mode="r", series=0)
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # compressed or not contiguous: decode it
+        check_fits(math.prod(shape) * dtype.itemsize, f"decoding '{path}'")
         try:
-            data = tifffile.imread(path, series=0)
-        except Exception as error:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = tifffile.imread(path, series=0)
+        except Exception as error:  # tifffile raises many types for a broken or exotic file
+            if pages == 1:
+                return None  # a single page Pillow may still read (its codecs differ)
             raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("="))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,46 @@ def check_free_space(path: Path, needed: int) -> None:
         raise PatchfoldError(f"'{path}' needs {format_bytes(needed)} but only {format_bytes(free)} is free on its disk")
 
 
+#: Temporary files are named ``.<name>.<pid>-<random>.part`` (``.bak`` for backups): ``name`` cut
+#: so that the whole stays within a file system's 255-byte name limit, ``pid`` so a later run can
+#: tell a dead run's leftovers from a live one's.
+_TEMPORARY = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.(part|bak)$")
+
+
+def temporary_prefix(target: Path) -> str:
+    name = target.name.encode()[:120].decode(errors="ignore")
+    return f".{name}.{os.getpid()}-"
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporaries that runs which no longer exist left in ``directory`` (killed runs)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
     """Yield temporary paths beside ``targets``; on success move them all into place, on failure
@@ -63,11 +104,13 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
     of outputs (a patch matrix and its sidecar) is replaced whole or not at all."""
     for target in targets:
         check_output_path(target)
+    for parent in {target.parent for target in targets}:
+        remove_stale_temporaries(parent)
     temporaries: list[Path] = []
     backups: list[tuple[Path, Path | None]] = []
     try:
         for target in targets:
-            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            handle, name = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=".part", dir=target.parent)
             os.close(handle)
             temporaries.append(Path(name))
         try:
@@ -104,11 +147,11 @@ def _backup(target: Path) -> Path | None:
     """A hard link to the file a move is about to replace (None when there is none)."""
     if not target.exists():
         return None
-    backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent))
+    backup = Path(tempfile.mktemp(prefix=temporary_prefix(target), suffix=".bak", dir=target.parent))
     try:
         os.link(target, backup)
     except OSError:
-        backup = Path(tempfile.mktemp(prefix=f".{target.name}.", suffix=".bak", dir=target.parent))
+        backup = Path(tempfile.mktemp(prefix=temporary_prefix(target), suffix=".bak", dir=target.parent))
         shutil.copy2(target, backup)
     return backup
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from patchfold.geometry import Geometry, check_layout
+from patchfold.memory import available_memory
 
 #: Share of available memory a job may use when no budget is given, and a cap on it: bands larger
 #: than this write no faster, and smaller ones keep a gigapixel job's footprint modest.
@@ -26,18 +27,6 @@ class Progress:
     total: int
     bytes_done: int
     bytes_total: int
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (MemAvailable), or 4 GB when unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 10**9
 
 
 def default_budget() -> int:

@@ -28,7 +28,14 @@ from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import TileManifest, dumps, read_tile_manifest, tile_manifest
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_image, read_npy, read_tiff
-from patchfold.io.write import check_parent, image_targets, to_image_array, write_images
+from patchfold.io.write import (
+    check_parent,
+    image_targets,
+    remove_stale_temporaries,
+    temporary_prefix,
+    to_image_array,
+    write_images,
+)
 from patchfold.jobs.fold import FoldResult
 from patchfold.jobs.plan import Progress
 from patchfold.ops import fold_with
@@ -160,7 +167,8 @@ def _atomic_directory(directory: Path) -> Iterator[Path]:
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise PatchfoldError(f"output directory '{directory}' already exists and is not empty")
     parent = check_parent(directory, "output directory's parent")
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".part", dir=parent))
+    remove_stale_temporaries(parent)
+    staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".part", dir=parent))
     try:
         try:
             yield staging

@@ -1,0 +1,31 @@
+"""How much memory there is, and the check every allocation that depends on the input passes first."""
+
+from __future__ import annotations
+
+from patchfold.errors import PatchfoldError
+from patchfold.units import format_bytes
+
+#: Share of available memory one allocation may take before it is refused: the rest is for the
+#: input, the other buffers and everything else on the machine.
+ALLOCATION_SHARE = 0.8
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable), or 4 GB when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 10**9
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, ``nbytes`` for ``what`` that memory cannot hold."""
+    available = available_memory()
+    if nbytes > available * ALLOCATION_SHARE:
+        raise PatchfoldError(
+            f"{what} would take {format_bytes(nbytes)} but only {format_bytes(available)} of memory is available"
+        )
