@@ -280,21 +280,13 @@ def _shard_is_sound(plan: DatasetPlan, shard: dict[str, Any]) -> bool:
     """Whether a shard file is a regular ``.npy`` with the header and the size the plan gives it."""
     path = plan.directory / shard["file"]
     shape = (shard["rows"], plan.manifest["patch_length"])
-    header = _header_size(shape, np.dtype(plan.manifest["dtype"]))
+    dtype = np.dtype(plan.manifest["dtype"])
+    start = _header_size(shape, dtype)
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode) or path.stat().st_size != header + shape[0] * _row_bytes(plan):
+        if not stat.S_ISREG(os.lstat(path).st_mode) or os.path.getsize(path) != start + shape[0] * _row_bytes(plan):
             return False
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            version = tuple(version)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            found_shape, fortran, found_dtype = read_header(handle)
-            return (found_shape, fortran, found_dtype, handle.tell()) == (
-                shape, False, np.dtype(plan.manifest["dtype"]), header,
-            )  # fmt: skip
-    except (OSError, ValueError, EOFError):
+        return read.npy_header(path) == (shape, dtype, start, False)
+    except (OSError, PatchfoldError):
         return False
 
 

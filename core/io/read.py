@@ -182,25 +182,51 @@ def require_file(path: Path, what: str = "input") -> os.stat_result:
     return info
 
 
-def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
-    """Read a ``.npy`` (memory-mapped, never unpickled) and shape it ``(N, C, *spatial)``."""
-    require_file(path)
+#: ``.npy`` files up to this size are read into memory: a copy another process cannot truncate
+#: under us (a memory-mapped file that shrinks kills the reader with SIGBUS). Larger ones are
+#: memory-mapped, so they stream in bounded memory.
+MAX_READ_BYTES = 256 << 20
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int, bool]:
+    """Shape, dtype, data offset and Fortran order of a ``.npy`` file, from its header alone."""
     try:
         with open(path, "rb") as handle:
-            magic = handle.read(6)
+            if handle.read(6) != b"\x93NUMPY":
+                raise PatchfoldError(f"'{path}' is not a .npy file (no NumPy header)")
+            handle.seek(0)
+            version = tuple(np.lib.format.read_magic(handle))
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise PatchfoldError(f"'{path}' is a .npy of format version {version}; patchfold reads 1.0 and 2.0")
+            return tuple(shape), np.dtype(dtype), handle.tell(), bool(fortran)
+    except PatchfoldError:
+        raise
     except OSError as error:
         raise PatchfoldError(f"cannot read '{path}': {error.strerror or error}") from None
-    if magic != b"\x93NUMPY":
-        raise PatchfoldError(f"'{path}' is not a .npy file (no NumPy header)")
+    except (ValueError, SyntaxError, EOFError, TypeError, MemoryError, RecursionError) as error:
+        raise PatchfoldError(f"'{path}' has a damaged .npy header: {error}") from None
+
+
+def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
+    """Read a ``.npy`` (never unpickled; memory-mapped above :data:`MAX_READ_BYTES`) and shape it
+    ``(N, C, *spatial)``."""
+    size = require_file(path).st_size
+    shape, dtype, data_start, _ = npy_header(path)
+    if dtype.hasobject:
+        raise PatchfoldError(f"'{path}' holds Python objects (a pickled array); patchfold never loads pickles")
+    expected = data_start + math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise PatchfoldError(
+            f"'{path}' is not a valid .npy file: it is {size} bytes but its header ({list(shape)} {dtype}) "
+            f"needs {expected} (truncated or damaged)"
+        )
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        if "pickle" in str(error).lower() or "object" in str(error).lower():
-            raise PatchfoldError(
-                f"'{path}' holds Python objects (a pickled array); patchfold never loads pickles"
-            ) from None
-        raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
-    except (OSError, EOFError) as error:
+        array = np.load(path, mmap_mode="r" if size > MAX_READ_BYTES else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # the file changed since its header was read
         raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
     if not isinstance(array, np.ndarray):
         raise PatchfoldError(f"'{path}' is an .npz archive, not a single .npy array")
