@@ -3,6 +3,7 @@ yielding each item's result as it finishes."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -61,27 +62,49 @@ def run_local(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-        pending: set[Future[list[ImageResult]]] = set()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver"), initializer=_quiet_worker)
+    pending: set[Future[list[ImageResult]]] = set()
+    finished_normally = False
+    try:
         queue = iter(chunks(tasks, workers))
-        try:
-            for group in queue:
-                pending.add(pool.submit(process_chunk, group, function))
-                if len(pending) >= workers * 2:
-                    break
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    for result in future.result():
-                        yield result
-                        if fail_fast and not result.ok:
-                            return
-                    group = next(queue, None)
-                    if group is not None:
-                        pending.add(pool.submit(process_chunk, group, function))
-        finally:
-            for future in pending:
-                future.cancel()
+        for group in queue:
+            pending.add(pool.submit(process_chunk, group, function))
+            if len(pending) >= workers * 2:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                for result in future.result():
+                    yield result
+                    if fail_fast and not result.ok:
+                        return
+                group = next(queue, None)
+                if group is not None:
+                    pending.add(pool.submit(process_chunk, group, function))
+        finished_normally = True
+    finally:
+        _stop(pool, pending, finished_normally)
+
+
+def _quiet_worker() -> None:
+    """Workers leave Ctrl-C to the parent (which stops them): no traceback from each of them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: Any, pending: set[Future[Any]], finished_normally: bool) -> None:
+    """Shut the pool down: wait for it after a normal end; otherwise (interrupted, failed fast,
+    closed early) cancel what is queued and end the workers now, rather than wait for them."""
+    for future in pending:
+        future.cancel()
+    if finished_normally:
+        pool.shutdown(wait=True)
+        return
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor offers no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def run_dask(
