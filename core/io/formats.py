@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +22,7 @@ import numpy as np
 from patchfold.blocks import Blocks
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS, Geometry
+from patchfold.io.read import require_file
 from patchfold.io.write import atomic_paths
 
 SIDECAR_FORMAT = "patchfold-patches"
@@ -40,14 +40,7 @@ MAX_JSON_BYTES = 1 << 30
 # ----- JSON in and out -----------------------------------------------------------------------------
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """The JSON object in the regular file ``path`` (``what`` names it in messages: "sidecar")."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise PatchfoldError(f"{what} '{path}' does not exist") from None
-    except OSError as error:
-        raise PatchfoldError(f"cannot read {what} '{path}': {error.strerror or error}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise PatchfoldError(f"{what} '{path}' is not a regular file")
+    info = require_file(path, what)
     if info.st_size > MAX_JSON_BYTES:
         raise PatchfoldError(f"{what} '{path}' is {info.st_size} bytes, over the {MAX_JSON_BYTES} a {what} may have")
     try:
