@@ -82,6 +82,14 @@ def as_ints(value: Any, name: str) -> tuple[int, ...]:
     return values
 
 
+def as_int(value: Any, name: str) -> int:
+    """One int (see :func:`as_ints`), not a sequence."""
+    values = as_ints(value, name)
+    if len(values) != 1 or not _is_scalar(value):
+        raise PatchfoldError(f"{name} must be one int, got {value!r}", param=name)
+    return values[0]
+
+
 def per_dim(values: tuple[int, ...], ndim: int, name: str) -> tuple[int, ...]:
     """One value per spatial dim: a single value is replicated, otherwise the count must match.
 

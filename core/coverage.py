@@ -13,6 +13,7 @@ from functools import reduce
 
 import numpy as np
 from patchfold.geometry import Geometry
+from patchfold.memory import check_fits
 
 #: numpy's names for the padding modes that repeat image content.
 NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -58,6 +59,7 @@ def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = N
 
     ``weights`` has shape ``(blocks_per_dim[dim], kernel_size[dim])`` for a windowed fold.
     """
+    check_fits(geometry.padded_size[dim] * 8 * 3, f"the coverage vector of a dim of {geometry.padded_size[dim]}")
     if weights is None:
         return _block_counts(
             geometry.padded_size[dim],
@@ -108,6 +110,7 @@ def outer(vectors: list[np.ndarray]) -> np.ndarray:
 
 def divisor_map(geometry: Geometry, weights: list[np.ndarray] | None = None) -> np.ndarray:
     """``fold(unfold(ones))`` for one channel, shape ``spatial_size`` (int64; float64 if weighted)."""
+    check_fits(geometry.pixels * 8, f"the divisor map of {list(geometry.spatial_size)} pixels")
     return outer(coverage_vectors(geometry, weights))
 
 

@@ -156,6 +156,14 @@ def _rounded_quotient(summed: Any, counts: Any) -> Any:
 _EXACT_FLOAT = 2**53
 
 
+def canonical_bool(array: Any) -> Any:
+    """Bool data whose bytes are 0 and 1: numpy bools made from other bytes (a view of raw memory)
+    would otherwise be summed by their byte values."""
+    if isinstance(array, np.ndarray) and array.dtype == np.bool_:
+        return array.view(np.uint8).astype(np.bool_)
+    return array
+
+
 def check_integer_sum(cols: Any, max_coverage: int, weighted: bool) -> None:
     """Refuse, before any work, a fold of integer patches whose sums could overflow the int64
     (uint64) accumulator, or, when weighted, leave the float64 range of exact integers. Decided

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 from patchfold import coverage, engines
-from patchfold.blocks import Blocks, IntOrSeq, as_ints
-from patchfold.dtypes import check_integer_sum, check_real_dtype, finish_fold
+from patchfold.blocks import Blocks, IntOrSeq, as_int
+from patchfold.dtypes import canonical_bool, check_integer_sum, check_real_dtype, finish_fold
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout
 from patchfold.windows import window_weights
@@ -57,6 +57,24 @@ def spatial_dims_of(x: Any, spatial_dims: int | None, blocks: Blocks) -> int:
         "(inputs are (N, C, *spatial) or (C, *spatial))",
         param="spatial_dims",
     )
+
+
+def _array(x: Any, what: str) -> Any:
+    """A tensor as it is; anything else as a numpy array (nested lists too), which must hold numbers."""
+    if engines.is_tensor(x) or isinstance(x, np.ndarray):
+        return x
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError) as error:  # ragged lists
+        raise PatchfoldError(f"{what} must be an array or tensor, got {type(x).__name__}: {error}") from None
+    if array.dtype.kind not in "biuf":
+        raise PatchfoldError(f"{what} must be an array or tensor of real numbers, got {type(x).__name__}")
+    return array
+
+
+def check_threads(threads: Any) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1):
+        raise PatchfoldError(f"threads must be a positive int or None, got {threads!r}", param="threads")
 
 
 def _batched(x: Any, spatial_dims: int, what: str) -> tuple[Any, bool]:
@@ -111,6 +129,8 @@ def unfold(
     array([0, 1, 4, 5])
     """
     layout = check_layout(layout)
+    x = _array(x, "unfold input")
+    check_threads(threads)
     blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
     batch, unbatched = _batched(x, spatial_dims_of(x, spatial_dims, blocks), "unfold input")
     check_real_dtype(getattr(batch, "dtype", None), "unfold input")
@@ -183,8 +203,10 @@ def fold_with(
 ) -> Any:
     """:func:`fold` with the output size and block parameters of a :class:`Geometry`."""
     layout = check_layout(layout)
-    batch, unbatched = _batched(cols, 1, "fold input (patch matrix)")
+    check_threads(threads)
+    batch, unbatched = _batched(_array(cols, "fold input (patch matrix)"), 1, "fold input (patch matrix)")
     check_real_dtype(getattr(batch, "dtype", None), "fold input")
+    batch = canonical_bool(batch)
     weights = window_weights(geometry, window)
     check_integer_sum(batch, coverage.max_coverage(geometry), weights is not None)
     engine_module = engines.load(engines.select(batch, engine))
@@ -240,8 +262,7 @@ def overlap_stats(
     >>> overlap_stats((4, 4), 2, stride=2)["coverage"]["histogram"]
     {'1': 16}
     """
-    (channels,) = as_ints(channels, "channels")
-    (batch,) = as_ints(batch, "batch")
+    channels, batch = as_int(channels, "channels"), as_int(batch, "batch")
     if channels < 1 or batch < 1:
         raise PatchfoldError(f"channels and batch must be positive, got channels={channels} batch={batch}")
     geometry = _geometry(blocks_of(kernel_size, dilation, padding, stride, padding_mode), spatial_size, "size")
@@ -252,9 +273,12 @@ def stats_with(
     geometry: Geometry, *, channels: int = 1, batch: int = 1, dtype: Any = "float32", layout: str = "ncl"
 ) -> dict[str, Any]:
     """:func:`overlap_stats` for a :class:`Geometry` (``channels`` and ``batch`` at least 1)."""
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except (TypeError, ValueError, SyntaxError):
+        raise PatchfoldError(f"dtype must be a numpy dtype such as 'float32', got {dtype!r}", param="dtype") from None
     summary = coverage.coverage_summary(geometry)
     output_shape = geometry.unfold_shape(batch, channels, layout)
-    itemsize = np.dtype(dtype).itemsize
     return {
         "input_shape": [batch, channels, *geometry.spatial_size],
         **geometry.blocks.to_dict(),

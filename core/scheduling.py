@@ -3,6 +3,7 @@ yielding each item's result as it finishes."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -67,10 +68,11 @@ def run_local(
     finished_normally = False
     try:
         queue = iter(chunks(tasks, workers))
-        for group in queue:
-            pending.add(pool.submit(process_chunk, group, function))
-            if len(pending) >= workers * 2:
-                break
+        with _interrupts_held():  # the forkserver and workers start with Ctrl-C blocked: only we see it
+            for group in queue:
+                pending.add(pool.submit(process_chunk, group, function))
+                if len(pending) >= workers * 2:
+                    break
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -84,6 +86,20 @@ def run_local(
         finished_normally = True
     finally:
         _stop(pool, pending, finished_normally)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Block SIGINT in this thread while processes are started (they inherit the mask, so a
+    Ctrl-C then reaches this process alone, once the block is lifted)."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _quiet_worker() -> None:

@@ -28,6 +28,8 @@ def parse_window(spec: str | None) -> tuple[str, float | None]:
     """
     if spec is None:
         return "none", None
+    if not isinstance(spec, str):
+        raise PatchfoldError(f"window must be a name such as 'hann' or 'gaussian:0.2', got {spec!r}", param="window")
     name, _, raw = spec.partition(":")
     name = name.strip().lower()
     if name not in WINDOWS:
@@ -46,7 +48,13 @@ def parse_window(spec: str | None) -> tuple[str, float | None]:
 
 
 def window_1d(name: str, size: int, sigma: float | None = None) -> np.ndarray:
-    """A strictly positive 1-D window of ``size`` points with maximum 1 (float64)."""
+    """A strictly positive 1-D window of ``size`` points with maximum 1 (float64; for a gaussian so
+    narrow that it underflows, NaN or 0 entries, which :func:`window_weights` refuses)."""
+    with np.errstate(all="ignore"):
+        return _window_1d(name, size, sigma)
+
+
+def _window_1d(name: str, size: int, sigma: float | None) -> np.ndarray:
     centres = (np.arange(size) + 0.5) / size  # in (0, 1), symmetric about 0.5
     if name == "none":
         values = np.ones(size)

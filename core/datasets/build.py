@@ -272,7 +272,10 @@ def _row_bytes(plan: DatasetPlan) -> int:
 
 def _allocate_shard(plan: DatasetPlan, shard: dict[str, Any]) -> None:
     dtype = np.dtype(plan.manifest["dtype"])
-    with open(plan.directory / shard["file"], "wb") as handle:
+    path = plan.directory / shard["file"]
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        os.unlink(path)  # a link, FIFO or device in the shard's place: opening it could block or leave
+    with open(path, "wb") as handle:
         allocate_npy(handle, (shard["rows"], plan.manifest["patch_length"]), dtype)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from patchfold.blocks import to_tuple
 from patchfold.errors import PatchfoldError
 from patchfold.io.formats import read_dataset_manifest
+from patchfold.io.read import require_file
 
 
 class PatchDataset:
@@ -20,6 +21,8 @@ class PatchDataset:
     """
 
     def __init__(self, directory: str | Path, allow_incomplete: bool = False) -> None:
+        if not isinstance(directory, str | os.PathLike):
+            raise PatchfoldError(f"a dataset is opened from a directory path, got {directory!r}")
         self.directory = Path(directory)
         self.manifest = read_dataset_manifest(self.directory)
         if not self.manifest.get("complete") and not allow_incomplete:
@@ -66,6 +69,7 @@ def load_dataset(directory: str | Path, allow_incomplete: bool = False) -> Patch
 
 def _open_npy(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
     """A dataset file memory-mapped, with the shape (when given) and dtype its manifest records."""
+    require_file(path, "dataset file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:

@@ -94,7 +94,7 @@ def dtype_field(value: Any, where: str, name: str) -> np.dtype:
     """A recorded dtype name of real numbers."""
     try:
         dtype = np.dtype(value) if isinstance(value, str) else None
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
         dtype = None
     if dtype is None or dtype.kind not in "biuf":
         raise PatchfoldError(f"{where}: {name} must be the name of a real numpy dtype, got {value!r}")
@@ -249,6 +249,8 @@ def read_manifest(
     path = directory / "manifest.json"
     if not os.path.lexists(path):
         raise PatchfoldError(f"'{directory}' {absent} (no manifest.json)")
+    if path.resolve().parent != directory.resolve():
+        raise PatchfoldError(f"'{path}' links outside '{directory}'; a manifest must be a file inside it")
     data = read_json(path, kind)
     where = f"{kind} '{path}'"
     check_format(data, where, name, version, kind)
@@ -271,6 +273,7 @@ def read_tile_manifest(directory: Path) -> TileManifest:
         raise PatchfoldError(f'{where}: "tiles" must be a list of objects with a "file" name')
     if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
         raise PatchfoldError(f'{where}: "images" must be a list of objects')
+    string_list([image.get("source", "") for image in images], where, "the images' sources")
     dtype = dtype_field(data.get("dtype", "uint8"), where, "dtype")
     return TileManifest(geometry, shape, dtype, tiles, images)
 

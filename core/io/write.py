@@ -178,6 +178,8 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
+    if not pixels.dtype.isnative:  # a big-endian array's values, in the byte order Pillow takes
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     channels = pixels.shape[0]
     if pixels.ndim != 3:
         raise PatchfoldError(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from patchfold.blocks import Blocks, as_ints
+from patchfold.blocks import Blocks, as_int
 from patchfold.coverage import divisor_map
 from patchfold.dtypes import target_dtype
 from patchfold.errors import PatchfoldError
@@ -82,8 +82,8 @@ def estimate(
     shape, input_dtype = input_shape(
         inputs, size, blocks, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels
     )
-    count = as_ints(batch, "batch")[0] if batch is not None else shape[0]
-    channel_count = as_ints(channels, "channels")[0] if channels is not None else shape[1]
+    count = as_int(batch, "batch") if batch is not None else shape[0]
+    channel_count = as_int(channels, "channels") if channels is not None else shape[1]
     shape = (count, channel_count, *shape[2:])
     out_dtype = target_dtype(input_dtype if input_dtype is not None else np.dtype(np.float32), dtype)[0]
     geometry = _geometry(blocks, shape)

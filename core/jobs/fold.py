@@ -13,7 +13,7 @@ import numpy as np
 from patchfold import engines
 from patchfold.blocks import Blocks
 from patchfold.coverage import coverage_vectors, max_coverage, outer, unpad_adjoint
-from patchfold.dtypes import check_integer_sum, finish_fold, fold_output_dtype, restore_dtype
+from patchfold.dtypes import canonical_bool, check_integer_sum, finish_fold, fold_output_dtype, restore_dtype
 from patchfold.engines import cpu, resolve
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
@@ -56,6 +56,7 @@ def fold_to_npy(
     check_free_space(path, plan.output_bytes)
     geometry = plan.geometry
     weights = window_weights(geometry, window)
+    cols = canonical_bool(cols)
     check_integer_sum(cols, max_coverage(geometry), weights is not None)
     vectors = coverage_vectors(geometry, weights) if normalize else None
     single_band = plan.bands == 1
