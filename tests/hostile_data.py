@@ -54,6 +54,29 @@ def tiff_bytes(pixels: np.ndarray, **kwargs: Any) -> bytes:
     return buffer.getvalue()
 
 
+def tiff_header_bomb(width: int, height: int) -> bytes:
+    """The first 4 KB of a TIFF whose header declares ``width × height`` uint8 pixels (the pixel
+    data itself is cut off)."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((16, 16), np.uint8), metadata=None)
+    small = buffer.getvalue()
+    # rewrite ImageWidth (256) and ImageLength (257) in the first IFD (little-endian classic TIFF)
+    data = bytearray(small)
+    (offset,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[offset : offset + 2])
+    for i in range(count):
+        entry = offset + 2 + 12 * i
+        (tag,) = struct.unpack("<H", data[entry : entry + 2])
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            data[entry + 2 : entry + 4] = struct.pack("<H", 4)  # LONG
+            data[entry + 4 : entry + 8] = struct.pack("<I", 1)
+            data[entry + 8 : entry + 12] = struct.pack("<I", value)
+    return bytes(data)[:4096]
+
+
 # ----- NPY -----------------------------------------------------------------------------------------
 def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     buffer = io.BytesIO()
