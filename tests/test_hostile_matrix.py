@@ -89,6 +89,9 @@ XFAIL: dict[str, str] = {
     "cli_engine_torch_uint64_roundtrip": "as cli_engine_torch_uint64_sum, normalised: a traceback",
     "cli_engine_torch_float128_unfold": "unfold --engine torch of a float128 .npy: TypeError ('can't convert "
     "np.ndarray of type numpy.longdouble') escapes: a traceback",
+    "batch_unfold_mixed_ranks_3d_2d": "batch unfold of a 3-D .npy volume and a 2-D image: ValueError ('all the input "
+    "array dimensions except for the concatenation axis must match') from the planner's index: a traceback",
+    "batch_unfold_mixed_ranks_1d_2d": "as batch_unfold_mixed_ranks_3d_2d, a 1-D signal and a 2-D image: a traceback",
     "cli_float64_max_roundtrip": "fold (normalised) of float64 pixels of 1.7e308 writes inf where blocks overlap "
     "(the float64 sum overflows) instead of the pixels",
     # Python API
@@ -1222,7 +1225,42 @@ def more_cases() -> list[Case]:
         Case("fold_output_directory_missing_slash", "fold {c}/p.npy -o {w}/nodir/ --no-progress", (1, 2)),
         Case("fold_output_i_twice", "fold {c}/p.npy -o {w}/o_{i}_{i}.png --no-progress", (0, 1),
              outputs=("o_0000_0000.png",), check=image_is("o_0000_0000.png", "g.png")),
+        # spatial ranks that differ between the images of one dataset
+        Case("batch_unfold_mixed_ranks_3d_2d", "batch unfold {w}/v.npy {c}/g.png -k 2 -o {w}/ds --no-progress "
+             "--workers 1", (1, 2), setup=put("v.npy", hd.npy_bytes(np.zeros((1, 1, 6, 8, 8), np.uint8))),
+             dataset="ds"),
+        Case("batch_unfold_mixed_ranks_1d_2d", "batch unfold {w}/s.npy {c}/g.png -k 2 -o {w}/ds --no-progress "
+             "--workers 1", (1, 2), setup=put("s.npy", hd.npy_bytes(np.zeros(40, np.float32))), dataset="ds"),
+        Case("batch_tiles_mixed_ranks", "batch tiles {w}/v.npy {c}/g.png -k 2 --format npy -o {w}/bt --no-progress "
+             "--workers 1", (0, 1), setup=put("v.npy", hd.npy_bytes(np.zeros((1, 1, 6, 8, 8), np.uint8))),
+             outputs=("bt", "bt/*", "bt/*/*")),
+        # a set of outputs is written whole or not at all
+        Case("fold_second_image_target_is_a_directory", "fold {w}/p2.npy -o {w}/o_{i}.png --no-progress",
+             setup=both(put("o_0000.png", hd.SENTINEL), mkdir("o_0001.png"), _two_image_matrix)),
+        Case("unfold_sidecar_target_is_a_directory", "unfold {c}/g.png -k 4 -o {w}/out.npy --no-progress",
+             setup=replace_by("out.json", "dir")),
+        Case("unfold_sidecar_target_is_a_fifo", "unfold {c}/g.png -k 4 -o {w}/out.npy --no-progress", (0, 1),
+             setup=fifo("out.json"), outputs=NPY_OUT, check=G_MATRIX, process=True),
+        # outputs that are links: replaced (or refused), never written through
+        Case("fold_output_links_to_an_input", "fold {c}/p.npy -o {w}/lnk.png --no-progress", (0, 1),
+             setup=replace_by("lnk.png", "link", "{c}/g.png"), outputs=("lnk.png",)),
+        Case("unfold_output_links_to_an_input", "unfold {c}/g.png -k 4 -o {w}/lnk.npy --no-progress", (0, 1),
+             setup=both(replace_by("lnk.npy", "link", "{c}/x.npy"), replace_by("lnk.json", "link", "{c}/p.json")),
+             outputs=("lnk.npy", "lnk.json")),
+        Case("divisor_output_links_to_an_input", "divisor --size 12,16 -k 4 --npy {w}/lnk.npy", (0, 1),
+             setup=replace_by("lnk.npy", "link", "{c}/x.npy"), outputs=("lnk.npy",)),
+        Case("tiles_output_links_to_a_directory", "tiles {c}/g.png -k 4 -o {w}/lnk --no-progress", (0, 1),
+             setup=both(mkdir("elsewhere"), replace_by("lnk", "link", "elsewhere")),
+             outputs=("lnk", "lnk/*", "elsewhere/*")),
+        Case("batch_rerun_through_a_link_to_a_dataset", f"batch unfold {{c}}/g.png {{c}}/rgb.png {DS_ARGS} -o "
+             "{w}/lnk --no-progress", (0, 1), setup=replace_by("lnk", "link", "{c}/ds")),
+        Case("batch_other_parameters_through_a_link", "batch unfold {c}/g.png {c}/rgb.png --channels 3 -k 2 "
+             "--workers 1 -o {w}/lnk --no-progress", setup=replace_by("lnk", "link", "{c}/ds")),
     ]
+
+
+def _two_image_matrix(corpus: Path, work: Path) -> None:
+    ok("unfold", corpus / "g.png", corpus / "g.png", "-k", 4, "-s", 4, "-o", work / "p2.npy", "--no-progress")
 
 
 def _fold_sum(values: np.ndarray, kernel: int) -> np.ndarray:
