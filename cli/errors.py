@@ -26,7 +26,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except PatchfoldError as error:
             raise as_click_error(error) from None
         except KeyboardInterrupt:
-            click.echo("Error: interrupted; no partial file was left (a dataset run resumes with the same command)", err=True)
+            click.echo(
+                "Error: interrupted; no partial file was left (a dataset run resumes with the same command)", err=True
+            )
             sys.exit(130)
         except MemoryError:
             raise click.ClickException("out of memory; lower --max-memory or use fewer inputs at once") from None

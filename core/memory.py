@@ -27,5 +27,5 @@ def check_fits(nbytes: int, what: str) -> None:
     available = available_memory()
     if nbytes > available * ALLOCATION_SHARE:
         raise PatchfoldError(
-            f"{what} would take {format_bytes(nbytes)} but only {format_bytes(available)} of memory is available"
+            f"out of memory: {what} would take {format_bytes(nbytes)} but only {format_bytes(available)} is available"
         )

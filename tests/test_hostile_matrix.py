@@ -1907,7 +1907,9 @@ def test_matrix_ids_are_unique_and_large() -> None:
 def procedure(test: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a procedure test xfail when :data:`XFAIL` lists it."""
     if test.__name__ in XFAIL:
-        return pytest.mark.xfail(reason=XFAIL[test.__name__], strict=True)(test)
+        # the SIGINT window is a race: it is hit in most runs, not all, so its xfail cannot be strict
+        strict = test.__name__ != "test_sigint_during_pool_exits_cleanly"
+        return pytest.mark.xfail(reason=XFAIL[test.__name__], strict=strict)(test)
     return test
 
 
