@@ -34,6 +34,6 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException("out of memory; lower --max-memory or use fewer inputs at once") from None
         except OSError as error:
             where = f"'{error.filename}': " if error.filename else ""
-            raise click.ClickException(f"{where}{error.strerror or error}") from None
+            raise click.ClickException(f"{where}{error.strerror or error}".replace("\n", " ")) from None
 
     return wrapper

@@ -293,7 +293,7 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def as_click_error(error: PatchfoldError) -> click.ClickException:
     """A library error as the command line reports it: a bad option (exit 2) when the parameter at
     fault is an option, else a runtime error (exit 1); parameters named as advice become flags."""
-    message = str(error).replace("\n", " ")
+    message = str(error).replace("\n", " ").replace("\r", " ")
     for name, flag in FLAGS.items():
         message = re.sub(rf"\b{name}=True\b", flag, message)
         message = re.sub(rf"\b{name}=(?=[\s),;]|$)", flag, message)

@@ -69,15 +69,10 @@ GB = 1 << 30
 #: Cases that break a promise today: id -> what breaks. Strict: remove the entry once fixed.
 XFAIL: dict[str, str] = {
     # command line
-    "output_name_newline_too_long": "an output name with a newline that is over NAME_MAX: the Error line ends at the "
-    "newline and the rest of the name ('...': File name too long) is a second line on stderr",
     "sidecar_sources_lone_surrogate_into_directory": "fold -o DIR/ of a sidecar whose source is '\\ud800x': "
     "UnicodeEncodeError ('surrogates not allowed', temporary_prefix in io/write.py) escapes: a traceback",
     "tile_manifest_source_lone_surrogate": "untile -o DIR/ of a manifest whose image source is '\\ud800x': "
     "UnicodeEncodeError escapes from io/write.py: a traceback",
-    "batch_tiles_into_directory_with_foreign_manifest": "batch tiles -o DIR where DIR holds someone else's "
-    "manifest.json: exit 0 and that file is overwritten by the tile-dataset manifest (batch unfold refuses a "
-    "directory that is not empty and not its dataset)",
     "tif_header_bomb_unfold": "a TIFF whose header declares 60000x60000 but whose strips are cut off: tifffile's "
     "log warnings ('<tifffile.TiffPage 0 @8> incorrect StripByteCounts count') go to stderr beside the Error line",
     "fold_output_empty": "fold -o '' exits 0 and writes g.png into the current directory (the empty name is taken "
@@ -89,9 +84,6 @@ XFAIL: dict[str, str] = {
     "cli_engine_torch_uint64_roundtrip": "as cli_engine_torch_uint64_sum, normalised: a traceback",
     "cli_engine_torch_float128_unfold": "unfold --engine torch of a float128 .npy: TypeError ('can't convert "
     "np.ndarray of type numpy.longdouble') escapes: a traceback",
-    "batch_unfold_mixed_ranks_3d_2d": "batch unfold of a 3-D .npy volume and a 2-D image: ValueError ('all the input "
-    "array dimensions except for the concatenation axis must match') from the planner's index: a traceback",
-    "batch_unfold_mixed_ranks_1d_2d": "as batch_unfold_mixed_ranks_3d_2d, a 1-D signal and a 2-D image: a traceback",
     "cli_float64_max_roundtrip": "fold (normalised) of float64 pixels of 1.7e308 writes inf where blocks overlap "
     "(the float64 sum overflows) instead of the pixels",
     # Python API

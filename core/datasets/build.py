@@ -39,6 +39,7 @@ from patchfold.io.formats import (
     TILE_DATASET_FORMAT,
     dataset_identity,
     read_dataset_manifest,
+    read_json,
     write_json,
 )
 from patchfold.io.read import convert_channels
@@ -113,7 +114,7 @@ def plan_dataset(
     image_dtypes = [d for _, s, d in shapes if s]
     source_dtype = np.result_type(*image_dtypes) if image_dtypes else np.dtype(np.uint8)
     out_dtype, scale = dtypes.target_dtype(source_dtype, dtype)
-    ndim = len(shapes[0][1]) - 2 if shapes and shapes[0][1] else 2
+    ndim = next((len(s) - 2 for _, s, _ in shapes if s), 2)  # the first readable image decides
     patch_length = channel_count * math.prod(to_tuple(blocks.kernel_size, ndim, "kernel_size"))
     row_bytes = patch_length * out_dtype.itemsize
     capacity = max(1, shard_size // row_bytes)
@@ -129,6 +130,10 @@ def plan_dataset(
         if image_id in failed_ids:
             continue
         try:
+            if len(shape) - 2 != ndim:
+                raise PatchfoldError(
+                    f"'{path}' has {len(shape) - 2} spatial dim(s) but the dataset's first image has {ndim}"
+                )
             geometry = blocks.at(shape[2:])
         except PatchfoldError as error:
             failed.append(ImageResult(image_id, str(path), 0, str(error)))
@@ -453,6 +458,9 @@ def run_tiles(
     fail_fast: bool = False,
 ) -> Iterator[ImageResult]:
     """Write every image's tile directory under ``directory`` and a top-level manifest."""
+    top = directory / "manifest.json"
+    if os.path.lexists(top) and read_json(top, "manifest").get("format") != TILE_DATASET_FORMAT:
+        raise PatchfoldError(f"'{top}' is not a patchfold tile dataset's manifest; write to a new directory")
     directory.mkdir(parents=True, exist_ok=True)
     results: dict[int, ImageResult] = {}
     runner = (

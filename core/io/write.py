@@ -64,7 +64,7 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.(part|bak
 
 
 def temporary_prefix(target: Path) -> str:
-    name = target.name.encode()[:120].decode(errors="ignore")
+    name = target.name.encode(errors="replace")[:120].decode(errors="ignore")  # any str, even a lone surrogate
     return f".{name}.{os.getpid()}-"
 
 
