@@ -61,7 +61,11 @@ def spatial_dims_of(x: Any, spatial_dims: int | None, blocks: Blocks) -> int:
 
 def _array(x: Any, what: str) -> Any:
     """A tensor as it is; anything else as a numpy array (nested lists too), which must hold numbers."""
-    if engines.is_tensor(x) or isinstance(x, np.ndarray):
+    if engines.is_tensor(x):
+        if getattr(x, "is_nested", False) or str(getattr(x, "layout", "torch.strided")) != "torch.strided":
+            raise PatchfoldError(f"{what} must be a dense (strided) tensor, got a {x.layout} tensor")
+        return x
+    if isinstance(x, np.ndarray):
         return x
     try:
         array = np.asarray(x)

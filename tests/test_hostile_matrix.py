@@ -89,15 +89,8 @@ XFAIL: dict[str, str] = {
     # Python API
     "api_fold_float64_max_sum": "a normalised fold of float64 values at the maximum gives inf where blocks overlap "
     "(the float64 sum overflows) instead of the values",
-    "api_torch_engine_float128_unfold": "unfold(float128 array, engine='torch'): TypeError ('can't convert "
-    "np.ndarray of type numpy.longdouble'), not PatchfoldError",
     "api_tensor_uint64_fold": 'fold of a torch.uint64 tensor: NotImplementedError (\'"min_all" not implemented for '
     "UInt64'), not PatchfoldError",
-    "api_tensor_sparse": "unfold of a sparse tensor: TypeError ('can't convert Sparse layout tensor to numpy'), not "
-    "PatchfoldError",
-    "api_tensor_nested": "unfold of a nested tensor: RuntimeError ('NestedTensorImpl doesn't support sizes'), not "
-    "PatchfoldError",
-    # procedures
     "test_sigint_during_pool_exits_cleanly": "Ctrl-C during 'batch unfold --workers 2' while the pool starts "
     "(20-60 ms after its first child appears): exit 130 and the Error line, then the forkserver's traceback "
     "(spawn._main -> SemLock._rebuild: FileNotFoundError) as it starts a worker for the parent that is gone",

@@ -41,6 +41,8 @@ def take(x: Any, device: str | None = None) -> torch.Tensor:
     values (sharing its memory where it is writeable and contiguous), moved to ``device`` if given."""
     if not isinstance(x, torch.Tensor):
         array = np.asarray(x)
+        if array.dtype.itemsize > 8 or array.dtype == np.uint64:
+            raise PatchfoldError(f"the torch engine has no {array.dtype} arithmetic; use engine='cpu'", param="engine")
         writeable = array.flags.writeable and array.flags.c_contiguous and array.dtype.isnative
         x = torch.from_numpy(array if writeable else np.array(array, order="C", dtype=array.dtype.newbyteorder("=")))
     if device is None:
