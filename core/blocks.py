@@ -177,15 +177,21 @@ class Blocks:
             )
         return dims[0] if dims else None
 
-    def at(self, spatial_size: IntOrSeq) -> Geometry:
+    def at(self, spatial_size: IntOrSeq, context: str | None = None) -> Geometry:
         """The geometry of these blocks over an input of ``spatial_size``: one int per spatial dim
-        (a sequence), or one int for every dim (as many as the parameters have, else 2)."""
+        (a sequence), or one int for every dim (as many as the parameters have, else 2). A fault's
+        message ends with ``(context)`` when given (what the geometry was computed for)."""
         from patchfold.geometry import Geometry
 
-        size = as_ints(spatial_size, "spatial_size")
-        if _is_scalar(spatial_size):  # one int: every spatial dim of the parameters (2-D by default)
-            size = size * (self.ndim or 2)
-        return Geometry.of(size, self)
+        try:
+            size = as_ints(spatial_size, "spatial_size")
+            if _is_scalar(spatial_size):  # one int: every spatial dim of the parameters (2-D by default)
+                size = size * (self.ndim or 2)
+            return Geometry.of(size, self)
+        except PatchfoldError as error:
+            if context is None:
+                raise
+            raise PatchfoldError(f"{error} ({context})", param=error.param) from None
 
     def merged(self, overrides: Mapping[str, Any]) -> Blocks:
         """These blocks with the parameters in ``overrides`` that are not None replaced."""

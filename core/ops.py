@@ -138,7 +138,7 @@ def unfold(
     blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
     batch, unbatched = _batched(x, spatial_dims_of(x, spatial_dims, blocks), "unfold input")
     check_real_dtype(getattr(batch, "dtype", None), "unfold input")
-    geometry = _geometry(blocks, batch.shape, "input shape")
+    geometry = blocks.at(batch.shape[2:], f"input shape {tuple(batch.shape)}")
     name = engines.select(batch, engine)
     if out is not None and (name != "cpu" or unbatched):
         raise PatchfoldError("out= is for batched numpy input on the CPU engine (the result is written into it)")
@@ -191,7 +191,7 @@ def fold(
     """
     layout = check_layout(layout)
     blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
-    geometry = _geometry(blocks, output_size, "fold of patch matrix shape", tuple(getattr(cols, "shape", ())))
+    geometry = blocks.at(output_size, f"fold of patch matrix shape {tuple(getattr(cols, 'shape', ()))}")
     return fold_with(cols, geometry, normalize, layout=layout, window=window, engine=engine, threads=threads)
 
 
@@ -239,7 +239,7 @@ def divisor(
     >>> divisor((1, 5), kernel_size=(1, 3)).tolist()
     [[1, 2, 3, 2, 1]]
     """
-    geometry = _geometry(blocks_of(kernel_size, dilation, padding, stride, padding_mode), spatial_size, "size")
+    geometry = blocks_of(kernel_size, dilation, padding, stride, padding_mode).at(spatial_size, f"size {spatial_size}")
     return coverage.divisor_map(geometry, window_weights(geometry, window))
 
 
@@ -269,7 +269,7 @@ def overlap_stats(
     channels, batch = as_int(channels, "channels"), as_int(batch, "batch")
     if channels < 1 or batch < 1:
         raise PatchfoldError(f"channels and batch must be positive, got channels={channels} batch={batch}")
-    geometry = _geometry(blocks_of(kernel_size, dilation, padding, stride, padding_mode), spatial_size, "size")
+    geometry = blocks_of(kernel_size, dilation, padding, stride, padding_mode).at(spatial_size, f"size {spatial_size}")
     return stats_with(geometry, channels=channels, batch=batch, dtype=dtype, layout=layout)
 
 
@@ -297,14 +297,3 @@ def stats_with(
         "redundancy": geometry.redundancy(),
         "invertible": summary["uncovered_pixels"] == 0,
     }
-
-
-def _geometry(blocks: Blocks, size: Any, what: str, shape: tuple[int, ...] | None = None) -> Geometry:
-    """The geometry of ``blocks`` over ``size`` (an input's shape, whose trailing dims are taken,
-    or a spatial size); a fault names what it was computed for."""
-    try:
-        if shape is None and what == "input shape":
-            shape, size = tuple(size), tuple(size)[2:]
-        return blocks.at(size)
-    except PatchfoldError as error:
-        raise PatchfoldError(f"{error} ({what} {tuple(shape) if shape else size})", param=error.param) from None

@@ -86,17 +86,10 @@ def estimate(
     channel_count = as_int(channels, "channels") if channels is not None else shape[1]
     shape = (count, channel_count, *shape[2:])
     out_dtype = target_dtype(input_dtype if input_dtype is not None else np.dtype(np.float32), dtype)[0]
-    geometry = _geometry(blocks, shape)
+    geometry = blocks.at(shape[2:], f"input shape {list(shape)}")
     stats = stats_with(geometry, channels=shape[1], batch=shape[0], dtype=out_dtype, layout=layout)
     plan = plan_unfold(shape, out_dtype, geometry, layout, max_memory)
     return Estimate(geometry, stats, plan, math.prod(shape) * (input_dtype or out_dtype).itemsize)
-
-
-def _geometry(blocks: Blocks, shape: tuple[int, ...]) -> Geometry:
-    try:
-        return blocks.at(shape[2:])
-    except PatchfoldError as error:
-        raise PatchfoldError(f"{error} (input shape {list(shape)})", param=error.param) from None
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,5 @@ def _fold_geometry(
     else:
         blocks = sidecar.blocks.merged(overrides)
     layout = check_layout(layout or (sidecar.layout if sidecar else "ncl"))
-    try:
-        return blocks.at(output_size if output_size is not None else sidecar.spatial_size), layout  # type: ignore[union-attr]
-    except PatchfoldError as error:
-        raise PatchfoldError(f"{error} (patch matrix '{patches}')", param=error.param) from None
+    size = output_size if output_size is not None else sidecar.spatial_size  # type: ignore[union-attr]
+    return blocks.at(size, f"patch matrix '{patches}'"), layout
