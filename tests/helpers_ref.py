@@ -118,3 +118,24 @@ def to_numpy(value) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     return value.detach().cpu().numpy()
+
+
+#: The keys of overlap_stats (and of `stats --json`).
+STATS_KEYS = {
+    "input_shape",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "padding_mode",
+    "blocks_per_dim",
+    "num_blocks",
+    "patch_length",
+    "output_shape",
+    "output_bytes",
+    "coverage",
+    "uncovered_pixels",
+    "uncovered_fraction",
+    "redundancy",
+    "invertible",
+}

@@ -27,30 +27,12 @@ from cli_fixtures import (
     sample,
     unfold_ref,
 )
+from helpers_ref import STATS_KEYS
 from patchfold.errors import PatchfoldError
 from PIL import Image
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-
-STATS_KEYS = {
-    "input_shape",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "padding_mode",
-    "blocks_per_dim",
-    "num_blocks",
-    "patch_length",
-    "output_shape",
-    "output_bytes",
-    "coverage",
-    "uncovered_pixels",
-    "uncovered_fraction",
-    "redundancy",
-    "invertible",
-}
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from cli_fixtures import divisor_ref
 from helpers_ref import (
     PADDING_MODES,
+    STATS_KEYS,
     as_tuple,
     blocks_per_dim,
     reference_divisor,
@@ -586,24 +587,6 @@ def test_bad_window_specs(spec):
 # ================================================================================================
 # (7) overlap_stats against a brute-force divisor
 # ================================================================================================
-STATS_KEYS = {
-    "input_shape",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "padding_mode",
-    "blocks_per_dim",
-    "num_blocks",
-    "patch_length",
-    "output_shape",
-    "output_bytes",
-    "coverage",
-    "uncovered_pixels",
-    "uncovered_fraction",
-    "redundancy",
-    "invertible",
-}
 STATS_CASES = [
     # size, kernel, dilation, padding, stride, mode, channels, batch, dtype, layout
     ((7, 9), 3, 1, 0, 1, "zeros", 1, 1, "float32", "ncl"),
