@@ -7,10 +7,17 @@
 (2, 48, 4)
 >>> bool((patchfold.fold(cols, (6, 6), 4, stride=2, normalize=True) == x).all())
 True
+
+``PatchDataset`` and ``load_dataset`` load on first use (see :func:`__getattr__`), so importing
+patchfold never imports torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from patchfold.blocks import PADDING_MODES, Blocks
-from patchfold.datasets.reader import PatchDataset, load_dataset
 from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS, Geometry
@@ -35,3 +42,27 @@ __all__ = [
     "overlap_stats",
     "unfold",
 ]
+
+#: Names loaded on first use, and their modules: the dataset reader subclasses torch's ``Dataset``
+#: when torch is installed, and torch takes a second or more to import.
+_LAZY = {"PatchDataset": "patchfold.datasets.reader", "load_dataset": "patchfold.datasets.reader"}
+
+
+def __getattr__(name: str) -> Any:
+    """``patchfold.PatchDataset`` and ``patchfold.load_dataset``, imported when first asked for.
+
+    Args:
+        name: The attribute looked up.
+
+    Returns:
+        The object, which stays in the package's namespace from then on.
+    """
+    if name not in _LAZY:
+        raise AttributeError(f"module 'patchfold' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

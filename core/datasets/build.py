@@ -3,7 +3,7 @@ parallel on a local process pool or a Dask cluster, resumably.
 
 Layout of a dataset directory::
 
-    manifest.json        parameters, images (source, shape, rows, shard, status), shards
+    manifest.json        parameters, images (source, shape, max_value, rows, shard, status), shards
     index.npy            one row per patch: image id, block index per dim, shard, row in shard
     shard-00000.npy ...  patches, one per row: (rows, C·∏k), the ``nlc`` layout
 
@@ -40,6 +40,7 @@ from patchfold.io.formats import (
     dataset_identity,
     read_dataset_manifest,
     read_json,
+    source_max_value,
     write_json,
 )
 from patchfold.io.read import convert_channels
@@ -124,8 +125,10 @@ def plan_dataset(
     index_parts: list[np.ndarray] = []
     placements: list[tuple[int, int, int, Path]] = []  # image id, shard, first row, path
     failed_ids = {f.image_id for f in failed}
-    for image_id, (path, shape, _) in enumerate(shapes):
+    for image_id, (path, shape, image_dtype) in enumerate(shapes):
         record: dict[str, Any] = {"id": image_id, "source": str(path), "shape": list(shape[1:]) if shape else None}
+        if shape:  # its own dtype's maximum, for PatchDataset(to_float=True): the shards share one dtype
+            record["max_value"] = source_max_value(image_dtype)
         images.append(record)
         if image_id in failed_ids:
             continue

@@ -279,10 +279,25 @@ def read_tile_manifest(directory: Path) -> TileManifest:
 
 
 # ----- the dataset manifest ------------------------------------------------------------------------
+def source_max_value(dtype: Any) -> int | float:
+    """An image entry's ``"max_value"``: the largest value of the dtype a source is read as (255
+    for 8-bit images, 65535 for 16-bit, ``np.iinfo(dtype).max`` for any integer dtype, 1 for bool),
+    and 1.0 for float sources, which are taken as already scaled. ``PatchDataset(to_float=True)``
+    divides each patch by its own source's value, so 8- and 16-bit images in one dataset both give
+    [0, 1]."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        return int(np.iinfo(dtype).max)
+    return 1 if dtype.kind == "b" else 1.0
+
+
 def dataset_identity(manifest: dict[str, Any]) -> str:
-    """What two runs must share to write the same dataset: parameters, shards and images."""
+    """What two runs must share to write the same dataset: parameters, shards and images (an
+    image's ``max_value`` aside: datasets written before it was recorded stay resumable, and a
+    source whose bit depth changed is redone by its fingerprint)."""
     keys = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "channels", "dtype", "shards")
-    images = [{k: v for k, v in image.items() if k not in ("error", "fingerprint")} for image in manifest["images"]]
+    unshared = ("error", "fingerprint", "max_value")
+    images = [{k: v for k, v in image.items() if k not in unshared} for image in manifest["images"]]
     return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
 
 
@@ -313,4 +328,18 @@ def read_dataset_manifest(directory: Path) -> dict[str, Any]:
         isinstance(i, dict) and type(i.get("id")) is int and isinstance(i.get("source"), str) for i in images
     ):
         raise PatchfoldError(f'{where}: "images" must be a list of objects with an int "id" and a "source" name')
+    scale = data.get("scale", 1.0)
+    if not _number_in(scale, 1.0):
+        raise PatchfoldError(f"{where}: scale must be a number in (0, 1], got {scale!r}"[:300])
+    for image in images:  # absent in datasets written before it was recorded: see PatchDataset
+        if "max_value" in image and not _number_in(image["max_value"], 2**64):
+            raise PatchfoldError(
+                f"{where}: image {image['id']}'s max_value must be a positive number up to 2**64 "
+                f"(its source dtype's maximum), got {image['max_value']!r}"[:300]
+            )
     return data
+
+
+def _number_in(value: Any, most: float) -> bool:
+    """A JSON int or float (not a bool) in ``(0, most]`` (NaN and infinities are not)."""
+    return type(value) in (int, float) and 0 < value <= most
