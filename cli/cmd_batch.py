@@ -8,6 +8,7 @@ import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
+    PATH,
     ByteSize,
     apply_options,
     block_options,
@@ -24,7 +25,7 @@ def _common(command):
     """Options shared by batch commands: sources, parallelism, resumption."""
     decorators = [
         click.argument("sources", nargs=-1, required=True),
-        click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Dataset directory."),
+        click.option("-o", "--output", required=True, type=PATH, help="Dataset directory."),
         click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories (and ** in globs)."),
         click.option("--workers", type=click.IntRange(1), default=None, help="Local worker processes [all cores]."),
         click.option(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
+    PATH,
     POSITIVE,
     block_options,
     device_options,
@@ -20,7 +21,7 @@ from patchfold.geometry import LAYOUTS
 
 
 @click.command()
-@click.argument("patches", type=click.Path(path_type=Path))
+@click.argument("patches", type=PATH)
 @fold_output_options
 @click.option("--output-size", type=POSITIVE, default=None, help="Spatial size H,W (default: from the sidecar).")
 @block_options(required=False)

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import block_options, max_pixels_option
+from patchfold.cli.options import PATH, block_options, max_pixels_option
 
-_OUTPUT = click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="PNG to write.")
+_OUTPUT = click.option("-o", "--output", required=True, type=PATH, help="PNG to write.")
 
 
 @click.group()
@@ -26,7 +26,7 @@ def show() -> None:
 
 
 @show.command()
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=PATH)
 @block_options()
 @_OUTPUT
 @max_pixels_option
@@ -45,7 +45,7 @@ def grid(image: Path, blocks: Blocks, output: Path, max_pixels: int) -> None:
 
 
 @show.command()
-@click.argument("patches", type=click.Path(path_type=Path))
+@click.argument("patches", type=PATH)
 @click.option("--count", type=click.IntRange(1, 4096), default=64, show_default=True, help="Patches to show.")
 @click.option("--spread", is_flag=True, help="Pick COUNT patches evenly over the image instead of the first ones.")
 @_OUTPUT
@@ -63,7 +63,7 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 
 
 @show.command("divisor")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=PATH)
 @block_options()
 @_OUTPUT
 @max_pixels_option

@@ -10,6 +10,7 @@ import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
+    PATH,
     block_options,
     dtype_option,
     json_option,
@@ -45,7 +46,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=PATH)
 @size_option
 @block_options()
 @click.option("--channels", type=click.IntRange(1), default=None, help="Channels C (default: the input's, or 1).")
@@ -102,13 +103,11 @@ def stats(
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=PATH)
 @size_option
 @block_options()
-@click.option("--npy", "npy_path", type=click.Path(path_type=Path), default=None, help="Write the map as .npy (H, W).")
-@click.option(
-    "--png", "png_path", type=click.Path(path_type=Path), default=None, help="Write a heatmap PNG with a legend."
-)
+@click.option("--npy", "npy_path", type=PATH, default=None, help="Write the map as .npy (H, W).")
+@click.option("--png", "png_path", type=PATH, default=None, help="Write a heatmap PNG with a legend.")
 @spatial_dims_option
 @stack_option
 @max_pixels_option

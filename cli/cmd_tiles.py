@@ -8,6 +8,7 @@ import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
+    PATH,
     block_options,
     fold_output_options,
     json_option,
@@ -21,8 +22,8 @@ from patchfold.jobs.tiles import TILE_FORMATS
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Directory to create.")
+@click.argument("inputs", nargs=-1, required=True, type=PATH)
+@click.option("-o", "--output", required=True, type=PATH, help="Directory to create.")
 @block_options()
 @click.option(
     "--format",
@@ -70,7 +71,7 @@ def tiles(
 
 
 @click.command()
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=PATH)
 @fold_output_options
 @progress_option
 @json_option

@@ -8,6 +8,7 @@ import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
+    PATH,
     block_options,
     device_options,
     dtype_option,
@@ -23,8 +24,8 @@ from patchfold.geometry import LAYOUTS
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Patch matrix .npy to write.")
+@click.argument("inputs", nargs=-1, required=True, type=PATH)
+@click.option("-o", "--output", required=True, type=PATH, help="Patch matrix .npy to write.")
 @block_options()
 @dtype_option("Output dtype; floats scale integer images to [0, 1].")
 @click.option(

@@ -16,6 +16,20 @@ from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS
 from patchfold.units import parse_bytes
 
+
+class NonEmptyPath(click.Path):
+    """A path option or argument: click reads an empty value as ``.`` (the current directory), so
+    ``-o ''`` would write into it; an empty value is refused instead."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str | bytes) and len(value) == 0:
+            self.fail("expected a path, got an empty string", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+#: The type of every path a command takes.
+PATH = NonEmptyPath(path_type=Path)
+
 #: How each library parameter is spelled on the command line (for error messages).
 OPTION_NAMES = {
     "kernel_size": "'-k' / '--kernel-size'",
@@ -269,7 +283,7 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "-o",
             "--output",
             required=True,
-            type=click.Path(path_type=Path),
+            type=PATH,
             help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.",
         ),
         click.option(

@@ -57,6 +57,8 @@ def __getattr__(name: str) -> Any:
     Returns:
         The object, which stays in the package's namespace from then on.
     """
+    if name == "nn":  # the torch modules: a submodule that imports torch
+        return importlib.import_module("patchfold.nn")
     if name not in _LAZY:
         raise AttributeError(f"module 'patchfold' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
@@ -65,4 +67,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "nn"})

@@ -139,6 +139,45 @@ def finish_fold(summed: Any, divisor_map: Any, dtype: Any, weighted: bool) -> An
     return values.to(dtype)
 
 
+def overflowed(summed: Any) -> bool:
+    """True when a float sum holds inf or NaN (numpy or torch): a normalised fold then sums again
+    with headroom (the inputs may have been finite values near the dtype's maximum)."""
+    if not _is_float(summed.dtype):
+        return False
+    if isinstance(summed, np.ndarray):
+        return not bool(np.isfinite(summed).all())
+    import torch
+    from patchfold.engines import tracing
+
+    if tracing(summed):  # a recorded graph has no data-dependent branch: no second sum there
+        return False
+    return not bool(torch.isfinite(summed).all())
+
+
+def undo_headroom(values: Any, factor: float) -> Any:
+    """``values * factor`` for means computed from sums scaled by ``1 / factor`` (see
+    :func:`patchfold.windows.with_headroom`). A true mean is never beyond the dtype's maximum, so
+    a mean that rounding put one ulp past ``maximum / factor`` is held there (infinities in the
+    input stay infinite)."""
+    if isinstance(values, np.ndarray):
+        limit = float(np.finfo(values.dtype).max) / factor
+        return np.where(np.isinf(values), values, np.clip(values, -limit, limit)) * factor
+    import torch
+
+    limit = float(torch.finfo(values.dtype).max) / factor
+    return torch.where(torch.isinf(values), values, values.clamp(-limit, limit)) * factor
+
+
+def where_overflowed(summed: Any, finished: Any, rescued: Any) -> Any:
+    """``rescued`` (a mean from sums with headroom) where ``summed`` overflowed, else ``finished``:
+    pixels whose plain sum was finite keep that exact mean (headroom would flush subnormals)."""
+    if isinstance(finished, np.ndarray):
+        return np.where(np.isfinite(summed), finished, rescued)
+    import torch
+
+    return torch.where(torch.isfinite(summed), finished, rescued)
+
+
 def _rounded_quotient(summed: Any, counts: Any) -> Any:
     """``summed / counts`` rounded half to even, in integer arithmetic (numpy or torch): exact for
     int64 and uint64 sums of any size (a float64 quotient is not above 2**53)."""
@@ -176,7 +215,7 @@ def check_integer_sum(cols: Any, max_coverage: int, weighted: bool) -> None:
     low, high = _integer_range(dtype)
     if max(high, -low) * max_coverage <= limit:
         return
-    low, high = int(cols.min()), int(cols.max())
+    low, high = _extremes(cols)
     largest = max(high, -low)
     if largest * max_coverage > limit:
         what = "exactly in float64 (2**53)" if weighted else f"in {'uint64' if unsigned_64 else 'int64'}"
@@ -184,6 +223,16 @@ def check_integer_sum(cols: Any, max_coverage: int, weighted: bool) -> None:
             f"folding these {dtype} patches could overflow: values up to {largest} summed over up to "
             f"{max_coverage} blocks exceed what fits {what}; fold a smaller range (or floats)"
         )
+
+
+def _extremes(cols: Any) -> tuple[int, int]:
+    """The smallest and largest value of an integer array or tensor (torch has no min/max for
+    uint64: a CPU tensor is read through numpy, which shares its memory)."""
+    if str(cols.dtype) == "torch.uint64":
+        if cols.device.type != "cpu":
+            raise PatchfoldError(f"torch has no uint64 arithmetic on {cols.device}; move the tensor to the CPU")
+        cols = cols.numpy()
+    return int(cols.min()), int(cols.max())
 
 
 def _integer_range(dtype: Any) -> tuple[int, int]:

@@ -14,10 +14,18 @@ from typing import Any
 import numpy as np
 from patchfold import coverage, engines
 from patchfold.blocks import Blocks, IntOrSeq, as_int
-from patchfold.dtypes import canonical_bool, check_integer_sum, check_real_dtype, finish_fold
+from patchfold.dtypes import (
+    canonical_bool,
+    check_integer_sum,
+    check_real_dtype,
+    finish_fold,
+    overflowed,
+    undo_headroom,
+    where_overflowed,
+)
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout
-from patchfold.windows import window_weights
+from patchfold.windows import window_weights, with_headroom
 
 #: Spatial dims of an input by its rank when ``spatial_dims`` is not given (PyTorch's rule for
 #: 2-D: ``(C, H, W)`` unbatched, ``(N, C, H, W)``; 5-D is ``(N, C, D, H, W)``).
@@ -212,12 +220,21 @@ def fold_with(
     check_real_dtype(getattr(batch, "dtype", None), "fold input")
     batch = canonical_bool(batch)
     weights = window_weights(geometry, window)
-    check_integer_sum(batch, coverage.max_coverage(geometry), weights is not None)
+    max_coverage = coverage.max_coverage(geometry)
+    check_integer_sum(batch, max_coverage, weights is not None)
     engine_module = engines.load(engines.select(batch, engine))
     data = engine_module.take(batch)
-    summed = engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
+    with np.errstate(over="ignore"):  # an overflowing sum is summed again below, not reported
+        summed = engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
     divisor_map = engine_module.divisor(geometry, weights, like=data) if normalize else None
-    result = engines.give_back(finish_fold(summed, divisor_map, data.dtype, weights is not None), batch)
+    finished = finish_fold(summed, divisor_map, data.dtype, weights is not None)
+    if normalize and overflowed(summed):  # values near the float maximum: sum again, scaled down
+        scaled, factor = with_headroom(geometry, weights, max_coverage)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN inputs stay as they are
+            again = engine_module.fold(data, geometry, layout, scaled, exact=True, threads=threads)
+        rescued = undo_headroom(finish_fold(again, divisor_map, data.dtype, weights is not None), factor)
+        finished = where_overflowed(summed, finished, rescued)
+    result = engines.give_back(finished, batch)
     return result[0] if unbatched else result
 
 

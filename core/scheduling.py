@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ def run_local(
     try:
         queue = iter(chunks(tasks, workers))
         with _interrupts_held():  # the forkserver and workers start with Ctrl-C blocked: only we see it
+            # every worker up before a Ctrl-C can end this process: a worker still starting when
+            # it is gone finds the pool's semaphores removed and prints a traceback
+            wait([pool.submit(_ready) for _ in range(workers)])
             for group in queue:
                 pending.add(pool.submit(process_chunk, group, function))
                 if len(pending) >= workers * 2:
@@ -90,16 +94,34 @@ def run_local(
 
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Block SIGINT in this thread while processes are started (they inherit the mask, so a
-    Ctrl-C then reaches this process alone, once the block is lifted)."""
+    """Hold Ctrl-C while processes are started, then act on it.
+
+    SIGINT is blocked in this thread (children inherit the mask, so a Ctrl-C reaches this process
+    alone) and, in the main thread, Python's handler only notes it: other threads (a BLAS pool's)
+    do not block it, and Python would raise KeyboardInterrupt here mid-start, orphaning a worker
+    that then fails on the pool's removed semaphores. The noted Ctrl-C is raised when the block ends.
+    """
     if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
         yield
         return
+    noted: list[int] = []
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number)) if in_main else None
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if in_main:
+            signal.signal(signal.SIGINT, handler)
+    if noted and callable(handler):
+        handler(signal.SIGINT, None)
+    elif noted and handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
+def _ready() -> None:
+    """A task that does nothing: its result says a worker has started."""
 
 
 def _quiet_worker() -> None:

@@ -8,6 +8,8 @@ ones, which keeps the weighted divisor separable.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
@@ -112,3 +114,22 @@ def window_weights(geometry: Geometry, spec: str | None, edge_aware: bool = True
             per_block[-1, size - half :] = 1.0
         weights.append(per_block)
     return weights
+
+
+def with_headroom(
+    geometry: Geometry, weights: list[np.ndarray] | None, max_coverage: int
+) -> tuple[list[np.ndarray], float]:
+    """Weights that also scale every patch down by a power of two, so that no (weighted) sum of up
+    to ``max_coverage`` patches can overflow, and the factor that undoes it.
+
+    For a normalised fold of floats near the float64 maximum, whose plain sum overflows to inf
+    although the mean it is divided into does not; a power of two scales exactly.
+    """
+    base = (
+        weights
+        if weights is not None
+        else [np.ones((n, k)) for n, k in zip(geometry.blocks_per_dim, geometry.kernel_size)]
+    )
+    bound = max_coverage * math.prod(float(w.max()) for w in base)
+    factor = 2.0 ** max(1, math.ceil(math.log2(max(bound, 1.0))))
+    return [base[0] / factor, *base[1:]], factor

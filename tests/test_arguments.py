@@ -94,8 +94,7 @@ def test_tensors_that_require_grad_keep_their_gradient(layout: str) -> None:
         assert not patchfold.unfold(x, 3).requires_grad
 
 
-def test_engine_cpu_refuses_a_tensor_that_needs_gradients() -> None:
-    x = torch.randn(1, 1, 4, 4, requires_grad=True)
-    with pytest.raises(PatchfoldError) as info:
-        patchfold.unfold(x, 2, engine="cpu")
-    assert info.value.param == "engine"
+def test_engine_cpu_keeps_the_gradient_of_a_tensor_that_needs_it() -> None:
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    patchfold.unfold(x, 2, engine="cpu").sum().backward()
+    torch.testing.assert_close(x.grad, torch.from_numpy(patchfold.divisor((4, 4), 2)).double()[None, None])

@@ -305,6 +305,28 @@ def test_normalised_fold_of_arbitrary_integer_patches_rounds(engine):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("size", "kernel", "extras"),
+    [
+        ((9, 8), 3, {"stride": 1}),
+        ((9, 8), 4, {"stride": 2, "padding": 2, "padding_mode": "reflect", "window": "hann"}),
+        ((7,), 3, {"padding": 1, "padding_mode": "circular"}),
+        ((5, 6, 4), 2, {"dilation": 2, "window": "gaussian"}),
+    ],
+)
+def test_normalised_fold_of_floats_near_the_maximum_gives_them_back(size, kernel, extras, engine):
+    # The plain float64 sum of overlapping blocks overflows to inf; the mean it is divided into does not.
+    rng = np.random.default_rng(3)
+    x = np.finfo(np.float64).max * rng.uniform(-1, 1, (1, 2, *size))
+    x[0, 0, 0] = np.finfo(np.float64).max  # the largest value itself, where blocks overlap least
+    window = extras.pop("window", None)
+    cols = patchfold.unfold(x, kernel, **extras, spatial_dims=len(size))
+    back = patchfold.fold(cols, size, kernel, **extras, normalize=True, window=window, engine=engine)
+    np.testing.assert_allclose(back, x, rtol=1e-12)
+    assert np.isfinite(back).all()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("kind", ["numpy", "tensor"])
 def test_complex_input_rejected(kind, engine):
     x = np.zeros((1, 1, 4, 4), dtype=np.complex64)

@@ -29,35 +29,37 @@ def check_engine(engine: str) -> str:
 
 
 def select(x: Any, engine: str = "auto") -> str:
-    """The engine (``cpu`` or ``torch``) that runs an operation on ``x``.
+    """The engine module (``cpu``, ``autograd`` or ``torch``) that runs an operation on ``x``.
 
-    Tensors on a GPU, bfloat16 tensors and tensors that need gradients run on torch; numpy arrays
-    and other CPU tensors on patchfold's CPU engine unless ``engine="torch"``.
+    numpy arrays and CPU tensors run on patchfold's CPU engine; a CPU tensor that needs gradients,
+    or holds bfloat16 (which numpy lacks), on the same loops inside autograd Functions
+    (``autograd``); tensors on a GPU, tensors being traced or compiled (:func:`tracing`), or
+    anything with ``engine="torch"``, on PyTorch's ops.
     """
     check_engine(engine)
     if not is_tensor(x):
         return "torch" if engine == "torch" else "cpu"
     if engine == "cpu" and x.device.type != "cpu":
         raise PatchfoldError(f"engine 'cpu' cannot run on a tensor on {x.device}", param="engine")
-    if engine == "torch" or x.device.type != "cpu" or str(x.dtype) == "torch.bfloat16":
+    if engine == "torch" or x.device.type != "cpu" or tracing(x):
         return "torch"
-    if _needs_grad(x):
-        if engine == "cpu":
-            raise PatchfoldError(
-                "engine 'cpu' does not record gradients; use engine='auto' or 'torch' for a tensor that requires grad",
-                param="engine",
-            )
-        return "torch"
+    if str(x.dtype) == "torch.bfloat16" or _needs_grad(x):
+        return "autograd"
     return "cpu"
 
 
 def load(name: str) -> ModuleType:
-    """The engine module ``cpu`` or ``torch``: each has ``take``, ``unfold``, ``fold`` and ``divisor``
-    with the same signatures (the torch one is imported only here, when first used)."""
+    """The engine module ``cpu``, ``autograd`` or ``torch``: each has ``take``, ``unfold``, ``fold``
+    and ``divisor`` with the same signatures (the torch-based ones are imported only here, when
+    first used)."""
     if name == "torch":
         from patchfold.engines import torch_engine
 
         return torch_engine
+    if name == "autograd":
+        from patchfold.engines import autograd
+
+        return autograd
     from patchfold.engines import cpu
 
     return cpu
@@ -72,6 +74,16 @@ def give_back(result: Any, original: Any) -> Any:
 
         return torch.from_numpy(result)
     return result.cpu().numpy() if is_tensor(result) else result
+
+
+def tracing(x: Any) -> bool:
+    """Whether ``x`` is a tensor seen by ``torch.jit.trace``, ``torch.compile`` or ``torch.export``:
+    they record torch's ops only (numpy's work would be baked in as a constant, or fail)."""
+    if not is_tensor(x):
+        return False
+    import torch
+
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def _needs_grad(x: Any) -> bool:

@@ -39,10 +39,9 @@ def pad(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 def take(x: Any, device: str | None = None) -> torch.Tensor:
     """The engine's own array for ``x``: the tensor itself, or a tensor holding a numpy array's
     values (sharing its memory where it is writeable and contiguous), moved to ``device`` if given."""
+    check_dtype(x.dtype if isinstance(x, torch.Tensor) else np.asarray(x).dtype)
     if not isinstance(x, torch.Tensor):
         array = np.asarray(x)
-        if array.dtype.itemsize > 8 or array.dtype == np.uint64:
-            raise PatchfoldError(f"the torch engine has no {array.dtype} arithmetic; use engine='cpu'", param="engine")
         writeable = array.flags.writeable and array.flags.c_contiguous and array.dtype.isnative
         x = torch.from_numpy(array if writeable else np.array(array, order="C", dtype=array.dtype.newbyteorder("=")))
     if device is None:
@@ -51,6 +50,12 @@ def take(x: Any, device: str | None = None) -> torch.Tensor:
         return x.to(resolve_device(device))
     except RuntimeError as error:  # out of memory on the device, most often
         raise PatchfoldError(f"cannot move the patch matrix to {device}: {error}") from None
+
+
+def check_dtype(dtype: Any) -> None:
+    """Refuse, before any work, data torch has no arithmetic for (float128, uint64)."""
+    if dtype == torch.uint64 or (isinstance(dtype, np.dtype) and (dtype.itemsize > 8 or dtype == np.uint64)):
+        raise PatchfoldError(f"the torch engine has no {dtype} arithmetic; use engine=cpu")
 
 
 def unfold(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import math
 import os
 import stat
@@ -267,21 +268,52 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
     import tifffile
 
     shape, axes, pages, dtype = header
-    try:
-        data = tifffile.memmap(path, mode="r", series=0)
-    except (ValueError, OSError):  # compressed or not contiguous: decode it
-        check_fits(math.prod(shape) * dtype.itemsize, f"decoding '{path}'")
+    with _tifffile_messages() as messages:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = tifffile.imread(path, series=0)
-        except Exception as error:  # tifffile raises many types for a broken or exotic file
-            if pages == 1:
-                return None  # a single page Pillow may still read (its codecs differ)
-            raise PatchfoldError(f"'{path}' is corrupt or truncated: {error}") from None
+            data = tifffile.memmap(path, mode="r", series=0)
+        except (ValueError, OSError):  # compressed or not contiguous: decode it
+            check_fits(math.prod(shape) * dtype.itemsize, f"decoding '{path}'")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    data = tifffile.imread(path, series=0)
+            except Exception as error:  # tifffile raises many types for a broken or exotic file
+                if pages == 1:
+                    return None  # a single page Pillow may still read (its codecs differ)
+                raise PatchfoldError(f"'{path}' is corrupt or truncated: {_with_log(error, messages)}") from None
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("="))
     return _tiff_axes_to_channels_first(data, axes, pages)
+
+
+class _Collected(logging.Handler):
+    """Keeps the messages of a third-party logger instead of letting them reach stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_messages() -> Iterator[list[str]]:
+    """While tifffile reads, its log lines (``incorrect StripByteCounts``...) are kept, not printed:
+    a reader of patchfold sees one message, with the first of them folded into its error."""
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Collected(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _with_log(error: BaseException, messages: list[str]) -> str:
+    return f"{error} ({messages[0]})" if messages else str(error)
 
 
 def _probe_tiff(path: Path, max_pixels: int) -> np.ndarray | None:
@@ -300,13 +332,14 @@ def _tiff_header(path: Path, max_pixels: int) -> tuple[tuple[int, ...], str, int
         import tifffile
     except ImportError:
         return None
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            series = tiff.series[0]
-            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
-            pages = len(tiff.pages)
-    except Exception as error:  # tifffile raises many types for a broken file
-        raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {error}") from None
+    with _tifffile_messages() as messages:
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                series = tiff.series[0]
+                shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
+                pages = len(tiff.pages)
+        except Exception as error:  # tifffile raises many types for a broken file
+            raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {_with_log(error, messages)}") from None
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
     if height * width > max_pixels:
         raise PatchfoldError(

@@ -195,6 +195,15 @@ def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
+def _usable_stem(stem: str) -> bool:
+    """A recorded source name can name an output file: not empty, and encodable (a lone surrogate
+    in a hand-edited manifest is not)."""
+    try:
+        return bool(stem) and len(os.fsencode(stem)) <= 200
+    except UnicodeError:
+        return False
+
+
 def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[Path] | None:
     """Where each of ``count`` folded images goes: None for one ``.npy`` holding them all, else one
     image file, ``{i}``-numbered files (four digits: ``0000``), or files named after ``names``
@@ -204,7 +213,7 @@ def image_targets(output: Path, count: int, names: Sequence[str] = ()) -> list[P
         return None
     if output.is_dir() or str(output).endswith(os.sep):
         stems = [Path(n).stem for n in names]
-        if len(stems) != count or len(set(stems)) != count:
+        if len(stems) != count or len(set(stems)) != count or not all(map(_usable_stem, stems)):
             stems = [f"{i:04d}" for i in range(count)]
         return [output / f"{stem}.png" for stem in stems]
     if not output.suffix:

@@ -13,7 +13,16 @@ import numpy as np
 from patchfold import engines
 from patchfold.blocks import Blocks
 from patchfold.coverage import coverage_vectors, max_coverage, outer, unpad_adjoint
-from patchfold.dtypes import canonical_bool, check_integer_sum, finish_fold, fold_output_dtype, restore_dtype
+from patchfold.dtypes import (
+    canonical_bool,
+    check_integer_sum,
+    finish_fold,
+    fold_output_dtype,
+    overflowed,
+    restore_dtype,
+    undo_headroom,
+    where_overflowed,
+)
 from patchfold.engines import cpu, resolve
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
@@ -32,7 +41,7 @@ from patchfold.io.write import (
 )
 from patchfold.jobs.plan import FoldPlan, Progress, plan_fold
 from patchfold.ops import fold_with
-from patchfold.windows import window_weights
+from patchfold.windows import window_weights, with_headroom
 
 
 def fold_to_npy(
@@ -57,7 +66,8 @@ def fold_to_npy(
     geometry = plan.geometry
     weights = window_weights(geometry, window)
     cols = canonical_bool(cols)
-    check_integer_sum(cols, max_coverage(geometry), weights is not None)
+    most = max_coverage(geometry)
+    check_integer_sum(cols, most, weights is not None)
     vectors = coverage_vectors(geometry, weights) if normalize else None
     single_band = plan.bands == 1
     with atomic_paths(path) as (temporary,), open(temporary, "r+b") as handle:
@@ -66,18 +76,38 @@ def fold_to_npy(
         for index, (top, bottom) in enumerate(plan.band_ranges()):
             pad = geometry.padding[0]
             rows = None if single_band else (top + pad, bottom + pad)
-            summed = cpu.fold_padded(cols, geometry, plan.layout, weights, rows=rows, threads=threads, exact=normalize)
-            summed = unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if single_band else 1)
+            with np.errstate(over="ignore"):  # an overflowing sum is summed again below, not reported
+                summed = _band_sum(cols, geometry, plan.layout, weights, rows, threads, normalize)
             divisor_band = None
             if vectors is not None:
                 divisor_band = outer([vectors[0][top:bottom], *vectors[1:]])
             values = finish_fold(summed, divisor_band, cols.dtype, weights is not None)
+            if normalize and overflowed(summed):  # values near the float maximum: sum again, scaled down
+                scaled, factor = with_headroom(geometry, weights, most)
+                with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN inputs stay as they are
+                    again = _band_sum(cols, geometry, plan.layout, scaled, rows, threads, True)
+                rescued = undo_headroom(finish_fold(again, divisor_band, cols.dtype, weights is not None), factor)
+                values = where_overflowed(summed, values, rescued)
             if restore is not None:
                 values = restore_dtype(values, *restore)
             _write_rows(handle.fileno(), header, values.astype(plan.dtype, copy=False), plan, top)
             written += values.nbytes
             _release(cols)
             yield Progress(index + 1, plan.bands, written, plan.output_bytes)
+
+
+def _band_sum(
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str,
+    weights: list[np.ndarray] | None,
+    rows: tuple[int, int] | None,
+    threads: int | None,
+    exact: bool,
+) -> np.ndarray:
+    """The overlap-add sums of padded output rows ``rows`` (all when None), padding folded back."""
+    summed = cpu.fold_padded(cols, geometry, layout, weights, rows=rows, threads=threads, exact=exact)
+    return unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if rows is None else 1)
 
 
 def _write_rows(fd: int, header: int, values: np.ndarray, plan: FoldPlan, top: int) -> None:

@@ -129,14 +129,14 @@ def _band_computer(
 
         return compute
 
-    import torch
     from patchfold.engines import torch_engine
 
-    target = torch_engine.resolve_device(device)
+    torch_engine.resolve_device(device)
+    torch_engine.check_dtype(padded.dtype)
 
     def compute_torch(first: int, last: int, slot: int) -> np.ndarray:
         slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
-        result = torch_engine.unfold(torch.from_numpy(np.ascontiguousarray(slab)).to(target), slab_geometry, layout)
+        result = torch_engine.unfold(torch_engine.take(np.ascontiguousarray(slab), device), slab_geometry, layout)
         shape = shape_of(last - first)
         out = buffers[slot][: math.prod(shape)].reshape(shape)
         out[...] = result.cpu().numpy()
