@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <assert.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Output rows per band: long enough that each patch row is read in runs of several blocks (the

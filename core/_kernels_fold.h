@@ -21,6 +21,49 @@
 
 #define PF_F(name) PF_JOIN(name, PF_SUFFIX)
 
+/* nlc, output rows [top, bottom) of a band: block row by block row, a tile of up to JT patches
+ * (rows of C*K contiguous values) is first transposed into buf (C*K rows of JT, in cache), then
+ * added as in ncl, a contiguous (vectorised) run of blocks per kernel offset. Adding straight from
+ * the nlc rows would take a loop of K1 steps per patch and read each cache line of the matrix K0*C
+ * times from memory. A patch's values for this call are the first Q = C*K0*K1 of each row of b (in 3-D,
+ * one depth offset of one channel of longer rows). buf holds Q*JT values. */
+static void PF_F(fold2d_nlc_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g, int64_t top, int64_t bottom,
+                                  PF_SOURCE *buf, int64_t JT) {
+  const int64_t C = g.C, K0 = g.K0, K1 = g.K1, L0 = g.L0, L1 = g.L1, s0 = g.s0, s1 = g.s1;
+  const int64_t d0 = g.d0, d1 = g.d1, W = g.W, lo = g.lo, b = g.b, cs = g.cs, Q = C * K0 * K1;
+  assert(g.a == 1 && Q <= b && JT >= 1);
+  int64_t i0 = ceil_div(top - (K0 - 1) * d0, s0), i1 = ceil_div(bottom, s0);
+  if (i0 < 0) i0 = 0;
+  if (i1 > L0) i1 = L0;
+  for (int64_t i = i0; i < i1; i++) {
+    for (int64_t j0 = 0; j0 < L1; j0 += JT) {
+      const int64_t n = L1 - j0 < JT ? L1 - j0 : JT;
+      const PF_SOURCE *patches = src + (i * L1 + j0) * b;
+      int any = 0;
+      for (int64_t ki = 0; ki < K0 && !any; ki++) any = ki * d0 + i * s0 >= top && ki * d0 + i * s0 < bottom;
+      if (!any) continue;
+      for (int64_t j = 0; j < n; j++)
+        for (int64_t q = 0; q < Q; q++) buf[q * n + j] = patches[j * b + q];
+      for (int64_t c = 0; c < C; c++) {
+        for (int64_t ki = 0; ki < K0; ki++) {
+          const int64_t r = ki * d0 + i * s0;
+          if (r < top || r >= bottom) continue;
+          PF_ACC *row = acc + c * cs + (r - lo) * W + j0 * s1;
+          for (int64_t kj = 0; kj < K1; kj++) {
+            const PF_SOURCE *in = buf + ((c * K0 + ki) * K1 + kj) * n;
+            PF_ACC *out = row + kj * d1;
+            if (s1 == 1) {
+              for (int64_t j = 0; j < n; j++) out[j] += (PF_ACC)in[j];
+            } else {
+              for (int64_t j = 0; j < n; j++) out[j * s1] += (PF_ACC)in[j];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 /* The 2-D loop over output rows [g.lo, g.hi) (see pf_fold2d in _kernels.c). */
 static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
   /* locals, not struct fields: the compiler then knows no store into acc changes them */
@@ -31,11 +74,24 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
   assert(0 <= lo && lo <= hi);
   assert(L1 == 0 || (K1 - 1) * d1 + (L1 - 1) * s1 < W); /* every column lands inside the row */
   const int64_t gcd_ = gcd(d1, s1), t = s1 / gcd_, m = d1 / gcd_; /* t*d1 = m*s1, without overflow */
+  /* nlc: a transposition tile of about 16K values (at least 8 patches) */
+  PF_SOURCE *buf = NULL;
+  int64_t JT = 0;
+  if (a == 1 && L1 > 0 && C > 0) {
+    const int64_t Q = C * K0 * K1; /* the values of a patch this call adds */
+    JT = (16384 / Q) < 8 ? 8 : 16384 / Q;
+    if (JT > L1) JT = L1;
+    buf = (PF_SOURCE *)malloc((size_t)(Q * JT) * sizeof(PF_SOURCE));
+  }
   for (int64_t top = lo; top < hi; top += BAND) {
     const int64_t bottom = top + BAND < hi ? top + BAND : hi;
     if (g.zero)
       for (int64_t c = 0; c < C; c++)
         memset(acc + c * cs + (top - lo) * W, 0, (size_t)((bottom - top) * W) * sizeof(PF_ACC));
+    if (buf != NULL) { /* nlc: the patches of a block row are read once, while they are in cache */
+      PF_F(fold2d_nlc_band)(src, acc, g, top, bottom, buf, JT);
+      continue;
+    }
     for (int64_t c = 0; c < C; c++) {
       for (int64_t ki = 0; ki < K0; ki++) {
         const int64_t base = ki * d0;
@@ -44,15 +100,6 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
         if (i1 > L0) i1 = L0;
         for (int64_t i = i0; i < i1; i++) {
           PF_ACC *row = acc + c * cs + (base + i * s0 - lo) * W;
-          if (a == 1) { /* nlc: one patch row's kernel offsets are contiguous */
-            const PF_SOURCE *in = src + (c * K0 + ki) * K1 + i * L1 * b;
-            for (int64_t j = 0; j < L1; j++) {
-              PF_ACC *out = row + j * s1;
-              const PF_SOURCE *patch = in + j * b;
-              for (int64_t kj = 0; kj < K1; kj++) out[kj * d1] += (PF_ACC)patch[kj];
-            }
-            continue;
-          }
           if (b == 1 && K1 > t) {
             /* kernel columns r, r + t, r + 2t, ... land on the same output columns, shifted by
                m blocks each: sum them first, touching each output column once per residue r */
@@ -96,6 +143,7 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
       }
     }
   }
+  free(buf);
 }
 
 /* 3-D: depth rows [lo, hi) of acc (C, hi-lo, H, W). Every (channel c, depth offset A, depth block
