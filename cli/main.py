@@ -6,6 +6,7 @@ import signal
 
 import click
 from patchfold import __version__
+from patchfold.cli.cmd_apply import apply
 from patchfold.cli.cmd_batch import batch
 from patchfold.cli.cmd_fold import fold
 from patchfold.cli.cmd_show import show
@@ -27,7 +28,7 @@ def main() -> None:
     """
 
 
-for command in (unfold, fold, divisor, stats, tiles, untile, show, batch):
+for command in (unfold, fold, apply, divisor, stats, tiles, untile, show, batch):
     main.add_command(command)
 
 

@@ -51,6 +51,14 @@ OPTION_NAMES = {
     "png": "'--png'",
     "batch": "'--batch'",
     "channels": "'--channels'",
+    "model": "'--model'",
+    "linear": "'--linear'",
+    "bias": "'--bias'",
+    "function": "'--function'",
+    "margin": "'--margin'",
+    "cover": "'--cover'",
+    "reduce": "'--reduce'",
+    "batch_size": "'--batch-size'",
 }
 
 #: Library parameters as flags, where a message gives them as advice (``stack=True`` → ``--stack``).

@@ -22,6 +22,7 @@ from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import LAYOUTS, Geometry
 from patchfold.ops import divisor, fold, overlap_stats, unfold
+from patchfold.patchwise import apply
 from patchfold.windows import WINDOWS
 
 __version__ = "1.0.0"
@@ -36,6 +37,7 @@ __all__ = [
     "PatchDataset",
     "PatchfoldError",
     "__version__",
+    "apply",
     "divisor",
     "fold",
     "load_dataset",

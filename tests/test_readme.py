@@ -32,3 +32,21 @@ def test_readme_example_runs(index: int, tmp_path: Path, monkeypatch: pytest.Mon
         list(build.unfold_dataset(sources, tmp_path / "dataset", Blocks(32, stride=32), workers=1))
         code = code.replace("num_workers=4", "num_workers=0")  # the loop, not the worker start-up, is the point
     exec(compile(code, f"README.md example {index + 1}", "exec"), {"__name__": "readme_example"})
+
+
+def test_readme_apply_example_runs_with_the_model_it_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The apply section's three-line model, then its `patchfold apply ... --model model.pt` line."""
+    import shlex
+
+    from cli_fixtures import ok
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Run a model on every patch") :]
+    model_code = next(block for block in python_blocks() if "model.pt" in block)
+    command = next(line for line in section.splitlines() if line.startswith("patchfold apply") and "--model" in line)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(model_code, "README.md apply model", "exec"), {"__name__": "readme_example"})
+    (tmp_path / "out").mkdir()
+    args = [arg.replace("sample_images/", f"{SAMPLES}/") for arg in shlex.split(command)[1:]]
+    ok(*args)
+    assert (tmp_path / "out" / "applied.png").exists()

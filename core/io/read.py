@@ -215,6 +215,12 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int, bool]:
 def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
     """Read a ``.npy`` (never unpickled; memory-mapped above :data:`MAX_READ_BYTES`) and shape it
     ``(N, C, *spatial)``."""
+    return shape_array(read_npy_array(path), path, spatial_dims)
+
+
+def read_npy_array(path: Path) -> np.ndarray:
+    """A ``.npy`` of real numbers as it is stored (never unpickled; bools as uint8), checked
+    against its header."""
     size = require_file(path).st_size
     shape, dtype, data_start, _ = npy_header(path)
     if dtype.hasobject:
@@ -235,7 +241,7 @@ def read_npy(path: Path, spatial_dims: int | None = None) -> np.ndarray:
         raise PatchfoldError(f"'{path}' has dtype {array.dtype}; expected real numbers (bool, int, uint, float)")
     if array.dtype.kind == "b":
         array = array.astype(np.uint8)
-    return shape_array(array, path, spatial_dims)
+    return array
 
 
 def shape_array(array: np.ndarray, path: Path | str, spatial_dims: int | None = None) -> np.ndarray:

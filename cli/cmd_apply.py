@@ -1,0 +1,97 @@
+"""``patchfold apply``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from patchfold.blocks import Blocks
+from patchfold.cli.errors import handle_errors
+from patchfold.cli.options import (
+    PATH,
+    DeviceType,
+    block_options,
+    json_option,
+    max_pixels_option,
+    progress_option,
+    spatial_dims_option,
+    stack_option,
+)
+from patchfold.cli.present import emit_summary, track
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=PATH)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=PATH,
+    help=".npy (N, C', H', W'), an image file (use {i} for N > 1), or a directory.",
+)
+@click.option("--model", type=PATH, default=None, help="TorchScript (.pt) or torch.export (.pt2) model file.")
+@click.option("--linear", type=PATH, default=None, help="W.npy: one vector W·patch per patch (C', C, *k).")
+@click.option("--bias", type=PATH, default=None, help="B.npy (C',) added to --linear's vectors.")
+@click.option("--function", default=None, metavar="MODULE:CALLABLE", help="A Python callable on batches of patches.")
+@block_options()
+@click.option("--cover", is_flag=True, help="Move each dim's last block inward to end at the border (no padding).")
+@click.option("--window", default="none", show_default=True, help="Blending window (hann, gaussian:SIGMA...).")
+@click.option("--margin", type=click.IntRange(0), default=0, show_default=True, help="Trim of each output patch.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Patches per call.")
+@click.option("--device", type=DeviceType(), default="auto", show_default=True, help="Where a model runs.")
+@click.option(
+    "--reduce", type=click.Choice(["none", "argmax", "max"]), default="none", show_default=True, help="Over channels."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64", "float16"]),
+    default="float32",
+    show_default=True,
+    help="What the patches are given as; integer pixels are scaled into [0, 1].",
+)
+@spatial_dims_option
+@stack_option
+@max_pixels_option
+@progress_option
+@json_option
+@handle_errors
+def apply(
+    inputs: tuple[Path, ...],
+    output: Path,
+    model: Path | None,
+    linear: Path | None,
+    bias: Path | None,
+    function: str | None,
+    blocks: Blocks,
+    cover: bool,
+    window: str,
+    margin: int,
+    batch_size: int,
+    device: str,
+    reduce: str,
+    dtype: str,
+    spatial_dims: int | None,
+    stack: bool,
+    max_pixels: int,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """Run a model or function on every patch of INPUTS and blend the results back.
+
+    Each batch of patches (B, C, *k) becomes (B, C', *k·scale), overlap-added with the window, or
+    (B, C'), one vector per block, giving the block grid.
+
+    \b
+    Example:
+      patchfold apply sample_images/scene_rgb.png --model model.pt -k 64 -s 48 --cover --margin 8 -o out.png
+      patchfold apply img.png --linear w.npy -k 3 -p 1 -o features.npy
+    """
+    from patchfold.jobs.apply import FunctionSpec, apply_file
+
+    spec = FunctionSpec(model=model, linear=linear, bias=bias, function=function)
+    job = apply_file(
+        list(inputs), output, blocks, spec, cover=cover, window=window, margin=margin, batch_size=batch_size,
+        device=device, reduce=reduce, dtype=dtype, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels,
+    )  # fmt: skip
+    result = track(job, "apply", not no_progress)
+    emit_summary(f"apply → {output}", result.summary(), as_json)

@@ -1,0 +1,240 @@
+"""The ``apply`` file job: load images, load the function (a model file, a linear map or a named
+callable), run :func:`patchfold.apply.apply` on each image and write the results as ``fold`` does.
+
+Model files are TorchScript archives (``torch.jit.load``) or ``torch.export`` programs (``.pt2``,
+``torch.export.load``); neither is a pickle, and no model file is ever unpickled. A ``--function
+module:callable`` is code the user names on purpose and is imported as such.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from patchfold.blocks import Blocks
+from patchfold.dtypes import convert_dtype, restore_dtype
+from patchfold.errors import PatchfoldError
+from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_npy_array, require_file
+from patchfold.io.write import check_not_an_input, image_targets, write_images
+from patchfold.jobs.plan import Progress
+from patchfold.patchwise import DEFAULT_BATCH, apply
+
+#: Suffixes of the model files ``--model`` reads.
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2")
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What ``apply`` runs: exactly one of a model file, a linear map (``W.npy`` and an optional
+    bias) or a ``module:callable`` name."""
+
+    model: Path | None = None
+    linear: Path | None = None
+    bias: Path | None = None
+    function: str | None = None
+
+    def describe(self) -> str:
+        if self.model is not None:
+            return f"model {self.model}"
+        if self.linear is not None:
+            return f"linear {self.linear}" + (f" + {self.bias}" if self.bias else "")
+        return f"function {self.function}"
+
+
+def load_function(spec: FunctionSpec, channels: int, kernel: tuple[int, ...]) -> Callable[[Any], Any]:
+    """The callable ``spec`` names, checked before any image is processed."""
+    given = [v for v in (spec.model, spec.linear, spec.function) if v is not None]
+    if len(given) != 1:
+        raise PatchfoldError("give exactly one of model=, linear= or function=", param="model")
+    if spec.bias is not None and spec.linear is None:
+        raise PatchfoldError("bias= goes with linear=", param="bias")
+    if spec.model is not None:
+        return load_model(spec.model)
+    if spec.linear is not None:
+        return linear_map(spec.linear, spec.bias, channels, kernel)
+    return import_function(str(spec.function))
+
+
+def load_model(path: Path) -> Callable[[Any], Any]:
+    """A TorchScript archive or a ``torch.export`` program (``.pt2``), in eval mode."""
+    require_file(path, "model file")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise PatchfoldError(
+            f"model file '{path}' must be TorchScript ({', '.join(MODEL_SUFFIXES[:-1])}) or torch.export (.pt2)",
+            param="model",
+        )
+    if not zipfile.is_zipfile(path):
+        raise PatchfoldError(f"model file '{path}' is not a TorchScript or torch.export archive (not a zip file)")
+    import torch
+
+    try:
+        if path.suffix.lower() == ".pt2":
+            return torch.export.load(str(path)).module()
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # torch raises RuntimeError, ValueError, its own types...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PatchfoldError(f"cannot load model file '{path}': {reason[:300]}") from None
+    return model.eval()
+
+
+def linear_map(weight_path: Path, bias_path: Path | None, channels: int, kernel: tuple[int, ...]) -> Callable:
+    """``patch ↦ W · patch + b``: one vector per patch, so the result is a convolution's output.
+
+    ``W`` is ``(C', C, *k)`` (a convolution's weight) or ``(C', C·∏k)``; ``b`` is ``(C',)``.
+    """
+    weight = np.asarray(read_npy_array(Path(weight_path)))
+    length = channels * int(np.prod(kernel))
+    if weight.ndim < 2 or weight.dtype.kind not in "biuf" or int(np.prod(weight.shape[1:])) != length:
+        raise PatchfoldError(
+            f"linear weight '{weight_path}' has shape {list(weight.shape)} ({weight.dtype}); expected "
+            f"(C', {channels}, {', '.join(map(str, kernel))}) or (C', {length}) for {channels}-channel "
+            f"{'x'.join(map(str, kernel))} patches"
+        )
+    matrix = weight.reshape(weight.shape[0], length).astype(np.float64).T
+    bias = np.zeros(weight.shape[0])
+    if bias_path is not None:
+        bias = np.asarray(read_npy_array(Path(bias_path)), dtype=np.float64)
+        if bias.shape != (weight.shape[0],):
+            raise PatchfoldError(f"bias '{bias_path}' has shape {list(bias.shape)}; expected ({weight.shape[0]},)")
+
+    def linear(patches: np.ndarray) -> np.ndarray:  # in float64, given back in the patches' dtype
+        return (patches.reshape(len(patches), -1) @ matrix + bias).astype(patches.dtype, copy=False)
+
+    return linear
+
+
+def import_function(name: str) -> Callable[[Any], Any]:
+    """``module:callable`` (``package.module:attr.attr``), imported."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise PatchfoldError(f"function must be 'module:callable', got {name!r}", param="function")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as error:  # an import runs the module's code: anything can go wrong there
+        raise PatchfoldError(f"cannot import module {module_name!r} for function {name!r}: {error}") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise PatchfoldError(f"module {module_name!r} has no {attribute!r} (function {name!r})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise PatchfoldError(f"{name!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an :func:`apply_file` job wrote."""
+
+    written: list[Path] | Path
+    function: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    dtype: str
+    blocks: Blocks
+    cover: bool
+    window: str | None
+    margin: Any
+    reduce: str
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        written = self.written if isinstance(self.written, Path) else None
+        return {
+            "output": str(written) if written else [str(p) for p in self.written],
+            "function": self.function,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "dtype": self.dtype,
+            **self.blocks.to_dict(),
+            "cover": self.cover,
+            "window": self.window or "none",
+            "margin": self.margin,
+            "reduce": self.reduce,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def apply_file(
+    inputs: list[str | Path],
+    output: str | Path,
+    blocks: Blocks,
+    spec: FunctionSpec,
+    *,
+    cover: bool = False,
+    window: str | None = None,
+    margin: Any = 0,
+    batch_size: int = DEFAULT_BATCH,
+    device: str | None = None,
+    reduce: str | None = None,
+    dtype: str = "float32",
+    spatial_dims: int | None = None,
+    stack: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Progress | ApplyResult]:
+    """Run ``spec``'s function on every patch of the images ``inputs`` and write the blended
+    results to ``output`` (as ``fold`` writes: ``.npy``, image files, ``{i}`` names, a directory).
+
+    Images are given to the function as ``dtype`` (integer pixels scaled into [0, 1] for floats);
+    image-file outputs are scaled back to the input's integer dtype, ``reduce='argmax'`` labels are
+    written as they are. Yields one :class:`Progress` per image, then the :class:`ApplyResult`.
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
+    array, scale = convert_dtype(batch.array, dtype)
+    targets = image_targets(output, array.shape[0], batch.sources)
+    check_not_an_input(targets or [output], [Path(s) for s in batch.sources])
+    geometry = blocks.at(array.shape[2:], f"input shape {list(array.shape)}")
+    fn = load_function(spec, array.shape[1], geometry.kernel_size)
+    device = None if device in (None, "auto", "cpu") and spec.model is None else device
+    if device == "auto":
+        device = _auto_device()
+    images = []
+    for n in range(array.shape[0]):
+        images.append(
+            apply(
+                array[n : n + 1],
+                fn,
+                blocks,
+                cover=cover,
+                window=window,
+                margin=margin,
+                batch_size=batch_size,
+                device=device,
+                reduce=reduce,
+                spatial_dims=array.ndim - 2,
+            )[0]
+        )
+        yield Progress(n + 1, array.shape[0], (n + 1) * array[0].nbytes, array.nbytes)
+    result = np.stack(images)
+    labels = reduce not in (None, "none")
+    if labels:
+        result = result[:, None]  # one channel of labels (or maxima)
+    if targets is not None and not (labels and reduce == "argmax"):
+        result = restore_dtype(result, str(batch.array.dtype), scale)
+    write_images(output, targets, result)
+    yield ApplyResult(
+        written=targets if targets is not None else output,
+        function=spec.describe(),
+        input_shape=tuple(batch.array.shape),
+        output_shape=tuple(result.shape),
+        dtype=str(result.dtype),
+        blocks=blocks,
+        cover=cover,
+        window=window,
+        margin=margin,
+        reduce=reduce or "none",
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _auto_device() -> str:
+    from patchfold.engines import resolve
+
+    return resolve("auto")[0]

@@ -1,0 +1,436 @@
+"""Run a function or model on every patch and put the results back (:func:`apply`, which is
+``patchfold.apply``).
+
+The plan (block positions, output mode and scale, blending weights) is computed once, separate
+from moving data: :class:`ApplyPlan` says where every block starts along each spatial dim (a
+per-axis grid, also with ``cover``), and the weights of each block along each dim (window, edge
+awareness, ``margin``), so the total weight at every pixel is an outer product of per-dim sums.
+
+``fn`` maps a batch of patches ``(B, C, *k)`` to either
+- ``(B, C', *k')`` with ``k' = k · scale`` (``dense``): each output patch is weighted, added at its
+  block's place (``stride · scale`` apart) and the sum divided by the total weight; or
+- ``(B, C')`` (``vector``): one vector per block, written at the block's grid position, giving
+  ``(N, C', *blocks_per_dim)``.
+The mode and scale are found from the first batch and every later batch must agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from patchfold.blocks import Blocks, IntOrSeq
+from patchfold.coverage import NUMPY_PAD_MODE, outer
+from patchfold.engines import is_tensor
+from patchfold.errors import PatchfoldError
+from patchfold.geometry import Geometry
+from patchfold.memory import check_fits
+from patchfold.windows import MIN_WEIGHT, parse_window, window_1d
+
+#: What ``reduce`` accepts: per pixel (or block) over the output channels.
+REDUCTIONS = ("none", "argmax", "max")
+#: How many patches go to ``fn`` at once by default.
+DEFAULT_BATCH = 64
+
+
+@dataclass(frozen=True)
+class AxisGrid:
+    """Where the blocks of one spatial dim start, in image coordinates (negative: in the padding).
+
+    ``first``/``last`` say whether each block touches that end of the image (its side there is
+    an image border, never trimmed by a margin)."""
+
+    starts: np.ndarray
+    span: int
+    size: int
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+    def at_start(self) -> np.ndarray:
+        return self.starts <= 0
+
+    def at_end(self) -> np.ndarray:
+        return self.starts + self.span >= self.size
+
+
+def axis_grid(size: int, kernel: int, stride: int, padding: int, dilation: int, cover: bool) -> AxisGrid:
+    """Block starts along one dim: PyTorch's (``padding`` on both sides, every ``stride``), or with
+    ``cover`` the same grid without padding plus, where it falls short, a last block that ends at
+    the image's end (a dim shorter than one block gets one block, centred, over padding)."""
+    span = (kernel - 1) * dilation + 1
+    if not cover:
+        count = (size + 2 * padding - span) // stride + 1
+        return AxisGrid(np.arange(count, dtype=np.int64) * stride - padding, span, size)
+    if size <= span:
+        return AxisGrid(np.array([-((span - size) // 2)], dtype=np.int64), span, size)
+    starts = np.arange(0, size - span + 1, stride, dtype=np.int64)
+    if starts[-1] + span < size:
+        starts = np.append(starts, size - span)
+    return AxisGrid(starts, span, size)
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """The block grid of one image size and how the outputs are put back."""
+
+    blocks: Blocks
+    geometry: Geometry
+    cover: bool
+    window: str | None
+    margin: tuple[int, ...]
+    grids: tuple[AxisGrid, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.grids)
+
+    @property
+    def blocks_per_dim(self) -> tuple[int, ...]:
+        return tuple(g.count for g in self.grids)
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.blocks_per_dim)
+
+    def pad_widths(self) -> list[tuple[int, int]]:
+        """How far the blocks reach outside the image on each side of each dim."""
+        return [(max(0, -int(g.starts[0])), max(0, int(g.starts[-1]) + g.span - g.size)) for g in self.grids]
+
+    def weights(self, scale: tuple[int, ...]) -> list[np.ndarray]:
+        """Per dim, ``(blocks, k_d · scale_d)`` weights of each output point of each block: the
+        window (edge-aware: a block at an image border keeps full weight on its outer half), with
+        ``margin · scale`` points set to 0 on every side that is not an image border."""
+        name, sigma = parse_window(self.window)
+        result = []
+        for grid, k, s, m in zip(self.grids, self.geometry.kernel_size, scale, self.margin):
+            size = k * s
+            base = window_1d(name, size, sigma)
+            if name != "none" and (not np.isfinite(base).all() or base.min() < MIN_WEIGHT):
+                raise PatchfoldError(f"window {self.window!r} gives weights below {MIN_WEIGHT:.3g}", param="window")
+            weights = np.tile(base, (grid.count, 1))
+            half, trim = (size + 1) // 2, m * s
+            first, last = grid.at_start(), grid.at_end()
+            weights[first, :half] = 1.0
+            weights[last, size - half :] = 1.0
+            if trim:
+                weights[~first, :trim] = 0.0
+                weights[~last, size - trim :] = 0.0
+            result.append(weights)
+        return result
+
+
+def plan_apply(
+    spatial_size: tuple[int, ...],
+    blocks: Blocks,
+    *,
+    cover: bool = False,
+    window: str | None = None,
+    margin: IntOrSeq = 0,
+) -> ApplyPlan:
+    """The :class:`ApplyPlan` for images of ``spatial_size``, validated before any work."""
+    ndim = len(spatial_size)
+    fitted = spatial_size
+    if cover:  # a dim shorter than one block gets one block over padding: validate as if it fitted
+        from patchfold.blocks import to_tuple
+
+        kernel, dilation = (
+            to_tuple(blocks.kernel_size, ndim, "kernel_size"),
+            to_tuple(blocks.dilation, ndim, "dilation"),
+        )
+        fitted = tuple(max(n, (k - 1) * d + 1) for n, k, d in zip(spatial_size, kernel, dilation))
+    geometry = blocks.at(fitted, f"apply to size {list(spatial_size)}")  # validates as unfold would
+    if cover and any(geometry.padding):
+        raise PatchfoldError(
+            "cover=True places the blocks inside the image (only a dim shorter than one block is padded); "
+            f"padding must be 0, got {list(geometry.padding)}",
+            param="padding",
+        )
+    parse_window(window)
+    margins = blocks_tuple(margin, ndim, "margin")
+    for m, k, s, d in zip(margins, geometry.kernel_size, geometry.stride, geometry.dilation):
+        if m and d != 1:
+            raise PatchfoldError(
+                f"margin needs dilation 1 (a dilated patch has no inner part), got {d}", param="margin"
+            )
+        if m and s > k - 2 * m:
+            raise PatchfoldError(
+                f"margin {m} keeps {k - 2 * m} of each {k}-pixel patch, less than the stride {s}: pixels between "
+                f"the kept parts would have no value (need stride <= kernel_size - 2*margin)",
+                param="margin",
+            )
+    grids = tuple(
+        axis_grid(n, k, s, p, d, cover)
+        for n, k, s, p, d in zip(
+            spatial_size, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
+        )
+    )
+    return ApplyPlan(blocks, geometry, cover, window, margins, grids)
+
+
+def blocks_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
+    from patchfold.blocks import to_tuple
+
+    values = to_tuple(value, ndim, name)
+    if any(v < 0 for v in values):
+        raise PatchfoldError(f"{name} must be >= 0, got {list(values)}", param=name)
+    return values
+
+
+def apply(
+    x: Any,
+    fn: Callable[[Any], Any],
+    kernel_size: IntOrSeq | Blocks,
+    dilation: IntOrSeq = 1,
+    padding: IntOrSeq = 0,
+    stride: IntOrSeq = 1,
+    *,
+    padding_mode: str = "zeros",
+    cover: bool = False,
+    window: str | None = None,
+    margin: IntOrSeq = 0,
+    batch_size: int = DEFAULT_BATCH,
+    device: str | None = None,
+    reduce: str | None = None,
+    spatial_dims: int | None = None,
+) -> Any:
+    """Run ``fn`` on every patch of ``x`` and blend the results back into images.
+
+    Args:
+        x: numpy array or torch tensor ``(N, C, *spatial)`` or ``(C, *spatial)``.
+        fn: maps a batch of patches ``(B, C, *k)`` to ``(B, C', *k·scale)`` (dense) or ``(B, C')``
+            (one vector per patch). A ``torch.nn.Module`` (or any callable, for tensor input) gets
+            tensors on ``device`` and runs under ``torch.inference_mode()``; other callables get
+            numpy arrays for numpy input.
+        kernel_size, dilation, padding, stride, padding_mode: the blocks, as for :func:`unfold`.
+        cover: place the blocks inside the image, moving the last block of each dim inward to end
+            at the border (padding must be 0; only a dim shorter than one block is padded).
+        window: blend overlapping output patches with a window (see :func:`patchfold.fold`).
+        margin: trim this many pixels (per dim, or one for all) of each output patch on every side
+            that is not an image border before blending (the overlap-tile strategy): for a
+            translation-equivariant ``fn`` whose receptive radius is at most ``margin``, the result
+            equals ``fn`` on the whole image.
+        batch_size: patches per call of ``fn``.
+        device: where a torch ``fn`` runs (default: the CPU, or the tensor's device).
+        reduce: ``argmax`` (labels in the smallest unsigned dtype) or ``max`` over output channels.
+        spatial_dims: as for :func:`unfold`.
+
+    Returns:
+        Dense: ``(N, C', *spatial·scale)`` in ``fn``'s output dtype (float64 sums, divided by the
+        weights). Vector: ``(N, C', *blocks_per_dim)``. With ``reduce``, the channel axis is gone.
+        Numpy for numpy input, a tensor (on ``x``'s device) for a tensor; unbatched input gives an
+        unbatched result.
+
+    >>> import numpy as np
+    >>> x = np.arange(36.0).reshape(1, 1, 6, 6)
+    >>> bool((apply(x, lambda p: p * 2, 4, stride=2) == 2 * x).all())
+    True
+    """
+    from patchfold.ops import _array, _batched, blocks_of, spatial_dims_of
+
+    x = _array(x, "apply input")
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
+    batch, unbatched = _batched(x, spatial_dims_of(x, spatial_dims, blocks), "apply input")
+    reduce = _check_reduce(reduce)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise PatchfoldError(f"batch_size must be a positive int, got {batch_size!r}", param="batch_size")
+    plan = plan_apply(tuple(batch.shape[2:]), blocks, cover=cover, window=window, margin=margin)
+    runner = _Runner(fn, batch, device)
+    images = [_apply_one(runner, runner.image(batch, n), plan, int(batch_size)) for n in range(batch.shape[0])]
+    result = np.stack([reduce_channels(image, reduce) for image in images])
+    result = result[0] if unbatched else result
+    if is_tensor(x):
+        import torch
+
+        return torch.from_numpy(result).to(x.device)
+    return result
+
+
+def _check_reduce(reduce: str | None) -> str:
+    reduce = "none" if reduce is None else reduce
+    if reduce not in REDUCTIONS:
+        raise PatchfoldError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}", param="reduce")
+    return reduce
+
+
+def reduce_channels(image: np.ndarray, reduce: str) -> np.ndarray:
+    """``argmax`` (labels in the smallest unsigned dtype that holds them) or ``max`` over axis 0."""
+    if reduce == "argmax":
+        labels = np.argmax(image, axis=0)
+        return labels.astype(np.min_scalar_type(max(image.shape[0] - 1, 0)))
+    if reduce == "max":
+        return image.max(axis=0)
+    return image
+
+
+class _Runner:
+    """Calls ``fn`` on batches of numpy patches, as tensors on a device where ``fn`` is torch's."""
+
+    def __init__(self, fn: Callable[[Any], Any], x: Any, device: str | None) -> None:
+        if not callable(fn):
+            raise PatchfoldError(f"fn must be a callable (a function or a model), got {type(fn).__name__}")
+        self.fn = fn
+        module = type(fn).__module__.split(".")[0] == "torch"
+        self.torch = is_tensor(x) or module or device is not None
+        self.device = device if device is not None else (str(x.device) if is_tensor(x) else "cpu")
+        if self.torch:
+            from patchfold.engines.torch_engine import resolve_device
+
+            self.target = resolve_device(self.device)
+
+    def image(self, x: Any, n: int) -> np.ndarray:
+        """Image ``n`` of the batch as numpy ``(C, *spatial)`` (patches are cut from it)."""
+        item = x[n]
+        return item.detach().cpu().numpy() if is_tensor(item) else np.asarray(item)
+
+    def __call__(self, patches: np.ndarray, batch_size: int) -> np.ndarray:
+        if not self.torch:
+            return _as_array(self.fn(patches))
+        import torch
+
+        count = len(patches)
+        if count < batch_size:  # the last batch, filled up for models exported with a fixed batch size
+            patches = np.concatenate([patches, np.repeat(patches[-1:], batch_size - count, axis=0)])
+        with torch.inference_mode():
+            result = _as_array(self.fn(torch.from_numpy(patches).to(self.target, non_blocking=True)))
+        return result[:count] if result.ndim and len(result) == len(patches) else result
+
+
+def _as_array(result: Any) -> np.ndarray:
+    if is_tensor(result):
+        return result.detach().cpu().numpy()
+    if isinstance(result, tuple | list) and len(result) == 1:  # an exported program's outputs
+        return _as_array(result[0])
+    array = np.asarray(result)
+    if array.dtype.kind not in "biuf":
+        raise PatchfoldError(f"fn must return real numbers, got {array.dtype}")
+    return array
+
+
+def _batches(plan: ApplyPlan, batch_size: int) -> Iterator[np.ndarray]:
+    """Block indices (row-major over the grid) in batches, as ``(B, ndim)`` grid coordinates."""
+    for first in range(0, plan.num_blocks, batch_size):
+        flat = np.arange(first, min(first + batch_size, plan.num_blocks))
+        yield np.stack(np.unravel_index(flat, plan.blocks_per_dim), axis=1)
+
+
+def _apply_one(runner: _Runner, image: np.ndarray, plan: ApplyPlan, batch_size: int) -> np.ndarray:
+    """``fn`` over every block of one ``(C, *spatial)`` image, blended back."""
+    widths = plan.pad_widths()
+    padded = _pad(image, widths, plan.geometry.padding_mode)
+    kernel = plan.geometry.kernel_size
+    dilation = plan.geometry.dilation
+    spans = [g.span for g in plan.grids]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, spans, axis=tuple(range(1, plan.ndim + 1)))
+    windows = windows[(..., *(slice(None, None, d) for d in dilation))]  # (C, *positions, *k)
+    sink: _Sink | None = None
+    for coords in _batches(plan, batch_size):
+        index = tuple(plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim))
+        patches = np.ascontiguousarray(np.moveaxis(windows[(slice(None), *index)], 0, 1))  # (B, C, *k)
+        outputs = runner(patches, batch_size)
+        if sink is None:
+            sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0])
+        sink.add(outputs, coords)
+    assert sink is not None  # an image has at least one block
+    return sink.finish()
+
+
+def _pad(image: np.ndarray, widths: list[tuple[int, int]], mode: str) -> np.ndarray:
+    if not any(a or b for a, b in widths):
+        return image
+    check_fits(image.itemsize * image.shape[0] * math.prod(n + a + b for n, (a, b) in zip(image.shape[1:], widths)),
+               "the padded copy of the input")  # fmt: skip
+    full = [(0, 0), *widths]
+    if mode == "zeros":
+        return np.pad(image, full)
+    return np.pad(image, full, mode=NUMPY_PAD_MODE[mode])  # type: ignore[call-overload]
+
+
+class _Sink:
+    """Where outputs go: a dense weighted sum (and its weights) or a block grid of vectors."""
+
+    def __init__(self, plan: ApplyPlan, mode: str, shape: tuple[int, ...], scale: tuple[int, ...], dtype: np.dtype):
+        self.plan, self.mode, self.shape, self.scale, self.dtype = plan, mode, shape, scale, dtype
+        channels = shape[0]
+        if mode == "vector":
+            check_fits(channels * plan.num_blocks * dtype.itemsize, "the block grid of outputs")
+            self.grid = np.zeros((channels, *plan.blocks_per_dim), dtype=dtype)
+            return
+        self.weights = plan.weights(scale)
+        widths = plan.pad_widths()
+        self.lead = [a * s for (a, _), s in zip(widths, scale)]
+        size = [(g.size + a + b) * s for g, (a, b), s in zip(plan.grids, widths, scale)]
+        check_fits(channels * math.prod(size) * 8, "the blended output's float64 sums")
+        self.sum = np.zeros((channels, *size), dtype=np.float64)
+
+    @classmethod
+    def for_first(
+        cls, outputs: np.ndarray, patches: np.ndarray, plan: ApplyPlan, kernel: tuple[int, ...], channels: int
+    ) -> _Sink:
+        """Tell the mode and scale from the first batch's outputs."""
+        batch = patches.shape[0]
+        if outputs.ndim == 2 and outputs.shape[0] == batch:
+            return cls(plan, "vector", outputs.shape[1:], (1,) * plan.ndim, outputs.dtype)
+        if outputs.ndim == patches.ndim and outputs.shape[0] == batch:
+            scale = []
+            for got, k in zip(outputs.shape[2:], kernel):
+                if got % k or got == 0:
+                    break
+                scale.append(got // k)
+            if len(scale) == plan.ndim:
+                dilation = plan.geometry.dilation
+                if any(s != 1 for s in scale) and any(d != 1 for d in dilation):
+                    raise PatchfoldError(
+                        f"fn scales its patches by {scale}, which needs dilation 1 (got {list(dilation)})"
+                    )
+                dtype = outputs.dtype if outputs.dtype.kind == "f" else np.dtype(np.float64)
+                return cls(plan, "dense", outputs.shape[1:], tuple(scale), dtype)
+        raise PatchfoldError(
+            f"fn turned a batch of patches {list(patches.shape)} into {list(outputs.shape)}: expected "
+            f"({batch}, C', *kernel·scale) with kernel {list(kernel)} and an integer scale, or ({batch}, C')"
+        )
+
+    def add(self, outputs: np.ndarray, coords: np.ndarray) -> None:
+        if outputs.shape != (len(coords), *self.shape):
+            raise PatchfoldError(
+                f"fn's output changed shape: {list(outputs.shape)}, after {[len(coords), *self.shape]} "
+                "for the first batch"
+            )
+        if self.mode == "vector":
+            self.grid[(slice(None), *coords.T)] = outputs.T
+            return
+        plan, ndim = self.plan, self.plan.ndim
+        dilation = plan.geometry.dilation
+        for row, block in enumerate(coords):
+            weight = outer([self.weights[d][block[d]] for d in range(ndim)])
+            where = tuple(
+                slice(start, start + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
+                for d, start in enumerate(
+                    (int(plan.grids[d].starts[block[d]]) * self.scale[d] + self.lead[d]) for d in range(ndim)
+                )
+            )
+            self.sum[(slice(None), *where)] += outputs[row] * weight
+
+    def finish(self) -> np.ndarray:
+        if self.mode == "vector":
+            return self.grid
+        plan, ndim = self.plan, self.plan.ndim
+        dilation = plan.geometry.dilation
+        totals = []
+        for d in range(ndim):  # the total weight at each output point, per dim (the blocks form a grid)
+            total = np.zeros(self.sum.shape[1 + d])
+            for start, weights in zip(plan.grids[d].starts, self.weights[d]):
+                first = int(start) * self.scale[d] + self.lead[d]
+                total[first : first + (len(weights) - 1) * dilation[d] + 1 : dilation[d]] += weights
+            totals.append(total[self.lead[d] : self.lead[d] + plan.grids[d].size * self.scale[d]])
+        inner = tuple(slice(lead, lead + g.size * s) for lead, g, s in zip(self.lead, plan.grids, self.scale))
+        weight = outer(totals)
+        covered = weight > 0
+        if any(plan.margin) and not covered.all():
+            raise PatchfoldError("the blocks' kept parts leave pixels with no value (margin too large for the stride)")
+        values = self.sum[(slice(None), *inner)] / np.where(covered, weight, 1.0) * covered
+        return values.astype(self.dtype)
