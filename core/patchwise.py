@@ -351,7 +351,13 @@ def _pad(image: np.ndarray, widths: list[tuple[int, int]], mode: str) -> np.ndar
 
 
 class _Sink:
-    """Where outputs go: a dense weighted sum (and its weights) or a block grid of vectors."""
+    """Where outputs go: a block grid of vectors, or the dense weighted sum.
+
+    Dense sums are kept only for the output rows (along dim 0) that blocks not yet added can still
+    reach: blocks come in row-major order, so rows above the next block's start are final and are
+    divided by their total weight and moved into the result as soon as a batch begins below them.
+    The float64 band is about one block tall (plus a batch's rows), not the image.
+    """
 
     def __init__(self, plan: ApplyPlan, mode: str, shape: tuple[int, ...], scale: tuple[int, ...], dtype: np.dtype):
         self.plan, self.mode, self.shape, self.scale, self.dtype = plan, mode, shape, scale, dtype
@@ -362,10 +368,31 @@ class _Sink:
             return
         self.weights = plan.weights(scale)
         widths = plan.pad_widths()
-        self.lead = [a * s for (a, _), s in zip(widths, scale)]
-        size = [(g.size + a + b) * s for g, (a, b), s in zip(plan.grids, widths, scale)]
-        check_fits(channels * math.prod(size) * 8, "the blended output's float64 sums")
-        self.sum = np.zeros((channels, *size), dtype=np.float64)
+        self.lead = [a * s for (a, _), s in zip(widths, scale)]  # output points before the image, per dim
+        self.padded = [(g.size + a + b) * s for g, (a, b), s in zip(plan.grids, widths, scale)]
+        self.out_size = [g.size * s for g, s in zip(plan.grids, scale)]
+        check_fits(channels * math.prod(self.out_size) * dtype.itemsize, "the blended output")
+        self.result = np.zeros((channels, *self.out_size), dtype=dtype)
+        self.totals = self._totals()
+        self.base = 0  # padded output row held in self.band[:, 0]
+        self.band = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
+
+    def _totals(self) -> list[np.ndarray]:
+        """The total weight at each output point, per dim (the blocks form a grid, so the total is
+        their outer product), over the padded output."""
+        plan, dilation, totals = self.plan, self.plan.geometry.dilation, []
+        for d in range(plan.ndim):
+            total = np.zeros(self.padded[d])
+            for start, weights in zip(plan.grids[d].starts, self.weights[d]):
+                first = int(start) * self.scale[d] + self.lead[d]
+                total[first : first + (len(weights) - 1) * dilation[d] + 1 : dilation[d]] += weights
+            inner = total[self.lead[d] : self.lead[d] + self.out_size[d]]
+            if any(self.plan.margin) and not (inner > 0).all():
+                raise PatchfoldError(
+                    "the blocks' kept parts leave pixels with no value (margin too large for the stride)"
+                )
+            totals.append(total)
+        return totals
 
     @classmethod
     def for_first(
@@ -403,34 +430,50 @@ class _Sink:
         if self.mode == "vector":
             self.grid[(slice(None), *coords.T)] = outputs.T
             return
-        plan, ndim = self.plan, self.plan.ndim
-        dilation = plan.geometry.dilation
+        plan, ndim, dilation = self.plan, self.plan.ndim, self.plan.geometry.dilation
+        starts = [plan.grids[d].starts[coords[:, d]] * self.scale[d] + self.lead[d] for d in range(ndim)]
+        reach = (self.shape[1] - 1) * dilation[0] + 1
+        self._flush(int(starts[0].min()))
+        self._hold(int(starts[0].max()) + reach)
         for row, block in enumerate(coords):
             weight = outer([self.weights[d][block[d]] for d in range(ndim)])
             where = tuple(
-                slice(start, start + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
-                for d, start in enumerate(
-                    (int(plan.grids[d].starts[block[d]]) * self.scale[d] + self.lead[d]) for d in range(ndim)
-                )
+                slice(int(first), int(first) + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
+                for d, first in enumerate([starts[0][row] - self.base, *(s[row] for s in starts[1:])])
             )
-            self.sum[(slice(None), *where)] += outputs[row] * weight
+            self.band[(slice(None), *where)] += outputs[row] * weight
+
+    def _hold(self, stop: int) -> None:
+        """Grow the band to hold padded output rows up to ``stop``."""
+        held = self.base + self.band.shape[1]
+        if stop <= held:
+            return
+        check_fits(self.band[:, :1].nbytes * (stop - self.base), "the blended output's float64 band")
+        grown = np.zeros((self.band.shape[0], stop - self.base, *self.band.shape[2:]), dtype=np.float64)
+        grown[:, : self.band.shape[1]] = self.band
+        self.band = grown
+
+    def _flush(self, stop: int) -> None:
+        """Padded output rows below ``stop`` are final: divide them and move them to the result."""
+        stop = min(stop, self.base + self.band.shape[1])
+        if stop <= self.base:
+            return
+        rows = np.arange(self.base, stop)
+        inside = (rows >= self.lead[0]) & (rows < self.lead[0] + self.out_size[0])
+        if inside.any():
+            first, last = int(rows[inside][0]), int(rows[inside][-1]) + 1
+            rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
+            inner = (slice(None), slice(first - self.base, last - self.base), *rest)
+            totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
+            weight = outer(totals)
+            covered = weight > 0
+            values = self.band[inner] / np.where(covered, weight, 1.0) * covered
+            self.result[:, first - self.lead[0] : last - self.lead[0]] = values
+        self.band = self.band[:, stop - self.base :]
+        self.base = stop
 
     def finish(self) -> np.ndarray:
         if self.mode == "vector":
             return self.grid
-        plan, ndim = self.plan, self.plan.ndim
-        dilation = plan.geometry.dilation
-        totals = []
-        for d in range(ndim):  # the total weight at each output point, per dim (the blocks form a grid)
-            total = np.zeros(self.sum.shape[1 + d])
-            for start, weights in zip(plan.grids[d].starts, self.weights[d]):
-                first = int(start) * self.scale[d] + self.lead[d]
-                total[first : first + (len(weights) - 1) * dilation[d] + 1 : dilation[d]] += weights
-            totals.append(total[self.lead[d] : self.lead[d] + plan.grids[d].size * self.scale[d]])
-        inner = tuple(slice(lead, lead + g.size * s) for lead, g, s in zip(self.lead, plan.grids, self.scale))
-        weight = outer(totals)
-        covered = weight > 0
-        if any(plan.margin) and not covered.all():
-            raise PatchfoldError("the blocks' kept parts leave pixels with no value (margin too large for the stride)")
-        values = self.sum[(slice(None), *inner)] / np.where(covered, weight, 1.0) * covered
-        return values.astype(self.dtype)
+        self._flush(self.base + self.band.shape[1])
+        return self.result

@@ -267,3 +267,21 @@ def test_torchscript_and_export_models_through_the_cli(image, tmp_path: Path) ->
         whole = model(pixels).numpy()
     for name in ("model.pt", "model.pt2"):
         assert np.abs(np.load(tmp_path / f"{name}.npy") - whole).max() <= 1e-5
+
+
+def test_the_float64_sums_are_held_for_a_band_of_rows_not_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    from patchfold import patchwise
+
+    held = []
+    hold = patchwise._Sink._hold
+
+    def recording(self, stop: int) -> None:
+        hold(self, stop)
+        held.append(self.band.shape[1])
+
+    monkeypatch.setattr(patchwise._Sink, "_hold", recording)
+    x = RNG.random((1, 2, 400, 24)).astype(np.float32)
+    y = apply(x, identity, 16, stride=8, cover=True, window="hann", batch_size=4)
+    np.testing.assert_array_equal(y, x)
+    # a batch of 4 blocks spans at most 2 block rows (3 blocks per row): 16 + 8 rows, never 400
+    assert max(held) <= 16 + 8
