@@ -100,3 +100,38 @@ def test_convert_channels_refuses_the_impossible() -> None:
 def test_npy_shapes_by_rank(tmp_path: Path, shape: tuple, dims: int | None, expected: tuple) -> None:
     np.save(tmp_path / "a.npy", np.zeros(shape, np.float32))
     assert read_npy(tmp_path / "a.npy", dims).shape == expected
+
+
+def test_a_writer_waits_for_a_memory_mapped_input_and_we_are_told(tmp_path: Path, monkeypatch) -> None:
+    """A large .npy is memory-mapped under a read lease: another process opening it to write is
+    held back by the kernel, this process gets a PatchfoldError (never SIGBUS), and the writer
+    goes on once the mapping is freed."""
+    import gc
+    import subprocess
+    import sys
+    import time
+
+    from patchfold.io import leases, read
+
+    path = tmp_path / "big.npy"
+    np.save(path, np.arange(2_000_000, dtype=np.float64))
+    monkeypatch.setattr(read, "MAX_READ_BYTES", 1 << 20)
+    array = read_npy(path)
+    assert isinstance(array.base if array.base is not None else array, np.ndarray)
+    if not leases._LEASED:
+        pytest.skip("no read leases here (file system or permissions)")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"f = open({str(path)!r}, 'r+b'); f.truncate(0); print('truncated')"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    with pytest.raises(patchfold.PatchfoldError, match="being written by another process"):
+        while time.monotonic() < deadline:
+            float(array[::1000].sum())  # touching the pages: with the file truncated this would be SIGBUS
+            time.sleep(0.005)
+    assert writer.poll() is None  # still held back: the mapping is alive
+    del array
+    gc.collect()
+    assert writer.communicate(timeout=10)[0].strip() == "truncated"
+    assert not leases._LEASED

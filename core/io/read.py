@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from patchfold.errors import PatchfoldError
+from patchfold.io import leases
 from patchfold.memory import check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm")
@@ -185,7 +186,7 @@ def require_file(path: Path, what: str = "input") -> os.stat_result:
 
 #: ``.npy`` files up to this size are read into memory: a copy another process cannot truncate
 #: under us (a memory-mapped file that shrinks kills the reader with SIGBUS). Larger ones are
-#: memory-mapped, so they stream in bounded memory.
+#: memory-mapped, so they stream in bounded memory, under a read lease (:mod:`patchfold.io.leases`).
 MAX_READ_BYTES = 256 << 20
 
 
@@ -233,6 +234,8 @@ def read_npy_array(path: Path) -> np.ndarray:
         )
     try:
         array = np.load(path, mmap_mode="r" if size > MAX_READ_BYTES else None, allow_pickle=False)
+        if isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None:
+            leases.lease(path, array._mmap)  # a writer then waits, and we are told, instead of SIGBUS
     except (ValueError, OSError, EOFError) as error:  # the file changed since its header was read
         raise PatchfoldError(f"'{path}' is not a valid .npy file: {error}") from None
     if not isinstance(array, np.ndarray):
