@@ -280,6 +280,8 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
     with _tifffile_messages() as messages:
         try:
             data = tifffile.memmap(path, mode="r", series=0)
+            if getattr(data, "_mmap", None) is not None:
+                leases.lease(path, data._mmap)  # a writer then waits, and we are told, instead of SIGBUS
         except (ValueError, OSError):  # compressed or not contiguous: decode it
             check_fits(math.prod(shape) * dtype.itemsize, f"decoding '{path}'")
             try:
