@@ -37,6 +37,8 @@ def cast_scaled(array: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
     """``array`` as ``dtype`` (itself when it already is), multiplied by ``scale`` unless 1."""
     if dtype == array.dtype:
         return array
+    if scale != 1.0 and dtype.itemsize < 4:  # 65535 is inf in float16: scale in float32 first
+        return (array.astype(np.float32) * np.float32(scale)).astype(dtype)
     converted = array.astype(dtype)
     if scale != 1.0:
         converted *= dtype.type(scale)

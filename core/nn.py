@@ -66,10 +66,10 @@ class Unfold(torch.nn.Module):
         super().__init__()
         self.kernel_size, self.dilation, self.padding, self.stride = kernel_size, dilation, padding, stride
         self.padding_mode, self.layout, self.engine = padding_mode, check_layout(layout), check_engine(engine)
-        self.blocks = Blocks(kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+        _blocks(self)  # validated now, not at the first forward
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return ops.unfold(input, self.blocks, layout=self.layout, engine=self.engine)
+        return ops.unfold(input, _blocks(self), layout=self.layout, engine=self.engine)
 
     def extra_repr(self) -> str:
         return _repr(self, ("kernel_size", "dilation", "padding", "stride"), {"padding_mode": "zeros", "layout": "ncl"})
@@ -123,13 +123,13 @@ class Fold(torch.nn.Module):
             raise PatchfoldError(f"normalize must be True or False, got {normalize!r}", param="normalize")
         parse_window(window)
         self.normalize, self.window = normalize, window
-        self.blocks = Blocks(kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+        _blocks(self)  # validated now, not at the first forward
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.fold(
             input,
             self.output_size,
-            self.blocks,
+            _blocks(self),
             normalize=self.normalize,
             layout=self.layout,
             window=self.window,
@@ -149,6 +149,17 @@ class Fold(torch.nn.Module):
             window=(None, self.window),
         )
         return torch.nn.Fold(self.output_size, self.kernel_size, self.dilation, self.padding, self.stride)
+
+
+def _blocks(module: Unfold | Fold) -> Blocks:
+    """The module's parameters as they are now (read at every forward, as PyTorch's modules do,
+    so an attribute changed after construction takes effect); built once per distinct setting."""
+    key = (module.kernel_size, module.dilation, module.padding, module.stride, module.padding_mode)
+    cached = module.__dict__.get("_blocks_cache")
+    if cached is None or cached[0] != key:
+        blocks = Blocks(key[0], dilation=key[1], padding=key[2], stride=key[3], padding_mode=key[4])
+        module.__dict__["_blocks_cache"] = cached = (key, blocks)
+    return cached[1]
 
 
 def _repr(module: torch.nn.Module, names: tuple[str, ...], extras: dict[str, Any]) -> str:

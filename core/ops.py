@@ -216,7 +216,11 @@ def fold_with(
     """:func:`fold` with the output size and block parameters of a :class:`Geometry`."""
     layout = check_layout(layout)
     check_threads(threads)
-    batch, unbatched = _batched(_array(cols, "fold input (patch matrix)"), 1, "fold input (patch matrix)")
+    cols = _array(cols, "fold input (patch matrix)")
+    if cols.ndim not in (2, 3):
+        rows = "(N, C·∏k, L) or (C·∏k, L)" if layout == "ncl" else "(N, L, C·∏k) or (L, C·∏k)"
+        raise PatchfoldError(f"fold input (patch matrix) must be {rows} ({layout}), got shape {tuple(cols.shape)}")
+    batch, unbatched = _batched(cols, 1, "fold input (patch matrix)")
     check_real_dtype(getattr(batch, "dtype", None), "fold input")
     batch = canonical_bool(batch)
     weights = window_weights(geometry, window)

@@ -234,3 +234,52 @@ def test_windowed_fold_gradient_is_the_window() -> None:
     weights = patchfold.windows.window_weights(patchfold.Blocks(k, stride=s).at(size), "hann")
     full = np.einsum("ak,bl->klab", *weights).reshape(16, 9)  # (k0*k1, L0*L1)
     torch.testing.assert_close(cols.grad[0], torch.from_numpy(full))
+
+
+# ----- found by a red-team pass: each failed before its fix -----------------------------------
+def test_torch_func_transforms_see_torchs_ops() -> None:
+    from torch.func import grad, jvp, vmap
+
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(vmap(lambda t: patchfold.unfold(t, 3))(x), vmap(lambda t: F.unfold(t, 3))(x))
+    torch.testing.assert_close(
+        grad(lambda t: (patchfold.unfold(t, 3) ** 2).sum())(x), grad(lambda t: (F.unfold(t, 3) ** 2).sum())(x)
+    )
+    ours = jvp(lambda t: patchfold.fold(t, 5, 3), (F.unfold(x, 3),), (torch.ones(3, 18, 9, dtype=torch.float64),))
+    theirs = jvp(lambda t: F.fold(t, 5, 3), (F.unfold(x, 3),), (torch.ones(3, 18, 9, dtype=torch.float64),))
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_forward_mode_ad_keeps_the_tangent() -> None:
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        tangent = fwAD.unpack_dual(patchfold.unfold(dual, 3)).tangent
+        assert tangent is not None
+        torch.testing.assert_close(tangent, F.unfold(torch.ones_like(x), 3))
+
+
+def test_a_negated_view_is_read_as_its_values() -> None:
+    x = torch.randn(1, 1, 4, 4, dtype=torch.complex64).conj().imag  # float32 with the negative bit
+    assert x.is_neg()
+    torch.testing.assert_close(patchfold.unfold(x, 2), F.unfold(x.resolve_neg(), 2))
+
+
+@pytest.mark.parametrize("shape", [(0, 27, 36), (2, 0, 36)])
+def test_empty_windowed_fold_has_an_empty_gradient(shape: tuple) -> None:
+    cols = torch.randn(*shape, requires_grad=True)
+    patchfold.fold(cols, 8, 3, window="hann").sum().backward()
+    assert cols.grad.shape == shape
+
+
+def test_tensor_subclasses_are_tensors() -> None:
+    class Image(torch.Tensor):  # as torchvision's tv_tensors.Image: defined outside torch
+        pass
+
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    cols = patchfold.unfold(x.as_subclass(Image), 3)
+    assert isinstance(cols, torch.Tensor) and cols.grad_fn is not None
+    cols.sum().backward()
+    assert x.grad is not None

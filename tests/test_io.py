@@ -135,3 +135,12 @@ def test_a_writer_waits_for_a_memory_mapped_input_and_we_are_told(tmp_path: Path
     gc.collect()
     assert writer.communicate(timeout=10)[0].strip() == "truncated"
     assert not leases._LEASED
+
+
+def test_float16_conversion_of_16_bit_pixels_scales_before_it_narrows() -> None:
+    from patchfold.dtypes import convert_dtype
+
+    pixels = np.array([0, 1000, 65504, 65535], dtype=np.uint16)
+    converted, _ = convert_dtype(pixels, "float16")
+    assert converted.dtype == np.float16 and np.isfinite(converted).all()
+    np.testing.assert_allclose(converted, pixels / 65535, rtol=1e-3)

@@ -156,3 +156,13 @@ def test_export_records_torch_ops_extras_included() -> None:
 
 def test_attribute_access_to_the_submodule() -> None:
     assert patchfold.nn is nn
+
+
+def test_attributes_changed_after_construction_take_effect_as_in_pytorch() -> None:
+    x = torch.randn(1, 1, 8, 8)
+    theirs, ours = torch.nn.Unfold(2), nn.Unfold(2)
+    theirs.stride = ours.stride = 2
+    assert torch.equal(ours(x), theirs(x))
+    fold = nn.Fold(4, 2)
+    fold.stride, fold.normalize = 2, True
+    assert torch.equal(fold(torch.ones(1, 4, 4)), torch.ones(1, 1, 4, 4))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -18,8 +19,10 @@ ENGINES = ("auto", "cpu", "torch")
 
 
 def is_tensor(x: object) -> bool:
-    """True for a torch tensor, decided without importing torch."""
-    return type(x).__module__.split(".")[0] == "torch"
+    """True for a torch tensor (subclasses too, wherever they are defined), decided without
+    importing torch: an object can only be a tensor once torch has been imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def check_engine(engine: str) -> str:
@@ -77,13 +80,21 @@ def give_back(result: Any, original: Any) -> Any:
 
 
 def tracing(x: Any) -> bool:
-    """Whether ``x`` is a tensor seen by ``torch.jit.trace``, ``torch.compile`` or ``torch.export``:
-    they record torch's ops only (numpy's work would be baked in as a constant, or fail)."""
+    """Whether ``x`` is a tensor seen by ``torch.jit.trace``, ``torch.compile`` or ``torch.export``,
+    or one that ``torch.func`` transforms (vmap, grad, jvp...) or forward-mode AD carry: those see
+    torch's ops only (numpy's work would be baked in as a constant, drop a tangent, or fail)."""
     if not is_tensor(x):
         return False
     import torch
 
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is not None and functorch.is_functorch_wrapped_tensor(x):
+        return True
+    from torch.autograd import forward_ad
+
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None
 
 
 def _needs_grad(x: Any) -> bool:

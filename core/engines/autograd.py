@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from patchfold.coverage import outer
 from patchfold.engines import cpu
-from patchfold.geometry import Geometry, check_layout
+from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 
 def take(x: Any, device: str | None = None) -> torch.Tensor:
@@ -114,8 +114,9 @@ def _weighted(cols: torch.Tensor, geometry: Geometry, layout: str, weights: list
     # per-dim weights (L_d, k_d) -> (*L, *k) -> the matrix's (K, L) or (L, K) order
     full = outer(list(weights)).transpose(*range(0, 2 * ndim, 2), *range(1, 2 * ndim, 2))
     per_block = full.reshape(geometry.num_blocks, geometry.kernel_volume)
-    n, channels = cols.shape[0], cols.numel() // (cols.shape[0] * per_block.size)
+    n, channels = cols.shape[0], geometry.check_fold_input(*matrix_dims(cols.shape, layout))
     table = torch.from_numpy(per_block).to(cols.dtype)
+    blocks, kernel = geometry.num_blocks, geometry.kernel_volume
     if layout == "ncl":
-        return (cols.view(n, channels, geometry.kernel_volume, -1) * table.T).view(cols.shape)
-    return (cols.view(n, -1, channels, geometry.kernel_volume) * table[:, None, :]).view(cols.shape)
+        return (cols.view(n, channels, kernel, blocks) * table.T).view(cols.shape)
+    return (cols.view(n, blocks, channels, kernel) * table[:, None, :]).view(cols.shape)

@@ -262,8 +262,8 @@ def _rows_contiguous(out: np.ndarray) -> bool:
 # ----- the engine interface (as in :mod:`patchfold.engines.torch_engine`) ------------------------
 def take(x: Any, device: str | None = None) -> np.ndarray:
     """The engine's own array for ``x``: a numpy view (CPU tensors share their memory)."""
-    if is_tensor(x):
-        return x.detach().numpy()
+    if is_tensor(x):  # a lazily negated or conjugated view (x.conj().imag) has no numpy form as it is
+        return x.detach().resolve_neg().resolve_conj().numpy()
     return np.asarray(x)
 
 
