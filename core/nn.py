@@ -7,9 +7,10 @@ go wherever those go; on CPU tensors they run patchfold's own loops, with gradie
 
 ``torch.export``, ``torch.jit.trace`` and ``torch.compile`` record PyTorch's ops, extras included
 (while they record, every operation runs on the torch engine; ``torch.compile`` breaks its graph at
-patchfold's Python geometry code). ``torch.jit.script`` gives PyTorch's own module where the
-parameters are ones it has (zero padding, ``ncl``, a plain sum) and refuses the extras with a
-:class:`PatchfoldError` saying why.
+patchfold's Python geometry code). A trace holds the spatial size it was traced at (its geometry
+is Python code), except for PyTorch's own case (zero padding, ``ncl``): trace at the size you run.
+``torch.jit.script`` gives PyTorch's own module where the parameters are ones it has (zero
+padding, ``ncl``, a plain sum) and refuses the extras with a :class:`PatchfoldError` saying why.
 
 >>> import torch
 >>> from patchfold import nn
@@ -121,7 +122,9 @@ class Fold(torch.nn.Module):
         self.padding_mode, self.layout, self.engine = padding_mode, check_layout(layout), check_engine(engine)
         if not isinstance(normalize, bool):
             raise PatchfoldError(f"normalize must be True or False, got {normalize!r}", param="normalize")
-        parse_window(window)
+        name, _ = parse_window(window)
+        # "none" is no window (so TorchScript can take PyTorch's module); names are kept lower-case
+        window = None if name == "none" else str(window).strip().lower()
         self.normalize, self.window = normalize, window
         _blocks(self)  # validated now, not at the first forward
 

@@ -283,3 +283,14 @@ def test_tensor_subclasses_are_tensors() -> None:
     assert isinstance(cols, torch.Tensor) and cols.grad_fn is not None
     cols.sum().backward()
     assert x.grad is not None
+
+
+def test_batched_gradients_and_vectorised_jacobians() -> None:
+    from torch.autograd.functional import jacobian
+
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda t: patchfold.unfold(t, 3, padding=1), (x,), check_batched_grad=True)
+    cols = F.unfold(x.detach(), 2).requires_grad_(True)
+    assert gradcheck(lambda c: patchfold.fold(c, 4, 2, normalize=True), (cols,), check_batched_grad=True)
+    ours = jacobian(lambda t: patchfold.unfold(t, 3), x, vectorize=True)
+    torch.testing.assert_close(ours, jacobian(lambda t: F.unfold(t, 3), x, vectorize=True))

@@ -166,3 +166,11 @@ def test_attributes_changed_after_construction_take_effect_as_in_pytorch() -> No
     fold = nn.Fold(4, 2)
     fold.stride, fold.normalize = 2, True
     assert torch.equal(fold(torch.ones(1, 4, 4)), torch.ones(1, 1, 4, 4))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_window_none_is_no_window() -> None:
+    fold = nn.Fold(4, 2, window="none")
+    assert fold.window is None and repr(fold) == repr(torch.nn.Fold(4, 2))
+    torch.jit.script(fold)
+    assert nn.Fold(4, 2, window="HANN").window == "hann"

@@ -70,8 +70,9 @@ class PatchDataset(_Base):  # type: ignore[misc,valid-type]
       default collate turns numpy arrays into tensors; with it, ``dataset[rows]`` is a tensor.
 
     ``DataLoader`` fetches each batch through :meth:`__getitems__` (one gather per shard, not one
-    read per patch). A dataset pickles as its directory, options and manifest (a few KiB, not the
-    data), and an unpickled one maps and checks its files again, so ``spawn`` workers start fast.
+    read per patch). A dataset pickles as its directory, options and manifest (about 100 bytes per
+    image, never the patch data), and an unpickled one maps and checks its files again, so
+    ``spawn`` workers start without copying shards.
 
     Attributes:
         directory: The dataset's directory.

@@ -92,6 +92,8 @@ def tracing(x: Any) -> bool:
     functorch = getattr(torch._C, "_functorch", None)
     if functorch is not None and functorch.is_functorch_wrapped_tensor(x):
         return True
+    if "Batched" in str(torch._C._dispatch_keys(x)):  # the vmap of a vectorised backward (Batched, FuncTorchBatched)
+        return True
     from torch.autograd import forward_ad
 
     return forward_ad._current_level >= 0 and forward_ad.unpack_dual(x).tangent is not None

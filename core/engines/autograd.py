@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from patchfold.coverage import outer
-from patchfold.engines import cpu
+from patchfold.engines import cpu, torch_engine, tracing
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 
@@ -63,7 +63,10 @@ class _Unfold(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        summed = _Fold.apply(grad.to(ctx.dtype), ctx.geometry, ctx.layout, None, False, ctx.threads)
+        grad = grad.to(ctx.dtype)
+        if tracing(grad):  # a vmapped backward (batched gradients): torch's ops, which vmap knows
+            return torch_engine.fold(grad, ctx.geometry, ctx.layout).to(ctx.dtype), None, None, None
+        summed = _Fold.apply(grad, ctx.geometry, ctx.layout, None, False, ctx.threads)
         return summed.to(ctx.dtype), None, None, None
 
 
@@ -83,7 +86,11 @@ class _Fold(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
-        cols_grad = _Unfold.apply(grad.to(ctx.dtype), ctx.geometry, ctx.layout, ctx.threads)
+        grad = grad.to(ctx.dtype)
+        if tracing(grad):  # a vmapped backward (batched gradients): torch's ops, which vmap knows
+            cols_grad = torch_engine.unfold(grad, ctx.geometry, ctx.layout)
+        else:
+            cols_grad = _Unfold.apply(grad, ctx.geometry, ctx.layout, ctx.threads)
         if ctx.weights is not None:  # d(sum of w·col)/d col = w, per kernel offset and block
             cols_grad = _weighted(cols_grad, ctx.geometry, ctx.layout, ctx.weights)
         return cols_grad.to(ctx.dtype), None, None, None, None, None
