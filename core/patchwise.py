@@ -17,7 +17,7 @@ The mode and scale are found from the first batch and every later batch must agr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,14 +240,70 @@ def apply(
         raise PatchfoldError(f"batch_size must be a positive int, got {batch_size!r}", param="batch_size")
     plan = plan_apply(tuple(batch.shape[2:]), blocks, cover=cover, window=window, margin=margin)
     runner = _Runner(fn, batch, device)
-    images = [_apply_one(runner, runner.image(batch, n), plan, int(batch_size)) for n in range(batch.shape[0])]
-    result = np.stack([reduce_channels(image, reduce) for image in images])
+    images = [_drain(_apply_one(runner, runner.image(batch, n), plan, int(batch_size))) for n in range(batch.shape[0])]
+    reduced = [reduce_channels(image, reduce) for image in images if image is not None]
+    result = reduced[0][None] if len(reduced) == 1 else np.stack(reduced)  # one image: no second copy
     result = result[0] if unbatched else result
     if is_tensor(x):
         import torch
 
         return torch.from_numpy(result).to(x.device)
     return result
+
+
+#: ``rows_out(image, first_row, rows, shape)``: finished output rows ``(C', r, ...)`` of one image
+#: whose whole output is ``shape``, as soon as no later block can change them.
+RowsOut = Callable[[int, int, np.ndarray, tuple[int, ...]], None]
+
+
+def apply_streamed(
+    x: np.ndarray,
+    fn: Callable[[Any], Any],
+    plan: ApplyPlan,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    device: str | None = None,
+    reduce: str | None = None,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    rows_out: RowsOut | None = None,
+) -> Generator[int, None, list[np.ndarray | None]]:
+    """:func:`apply` for file jobs, on a batched numpy ``x`` and a ready :class:`ApplyPlan`: a
+    generator of the blocks done so far (after each batch), returning per image the vector grid
+    (reduced), or None for a dense output sent to ``rows_out``.
+
+    ``prepare`` maps each batch of numpy patches before ``fn`` (the job converts pixels there, a
+    batch at a time, not the whole image); dense outputs go to ``rows_out`` band by band (reduced
+    already), so no whole output image is held.
+    """
+    reduce = _check_reduce(reduce)
+    runner = _Runner(fn, x, device, prepare)
+    results: list[np.ndarray | None] = []
+    for n in range(x.shape[0]):
+        send = None
+        if rows_out is not None:
+
+            def send(first: int, rows: np.ndarray, shape: tuple[int, ...], n: int = n) -> None:
+                reduced = reduce_channels(rows, reduce)
+                rows_out(n, first, reduced if reduce == "none" else reduced[None], _reduced_shape(shape, reduce))
+
+        image = yield from _offset(_apply_one(runner, runner.image(x, n), plan, batch_size, send), n * plan.num_blocks)
+        results.append(None if image is None else reduce_channels(image, reduce))
+    return results
+
+
+def _offset(blocks_done: Generator[int, None, Any], before: int) -> Generator[int, None, Any]:
+    """The counts of one image's generator, after the blocks of the images before it; returns
+    what it returns."""
+    while True:
+        try:
+            done = next(blocks_done)
+        except StopIteration as stop:
+            return stop.value
+        yield before + done
+
+
+def _reduced_shape(shape: tuple[int, ...], reduce: str) -> tuple[int, ...]:
+    return shape if reduce == "none" else (1, *shape[1:])
 
 
 def _check_reduce(reduce: str | None) -> str:
@@ -270,10 +326,12 @@ def reduce_channels(image: np.ndarray, reduce: str) -> np.ndarray:
 class _Runner:
     """Calls ``fn`` on batches of numpy patches, as tensors on a device where ``fn`` is torch's."""
 
-    def __init__(self, fn: Callable[[Any], Any], x: Any, device: str | None) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], x: Any, device: str | None, prepare: Callable[[Any], Any] | None = None
+    ) -> None:
         if not callable(fn):
             raise PatchfoldError(f"fn must be a callable (a function or a model), got {type(fn).__name__}")
-        self.fn = fn
+        self.fn, self.prepare = fn, prepare
         module = type(fn).__module__.split(".")[0] == "torch"
         self.torch = is_tensor(x) or module or device is not None
         self.device = device if device is not None else (str(x.device) if is_tensor(x) else "cpu")
@@ -288,6 +346,8 @@ class _Runner:
         return item.detach().cpu().numpy() if is_tensor(item) else np.asarray(item)
 
     def __call__(self, patches: np.ndarray, batch_size: int) -> np.ndarray:
+        if self.prepare is not None:
+            patches = self.prepare(patches)
         if not self.torch:
             return _as_array(self.fn(patches))
         import torch
@@ -318,8 +378,15 @@ def _batches(plan: ApplyPlan, batch_size: int) -> Iterator[np.ndarray]:
         yield np.stack(np.unravel_index(flat, plan.blocks_per_dim), axis=1)
 
 
-def _apply_one(runner: _Runner, image: np.ndarray, plan: ApplyPlan, batch_size: int) -> np.ndarray:
-    """``fn`` over every block of one ``(C, *spatial)`` image, blended back."""
+def _apply_one(
+    runner: _Runner,
+    image: np.ndarray,
+    plan: ApplyPlan,
+    batch_size: int,
+    rows_out: Callable[[int, np.ndarray, tuple[int, ...]], None] | None = None,
+) -> Generator[int, None, np.ndarray | None]:
+    """``fn`` over every block of one ``(C, *spatial)`` image, blended back: a generator of the
+    blocks done after each batch, returning the image (None when dense rows went to ``rows_out``)."""
     widths = plan.pad_widths()
     padded = _pad(image, widths, plan.geometry.padding_mode)
     kernel = plan.geometry.kernel_size
@@ -333,10 +400,20 @@ def _apply_one(runner: _Runner, image: np.ndarray, plan: ApplyPlan, batch_size: 
         patches = np.ascontiguousarray(np.moveaxis(windows[(slice(None), *index)], 0, 1))  # (B, C, *k)
         outputs = runner(patches, batch_size)
         if sink is None:
-            sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0])
+            sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0], rows_out)
         sink.add(outputs, coords)
+        yield int(np.ravel_multi_index(tuple(coords[-1]), plan.blocks_per_dim)) + 1
     assert sink is not None  # an image has at least one block
     return sink.finish()
+
+
+def _drain(steps: Generator[int, None, Any]) -> Any:
+    """Run a generator to its end and give its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _pad(image: np.ndarray, widths: list[tuple[int, int]], mode: str) -> np.ndarray:
@@ -359,8 +436,17 @@ class _Sink:
     The float64 band is about one block tall (plus a batch's rows), not the image.
     """
 
-    def __init__(self, plan: ApplyPlan, mode: str, shape: tuple[int, ...], scale: tuple[int, ...], dtype: np.dtype):
+    def __init__(
+        self,
+        plan: ApplyPlan,
+        mode: str,
+        shape: tuple[int, ...],
+        scale: tuple[int, ...],
+        dtype: np.dtype,
+        rows_out: Callable[[int, np.ndarray, tuple[int, ...]], None] | None = None,
+    ):
         self.plan, self.mode, self.shape, self.scale, self.dtype = plan, mode, shape, scale, dtype
+        self.rows_out = rows_out
         channels = shape[0]
         if mode == "vector":
             check_fits(channels * plan.num_blocks * dtype.itemsize, "the block grid of outputs")
@@ -371,8 +457,10 @@ class _Sink:
         self.lead = [a * s for (a, _), s in zip(widths, scale)]  # output points before the image, per dim
         self.padded = [(g.size + a + b) * s for g, (a, b), s in zip(plan.grids, widths, scale)]
         self.out_size = [g.size * s for g, s in zip(plan.grids, scale)]
-        check_fits(channels * math.prod(self.out_size) * dtype.itemsize, "the blended output")
-        self.result = np.zeros((channels, *self.out_size), dtype=dtype)
+        self.result = None
+        if rows_out is None:
+            check_fits(channels * math.prod(self.out_size) * dtype.itemsize, "the blended output")
+            self.result = np.zeros((channels, *self.out_size), dtype=dtype)
         self.totals = self._totals()
         self.base = 0  # padded output row held in self.band[:, 0]
         self.band = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
@@ -396,7 +484,13 @@ class _Sink:
 
     @classmethod
     def for_first(
-        cls, outputs: np.ndarray, patches: np.ndarray, plan: ApplyPlan, kernel: tuple[int, ...], channels: int
+        cls,
+        outputs: np.ndarray,
+        patches: np.ndarray,
+        plan: ApplyPlan,
+        kernel: tuple[int, ...],
+        channels: int,
+        rows_out: Callable[[int, np.ndarray, tuple[int, ...]], None] | None = None,
     ) -> _Sink:
         """Tell the mode and scale from the first batch's outputs."""
         batch = patches.shape[0]
@@ -415,7 +509,7 @@ class _Sink:
                         f"fn scales its patches by {scale}, which needs dilation 1 (got {list(dilation)})"
                     )
                 dtype = outputs.dtype if outputs.dtype.kind == "f" else np.dtype(np.float64)
-                return cls(plan, "dense", outputs.shape[1:], tuple(scale), dtype)
+                return cls(plan, "dense", outputs.shape[1:], tuple(scale), dtype, rows_out)
         raise PatchfoldError(
             f"fn turned a batch of patches {list(patches.shape)} into {list(outputs.shape)}: expected "
             f"({batch}, C', *kernel·scale) with kernel {list(kernel)} and an integer scale, or ({batch}, C')"
@@ -435,21 +529,27 @@ class _Sink:
         reach = (self.shape[1] - 1) * dilation[0] + 1
         self._flush(int(starts[0].min()))
         self._hold(int(starts[0].max()) + reach)
-        for row, block in enumerate(coords):
-            weight = outer([self.weights[d][block[d]] for d in range(ndim)])
+        weighted = outputs.astype(np.float64)  # the whole batch weighted at once, per dim
+        for d in range(ndim):
+            per_block = self.weights[d][coords[:, d]]  # (B, k_d)
+            weighted *= per_block.reshape(len(coords), *([1] * (d + 1)), -1, *([1] * (ndim - d - 1)))
+        for row in range(len(coords)):
             where = tuple(
                 slice(int(first), int(first) + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
                 for d, first in enumerate([starts[0][row] - self.base, *(s[row] for s in starts[1:])])
             )
-            self.band[(slice(None), *where)] += outputs[row] * weight
+            self.band[(slice(None), *where)] += weighted[row]
 
     def _hold(self, stop: int) -> None:
         """Grow the band to hold padded output rows up to ``stop``."""
         held = self.base + self.band.shape[1]
         if stop <= held:
             return
-        check_fits(self.band[:, :1].nbytes * (stop - self.base), "the blended output's float64 band")
-        grown = np.zeros((self.band.shape[0], stop - self.base, *self.band.shape[2:]), dtype=np.float64)
+        # one block's height of room ahead, so the band is not copied at every batch
+        ahead = (self.shape[1] - 1) * self.plan.geometry.dilation[0] + 1
+        rows = max(stop, min(stop + ahead, self.padded[0])) - self.base
+        check_fits(self.band[:, :1].nbytes * rows, "the blended output's float64 band")
+        grown = np.zeros((self.band.shape[0], rows, *self.band.shape[2:]), dtype=np.float64)
         grown[:, : self.band.shape[1]] = self.band
         self.band = grown
 
@@ -468,11 +568,14 @@ class _Sink:
             weight = outer(totals)
             covered = weight > 0
             values = self.band[inner] / np.where(covered, weight, 1.0) * covered
-            self.result[:, first - self.lead[0] : last - self.lead[0]] = values
+            if self.rows_out is not None:
+                self.rows_out(first - self.lead[0], values.astype(self.dtype), (self.shape[0], *self.out_size))
+            else:
+                self.result[:, first - self.lead[0] : last - self.lead[0]] = values
         self.band = self.band[:, stop - self.base :]
         self.base = stop
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> np.ndarray | None:
         if self.mode == "vector":
             return self.grid
         self._flush(self.base + self.band.shape[1])

@@ -9,21 +9,22 @@ module:callable`` is code the user names on purpose and is imported as such.
 from __future__ import annotations
 
 import importlib
+import math
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from patchfold.blocks import Blocks
-from patchfold.dtypes import convert_dtype, restore_dtype
+from patchfold.dtypes import cast_scaled, restore_dtype, target_dtype
 from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_npy_array, require_file
-from patchfold.io.write import check_not_an_input, image_targets, write_images
+from patchfold.io.write import allocate_npy, atomic_paths, check_not_an_input, image_targets, write_at, write_images
 from patchfold.jobs.plan import Progress
-from patchfold.patchwise import DEFAULT_BATCH, apply
+from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, plan_apply
 
 #: Suffixes of the model files ``--model`` reads.
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2")
@@ -182,49 +183,53 @@ def apply_file(
 
     Images are given to the function as ``dtype`` (integer pixels scaled into [0, 1] for floats);
     image-file outputs are scaled back to the input's integer dtype, ``reduce='argmax'`` labels are
-    written as they are. Yields one :class:`Progress` per image, then the :class:`ApplyResult`.
+    written as they are. A ``.npy`` output is written band by band of finished rows, so only the
+    input, a float64 band and a batch of patches are held. Yields :class:`Progress` (blocks done)
+    after each batch, then the :class:`ApplyResult`.
     """
     started = time.perf_counter()
     output = Path(output)
     batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
-    array, scale = convert_dtype(batch.array, dtype)
-    targets = image_targets(output, array.shape[0], batch.sources)
+    source = batch.array
+    given, scale = target_dtype(source.dtype, dtype)
+    targets = image_targets(output, source.shape[0], batch.sources)
     check_not_an_input(targets or [output], [Path(s) for s in batch.sources])
-    geometry = blocks.at(array.shape[2:], f"input shape {list(array.shape)}")
-    fn = load_function(spec, array.shape[1], geometry.kernel_size)
+    plan = plan_apply(tuple(source.shape[2:]), blocks, cover=cover, window=window, margin=margin)
+    fn = load_function(spec, source.shape[1], plan.geometry.kernel_size)
     device = None if device in (None, "auto", "cpu") and spec.model is None else device
     if device == "auto":
         device = _auto_device()
-    images = []
-    for n in range(array.shape[0]):
-        images.append(
-            apply(
-                array[n : n + 1],
-                fn,
-                blocks,
-                cover=cover,
-                window=window,
-                margin=margin,
-                batch_size=batch_size,
-                device=device,
-                reduce=reduce,
-                spatial_dims=array.ndim - 2,
-            )[0]
-        )
-        yield Progress(n + 1, array.shape[0], (n + 1) * array[0].nbytes, array.nbytes)
-    result = np.stack(images)
-    labels = reduce not in (None, "none")
-    if labels:
-        result = result[:, None]  # one channel of labels (or maxima)
-    if targets is not None and not (labels and reduce == "argmax"):
-        result = restore_dtype(result, str(batch.array.dtype), scale)
-    write_images(output, targets, result)
+    options = {"batch_size": batch_size, "device": device, "reduce": reduce}
+
+    def prepare(patches: np.ndarray) -> np.ndarray:  # pixels converted a batch at a time
+        return cast_scaled(patches, given, scale)
+
+    total = source.shape[0] * plan.num_blocks
+    if targets is None:  # one .npy: dense rows are written as they are finished
+        with atomic_paths(output) as (temporary,), open(temporary, "r+b") as handle:
+            sink = _NpyRows(handle, source.shape[0])
+            results = yield from _progress(
+                apply_streamed(source, fn, plan, prepare=prepare, rows_out=sink.write, **options), total
+            )
+            if results and results[0] is not None:  # vector grids: small, written whole
+                sink.write_all(np.stack(results))
+        shape, out_dtype = sink.shape, sink.dtype
+    else:
+        results = yield from _progress(apply_streamed(source, fn, plan, prepare=prepare, **options), total)
+        images = np.stack(results)
+        labels = reduce not in (None, "none")
+        if labels and images.ndim == source.ndim - 1:
+            images = images[:, None]  # one channel of labels (or maxima)
+        if not (labels and reduce == "argmax"):
+            images = restore_dtype(images, str(source.dtype), scale)
+        write_images(output, targets, images)
+        shape, out_dtype = images.shape, images.dtype
     yield ApplyResult(
         written=targets if targets is not None else output,
         function=spec.describe(),
-        input_shape=tuple(batch.array.shape),
-        output_shape=tuple(result.shape),
-        dtype=str(result.dtype),
+        input_shape=tuple(source.shape),
+        output_shape=tuple(shape),
+        dtype=str(out_dtype),
         blocks=blocks,
         cover=cover,
         window=window,
@@ -232,6 +237,45 @@ def apply_file(
         reduce=reduce or "none",
         seconds=time.perf_counter() - started,
     )
+
+
+def _progress(steps: Generator[int, None, Any], total: int) -> Generator[Progress, None, Any]:
+    """Blocks done as :class:`Progress` events (the bar counts blocks); returns what ``steps`` returns."""
+    while True:
+        try:
+            done = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(done, total, done, total)
+
+
+class _NpyRows:
+    """A ``.npy`` of ``(N, C', *size)`` written row band by row band: its header once the first
+    rows say the shape and dtype."""
+
+    def __init__(self, handle: Any, count: int) -> None:
+        self.handle, self.count = handle, count
+        self.header: int | None = None
+        self.shape: tuple[int, ...] = ()
+        self.dtype = np.dtype(np.float32)
+
+    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if self.header is None:
+            self.shape, self.dtype = (self.count, *shape), np.dtype(dtype)
+            self.header = allocate_npy(self.handle, self.shape, self.dtype)
+
+    def write(self, n: int, first: int, rows: np.ndarray, shape: tuple[int, ...]) -> None:
+        self._allocate(shape, rows.dtype)
+        assert self.header is not None
+        plane, row = math.prod(shape[1:]), math.prod(shape[2:])
+        for channel in range(shape[0]):
+            offset = self.header + ((n * shape[0] + channel) * plane + first * row) * self.dtype.itemsize
+            write_at(self.handle.fileno(), rows[channel].astype(self.dtype, copy=False), offset)
+
+    def write_all(self, values: np.ndarray) -> None:
+        self._allocate(values.shape[1:], values.dtype)
+        assert self.header is not None
+        write_at(self.handle.fileno(), values, self.header)
 
 
 def _auto_device() -> str:
