@@ -479,7 +479,7 @@ class _Sink:
                 raise PatchfoldError(
                     "the blocks' kept parts leave pixels with no value (margin too large for the stride)"
                 )
-            totals.append(total)
+            totals.append(np.where(total > 0, total, np.inf))  # a point no block covers comes out 0
         return totals
 
     @classmethod
@@ -529,10 +529,11 @@ class _Sink:
         reach = (self.shape[1] - 1) * dilation[0] + 1
         self._flush(int(starts[0].min()))
         self._hold(int(starts[0].max()) + reach)
-        weighted = outputs.astype(np.float64)  # the whole batch weighted at once, per dim
-        for d in range(ndim):
-            per_block = self.weights[d][coords[:, d]]  # (B, k_d)
-            weighted *= per_block.reshape(len(coords), *([1] * (d + 1)), -1, *([1] * (ndim - d - 1)))
+        # the whole batch weighted at once: each block's (*k) weights, then one float64 product
+        weights = self.weights[0][coords[:, 0]]
+        for d in range(1, ndim):
+            weights = weights[..., None] * self.weights[d][coords[:, d]].reshape(len(coords), *([1] * d), -1)
+        weighted = np.multiply(outputs, weights[:, None], dtype=np.float64)
         for row in range(len(coords)):
             where = tuple(
                 slice(int(first), int(first) + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
@@ -565,9 +566,7 @@ class _Sink:
             rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
             inner = (slice(None), slice(first - self.base, last - self.base), *rest)
             totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
-            weight = outer(totals)
-            covered = weight > 0
-            values = self.band[inner] / np.where(covered, weight, 1.0) * covered
+            values = self.band[inner] / outer(totals)  # uncovered points: x / inf = 0
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values.astype(self.dtype), (self.shape[0], *self.out_size))
             else:
