@@ -70,7 +70,16 @@ class Unfold(torch.nn.Module):
         _blocks(self)  # validated now, not at the first forward
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return ops.unfold(input, _blocks(self), layout=self.layout, engine=self.engine)
+        try:
+            return ops.unfold(input, _blocks(self), layout=self.layout, engine=self.engine)
+        except PatchfoldError as error:
+            if error.param != "spatial_dims":
+                raise
+            shape = tuple(getattr(input, "shape", ()))
+            raise PatchfoldError(  # the operation's advice (spatial_dims=) is not an argument of the module
+                f"Unfold takes (N, C, H, W) or (C, H, W) input, or (N, C, D, H, W) for 3-D; got shape {shape}",
+                param="kernel_size",
+            ) from None
 
     def extra_repr(self) -> str:
         return _repr(self, ("kernel_size", "dilation", "padding", "stride"), {"padding_mode": "zeros", "layout": "ncl"})

@@ -174,3 +174,10 @@ def test_window_none_is_no_window() -> None:
     assert fold.window is None and repr(fold) == repr(torch.nn.Fold(4, 2))
     torch.jit.script(fold)
     assert nn.Fold(4, 2, window="HANN").window == "hann"
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (1, 1, 2, 2, 2, 2)])
+def test_a_rank_the_module_cannot_take_is_named_without_advice_it_has_no_argument_for(shape) -> None:
+    with pytest.raises(PatchfoldError, match=r"Unfold takes \(N, C, H, W\)") as info:
+        nn.Unfold(2)(torch.randn(*shape))
+    assert "spatial_dims" not in str(info.value)
