@@ -533,13 +533,15 @@ class _Sink:
         weights = self.weights[0][coords[:, 0]]
         for d in range(1, ndim):
             weights = weights[..., None] * self.weights[d][coords[:, d]].reshape(len(coords), *([1] * d), -1)
-        weighted = np.multiply(outputs, weights[:, None], dtype=np.float64)
+        # one block at a time through a reused float64 buffer, which stays in cache
+        weighted = self.__dict__.setdefault("_weighted", np.empty(self.shape, dtype=np.float64))
         for row in range(len(coords)):
             where = tuple(
                 slice(int(first), int(first) + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
                 for d, first in enumerate([starts[0][row] - self.base, *(s[row] for s in starts[1:])])
             )
-            self.band[(slice(None), *where)] += weighted[row]
+            np.multiply(outputs[row], weights[row][None], out=weighted)
+            self.band[(slice(None), *where)] += weighted
 
     def _hold(self, stop: int) -> None:
         """Grow the band to hold padded output rows up to ``stop``."""
