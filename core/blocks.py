@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -116,6 +117,15 @@ def to_tuple(value: Any, ndim: int, name: str) -> tuple[int, ...]:
     return per_dim(as_ints(value, name), ndim, name)
 
 
+@functools.lru_cache(maxsize=256)
+def _geometry(blocks: Blocks, size: tuple[int, ...]) -> Geometry:
+    """Geometries are immutable: one per (blocks, size), so a training loop that calls the same
+    operation every step validates it and computes its block counts once, not at every call."""
+    from patchfold.geometry import Geometry
+
+    return Geometry.of(size, blocks)
+
+
 def check_padding_mode(mode: Any) -> str:
     if mode not in PADDING_MODES:
         raise PatchfoldError(
@@ -181,13 +191,11 @@ class Blocks:
         """The geometry of these blocks over an input of ``spatial_size``: one int per spatial dim
         (a sequence), or one int for every dim (as many as the parameters have, else 2). A fault's
         message ends with ``(context)`` when given (what the geometry was computed for)."""
-        from patchfold.geometry import Geometry
-
         try:
             size = as_ints(spatial_size, "spatial_size")
             if _is_scalar(spatial_size):  # one int: every spatial dim of the parameters (2-D by default)
                 size = size * (self.ndim or 2)
-            return Geometry.of(size, self)
+            return _geometry(self, size)
         except PatchfoldError as error:
             if context is None:
                 raise
