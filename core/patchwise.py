@@ -355,8 +355,11 @@ class _Runner:
         count = len(patches)
         if count < batch_size:  # the last batch, filled up for models exported with a fixed batch size
             patches = np.concatenate([patches, np.repeat(patches[-1:], batch_size - count, axis=0)])
+        batch = torch.from_numpy(patches)
+        if self.target.type == "cuda":  # page-locked, so the copy to the GPU runs without staging
+            batch = batch.pin_memory()
         with torch.inference_mode():
-            result = _as_array(self.fn(torch.from_numpy(patches).to(self.target, non_blocking=True)))
+            result = _as_array(self.fn(batch.to(self.target, non_blocking=True)))
         return result[:count] if result.ndim and len(result) == len(patches) else result
 
 

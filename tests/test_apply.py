@@ -286,3 +286,12 @@ def test_the_float64_sums_are_held_for_a_band_of_rows_not_the_image(monkeypatch:
     # a batch of 4 blocks spans at most 2 block rows (3 blocks per row): 16 + 8 rows, and one
     # block's height held ahead; never the image's 400
     assert max(held) <= 16 + 8 + 16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_on_cuda_gives_the_cpu_result() -> None:
+    model = three_convolutions()
+    x = RNG.random((1, 3, 40, 36)).astype(np.float32)
+    on_cpu = apply(x, model, 16, stride=10, cover=True, margin=3)
+    on_gpu = apply(x, model.cuda(), 16, stride=10, cover=True, margin=3, device="cuda")
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
