@@ -238,6 +238,8 @@ def apply(
     reduce = _check_reduce(reduce)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise PatchfoldError(f"batch_size must be a positive int, got {batch_size!r}", param="batch_size")
+    if batch.shape[0] == 0:  # what fn makes of a patch (its mode, channels, scale) needs one
+        raise PatchfoldError(f"apply needs at least one image, got input shape {tuple(x.shape)}")
     plan = plan_apply(tuple(batch.shape[2:]), blocks, cover=cover, window=window, margin=margin)
     runner = _Runner(fn, batch, device)
     images = [_drain(_apply_one(runner, runner.image(batch, n), plan, int(batch_size))) for n in range(batch.shape[0])]

@@ -176,6 +176,11 @@ def test_torch_model_on_numpy_input_gives_numpy_and_batches_agree() -> None:
     np.testing.assert_allclose(small, large, rtol=1e-6, atol=1e-6)
 
 
+def test_an_empty_batch_is_refused() -> None:
+    with pytest.raises(PatchfoldError, match="at least one image"):
+        apply(np.zeros((0, 3, 8, 8)), identity, 4)
+
+
 def test_unbatched_input_gives_unbatched_output() -> None:
     x = RNG.random((3, 12, 12))
     assert apply(x, identity, 4, stride=4).shape == (3, 12, 12)
