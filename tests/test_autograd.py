@@ -23,7 +23,7 @@ GEOMETRIES = {
     3: ((4, 3, 3), (2, 2, 2), (1, 1, 2), (1, 0, 1), (1, 1, 1)),
 }
 #: The fold variants: (normalize, window).
-FOLDS = [(False, None), (True, None), (False, "hann"), (True, "gaussian:0.3")]
+FOLDS = [(False, None), (True, None), (False, "hann"), (True, "gaussian:0.3"), (True, "triangular"), (False, "pyramid")]
 
 
 def _kwargs(ndim: int, mode: str, layout: str) -> dict:
