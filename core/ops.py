@@ -9,6 +9,7 @@ gradients. torch is imported only when a tensor is passed or ``engine="torch"`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -228,18 +229,41 @@ def fold_with(
     check_integer_sum(batch, max_coverage, weights is not None)
     engine_module = engines.load(engines.select(batch, engine))
     data = engine_module.take(batch)
-    with np.errstate(over="ignore"):  # an overflowing sum is summed again below, not reported
-        summed = engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
-    divisor_map = engine_module.divisor(geometry, weights, like=data) if normalize else None
-    finished = finish_fold(summed, divisor_map, data.dtype, weights is not None)
-    if normalize and overflowed(summed):  # values near the float maximum: sum again, scaled down
-        scaled, factor = with_headroom(geometry, weights, max_coverage)
-        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN inputs stay as they are
-            again = engine_module.fold(data, geometry, layout, scaled, exact=True, threads=threads)
-        rescued = undo_headroom(finish_fold(again, divisor_map, data.dtype, weights is not None), factor)
-        finished = where_overflowed(summed, finished, rescued)
+
+    def sum_with(weights: list[np.ndarray] | None) -> Any:
+        return engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
+
+    with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
+        summed = sum_with(weights)
+    if normalize:
+        divisor_map = engine_module.divisor(geometry, weights, like=data)
+        finished = finish_normalised(summed, sum_with, divisor_map, data.dtype, geometry, weights, max_coverage)
+    else:
+        finished = finish_fold(summed, None, data.dtype, weights is not None)
     result = engines.give_back(finished, batch)
     return result[0] if unbatched else result
+
+
+def finish_normalised(
+    summed: Any,
+    sum_with: Callable[[list[np.ndarray] | None], Any],
+    divisor_map: Any,
+    dtype: Any,
+    geometry: Geometry,
+    weights: list[np.ndarray] | None,
+    max_coverage: int,
+) -> Any:
+    """The normalised fold of ``summed`` (the sums with ``weights``) by ``divisor_map``. Where a
+    float sum overflowed (values near the dtype's maximum), ``sum_with`` sums again with power-of-two
+    headroom and those pixels take that mean; the others keep the exact one."""
+    finished = finish_fold(summed, divisor_map, dtype, weights is not None)
+    if not overflowed(summed):
+        return finished
+    scaled, factor = with_headroom(geometry, weights, max_coverage)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN inputs stay as they are
+        again = sum_with(scaled)
+    rescued = undo_headroom(finish_fold(again, divisor_map, dtype, weights is not None), factor)
+    return where_overflowed(summed, finished, rescued)
 
 
 def divisor(

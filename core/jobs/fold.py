@@ -18,10 +18,7 @@ from patchfold.dtypes import (
     check_integer_sum,
     finish_fold,
     fold_output_dtype,
-    overflowed,
     restore_dtype,
-    undo_headroom,
-    where_overflowed,
 )
 from patchfold.engines import cpu, resolve
 from patchfold.errors import PatchfoldError
@@ -40,8 +37,8 @@ from patchfold.io.write import (
     write_images,
 )
 from patchfold.jobs.plan import FoldPlan, Progress, plan_fold
-from patchfold.ops import fold_with
-from patchfold.windows import window_weights, with_headroom
+from patchfold.ops import finish_normalised, fold_with
+from patchfold.windows import window_weights
 
 
 def fold_to_npy(
@@ -76,18 +73,17 @@ def fold_to_npy(
         for index, (top, bottom) in enumerate(plan.band_ranges()):
             pad = geometry.padding[0]
             rows = None if single_band else (top + pad, bottom + pad)
-            with np.errstate(over="ignore"):  # an overflowing sum is summed again below, not reported
-                summed = _band_sum(cols, geometry, plan.layout, weights, rows, threads, normalize)
-            divisor_band = None
+
+            def sum_with(weights: list[np.ndarray] | None, rows: tuple[int, int] | None = rows) -> np.ndarray:
+                return _band_sum(cols, geometry, plan.layout, weights, rows, threads, normalize)
+
+            with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
+                summed = sum_with(weights)
             if vectors is not None:
                 divisor_band = outer([vectors[0][top:bottom], *vectors[1:]])
-            values = finish_fold(summed, divisor_band, cols.dtype, weights is not None)
-            if normalize and overflowed(summed):  # values near the float maximum: sum again, scaled down
-                scaled, factor = with_headroom(geometry, weights, most)
-                with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN inputs stay as they are
-                    again = _band_sum(cols, geometry, plan.layout, scaled, rows, threads, True)
-                rescued = undo_headroom(finish_fold(again, divisor_band, cols.dtype, weights is not None), factor)
-                values = where_overflowed(summed, values, rescued)
+                values = finish_normalised(summed, sum_with, divisor_band, cols.dtype, geometry, weights, most)
+            else:
+                values = finish_fold(summed, None, cols.dtype, weights is not None)
             if restore is not None:
                 values = restore_dtype(values, *restore)
             _write_rows(handle.fileno(), header, values.astype(plan.dtype, copy=False), plan, top)
