@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from patchfold.blocks import Blocks, IntOrSeq
-from patchfold.coverage import NUMPY_PAD_MODE, outer
+from patchfold.coverage import outer
 from patchfold.engines import is_tensor
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
@@ -393,7 +393,9 @@ def _apply_one(
     """``fn`` over every block of one ``(C, *spatial)`` image, blended back: a generator of the
     blocks done after each batch, returning the image (None when dense rows went to ``rows_out``)."""
     widths = plan.pad_widths()
-    padded = _pad(image, widths, plan.geometry.padding_mode)
+    from patchfold.engines.cpu import pad_spatial  # here: `import patchfold` does not load the engine
+
+    padded = pad_spatial(image, widths, plan.geometry.padding_mode, lead=1)
     kernel = plan.geometry.kernel_size
     dilation = plan.geometry.dilation
     spans = [g.span for g in plan.grids]
@@ -419,17 +421,6 @@ def _drain(steps: Generator[int, None, Any]) -> Any:
             next(steps)
         except StopIteration as stop:
             return stop.value
-
-
-def _pad(image: np.ndarray, widths: list[tuple[int, int]], mode: str) -> np.ndarray:
-    if not any(a or b for a, b in widths):
-        return image
-    check_fits(image.itemsize * image.shape[0] * math.prod(n + a + b for n, (a, b) in zip(image.shape[1:], widths)),
-               "the padded copy of the input")  # fmt: skip
-    full = [(0, 0), *widths]
-    if mode == "zeros":
-        return np.pad(image, full)
-    return np.pad(image, full, mode=NUMPY_PAD_MODE[mode])  # type: ignore[call-overload]
 
 
 class _Sink:
@@ -468,6 +459,7 @@ class _Sink:
             self.result = np.zeros((channels, *self.out_size), dtype=dtype)
         self.totals = self._totals()
         self.base = 0  # padded output row held in self.band[:, 0]
+        self.weighted = np.empty(shape, dtype=np.float64)  # one block's weighted output (stays in cache)
         self.band = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
 
     def _totals(self) -> list[np.ndarray]:
@@ -539,7 +531,7 @@ class _Sink:
         for d in range(1, ndim):
             weights = weights[..., None] * self.weights[d][coords[:, d]].reshape(len(coords), *([1] * d), -1)
         # one block at a time through a reused float64 buffer, which stays in cache
-        weighted = self.__dict__.setdefault("_weighted", np.empty(self.shape, dtype=np.float64))
+        weighted = self.weighted
         for row in range(len(coords)):
             where = tuple(
                 slice(int(first), int(first) + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])

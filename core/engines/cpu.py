@@ -121,13 +121,20 @@ def _splits_evenly(count: int, threads: int | None) -> bool:
 
 def pad_input(x: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Pad the spatial dims of ``(N, C, *spatial)`` as the geometry says (a copy only if padded)."""
-    if not any(geometry.padding):
+    return pad_spatial(x, [(p, p) for p in geometry.padding], geometry.padding_mode, lead=2)
+
+
+def pad_spatial(x: np.ndarray, widths: list[tuple[int, int]], mode: str, lead: int) -> np.ndarray:
+    """``x`` padded by ``widths`` (before, after) on its axes after the first ``lead`` in the
+    padding ``mode``, within the memory budget (``x`` itself when nothing is padded)."""
+    if not any(a or b for a, b in widths):
         return x
-    check_fits(x.shape[0] * x.shape[1] * math.prod(geometry.padded_size) * x.itemsize, "the padded copy of the input")
-    widths = [(0, 0), (0, 0), *((p, p) for p in geometry.padding)]
-    if geometry.padding_mode == "zeros":
-        return np.pad(x, widths)
-    return np.pad(x, widths, mode=NUMPY_PAD_MODE[geometry.padding_mode])  # type: ignore[call-overload]
+    size = math.prod(x.shape[:lead]) * math.prod(n + a + b for n, (a, b) in zip(x.shape[lead:], widths))
+    check_fits(size * x.itemsize, "the padded copy of the input")
+    full = [(0, 0)] * lead + list(widths)
+    if mode == "zeros":
+        return np.pad(x, full)
+    return np.pad(x, full, mode=NUMPY_PAD_MODE[mode])  # type: ignore[call-overload]
 
 
 def prepare_input(x: np.ndarray, geometry: Geometry, dtype: np.dtype | None = None) -> tuple[np.ndarray, Geometry]:

@@ -307,6 +307,17 @@ def write_at(fd: int, values: np.ndarray, offset: int) -> None:
         offset += written
 
 
+def write_rows(fd: int, header: int, shape: tuple[int, ...], values: np.ndarray, top: int, item: int = 0) -> None:
+    """Write ``values`` ``(n, C, r, ...)``, rows ``[top, top + r)`` of items ``[item, item + n)``, into
+    the C-ordered ``.npy`` of ``shape`` (and ``values``' dtype) whose data starts at ``header``."""
+    plane = math.prod(shape[2:])
+    row = plane // shape[2]
+    for n in range(values.shape[0]):
+        for channel in range(shape[1]):
+            offset = header + (((item + n) * shape[1] + channel) * plane + top * row) * values.itemsize
+            write_at(fd, values[n, channel], offset)
+
+
 def _release(array: np.ndarray) -> None:
     """Drop a memory-mapped array's pages from this process (they stay in the page cache)."""
     mapping = getattr(array, "_mmap", None)

@@ -9,7 +9,6 @@ module:callable`` is code the user names on purpose and is imported as such.
 from __future__ import annotations
 
 import importlib
-import math
 import time
 import zipfile
 from collections.abc import Callable, Generator, Iterator
@@ -22,7 +21,15 @@ from patchfold.blocks import Blocks
 from patchfold.dtypes import cast_scaled, restore_dtype, target_dtype
 from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_npy_array, require_file
-from patchfold.io.write import allocate_npy, atomic_paths, check_not_an_input, image_targets, write_at, write_images
+from patchfold.io.write import (
+    allocate_npy,
+    atomic_paths,
+    check_not_an_input,
+    image_targets,
+    write_at,
+    write_images,
+    write_rows,
+)
 from patchfold.jobs.plan import Progress
 from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, plan_apply
 
@@ -267,10 +274,7 @@ class _NpyRows:
     def write(self, n: int, first: int, rows: np.ndarray, shape: tuple[int, ...]) -> None:
         self._allocate(shape, rows.dtype)
         assert self.header is not None
-        plane, row = math.prod(shape[1:]), math.prod(shape[2:])
-        for channel in range(shape[0]):
-            offset = self.header + ((n * shape[0] + channel) * plane + first * row) * self.dtype.itemsize
-            write_at(self.handle.fileno(), rows[channel].astype(self.dtype, copy=False), offset)
+        write_rows(self.handle.fileno(), self.header, self.shape, rows[None].astype(self.dtype, copy=False), first, n)
 
     def write_all(self, values: np.ndarray) -> None:
         self._allocate(values.shape[1:], values.dtype)

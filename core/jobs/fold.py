@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ from patchfold.io.write import (
     check_not_an_input,
     check_output_path,
     image_targets,
-    write_at,
     write_images,
+    write_rows,
 )
 from patchfold.jobs.plan import FoldPlan, Progress, plan_fold
 from patchfold.ops import finish_normalised, fold_with
@@ -86,7 +85,7 @@ def fold_to_npy(
                 values = finish_fold(summed, None, cols.dtype, weights is not None)
             if restore is not None:
                 values = restore_dtype(values, *restore)
-            _write_rows(handle.fileno(), header, values.astype(plan.dtype, copy=False), plan, top)
+            write_rows(handle.fileno(), header, plan.output_shape, values.astype(plan.dtype, copy=False), top)
             written += values.nbytes
             _release(cols)
             yield Progress(index + 1, plan.bands, written, plan.output_bytes)
@@ -104,17 +103,6 @@ def _band_sum(
     """The overlap-add sums of padded output rows ``rows`` (all when None), padding folded back."""
     summed = cpu.fold_padded(cols, geometry, layout, weights, rows=rows, threads=threads, exact=exact)
     return unpad_adjoint(summed, geometry, axis_offset=2, first_dim=0 if rows is None else 1)
-
-
-def _write_rows(fd: int, header: int, values: np.ndarray, plan: FoldPlan, top: int) -> None:
-    """Write output rows ``[top, top + band)`` of every (item, channel) plane."""
-    n, c = plan.output_shape[:2]
-    plane = math.prod(plan.output_shape[2:])
-    row = plane // plan.output_shape[2]
-    for item in range(n):
-        for channel in range(c):
-            offset = header + ((item * c + channel) * plane + top * row) * plan.dtype.itemsize
-            write_at(fd, values[item, channel], offset)
 
 
 @dataclass(frozen=True)
