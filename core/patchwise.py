@@ -288,20 +288,22 @@ def apply_streamed(
                 reduced = reduce_channels(rows, reduce)
                 rows_out(n, first, reduced if reduce == "none" else reduced[None], _reduced_shape(shape, reduce))
 
-        image = yield from _offset(_apply_one(runner, runner.image(x, n), plan, batch_size, send), n * plan.num_blocks)
+        before = n * plan.num_blocks  # blocks of the images before this one
+        steps = _apply_one(runner, runner.image(x, n), plan, batch_size, send)
+        image = yield from mapped(steps, lambda done, before=before: before + done)
         results.append(None if image is None else reduce_channels(image, reduce))
     return results
 
 
-def _offset(blocks_done: Generator[int, None, Any], before: int) -> Generator[int, None, Any]:
-    """The counts of one image's generator, after the blocks of the images before it; returns
-    what it returns."""
+def mapped(steps: Generator[Any, None, Any], change: Callable[[Any], Any]) -> Generator[Any, None, Any]:
+    """Each value of the generator ``steps`` passed through ``change``; returns what ``steps``
+    returns (so ``yield from`` keeps it)."""
     while True:
         try:
-            done = next(blocks_done)
+            value = next(steps)
         except StopIteration as stop:
             return stop.value
-        yield before + done
+        yield change(value)
 
 
 def _reduced_shape(shape: tuple[int, ...], reduce: str) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import time
 import zipfile
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from patchfold.io.write import (
     write_rows,
 )
 from patchfold.jobs.plan import Progress
-from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, plan_apply
+from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, mapped, plan_apply
 
 #: Suffixes of the model files ``--model`` reads.
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2")
@@ -212,17 +212,20 @@ def apply_file(
         return cast_scaled(patches, given, scale)
 
     total = source.shape[0] * plan.num_blocks
+
+    def as_progress(done: int) -> Progress:  # the bar counts blocks
+        return Progress(done, total, done, total)
+
     if targets is None:  # one .npy: dense rows are written as they are finished
         with atomic_paths(output) as (temporary,), open(temporary, "r+b") as handle:
             sink = _NpyRows(handle, source.shape[0])
-            results = yield from _progress(
-                apply_streamed(source, fn, plan, prepare=prepare, rows_out=sink.write, **options), total
-            )
+            steps = apply_streamed(source, fn, plan, prepare=prepare, rows_out=sink.write, **options)
+            results = yield from mapped(steps, as_progress)
             if results and results[0] is not None:  # vector grids: small, written whole
                 sink.write_all(np.stack(results))
         shape, out_dtype = sink.shape, sink.dtype
     else:
-        results = yield from _progress(apply_streamed(source, fn, plan, prepare=prepare, **options), total)
+        results = yield from mapped(apply_streamed(source, fn, plan, prepare=prepare, **options), as_progress)
         images = np.stack(results)
         labels = reduce not in (None, "none")
         if labels and images.ndim == source.ndim - 1:
@@ -244,16 +247,6 @@ def apply_file(
         reduce=reduce or "none",
         seconds=time.perf_counter() - started,
     )
-
-
-def _progress(steps: Generator[int, None, Any], total: int) -> Generator[Progress, None, Any]:
-    """Blocks done as :class:`Progress` events (the bar counts blocks); returns what ``steps`` returns."""
-    while True:
-        try:
-            done = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(done, total, done, total)
 
 
 class _NpyRows:
