@@ -59,7 +59,7 @@ class _Unfold(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, geometry: Geometry, layout: str, threads: int | None) -> torch.Tensor:
         ctx.geometry, ctx.layout, ctx.threads, ctx.dtype = geometry, layout, threads, x.dtype
-        return _unfold_values(x.detach().resolve_neg(), geometry, layout, threads)
+        return _unfold_values(x, geometry, layout, threads)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
@@ -82,7 +82,7 @@ class _Fold(torch.autograd.Function):
         threads: int | None,
     ) -> torch.Tensor:
         ctx.geometry, ctx.layout, ctx.weights, ctx.threads, ctx.dtype = geometry, layout, weights, threads, cols.dtype
-        return _fold_values(cols.detach().resolve_neg(), geometry, layout, weights, exact, threads)
+        return _fold_values(cols, geometry, layout, weights, exact, threads)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None]:
@@ -98,8 +98,10 @@ class _Fold(torch.autograd.Function):
 
 def _unfold_values(x: torch.Tensor, geometry: Geometry, layout: str, threads: int | None) -> torch.Tensor:
     if x.dtype == torch.bfloat16:  # a copy: the bits move as int16, unchanged
-        return _unfold_values(x.view(torch.int16), geometry, layout, threads).view(torch.bfloat16)
-    return torch.from_numpy(cpu.unfold(x.numpy(), geometry, layout, threads=threads))
+        return _unfold_values(x.detach().resolve_neg().view(torch.int16), geometry, layout, threads).view(
+            torch.bfloat16
+        )
+    return torch.from_numpy(cpu.unfold(cpu.take(x), geometry, layout, threads=threads))  # take: detached, resolved
 
 
 def _fold_values(
@@ -111,8 +113,8 @@ def _fold_values(
     threads: int | None,
 ) -> torch.Tensor:
     if cols.dtype == torch.bfloat16:  # summed in float32 (float64 with exact), rounded by the caller
-        cols = cols.float()
-    return torch.from_numpy(cpu.fold(cols.numpy(), geometry, layout, weights, exact=exact, threads=threads))
+        cols = cols.detach().float()
+    return torch.from_numpy(cpu.fold(cpu.take(cols), geometry, layout, weights, exact=exact, threads=threads))
 
 
 def _weighted(cols: torch.Tensor, geometry: Geometry, layout: str, weights: list[np.ndarray]) -> torch.Tensor:
