@@ -353,7 +353,7 @@ class _Runner:
         if self.prepare is not None:
             patches = self.prepare(patches)
         if not self.torch:
-            return _as_array(self.fn(patches))
+            return _as_array(self._called(patches, patches.shape))
         import torch
 
         count = len(patches)
@@ -363,8 +363,22 @@ class _Runner:
         if self.target.type == "cuda":  # page-locked, so the copy to the GPU runs without staging
             batch = batch.pin_memory()
         with torch.inference_mode():
-            result = _as_array(self.fn(batch.to(self.target, non_blocking=True)))
+            result = _as_array(self._called(batch.to(self.target, non_blocking=True), patches.shape))
         return result[:count] if result.ndim and len(result) == len(patches) else result
+
+    def _called(self, patches: Any, shape: tuple[int, ...]) -> Any:
+        """``fn(patches)``; whatever ``fn`` raises (a model given the wrong channels...) becomes one
+        :class:`PatchfoldError` line with its own last message line."""
+        try:
+            return self.fn(patches)
+        except PatchfoldError:
+            raise
+        except Exception as error:  # a user's function or model: any type
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(error).__name__
+            raise PatchfoldError(
+                f"the function or model failed on a batch of patches {list(shape)}: {reason[:400]}"
+            ) from None
 
 
 def _as_array(result: Any) -> np.ndarray:

@@ -260,6 +260,17 @@ def test_bad_functions_give_one_error_line_and_write_nothing(image, setup, args,
     assert not (tmp_path / "out.npy").exists()
 
 
+def test_a_model_that_fails_on_the_patches_gives_one_error_line(image, tmp_path: Path) -> None:
+    gray = tmp_path / "gray.png"
+    Image.fromarray(RNG.integers(0, 256, (24, 20), dtype=np.uint8)).save(gray)
+    torch.jit.script(three_convolutions()).save(str(tmp_path / "model.pt"))  # wants 3 channels
+    result = invoke("apply", gray, "--model", tmp_path / "model.pt", "-k", 8, "-o", tmp_path / "out.npy")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "failed on a batch of patches [64, 1, 8, 8]" in lines[0] and "channels" in lines[0]
+    assert not (tmp_path / "out.npy").exists()
+
+
 def test_torchscript_and_export_models_through_the_cli(image, tmp_path: Path) -> None:
     model = three_convolutions()
     torch.jit.script(model).save(str(tmp_path / "model.pt"))
