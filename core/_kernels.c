@@ -4,7 +4,9 @@
  * loops.
  *
  * The loops are written once, in two template headers included here once per type:
- *   _kernels_fold.h    fold_<src>_<acc>(src, acc, const pf_fold_dims *): overlap-add
+ *   _kernels_fold.h    fold_<src>_<acc>(src, acc, const pf_fold_dims *): overlap-add;
+ *                      foldx_<src>_<acc>(src, dst, dims, const pf_fold_extra *): the same with
+ *                      window weights, or normalised in one pass into the patches' dtype
  *   _kernels_unfold.h  unfold_<bits>(x, out, const pf_unfold_dims *): block copy
  * Dims, strides and ranges travel in the two structs below (mirrored field for field by ctypes
  * Structures in patchfold/engines/compiled.py, whose checked wrappers are the only callers: they
@@ -14,6 +16,7 @@
  */
 #include <Python.h>
 #include <assert.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +68,25 @@ int64_t pf_unfold_dims_size(void) { return (int64_t)sizeof(pf_unfold_dims); }
 /* The 2-D fold loop's own arguments (the 3-D loop calls it per plane with other values). */
 typedef struct {
   int64_t C, K0, K1, L0, L1, s0, s1, d0, d1, W, lo, hi, a, b, cs, zero;
+  /* a windowed sum: block (i, j) at kernel offset (ki, kj) is weighted by
+     (wp * wr[i*K0 + ki]) * wc[kj*L1 + j]; wc == NULL: unweighted */
+  const double *wr, *wc;
+  double wp;
 } pf_fold2d;
+
+/* What foldx_<src>_<acc> adds to a pf_fold_dims call: window weights, and for a normalised fold
+ * the divisor and the output it writes instead of an accumulator. */
+typedef struct {
+  const double *weights[PF_MAX_DIMS]; /* per dim (L_d x K_d) row-major, or weights[0] NULL: unweighted */
+  const double *divisor[PF_MAX_DIMS]; /* per dim, over the output (out_size[d] values), or divisor[0]
+                                         NULL: write the (weighted) sums into an accumulator as fold_ */
+  int64_t out_size[PF_MAX_DIMS];      /* the output's spatial size (unpadded) */
+  int64_t offset[PF_MAX_DIMS];        /* zero padding: padded position = output position + offset */
+  int64_t out_channel_stride;         /* between channels of out, in elements (rows packed inside) */
+  int64_t scratch_bytes;              /* at most this much accumulator per call (one band) */
+} pf_fold_extra;
+
+int64_t pf_fold_extra_size(void) { return (int64_t)sizeof(pf_fold_extra); }
 
 /* The 2-D unfold loop's own arguments: plane (H, W), block rows [i0, i1), kernel rows [q0, q1),
  * rs the ncl row stride, P = the matrix's row length in nlc. */
@@ -140,41 +161,49 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
 #define PF_SUFFIX f16_f32
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE uint8_t
 #define PF_ACC int64_t
 #define PF_SUFFIX u8_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE int8_t
 #define PF_ACC int64_t
 #define PF_SUFFIX i8_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE uint16_t
 #define PF_ACC int64_t
 #define PF_SUFFIX u16_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE int16_t
 #define PF_ACC int64_t
 #define PF_SUFFIX i16_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE uint32_t
 #define PF_ACC int64_t
 #define PF_SUFFIX u32_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE int32_t
 #define PF_ACC int64_t
 #define PF_SUFFIX i32_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE int64_t
 #define PF_ACC int64_t
 #define PF_SUFFIX i64_i64
 #include "_kernels_fold.h"
 
+#define PF_INTEGER 1
 #define PF_SOURCE uint64_t
 #define PF_ACC uint64_t
 #define PF_SUFFIX u64_u64

@@ -52,7 +52,10 @@ static void PF_F(fold2d_nlc_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fo
           for (int64_t kj = 0; kj < K1; kj++) {
             const PF_SOURCE *in = buf + ((c * K0 + ki) * K1 + kj) * n;
             PF_ACC *out = row + kj * d1;
-            if (s1 == 1) {
+            if (g.wc != NULL) {
+              const double rw = g.wp * g.wr[i * K0 + ki], *wc = g.wc + kj * L1 + j0;
+              for (int64_t j = 0; j < n; j++) out[j * s1] += (PF_ACC)((double)in[j] * (rw * wc[j]));
+            } else if (s1 == 1) {
               for (int64_t j = 0; j < n; j++) out[j] += (PF_ACC)in[j];
             } else {
               for (int64_t j = 0; j < n; j++) out[j * s1] += (PF_ACC)in[j];
@@ -100,6 +103,16 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
         if (i1 > L0) i1 = L0;
         for (int64_t i = i0; i < i1; i++) {
           PF_ACC *row = acc + c * cs + (base + i * s0 - lo) * W;
+          if (g.wc != NULL) { /* windowed: each value times its block's weight at this offset */
+            const double rw = g.wp * g.wr[i * K0 + ki];
+            for (int64_t kj = 0; kj < K1; kj++) {
+              const PF_SOURCE *in = src + ((c * K0 + ki) * K1 + kj) * a + i * L1 * b;
+              const double *wc = g.wc + kj * L1;
+              PF_ACC *out = row + kj * d1;
+              for (int64_t j = 0; j < L1; j++) out[j * s1] += (PF_ACC)((double)in[j * b] * (rw * wc[j]));
+            }
+            continue;
+          }
           if (b == 1 && K1 > t) {
             /* kernel columns r, r + t, r + 2t, ... land on the same output columns, shifted by
                m blocks each: sum them first, touching each output column once per residue r */
@@ -149,7 +162,8 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
 /* 3-D: depth rows [lo, hi) of acc (C, hi-lo, H, W). Every (channel c, depth offset A, depth block
  * p) with A*d0 + p*s0 = z is a 2-D fold of one plane of patches (one channel, kernel K1 x K2,
  * blocks L1 x L2) into depth row z. */
-static void PF_F(fold3d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
+static void PF_F(fold3d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims, const double *w0,
+                         const double *w1, const double *w2t) {
   const int64_t C = dims->channels, K0 = dims->kernel[0], K1 = dims->kernel[1], K2 = dims->kernel[2];
   const int64_t L0 = dims->blocks[0], L1 = dims->blocks[1], L2 = dims->blocks[2];
   const int64_t s0 = dims->stride[0], d0 = dims->dilation[0], H = dims->size[1], W = dims->size[2];
@@ -161,7 +175,8 @@ static void PF_F(fold3d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *
   const pf_fold2d plane = {.C = 1, .K0 = K1, .K1 = K2, .L0 = L1, .L1 = L2,
                            .s0 = dims->stride[1], .s1 = dims->stride[2],
                            .d0 = dims->dilation[1], .d1 = dims->dilation[2],
-                           .W = W, .lo = 0, .hi = H, .a = a, .b = b, .cs = 0, .zero = 0};
+                           .W = W, .lo = 0, .hi = H, .a = a, .b = b, .cs = 0, .zero = 0,
+                           .wr = w1, .wc = w2t, .wp = 1.0};
   for (int64_t z = lo; z < hi; z++) {
     PF_ACC *depth_row = acc + (z - lo) * H * W;
     if (zero)
@@ -170,29 +185,165 @@ static void PF_F(fold3d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *
       const int64_t rest = z - A * d0;
       if (rest < 0 || rest % s0 || rest / s0 >= L0) continue;
       const int64_t p = rest / s0;
+      pf_fold2d this_plane = plane;
+      if (w0 != NULL) this_plane.wp = w0[p * K0 + A];
       for (int64_t c = 0; c < C; c++)
-        PF_F(fold2d)(src + (c * K0 + A) * K1 * K2 * a + p * L1 * L2 * b, depth_row + c * cs, plane);
+        PF_F(fold2d)(src + (c * K0 + A) * K1 * K2 * a + p * L1 * L2 * b, depth_row + c * cs, this_plane);
     }
   }
 }
 
-void PF_F(fold)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
-  assert(dims->ndim == 2 || dims->ndim == 3);
-  if (dims->ndim == 3) {
-    PF_F(fold3d)(src, acc, dims);
-    return;
-  }
+/* The 2-D loop's arguments for a pf_fold_dims call (unweighted). */
+static pf_fold2d PF_F(plane_args)(const pf_fold_dims *dims) {
   const pf_fold2d g = {.C = dims->channels, .K0 = dims->kernel[0], .K1 = dims->kernel[1],
                        .L0 = dims->blocks[0], .L1 = dims->blocks[1],
                        .s0 = dims->stride[0], .s1 = dims->stride[1],
                        .d0 = dims->dilation[0], .d1 = dims->dilation[1],
                        .W = dims->size[1], .lo = dims->row_lo, .hi = dims->row_hi,
                        .a = dims->kernel_step, .b = dims->block_step,
-                       .cs = dims->channel_stride, .zero = dims->zero};
-  PF_F(fold2d)(src, acc, g);
+                       .cs = dims->channel_stride, .zero = dims->zero,
+                       .wr = NULL, .wc = NULL, .wp = 1.0};
+  return g;
+}
+
+void PF_F(fold)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
+  assert(dims->ndim == 2 || dims->ndim == 3);
+  if (dims->ndim == 3) {
+    PF_F(fold3d)(src, acc, dims, NULL, NULL, NULL);
+    return;
+  }
+  PF_F(fold2d)(src, acc, PF_F(plane_args)(dims));
+}
+
+/* One output row of a normalised fold: out[x] = sums[x] / divisor[x] in the accumulator's precision
+ * (0 where nothing covers the pixel), rounded once to the patches' dtype. Integers: the quotient
+ * rounded half to even, exactly (a double quotient guesses it, the integer remainder corrects it).
+ * Returns how many sums were not finite (the caller then sums again with headroom). */
+static int64_t PF_F(finish_row)(const PF_ACC *sums, PF_SOURCE *out, const double *divisor, int64_t n) {
+  int64_t nonfinite = 0;
+#ifdef PF_INTEGER
+  for (int64_t x = 0; x < n; x++) {
+    const PF_ACC s = sums[x];
+    const double d = divisor[x];
+    if (!(d > 0)) {
+      out[x] = 0;
+      continue;
+    }
+    const PF_ACC count = (PF_ACC)d;
+    PF_ACC q, r;
+    const double guess = (double)s;
+    if (fabs(guess) < 4503599627370496.0) { /* |s| < 2**52: exact as a double, a signed int64 */
+      const int64_t si = (int64_t)s, ci = (int64_t)count;
+      int64_t qi = (int64_t)floor(guess / d), ri = si - qi * ci; /* the rounded quotient may be 1 off */
+      if (ri < 0) qi--, ri += ci;
+      else if (ri >= ci) qi++, ri -= ci;
+      q = (PF_ACC)qi, r = (PF_ACC)ri;
+    } else { /* floor division in the accumulator's own integers */
+      q = s / count, r = s % count;
+      if (s < 0 && r != 0) q--, r += count; /* C truncates toward zero; never true for unsigned */
+    }
+    const PF_ACC twice = 2 * r; /* r < count, a block count: no overflow */
+    q += (twice > count) || (twice == count && (q & 1));
+    out[x] = (PF_SOURCE)q;
+  }
+#else
+  for (int64_t x = 0; x < n; x++) nonfinite += !isfinite((double)sums[x]);
+  for (int64_t x = 0; x < n; x++) {
+    const double d = divisor[x];
+    const PF_ACC safe = d > 0 ? (PF_ACC)d : (PF_ACC)1;
+    const PF_ACC q = sums[x] / safe;
+    out[x] = d > 0 ? (PF_SOURCE)q : (PF_SOURCE)0;
+  }
+#endif
+  return nonfinite;
+}
+
+/* weights (L x K) row-major as K rows of L (a run of blocks per kernel offset), malloc'ed */
+static double *PF_F(transposed)(const double *w, int64_t L, int64_t K) {
+  if (w == NULL) return NULL;
+  double *t = (double *)malloc((size_t)(L * K > 0 ? L * K : 1) * sizeof(double));
+  if (t == NULL) return NULL;
+  for (int64_t l = 0; l < L; l++)
+    for (int64_t k = 0; k < K; k++) t[k * L + l] = w[l * K + k];
+  return t;
+}
+
+/* foldx_<suffix>(src, dst, dims, extra): fold_<suffix> with window weights (extra->weights) and,
+ * with extra->divisor, normalised: dst is then the output (C, *out_size) of the patches' dtype,
+ * channels extra->out_channel_stride apart, and padded rows [row_lo, row_hi) of dim 0, which must
+ * lie inside the output (offset[0] <= row_lo, row_hi <= offset[0] + out_size[0]), are summed
+ * band by band into a scratch accumulator of at most extra->scratch_bytes and divided into their
+ * output rows while in cache. Without extra->divisor, dst is the accumulator as for fold_.
+ * Returns the count of non-finite sums (float sums that overflowed, or inf and NaN patches), or -1
+ * when the scratch could not be allocated. */
+int64_t PF_F(foldx)(const PF_SOURCE *src, void *dst, const pf_fold_dims *dims, const pf_fold_extra *extra) {
+  assert(dims->ndim == 2 || dims->ndim == 3);
+  const int64_t nd = dims->ndim, C = dims->channels, last = nd - 1;
+  const int64_t Llast = dims->blocks[last], Klast = dims->kernel[last];
+  double *wc = PF_F(transposed)(extra->weights[0] != NULL ? extra->weights[last] : NULL, Llast, Klast);
+  if (extra->weights[0] != NULL && wc == NULL) return -1;
+  const double *w0 = extra->weights[0], *w1 = extra->weights[1];
+  if (extra->divisor[0] == NULL) { /* (weighted) sums into the caller's accumulator */
+    if (nd == 3) {
+      PF_F(fold3d)(src, (PF_ACC *)dst, dims, w0, w1, wc);
+    } else {
+      pf_fold2d g = PF_F(plane_args)(dims);
+      g.wr = w0, g.wc = wc;
+      PF_F(fold2d)(src, (PF_ACC *)dst, g);
+    }
+    free(wc);
+    return 0;
+  }
+  PF_SOURCE *out = (PF_SOURCE *)dst;
+  const int64_t lo = dims->row_lo, hi = dims->row_hi, ocs = extra->out_channel_stride;
+  const int64_t W = extra->out_size[last], plane = nd == 3 ? dims->size[1] * dims->size[2] : dims->size[1];
+  assert(extra->offset[0] <= lo && hi <= extra->offset[0] + extra->out_size[0]);
+  /* rows of dim 0 per band: up to BAND, fewer where C channels of them would pass the scratch budget */
+  int64_t rows = extra->scratch_bytes / (int64_t)sizeof(PF_ACC) / (C > 0 ? C * plane : 1);
+  if (rows > BAND) rows = BAND;
+  if (rows < 1) rows = 1;
+  if (nd == 3) rows = 1; /* a volume: one depth row (C planes) at a time */
+  PF_ACC *scratch = (PF_ACC *)malloc((size_t)(C * rows * plane > 0 ? C * rows * plane : 1) * sizeof(PF_ACC));
+  double *divisor_row = (double *)malloc((size_t)(W > 0 ? W : 1) * sizeof(double));
+  if (scratch == NULL || divisor_row == NULL) {
+    free(scratch), free(divisor_row), free(wc);
+    return -1;
+  }
+  const double *v0 = extra->divisor[0], *v1 = extra->divisor[1], *vl = extra->divisor[last];
+  int64_t nonfinite = 0;
+  for (int64_t top = lo; top < hi; top += rows) {
+    const int64_t bottom = top + rows < hi ? top + rows : hi;
+    pf_fold_dims band = *dims;
+    band.row_lo = top, band.row_hi = bottom, band.zero = 1, band.channel_stride = rows * plane;
+    if (nd == 3) {
+      PF_F(fold3d)(src, scratch, &band, w0, w1, wc);
+    } else {
+      pf_fold2d g = PF_F(plane_args)(&band);
+      g.wr = w0, g.wc = wc;
+      PF_F(fold2d)(src, scratch, g);
+    }
+    for (int64_t r = top; r < bottom; r++) {
+      const int64_t z = r - extra->offset[0]; /* output row (2-D) or depth row (3-D) */
+      const int64_t inner_rows = nd == 3 ? extra->out_size[1] : 1;
+      for (int64_t y = 0; y < inner_rows; y++) {
+        /* the divisor's row as the outer product of the per-dim vectors forms it */
+        const double factor = nd == 3 ? v0[z] * v1[y] : v0[z];
+        for (int64_t x = 0; x < W; x++) divisor_row[x] = factor * vl[x];
+        const int64_t in_row = nd == 3 ? (y + extra->offset[1]) * dims->size[2] : 0;
+        const int64_t out_row = nd == 3 ? (z * extra->out_size[1] + y) * W : z * W;
+        for (int64_t c = 0; c < C; c++) {
+          const PF_ACC *sums = scratch + c * rows * plane + (r - top) * plane + in_row + extra->offset[last];
+          nonfinite += PF_F(finish_row)(sums, out + c * ocs + out_row, divisor_row, W);
+        }
+      }
+    }
+  }
+  free(scratch), free(divisor_row), free(wc);
+  return nonfinite;
 }
 
 #undef PF_F
 #undef PF_SOURCE
 #undef PF_ACC
 #undef PF_SUFFIX
+#undef PF_INTEGER

@@ -233,6 +233,10 @@ def fold_with(
     def sum_with(weights: list[np.ndarray] | None) -> Any:
         return engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
 
+    fused = engine_module.fold_normalised(data, geometry, layout, weights, threads=threads) if normalize else None
+    if fused is not None:  # summed and divided in one pass
+        result = engines.give_back(fused, batch)
+        return result[0] if unbatched else result
     with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
         summed = sum_with(weights)
     if normalize:

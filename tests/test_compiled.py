@@ -7,14 +7,20 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import patchfold
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from patchfold.coverage import coverage_vectors, divisor_map, unpad_adjoint
+from patchfold.dtypes import accumulator_dtype, finish_fold
 from patchfold.engines import compiled, cpu
+from patchfold.engines.strided import fold_rows
 from patchfold.errors import PatchfoldError
+from patchfold.geometry import matrix_dims
+from patchfold.windows import window_weights
 
 if not compiled.available():
     pytest.skip("the optional C loops were not built here", allow_module_level=True)
@@ -420,3 +426,123 @@ def test_compiled_loops_match_the_numpy_loops(problem, layout, dtype, threads) -
     np.testing.assert_array_equal(cols, numpy_cols)
     assert summed.dtype == numpy_summed.dtype
     np.testing.assert_array_equal(summed, numpy_summed)
+
+
+# ----- the one-pass normalised (and windowed) fold (issue #16) -----------------------------------
+
+
+def numpy_normalised(cols: np.ndarray, g: patchfold.Geometry, layout: str, weights) -> np.ndarray:
+    """The two-step reference: numpy's overlap-add into float64 (int64 for integers), then the
+    division by the full divisor map."""
+    accumulator = accumulator_dtype(cols.dtype, exact=True, weighted=weights is not None)
+    summed = np.zeros(
+        (cols.shape[0], g.check_fold_input(*matrix_dims(cols.shape, layout)), *g.padded_size), accumulator
+    )
+    fold_rows(cpu.blocks_view(cols, g, layout), g, summed, 0, g.padded_size[0], weights)
+    return finish_fold(unpad_adjoint(summed, g, 2), divisor_map(g, weights), cols.dtype, weights is not None)
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    problem=cpu_problems(),
+    layout=st.sampled_from(["ncl", "nlc"]),
+    dtype=st.sampled_from([np.uint8, np.int16, np.int64, np.uint64, np.float16, np.float32, np.float64]),
+    window=st.sampled_from([None, "hann", "triangular", "gaussian"]),
+    threads=st.integers(1, 3),
+    data=st.data(),
+)
+def test_one_pass_normalised_fold_equals_the_numpy_two_step_fold(problem, layout, dtype, window, threads, data) -> None:
+    size, params = problem
+    g = patchfold.Geometry.create(size, **params)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if np.dtype(dtype).kind in "iu":
+        window = None  # windowed integer folds take the two-step path
+        cols = rng.integers(0, 250, g.unfold_shape(2, 2, layout)).astype(dtype)
+    else:  # patches that disagree, in eighths: their sums are exact in any order
+        cols = (rng.integers(-30, 30, g.unfold_shape(2, 2, layout)) / 8).astype(dtype)
+    weights = window_weights(g, window)
+    top = data.draw(st.integers(0, size[0]))
+    bottom = data.draw(st.integers(top, size[0]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+        fused = cpu.fold_normalised(cols, g, layout, weights, threads=threads)
+        band = cpu.fold_normalised(cols, g, layout, weights, rows=(top, bottom), threads=threads)
+    reference = numpy_normalised(cols, g, layout, weights)
+    assert fused is not None and fused.dtype == reference.dtype == cols.dtype
+    np.testing.assert_array_equal(band, fused[:, :, top:bottom])
+    if weights is None:  # the same exact sums and the same division: bit for bit
+        np.testing.assert_array_equal(fused, reference)
+    else:  # weighted float64 sums added in another order: rounding apart (one unit of the dtype,
+        # or of float64 relative to the largest patch value where the weighted terms cancel)
+        scale = 16 * float(np.finfo(np.float64).eps) * float(np.abs(cols).max(initial=0))
+        np.testing.assert_allclose(fused, reference, rtol=float(np.finfo(dtype).eps), atol=scale)
+    np.testing.assert_array_equal(band, reference[:, :, top:bottom])
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+@pytest.mark.parametrize("spatial", [SIZE, (7, 9, 8)])
+def test_windowed_compiled_sum_equals_the_numpy_loop(layout: str, spatial: tuple[int, ...]) -> None:
+    g = geometry(spatial, kernel_size=3, stride=2, padding=1, dilation=(2, 1, 1)[: len(spatial)])
+    cols = np.random.default_rng(4).standard_normal(g.unfold_shape(N, C, layout)).astype(np.float32)
+    weights = window_weights(g, "hann")
+    summed = cpu.fold_padded(cols, g, layout, weights)
+    reference = np.zeros_like(summed)
+    fold_rows(cpu.blocks_view(cols, g, layout), g, reference, 0, g.padded_size[0], weights)
+    np.testing.assert_allclose(summed, reference, rtol=1e-14, atol=1e-14)  # another order of the same adds
+
+
+def test_normalised_fold_holds_no_full_size_float64_array() -> None:
+    """Beside its output, the one-pass fold allocates per-dim vectors only: no float64 sums or
+    divisor map of the image's size (its scratch band is a fixed, cache-sized C buffer)."""
+    g = geometry((512, 512), kernel_size=16, stride=8)
+    cols = np.random.default_rng(6).random(g.unfold_shape(1, 3)).astype(np.float32)
+    output_bytes = 3 * 512 * 512 * 4
+    tracemalloc.start()
+    try:
+        result = patchfold.fold(cols, (512, 512), 16, stride=8, normalize=True, window="hann")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.dtype == np.float32
+    assert peak <= output_bytes * 1.1, peak
+
+
+def test_a_non_finite_sum_leaves_the_one_pass_fold_to_the_two_step_path() -> None:
+    g = geometry((12, 12), kernel_size=4, stride=2)
+    near_max = np.full((1, 1, 12, 12), np.finfo(np.float64).max / 2)
+    cols = cpu.unfold(near_max, g)
+    assert cpu.fold_normalised(cols, g) is None  # the float64 sums overflow
+    np.testing.assert_array_equal(patchfold.fold(cols, 12, 4, stride=2, normalize=True), near_max)
+
+
+@pytest.mark.parametrize("layout", ["ncl", "nlc"])
+def test_checked_normalised_fold_refuses_what_the_loop_cannot_take(layout: str) -> None:
+    g = geometry()
+    loop = compiled.fold_extra("float32", "float64", 2)
+    cols = np.zeros(matrix_shape(g, layout), np.float32)
+    vectors = [v.astype(np.float64) for v in coverage_vectors(g)]
+    good = np.empty((N, C, *SIZE), np.float32)
+    pad = g.padding[0]
+    assert loop.normalised(cols, good, g, (pad, pad + SIZE[0]), layout, vectors) == 0
+    bad_calls = {
+        "wrong dtype": lambda: loop.normalised(cols, good.astype(np.float64), g, (pad, pad + 4), layout, vectors),
+        "too few rows held": lambda: loop.normalised(cols, good[:, :, :4], g, (pad, pad + 5), layout, vectors),
+        "rows above out": lambda: loop.normalised(cols, good, g, (0, pad + 4), layout, vectors),
+        "rows past the output": lambda: loop.normalised(cols, good, g, (pad, pad + SIZE[0] + 1), layout, vectors),
+        "band past the output": lambda: loop.normalised(
+            cols, good[:, :, :4], g, (pad + 18, pad + 20), layout, vectors, first_row=18
+        ),
+        "short divisor": lambda: loop.normalised(cols, good, g, (pad, pad + 4), layout, [vectors[0][:-1], vectors[1]]),
+        "int divisor": lambda: loop.normalised(cols, good, g, (pad, pad + 4), layout, coverage_vectors(g)),
+        "strided out": lambda: loop.normalised(
+            cols, np.empty((N, C, 20, 44), np.float32)[..., ::2], g, (pad, pad + 4), layout, vectors
+        ),
+        "read-only out": lambda: loop.normalised(
+            cols, np.broadcast_to(good, good.shape), g, (pad, pad + 4), layout, vectors
+        ),
+        "bad weights": lambda: loop.normalised(cols, good, g, (pad, pad + 4), layout, vectors, [np.ones((3, 3))] * 2),
+    }
+    for name, call in bad_calls.items():
+        with pytest.raises(PatchfoldError):
+            call()
+            pytest.fail(name)

@@ -52,8 +52,9 @@ def select(x: Any, engine: str = "auto") -> str:
 
 
 def load(name: str) -> ModuleType:
-    """The engine module ``cpu``, ``autograd`` or ``torch``: each has ``take``, ``unfold``, ``fold``
-    and ``divisor`` with the same signatures (the torch-based ones are imported only here, when
+    """The engine module ``cpu``, ``autograd`` or ``torch``: each has ``take``, ``unfold``, ``fold``,
+    ``fold_normalised`` (None where the engine has no one-pass normalised fold) and ``divisor``
+    with the same signatures (the torch-based ones are imported only here, when
     first used)."""
     if name == "torch":
         from patchfold.engines import torch_engine

@@ -50,6 +50,18 @@ def fold(
     return _Fold.apply(cols, geometry, layout, weights, exact, threads)
 
 
+def fold_normalised(
+    cols: Any,
+    geometry: Geometry,
+    layout: str = "ncl",
+    weights: list[np.ndarray] | None = None,
+    *,
+    threads: int | None = None,
+) -> None:
+    """No fused normalised fold here: the caller sums with :func:`fold` and divides by :func:`divisor`."""
+    return None
+
+
 def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: torch.Tensor) -> torch.Tensor:
     """The (weighted) divisor map, a constant of the graph."""
     return torch.from_numpy(cpu.divisor(geometry, weights))

@@ -89,6 +89,24 @@ class UnfoldDims(ctypes.Structure):
     ]
 
 
+class FoldExtra(ctypes.Structure):
+    """Mirror of ``pf_fold_extra`` in ``_kernels.c``: window weights and the normalisation of one
+    call of ``foldx_<src>_<acc>``."""
+
+    _fields_ = [
+        ("weights", ctypes.c_void_p * _MAX_DIMS),
+        ("divisor", ctypes.c_void_p * _MAX_DIMS),
+        ("out_size", _Dims),
+        ("offset", _Dims),
+        ("out_channel_stride", ctypes.c_int64),
+        ("scratch_bytes", ctypes.c_int64),
+    ]
+
+
+#: Accumulator bytes one foldx call sums a band of rows into before dividing it (cache-sized).
+SCRATCH_BYTES = 1 << 20
+
+
 @cache
 def _library() -> ctypes.CDLL | None:
     try:
@@ -102,7 +120,8 @@ def _library() -> ctypes.CDLL | None:
     except OSError:
         return None
     # A library built from other sources (older, or with other structs) is not used at all.
-    for name, struct in (("pf_fold_dims_size", FoldDims), ("pf_unfold_dims_size", UnfoldDims)):
+    sizes = (("pf_fold_dims_size", FoldDims), ("pf_unfold_dims_size", UnfoldDims), ("pf_fold_extra_size", FoldExtra))
+    for name, struct in sizes:
         size = getattr(library, name, None)
         if size is None:
             return None
@@ -130,6 +149,18 @@ def fold(dtype_name: str, accumulator_name: str, ndim: int = 2) -> FoldLoop | No
 
 
 @cache
+def fold_extra(dtype_name: str, accumulator_name: str, ndim: int = 2) -> FoldExtraLoop | None:
+    """The checked C overlap-add with window weights and a fused normalisation (``foldx_``), or None."""
+    suffix = _SOURCE_NAMES.get((dtype_name, accumulator_name))
+    if suffix is None or ndim not in (2, 3):
+        return None
+    function = _bind(f"foldx_{suffix}", FoldDims, FoldExtra)
+    if function is None:
+        return None
+    return FoldExtraLoop(function, np.dtype(dtype_name), np.dtype(accumulator_name), ndim)
+
+
+@cache
 def unfold(itemsize: int, ndim: int = 2) -> UnfoldLoop | None:
     """The checked C block copy of ``ndim`` (2 or 3) spatial dims for items of this many bytes, or
     None."""
@@ -139,14 +170,18 @@ def unfold(itemsize: int, ndim: int = 2) -> UnfoldLoop | None:
     return None if function is None else UnfoldLoop(function, itemsize, ndim)
 
 
-def _bind(name: str, struct: type[ctypes.Structure]) -> Any | None:
-    """The library's function ``name(void *, void *, const struct *)``, or None where not built."""
+def _bind(name: str, struct: type[ctypes.Structure], extra: type[ctypes.Structure] | None = None) -> Any | None:
+    """The library's function ``name(void *, void *, const struct *)`` (returning nothing), or with
+    ``extra`` ``name(void *, void *, const struct *, const extra *)`` returning an int64; None where
+    not built."""
     library = _library()
     function = getattr(library, name, None) if library is not None else None
     if function is None:
         return None
-    function.restype = None
+    function.restype = None if extra is None else ctypes.c_int64
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(struct)]
+    if extra is not None:
+        function.argtypes.append(ctypes.POINTER(extra))
     return function
 
 
@@ -320,6 +355,124 @@ class FoldLoop:
         dims.kernel_step, dims.block_step = (plan.count, 1) if layout == "ncl" else (1, plan.width)
         dims.channel_stride = acc.strides[1] // itemsize
         return dims
+
+
+class FoldExtraLoop(FoldLoop):
+    """``foldx_<src>_<acc>`` behind its checks: :meth:`sum` adds window-weighted blocks into an
+    accumulator as :class:`FoldLoop` does; :meth:`normalised` writes the normalised fold itself."""
+
+    def sum(
+        self,
+        cols: np.ndarray,
+        acc: np.ndarray,
+        geometry: Any,
+        rows: tuple[int, int],
+        layout: str,
+        zero: bool,
+        weights: Sequence[np.ndarray],
+    ) -> None:
+        """:meth:`FoldLoop.__call__` with each block weighted by the per-dim ``weights`` ``(L_d, k_d)``."""
+        dims = self.check(cols, acc, geometry, rows, layout, zero)
+        extra = FoldExtra()
+        _set_weights(extra, weights, dims, self.ndim)
+        self._run(cols, acc, dims, extra)
+
+    def normalised(
+        self,
+        cols: np.ndarray,
+        out: np.ndarray,
+        geometry: Any,
+        rows: tuple[int, int],
+        layout: str,
+        divisor: Sequence[np.ndarray],
+        weights: Sequence[np.ndarray] | None = None,
+        first_row: int = 0,
+    ) -> int:
+        """Write padded rows ``rows`` of dim 0 of the normalised fold of ``cols`` into ``out``, which
+        holds output rows ``[first_row, first_row + band)`` of dim 0: ``(N, C, band,
+        *spatial_size[1:])`` in the patches' dtype, each channel's rows packed; ``rows`` must lie
+        in those output rows (offset by the zero padding). The divisor is formed from the per-dim
+        ``divisor`` vectors (over the whole output). Zero padding only. Returns the count of sums
+        that were not finite (0 when all went well)."""
+        _check_array(out, "out", self.ndim + 2)
+        _check_memory(out, "out", writeable=True)
+        if out.dtype != cols.dtype or cols.dtype != self.source:
+            raise PatchfoldError(f"out must be {self.source} like cols for this loop, got {out.dtype} and {cols.dtype}")
+        if any(geometry.padding) and geometry.padding_mode != "zeros":
+            raise PatchfoldError(f"the fused normalised fold crops zero padding only, not {geometry.padding_mode!r}")
+        size, offset = tuple(geometry.spatial_size), tuple(geometry.padding)
+        channels = cols.shape[1 if layout == "ncl" else 2] // geometry.kernel_volume
+        band = out.shape[2] if out.ndim > 2 else 0
+        held = (cols.shape[0], channels, band, *size[1:])
+        if out.shape != held or not _packed(out, 2) or out.strides[1] % out.itemsize or first_row + band > size[0]:
+            raise PatchfoldError(
+                f"out must be (N={cols.shape[0]}, C={channels}, rows, *{size[1:]}) with each channel's rows packed, "
+                f"holding output rows from {first_row} within {size[0]}, got shape {out.shape} with strides "
+                f"{out.strides}"
+            )
+        if channels > 1 and abs(out.strides[1]) < band * math.prod(size[1:]) * out.itemsize:
+            raise PatchfoldError(f"out's channels must lie apart, got strides {out.strides} for shape {out.shape}")
+        top = offset[0] + _check_range((first_row, first_row), size[0], "first row")[0]
+        lo, hi = _check_range(rows, top + band, "output rows")
+        if lo < top:
+            raise PatchfoldError(f"output rows must lie inside out's rows [{top}, {top + band}), got {rows}")
+        if len(divisor) != self.ndim:
+            raise PatchfoldError(f"divisor must give {self.ndim} per-dim vectors, got {len(divisor)}")
+        for dim, vector in enumerate(divisor):
+            _check_vector(vector, (size[dim],), f"divisor vector {dim}")
+        _check_apart(cols, "cols", out)
+        # the struct the sum-only loop would get, for an accumulator of these rows
+        plan = _cached(_fold_plan, geometry, self.ndim, channels, tuple(geometry.padded_size[1:]))
+        if cols.shape[1:] != ((plan.width, plan.count) if layout == "ncl" else (plan.count, plan.width)):
+            raise PatchfoldError(f"cols must match the geometry for {channels} channels ({layout}), got {cols.shape}")
+        dims = FoldDims.from_buffer_copy(plan.dims)
+        dims.row_lo, dims.row_hi, dims.zero = lo, hi, 1
+        dims.kernel_step, dims.block_step = (plan.count, 1) if layout == "ncl" else (1, plan.width)
+        extra = FoldExtra()
+        if weights is not None:
+            _set_weights(extra, weights, dims, self.ndim)
+        for dim, vector in enumerate(divisor):
+            extra.divisor[dim] = vector.ctypes.data
+        extra.divisor[0] += first_row * vector.itemsize  # out's first row is output row first_row
+        extra.out_size, extra.offset = _padded((band, *size[1:])), _padded((top, *offset[1:]))
+        extra.out_channel_stride = out.strides[1] // out.itemsize
+        extra.scratch_bytes = SCRATCH_BYTES
+        return self._run(cols, out, dims, extra)
+
+    def _run(self, cols: np.ndarray, dst: np.ndarray, dims: FoldDims, extra: FoldExtra) -> int:
+        """Call the loop per item (the caller holds every array the structs point into)."""
+        if cols.shape[0] == 0 or dims.row_lo == dims.row_hi:
+            return 0
+        nonfinite = 0
+        for item in range(cols.shape[0]):
+            found = self._function(
+                cols.ctypes.data + item * cols.strides[0],
+                dst.ctypes.data + item * dst.strides[0],
+                ctypes.byref(dims),
+                ctypes.byref(extra),
+            )
+            if found < 0:
+                raise PatchfoldError("not enough memory for the fold's scratch band")
+            nonfinite += found
+        return nonfinite
+
+
+def _set_weights(extra: FoldExtra, weights: Sequence[np.ndarray], dims: FoldDims, ndim: int) -> None:
+    """Point ``extra`` at checked per-dim weights ``(L_d, k_d)`` (float64, C-contiguous)."""
+    if len(weights) != ndim:
+        raise PatchfoldError(f"weights must give {ndim} per-dim arrays, got {len(weights)}")
+    for dim, per_dim in enumerate(weights):
+        _check_vector(per_dim, (dims.blocks[dim], dims.kernel[dim]), f"weights of dim {dim}")
+        extra.weights[dim] = per_dim.ctypes.data
+
+
+def _check_vector(array: Any, shape: tuple[int, ...], name: str) -> None:
+    """A float64, C-contiguous, aligned numpy array of exactly ``shape``."""
+    if not isinstance(array, np.ndarray) or array.dtype != np.float64 or tuple(array.shape) != shape:
+        got = f"{array.dtype} of shape {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise PatchfoldError(f"{name} must be float64 of shape {shape}, got {got}")
+    if not array.flags.c_contiguous or not array.flags.aligned:
+        raise PatchfoldError(f"{name} must be C-contiguous and aligned, got strides {array.strides}")
 
 
 class _UnfoldPlan(NamedTuple):
@@ -516,7 +669,10 @@ def _padded(values: Sequence[int]) -> Any:
 
 
 __all__ = [
+    "SCRATCH_BYTES",
     "FoldDims",
+    "FoldExtra",
+    "FoldExtraLoop",
     "FoldLoop",
     "UnfoldDims",
     "UnfoldLoop",
@@ -525,5 +681,6 @@ __all__ = [
     "check_out",
     "check_unfold_out",
     "fold",
+    "fold_extra",
     "unfold",
 ]

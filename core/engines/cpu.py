@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from patchfold.coverage import NUMPY_PAD_MODE, divisor_map, unpad_adjoint
+from patchfold.coverage import NUMPY_PAD_MODE, coverage_vectors, divisor_map, unpad_adjoint
 from patchfold.dtypes import accumulator_dtype
 from patchfold.engines import compiled, is_tensor
 from patchfold.engines.strided import band_view, block_columns, fold_rows, select_blocks, window_view
@@ -244,16 +244,20 @@ def _compiled_fold(
     numpy's. ``out`` must hold whole, contiguous rows of dim 0 (any channel stride) for the C loop,
     which checks each band again before every call."""
     compiled.check_fold_out(cols, geometry, out, layout, weights is not None, rows)
-    if weights is not None or not cols.flags.c_contiguous or not cols.flags.aligned or not cols.dtype.isnative:
+    if not cols.flags.c_contiguous or not cols.flags.aligned or not cols.dtype.isnative:
         return None
+    if not out.flags.aligned or not out.dtype.isnative or not _rows_contiguous(out):
+        return None
+    if weights is not None:
+        weighted = compiled.fold_extra(cols.dtype.name, out.dtype.name, geometry.ndim)
+        if weighted is None or out.dtype != np.float64:
+            return None
+        per_dim = [np.ascontiguousarray(w, dtype=np.float64) for w in weights]
+        return lambda band, lo, hi, zero: weighted.sum(cols, band, geometry, (lo, hi), layout, zero, per_dim)
     loop = compiled.fold(cols.dtype.name, out.dtype.name, geometry.ndim)
-    if loop is None or not out.flags.aligned or not out.dtype.isnative or not _rows_contiguous(out):
+    if loop is None:
         return None
-
-    def run(band: np.ndarray, lo: int, hi: int, zero: bool) -> None:
-        loop(cols, band, geometry, (lo, hi), layout, zero)
-
-    return run
+    return lambda band, lo, hi, zero: loop(cols, band, geometry, (lo, hi), layout, zero)
 
 
 def _rows_contiguous(out: np.ndarray) -> bool:
@@ -312,6 +316,55 @@ def fold(
 ) -> np.ndarray:
     """Overlap-add sums ``(N, C, *spatial_size)`` in :func:`patchfold.dtypes.accumulator_dtype`."""
     return unpad_adjoint(fold_padded(cols, geometry, layout, weights, threads=threads, exact=exact), geometry, 2)
+
+
+def fold_normalised(
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str = "ncl",
+    weights: list[np.ndarray] | None = None,
+    *,
+    rows: tuple[int, int] | None = None,
+    threads: int | None = None,
+) -> np.ndarray | None:
+    """The normalised fold ``(N, C, *spatial_size)`` in the patches' dtype (only output rows
+    ``rows`` of dim 0 when given), summed and divided in one pass: band by band, split over the
+    threads, the sums held only in a cache-sized scratch band per thread and the divisor formed
+    from its per-dim vectors (no full-size accumulator or divisor map). The same values as
+    :func:`fold` (``exact``) followed by :func:`patchfold.dtypes.finish_fold`. None where this loop
+    does not serve (no compiled loop for the dtype, padding modes other than zeros, a longer float,
+    weighted integers) or a sum was not finite: the caller then takes that two-step path, which
+    handles overflow."""
+    check_layout(layout)
+    if any(geometry.padding) and geometry.padding_mode != "zeros":
+        return None
+    if not (cols.flags.c_contiguous and cols.flags.aligned and cols.dtype.isnative):
+        return None
+    if weights is not None and cols.dtype.kind != "f":
+        return None
+    accumulator = accumulator_dtype(cols.dtype, exact=True, weighted=weights is not None)
+    loop = compiled.fold_extra(cols.dtype.name, accumulator.name, geometry.ndim)
+    if loop is None:
+        return None
+    channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
+    top, bottom = rows or (0, geometry.spatial_size[0])
+    if not 0 <= top <= bottom <= geometry.spatial_size[0]:
+        raise PatchfoldError(f"rows must satisfy 0 <= top <= bottom <= {geometry.spatial_size[0]}, got {rows}")
+    shape = (cols.shape[0], channels, bottom - top, *geometry.spatial_size[1:])
+    check_fits(math.prod(shape) * cols.itemsize, "the fold's output")
+    out = np.empty(shape, dtype=cols.dtype)
+    per_dim = None if weights is None else [np.ascontiguousarray(w, dtype=np.float64) for w in weights]
+    vectors = [np.ascontiguousarray(v, dtype=np.float64) for v in coverage_vectors(geometry, weights)]
+    nonfinite = []
+
+    def task(lo: int, hi: int) -> None:
+        nonfinite.append(loop.normalised(cols, out, geometry, (lo, hi), layout, vectors, per_dim, first_row=top))
+
+    pad = geometry.padding[0]
+    run_parallel(
+        task, pad + top, pad + bottom, cols.nbytes * (bottom - top) // max(1, geometry.spatial_size[0]), threads
+    )
+    return None if any(nonfinite) else out
 
 
 def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: Any = None) -> np.ndarray:

@@ -112,6 +112,18 @@ def fold(
     return unpad_adjoint(acc, geometry, axis_offset=2)
 
 
+def fold_normalised(
+    cols: Any,
+    geometry: Geometry,
+    layout: str = "ncl",
+    weights: list[np.ndarray] | None = None,
+    *,
+    threads: int | None = None,
+) -> None:
+    """No fused normalised fold here: the caller sums with :func:`fold` and divides by :func:`divisor`."""
+    return None
+
+
 def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: torch.Tensor) -> torch.Tensor:
     """The (weighted) divisor map on ``like``'s device."""
     return torch.from_numpy(divisor_map(geometry, weights)).to(like.device)

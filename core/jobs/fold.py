@@ -65,30 +65,47 @@ def fold_to_npy(
     most = max_coverage(geometry)
     check_integer_sum(cols, most, weights is not None)
     vectors = coverage_vectors(geometry, weights) if normalize else None
-    single_band = plan.bands == 1
     with atomic_paths(path) as (temporary,), open(temporary, "r+b") as handle:
         header = allocate_npy(handle, plan.output_shape, plan.dtype)
         written = 0
-        for index, (top, bottom) in enumerate(plan.band_ranges()):
-            pad = geometry.padding[0]
-            rows = None if single_band else (top + pad, bottom + pad)
-
-            def sum_with(weights: list[np.ndarray] | None, rows: tuple[int, int] | None = rows) -> np.ndarray:
-                return _band_sum(cols, geometry, plan.layout, weights, rows, threads, normalize)
-
-            with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
-                summed = sum_with(weights)
-            if vectors is not None:
-                divisor_band = outer([vectors[0][top:bottom], *vectors[1:]])
-                values = finish_normalised(summed, sum_with, divisor_band, cols.dtype, geometry, weights, most)
-            else:
-                values = finish_fold(summed, None, cols.dtype, weights is not None)
+        for index, band in enumerate(plan.band_ranges()):
+            values = _band_values(cols, plan, weights, vectors, most, band, threads)
             if restore is not None:
                 values = restore_dtype(values, *restore)
-            write_rows(handle.fileno(), header, plan.output_shape, values.astype(plan.dtype, copy=False), top)
+            write_rows(handle.fileno(), header, plan.output_shape, values.astype(plan.dtype, copy=False), band[0])
             written += values.nbytes
             _release(cols)
             yield Progress(index + 1, plan.bands, written, plan.output_bytes)
+
+
+def _band_values(
+    cols: np.ndarray,
+    plan: FoldPlan,
+    weights: list[np.ndarray] | None,
+    vectors: list[np.ndarray] | None,
+    most: int,
+    band: tuple[int, int],
+    threads: int | None,
+) -> np.ndarray:
+    """Output rows ``band`` of the fold, normalised by the per-dim divisor ``vectors`` when given:
+    summed and divided in one pass where the compiled loop serves, else summed, then finished."""
+    geometry, (top, bottom) = plan.geometry, band
+    if vectors is not None:
+        fused = cpu.fold_normalised(cols, geometry, plan.layout, weights, rows=band, threads=threads)
+        if fused is not None:
+            return fused
+    pad = geometry.padding[0]
+    rows = None if plan.bands == 1 else (top + pad, bottom + pad)
+
+    def sum_with(weights: list[np.ndarray] | None) -> np.ndarray:
+        return _band_sum(cols, geometry, plan.layout, weights, rows, threads, vectors is not None)
+
+    with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
+        summed = sum_with(weights)
+    if vectors is None:
+        return finish_fold(summed, None, cols.dtype, weights is not None)
+    divisor_band = outer([vectors[0][top:bottom], *vectors[1:]])
+    return finish_normalised(summed, sum_with, divisor_band, cols.dtype, geometry, weights, most)
 
 
 def _band_sum(
