@@ -546,3 +546,18 @@ def test_checked_normalised_fold_refuses_what_the_loop_cannot_take(layout: str) 
         with pytest.raises(PatchfoldError):
             call()
             pytest.fail(name)
+
+
+@pytest.mark.parametrize("window", [None, "hann", "gaussian"])
+@pytest.mark.parametrize(
+    "spatial, params", [((30, 36), dict(kernel_size=6)), ((9, 10, 12), dict(kernel_size=3, stride=4))]
+)
+def test_non_overlapping_normalised_fold_places_each_value_exactly(window, spatial, params) -> None:
+    """Where blocks never overlap each pixel's mean is its one value: placed, not divided, so even
+    windowed tiles come back bit for bit (uncovered pixels are 0)."""
+    params = {"stride": params["kernel_size"], **params}
+    x = np.random.default_rng(8).standard_normal((2, 3, *spatial))
+    cols = patchfold.unfold(x, **params, spatial_dims=len(spatial))
+    back = patchfold.fold(cols, spatial, **params, normalize=True, window=window)
+    covered = patchfold.divisor(spatial, **params) > 0
+    np.testing.assert_array_equal(back, np.where(covered, x, 0))

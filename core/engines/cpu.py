@@ -342,14 +342,19 @@ def fold_normalised(
         return None
     if weights is not None and cols.dtype.kind != "f":
         return None
+    top, bottom = rows or (0, geometry.spatial_size[0])
+    if not 0 <= top <= bottom <= geometry.spatial_size[0]:
+        raise PatchfoldError(f"rows must satisfy 0 <= top <= bottom <= {geometry.spatial_size[0]}, got {rows}")
+    pad = geometry.padding[0]
+    if _apart(geometry) and compiled.fold(cols.dtype.name, cols.dtype.name, geometry.ndim) is not None:
+        # no pixel has two blocks: the mean is the one value there (or 0), placed by a plain sum
+        placed = fold_padded(cols, geometry, layout, rows=(pad + top, pad + bottom), threads=threads)
+        return unpad_adjoint(placed, geometry, 2, first_dim=1)
     accumulator = accumulator_dtype(cols.dtype, exact=True, weighted=weights is not None)
     loop = compiled.fold_extra(cols.dtype.name, accumulator.name, geometry.ndim)
     if loop is None:
         return None
     channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
-    top, bottom = rows or (0, geometry.spatial_size[0])
-    if not 0 <= top <= bottom <= geometry.spatial_size[0]:
-        raise PatchfoldError(f"rows must satisfy 0 <= top <= bottom <= {geometry.spatial_size[0]}, got {rows}")
     shape = (cols.shape[0], channels, bottom - top, *geometry.spatial_size[1:])
     check_fits(math.prod(shape) * cols.itemsize, "the fold's output")
     out = np.empty(shape, dtype=cols.dtype)
@@ -365,6 +370,11 @@ def fold_normalised(
         task, pad + top, pad + bottom, cols.nbytes * (bottom - top) // max(1, geometry.spatial_size[0]), threads
     )
     return None if any(nonfinite) else out
+
+
+def _apart(geometry: Geometry) -> bool:
+    """Whether blocks never overlap: each stride at least the span of a block."""
+    return all(stride >= span for stride, span in zip(geometry.stride, geometry.span))
 
 
 def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: Any = None) -> np.ndarray:
