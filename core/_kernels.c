@@ -7,6 +7,8 @@
  *   _kernels_fold.h    fold_<src>_<acc>(src, acc, const pf_fold_dims *): overlap-add;
  *                      foldx_<src>_<acc>(src, dst, dims, const pf_fold_extra *): the same with
  *                      window weights, or normalised in one pass into the patches' dtype
+ *   _kernels_place.h   place_<src>(outputs, band, const pf_place_dims *): weighted patches added
+ *                      at their own starts (apply's blending)
  *   _kernels_unfold.h  unfold_<bits>(x, out, const pf_unfold_dims *): block copy
  * Dims, strides and ranges travel in the two structs below (mirrored field for field by ctypes
  * Structures in patchfold/engines/compiled.py, whose checked wrappers are the only callers: they
@@ -87,6 +89,21 @@ typedef struct {
 } pf_fold_extra;
 
 int64_t pf_fold_extra_size(void) { return (int64_t)sizeof(pf_fold_extra); }
+
+/* One call of place_<src>: a batch of weighted output patches added into a float64 band at their
+ * own starts (patchfold.apply's blending). */
+typedef struct {
+  int64_t ndim;                      /* spatial dims: 2 or 3 */
+  int64_t count;                     /* patches in the batch */
+  int64_t channels;                  /* C of each output patch */
+  int64_t kernel[PF_MAX_DIMS];       /* output patch size per dim */
+  int64_t dilation[PF_MAX_DIMS];
+  int64_t band_size[PF_MAX_DIMS];    /* the band's extent per dim (channels are packed planes) */
+  const int64_t *starts;             /* count x ndim: each patch's first band position per dim */
+  const double *weights[PF_MAX_DIMS]; /* per dim: count x kernel[d], each patch's weights */
+} pf_place_dims;
+
+int64_t pf_place_dims_size(void) { return (int64_t)sizeof(pf_place_dims); }
 
 /* The 2-D unfold loop's own arguments: plane (H, W), block rows [i0, i1), kernel rows [q0, q1),
  * rs the ncl row stride, P = the matrix's row length in nlc. */
@@ -225,6 +242,15 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
 #define PF_WORD uint64_t
 #define PF_BITS 64
 #include "_kernels_unfold.h"
+
+/* place_<src> for the output dtypes patchfold.apply blends */
+#define PF_SOURCE float
+#define PF_SUFFIX f32
+#include "_kernels_place.h"
+
+#define PF_SOURCE double
+#define PF_SUFFIX f64
+#include "_kernels_place.h"
 
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels", "patchfold's C loops (used via ctypes)", -1, NULL};
 

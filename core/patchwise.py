@@ -392,6 +392,14 @@ def _as_array(result: Any) -> np.ndarray:
     return array
 
 
+def compiled_place(dtype: np.dtype) -> Any:
+    """The checked C loop that adds a batch of weighted outputs of ``dtype`` into the band, or None
+    (no compiled loops here, or a dtype they do not take: the numpy loop then does it)."""
+    from patchfold.engines import compiled  # here: `import patchfold` does not load the loops
+
+    return compiled.place(np.dtype(dtype).name)
+
+
 def _batches(plan: ApplyPlan, batch_size: int) -> Iterator[np.ndarray]:
     """Block indices (row-major over the grid) in batches, as ``(B, ndim)`` grid coordinates."""
     for first in range(0, plan.num_blocks, batch_size):
@@ -474,9 +482,13 @@ class _Sink:
             check_fits(channels * math.prod(self.out_size) * dtype.itemsize, "the blended output")
             self.result = np.zeros((channels, *self.out_size), dtype=dtype)
         self.totals = self._totals()
-        self.base = 0  # padded output row held in self.band[:, 0]
         self.weighted = np.empty(shape, dtype=np.float64)  # one block's weighted output (stays in cache)
-        self.band = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
+        # the band: padded output rows [base, base + held) live in buffer rows [start, start + held);
+        # rows after them are zero. Finished rows are left behind (start moves on), and the live
+        # rows move back to the top only when the buffer's end is reached.
+        self.buffer = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
+        self.base = self.start = self.held = 0
+        self.place = compiled_place(dtype)
 
     def _totals(self) -> list[np.ndarray]:
         """The total weight at each output point, per dim (the blocks form a grid, so the total is
@@ -542,55 +554,71 @@ class _Sink:
         reach = (self.shape[1] - 1) * dilation[0] + 1
         self._flush(int(starts[0].min()))
         self._hold(int(starts[0].max()) + reach)
-        # the whole batch weighted at once: each block's (*k) weights, then one float64 product
-        weights = self.weights[0][coords[:, 0]]
+        per_dim = [np.ascontiguousarray(self.weights[d][coords[:, d]]) for d in range(ndim)]  # (B, k_d)
+        if self.place is not None and outputs.dtype == self.place.source and outputs.flags.c_contiguous:
+            firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
+            self.place(outputs, self.buffer, firsts, per_dim, dilation)  # the compiled loop, checked
+            return
+        # numpy: each block's (*k) weights as one float64 product, then one block at a time
+        # through a reused float64 buffer, which stays in cache
+        weights = per_dim[0]
         for d in range(1, ndim):
-            weights = weights[..., None] * self.weights[d][coords[:, d]].reshape(len(coords), *([1] * d), -1)
-        # one block at a time through a reused float64 buffer, which stays in cache
+            weights = weights[..., None] * per_dim[d].reshape(len(coords), *([1] * d), -1)
         weighted = self.weighted
         for row in range(len(coords)):
+            first_row = starts[0][row] - self.base + self.start
             where = tuple(
                 slice(int(first), int(first) + (self.shape[1 + d] - 1) * dilation[d] + 1, dilation[d])
-                for d, first in enumerate([starts[0][row] - self.base, *(s[row] for s in starts[1:])])
+                for d, first in enumerate([first_row, *(s[row] for s in starts[1:])])
             )
             np.multiply(outputs[row], weights[row][None], out=weighted)
-            self.band[(slice(None), *where)] += weighted
+            self.buffer[(slice(None), *where)] += weighted
 
     def _hold(self, stop: int) -> None:
-        """Grow the band to hold padded output rows up to ``stop``."""
-        held = self.base + self.band.shape[1]
-        if stop <= held:
+        """Make room for padded output rows up to ``stop``."""
+        if stop <= self.base + self.held:
             return
-        # one block's height of room ahead, so the band is not copied at every batch
-        ahead = (self.shape[1] - 1) * self.plan.geometry.dilation[0] + 1
-        rows = max(stop, min(stop + ahead, self.padded[0])) - self.base
-        check_fits(self.band[:, :1].nbytes * rows, "the blended output's float64 band")
-        grown = np.zeros((self.band.shape[0], rows, *self.band.shape[2:]), dtype=np.float64)
-        grown[:, : self.band.shape[1]] = self.band
-        self.band = grown
+        rows = stop - self.base
+        if self.start + rows > self.buffer.shape[1]:
+            # one block's height of room ahead, so the live rows move seldom
+            ahead = (self.shape[1] - 1) * self.plan.geometry.dilation[0] + 1
+            capacity = max(rows + ahead, self.buffer.shape[1])
+            if capacity > self.buffer.shape[1]:
+                check_fits(self.buffer[:, :1].nbytes * capacity, "the blended output's float64 band")
+                grown = np.zeros((self.buffer.shape[0], capacity, *self.buffer.shape[2:]), dtype=np.float64)
+                grown[:, : self.held] = self.buffer[:, self.start : self.start + self.held]
+                self.buffer = grown
+            else:  # back to the top (numpy copies overlapping rows safely), the rest zeroed
+                self.buffer[:, : self.held] = self.buffer[:, self.start : self.start + self.held]
+                self.buffer[:, self.held :] = 0
+            self.start = 0
+        self.held = rows
 
     def _flush(self, stop: int) -> None:
         """Padded output rows below ``stop`` are final: divide them and move them to the result."""
-        stop = min(stop, self.base + self.band.shape[1])
+        stop = min(stop, self.base + self.held)
         if stop <= self.base:
             return
-        rows = np.arange(self.base, stop)
-        inside = (rows >= self.lead[0]) & (rows < self.lead[0] + self.out_size[0])
-        if inside.any():
-            first, last = int(rows[inside][0]), int(rows[inside][-1]) + 1
+        first = max(self.base, self.lead[0])
+        last = min(stop, self.lead[0] + self.out_size[0])
+        if first < last:
             rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
-            inner = (slice(None), slice(first - self.base, last - self.base), *rest)
+            held = slice(first - self.base + self.start, last - self.base + self.start)
             totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
-            values = self.band[inner] / outer(totals)  # uncovered points: x / inf = 0
+            sums = self.buffer[(slice(None), held, *rest)]
             if self.rows_out is not None:
-                self.rows_out(first - self.lead[0], values.astype(self.dtype), (self.shape[0], *self.out_size))
+                values = np.empty(sums.shape, dtype=self.dtype)
+                np.divide(sums, outer(totals), out=values, casting="same_kind")  # uncovered: x / inf = 0
+                self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
             else:
-                self.result[:, first - self.lead[0] : last - self.lead[0]] = values
-        self.band = self.band[:, stop - self.base :]
+                target = self.result[:, first - self.lead[0] : last - self.lead[0]]
+                np.divide(sums, outer(totals), out=target, casting="same_kind")
+        self.start += stop - self.base
+        self.held -= stop - self.base
         self.base = stop
 
     def finish(self) -> np.ndarray | None:
         if self.mode == "vector":
             return self.grid
-        self._flush(self.base + self.band.shape[1])
+        self._flush(self.base + self.held)
         return self.result

@@ -293,7 +293,7 @@ def test_the_float64_sums_are_held_for_a_band_of_rows_not_the_image(monkeypatch:
 
     def recording(self, stop: int) -> None:
         hold(self, stop)
-        held.append(self.band.shape[1])
+        held.append(self.buffer.shape[1])  # rows of float64 sums allocated
 
     monkeypatch.setattr(patchwise._Sink, "_hold", recording)
     x = RNG.random((1, 2, 400, 24)).astype(np.float32)
@@ -311,3 +311,39 @@ def test_a_model_on_cuda_gives_the_cpu_result() -> None:
     on_cpu = apply(x, model, 16, stride=10, cover=True, margin=3)
     on_gpu = apply(x, model.cuda(), 16, stride=10, cover=True, margin=3, device="cuda")
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spatial, window", [((37, 45), "gaussian"), ((11, 14, 12), "hann"), ((30, 33), "none")])
+def test_the_compiled_blending_equals_the_numpy_blending(monkeypatch, dtype, spatial, window) -> None:
+    """The C loop that adds a batch of weighted outputs into the band gives the numpy loop's sums
+    bit for bit (the same products, in the same order), on a grid whose last blocks sit closer."""
+    from patchfold import patchwise
+
+    x = RNG.standard_normal((2, 2, *spatial)).astype(dtype)
+    twice = lambda patches: patches * 2 - 1  # noqa: E731 - a dense model that changes the values
+    compiled = apply(x, twice, 8, stride=5, cover=True, window=window, margin=1, batch_size=3)
+    monkeypatch.setattr(patchwise, "compiled_place", lambda dtype: None)
+    numpy_only = apply(x, twice, 8, stride=5, cover=True, window=window, margin=1, batch_size=3)
+    np.testing.assert_array_equal(compiled, numpy_only)
+    np.testing.assert_allclose(compiled, x * 2 - 1, rtol=1e-6, atol=1e-6)
+
+
+def test_the_compiled_blending_refuses_a_patch_outside_the_band() -> None:
+    from patchfold.engines import compiled
+
+    loop = compiled.place("float32")
+    if loop is None:
+        pytest.skip("the optional C loops were not built here")
+    outputs = np.ones((2, 1, 4, 4), np.float32)
+    band = np.zeros((1, 10, 10))
+    weights = [np.ones((2, 4)), np.ones((2, 4))]
+    loop(outputs, band, np.array([[0, 0], [6, 6]], np.int64), weights, (1, 1))
+    assert band.sum() == 32
+    for starts in ([[0, 0], [7, 0]], [[0, -1], [0, 0]], [[0, 0], [0, 4]]):
+        with pytest.raises(PatchfoldError, match="inside the band"):
+            loop(outputs, band, np.array(starts, np.int64), weights, (1, 2) if starts[1][1] == 4 else (1, 1))
+    with pytest.raises(PatchfoldError, match="weights of dim 1"):
+        loop(outputs, band, np.zeros((2, 2), np.int64), [np.ones((2, 4)), np.ones((2, 3))], (1, 1))
+    with pytest.raises(PatchfoldError, match="band must be"):
+        loop(outputs, np.zeros((1, 10, 10), np.float32), np.zeros((2, 2), np.int64), weights, (1, 1))

@@ -103,6 +103,21 @@ class FoldExtra(ctypes.Structure):
     ]
 
 
+class PlaceDims(ctypes.Structure):
+    """Mirror of ``pf_place_dims`` in ``_kernels.c``: one call of ``place_<src>``."""
+
+    _fields_ = [
+        ("ndim", ctypes.c_int64),
+        ("count", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("kernel", _Dims),
+        ("dilation", _Dims),
+        ("band_size", _Dims),
+        ("starts", ctypes.c_void_p),
+        ("weights", ctypes.c_void_p * _MAX_DIMS),
+    ]
+
+
 #: Accumulator bytes one foldx call sums a band of rows into before dividing it (cache-sized).
 SCRATCH_BYTES = 1 << 20
 
@@ -120,7 +135,12 @@ def _library() -> ctypes.CDLL | None:
     except OSError:
         return None
     # A library built from other sources (older, or with other structs) is not used at all.
-    sizes = (("pf_fold_dims_size", FoldDims), ("pf_unfold_dims_size", UnfoldDims), ("pf_fold_extra_size", FoldExtra))
+    sizes = (
+        ("pf_fold_dims_size", FoldDims),
+        ("pf_unfold_dims_size", UnfoldDims),
+        ("pf_fold_extra_size", FoldExtra),
+        ("pf_place_dims_size", PlaceDims),
+    )
     for name, struct in sizes:
         size = getattr(library, name, None)
         if size is None:
@@ -158,6 +178,69 @@ def fold_extra(dtype_name: str, accumulator_name: str, ndim: int = 2) -> FoldExt
     if function is None:
         return None
     return FoldExtraLoop(function, np.dtype(dtype_name), np.dtype(accumulator_name), ndim)
+
+
+@cache
+def place(dtype_name: str) -> PlaceLoop | None:
+    """The checked C placement of weighted patches (``place_f32``/``place_f64``), or None."""
+    suffix = {"float32": "f32", "float64": "f64"}.get(dtype_name)
+    function = None if suffix is None else _bind(f"place_{suffix}", PlaceDims)
+    if function is not None:
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(PlaceDims)]
+    return None if function is None else PlaceLoop(function, np.dtype(dtype_name))
+
+
+class PlaceLoop:
+    """``place_<src>`` behind its checks: ``loop(outputs, band, starts, weights, dilation)``."""
+
+    def __init__(self, function: Any, source: np.dtype) -> None:
+        self._function = function
+        self.source = source
+
+    def __call__(
+        self,
+        outputs: np.ndarray,
+        band: np.ndarray,
+        starts: np.ndarray,
+        weights: Sequence[np.ndarray],
+        dilation: Sequence[int],
+    ) -> None:
+        """Add ``outputs`` ``(B, C, *k)``, each patch times the product of its per-dim weights
+        (``weights[d]`` is ``(B, k_d)``), into ``band`` ``(C, *size)`` float64 with patch ``b``'s
+        first point at ``starts[b]`` ``(B, ndim)`` and its points ``dilation`` apart."""
+        _check_array(band, "band", band.ndim)
+        ndim = band.ndim - 1
+        if ndim not in (2, 3) or outputs.ndim != ndim + 2 or band.dtype != np.float64:
+            raise PatchfoldError(f"band must be (C, *size) float64 of 2 or 3 dims, got {band.dtype} {band.shape}")
+        _check_memory(outputs, "outputs", writeable=False)
+        _check_memory(band, "band", writeable=True)
+        count, channels, kernel = outputs.shape[0], outputs.shape[1], tuple(outputs.shape[2:])
+        if outputs.dtype != self.source or not outputs.flags.c_contiguous:
+            raise PatchfoldError(f"outputs must be C-contiguous {self.source}, got {outputs.dtype} {outputs.shape}")
+        if not band.flags.c_contiguous or band.shape[0] != channels:
+            raise PatchfoldError(f"band must be C-contiguous with {channels} channels, got shape {band.shape}")
+        dilation = tuple(int(d) for d in dilation)
+        if len(dilation) != ndim or min(dilation) < 1:
+            raise PatchfoldError(f"dilation must give {ndim} values >= 1, got {dilation}")
+        if not isinstance(starts, np.ndarray) or starts.dtype != np.int64 or starts.shape != (count, ndim):
+            got = getattr(starts, "shape", starts)
+            raise PatchfoldError(f"starts must be int64 of shape {(count, ndim)}, got {got}")
+        starts = np.ascontiguousarray(starts)
+        reach = np.array([(k - 1) * d for k, d in zip(kernel, dilation)], dtype=np.int64)
+        if count and ((starts < 0).any() or (starts.max(axis=0) + reach >= np.array(band.shape[1:])).any()):
+            raise PatchfoldError(f"every patch must lie inside the band {band.shape[1:]}, got starts {starts.tolist()}")
+        if len(weights) != ndim:
+            raise PatchfoldError(f"weights must give {ndim} per-dim arrays, got {len(weights)}")
+        for dim, per_dim in enumerate(weights):
+            _check_vector(per_dim, (count, kernel[dim]), f"weights of dim {dim}")
+        _check_apart(outputs, "outputs", band)
+        if count == 0 or channels == 0:
+            return
+        dims = PlaceDims(ndim, count, channels, _padded(kernel), _padded(dilation), _padded(band.shape[1:]))
+        dims.starts = starts.ctypes.data
+        for dim, per_dim in enumerate(weights):
+            dims.weights[dim] = per_dim.ctypes.data
+        self._function(outputs.ctypes.data, band.ctypes.data, ctypes.byref(dims))
 
 
 @cache
@@ -674,6 +757,8 @@ __all__ = [
     "FoldExtra",
     "FoldExtraLoop",
     "FoldLoop",
+    "PlaceDims",
+    "PlaceLoop",
     "UnfoldDims",
     "UnfoldLoop",
     "available",
@@ -682,5 +767,6 @@ __all__ = [
     "check_unfold_out",
     "fold",
     "fold_extra",
+    "place",
     "unfold",
 ]
