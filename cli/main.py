@@ -2,20 +2,81 @@
 
 from __future__ import annotations
 
+import importlib
 import signal
 
 import click
+from click.utils import make_default_short_help
 from patchfold import __version__
-from patchfold.cli.cmd_apply import apply
-from patchfold.cli.cmd_batch import batch
-from patchfold.cli.cmd_fold import fold
-from patchfold.cli.cmd_show import show
-from patchfold.cli.cmd_stats import divisor, stats
-from patchfold.cli.cmd_tiles import tiles, untile
-from patchfold.cli.cmd_unfold import unfold
+
+#: Each command, the module and name that define it, and its one-line help (the first sentence of
+#: its docstring, kept here so that ``patchfold --help`` lists the commands without importing them:
+#: ``tests/test_cli.py`` checks the two agree).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "apply": (
+        "patchfold.cli.cmd_apply",
+        "Run a model or function on every patch of INPUTS and blend the results back.",
+    ),
+    "batch": (
+        "patchfold.cli.cmd_batch",
+        "Unfold or tile whole datasets of images of different sizes, in parallel, resumably.",
+    ),
+    "divisor": (
+        "patchfold.cli.cmd_stats",
+        "Compute the divisor map fold(unfold(ones)) — how many blocks cover each pixel — for INPUT's size (or "
+        "--size), write it as .npy and/or a heatmap PNG, and print the overlap statistics.",
+    ),
+    "fold": ("patchfold.cli.cmd_fold", "Overlap-add a patch matrix PATCHES.npy back into images."),
+    "show": (
+        "patchfold.cli.cmd_show",
+        "Render pictures: the block grid over an image, a mosaic of patches, or the divisor map beside the image.",
+    ),
+    "stats": ("patchfold.cli.cmd_stats", "Print overlap statistics for INPUT (or --size) without unfolding anything."),
+    "tiles": (
+        "patchfold.cli.cmd_tiles",
+        "Write every patch of INPUTS as its own file in a new directory OUTPUT, with manifest.json and manifest.csv "
+        "listing each tile's file, image, block row/column and pixel box.",
+    ),
+    "unfold": (
+        "patchfold.cli.cmd_unfold",
+        "Extract the sliding blocks of INPUTS (images, directories of images, or .npy arrays) into a patch matrix "
+        "OUTPUT.npy, with its parameters in OUTPUT.json beside it.",
+    ),
+    "untile": (
+        "patchfold.cli.cmd_tiles",
+        "Fold a tile DIRECTORY written by `patchfold tiles` (and possibly processed since) back into images, using "
+        "its manifest.",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are imported only when one is run or asked for (click's lazy-loading
+    pattern): the group's help lists them from :data:`COMMANDS`, so ``patchfold --help`` and
+    ``patchfold --version`` import neither numpy nor the commands' modules."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            module, _ = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), name), name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            loaded = self.commands.get(name)
+            text = loaded.get_short_help_str(limit) if loaded else make_default_short_help(COMMANDS[name][1], limit)
+            rows.append((name, text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="patchfold")
 def main() -> None:
     """Sliding-block unfold (im2col) and fold (overlap-add) for images and arrays.
@@ -26,10 +87,6 @@ def main() -> None:
       patchfold fold p.npy -o restored.png
       patchfold stats --size 512,512 -k 16 -s 8
     """
-
-
-for command in (unfold, fold, apply, divisor, stats, tiles, untile, show, batch):
-    main.add_command(command)
 
 
 def run() -> None:

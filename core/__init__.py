@@ -8,24 +8,27 @@
 >>> bool((patchfold.fold(cols, (6, 6), 4, stride=2, normalize=True) == x).all())
 True
 
-``PatchDataset`` and ``load_dataset`` load on first use (see :func:`__getattr__`), so importing
-patchfold never imports torch.
+Every public name loads on first use (see :func:`__getattr__`): ``import patchfold`` itself
+imports neither numpy nor torch, so the command line starts fast and ``patchfold --help`` needs
+neither; ``patchfold.PatchDataset`` imports torch where it is installed.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from patchfold.blocks import PADDING_MODES, Blocks
-from patchfold.engines import ENGINES
-from patchfold.errors import PatchfoldError
-from patchfold.geometry import LAYOUTS, Geometry
-from patchfold.ops import divisor, fold, overlap_stats, unfold
-from patchfold.patchwise import apply
-from patchfold.windows import WINDOWS
+from patchfold._version import __version__
 
-__version__ = "1.0.0"
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from patchfold.blocks import PADDING_MODES, Blocks
+    from patchfold.datasets.reader import PatchDataset, load_dataset
+    from patchfold.engines import ENGINES
+    from patchfold.errors import PatchfoldError
+    from patchfold.geometry import LAYOUTS, Geometry
+    from patchfold.ops import divisor, fold, overlap_stats, unfold
+    from patchfold.patchwise import apply
+    from patchfold.windows import WINDOWS
 
 __all__ = [
     "ENGINES",
@@ -45,13 +48,28 @@ __all__ = [
     "unfold",
 ]
 
-#: Names loaded on first use, and their modules: the dataset reader subclasses torch's ``Dataset``
-#: when torch is installed, and torch takes a second or more to import.
-_LAZY = {"PatchDataset": "patchfold.datasets.reader", "load_dataset": "patchfold.datasets.reader"}
+#: Each public name and the module that defines it, imported on first use.
+_LAZY = {
+    "ENGINES": "patchfold.engines",
+    "LAYOUTS": "patchfold.geometry",
+    "PADDING_MODES": "patchfold.blocks",
+    "WINDOWS": "patchfold.windows",
+    "Blocks": "patchfold.blocks",
+    "Geometry": "patchfold.geometry",
+    "PatchfoldError": "patchfold.errors",
+    "apply": "patchfold.patchwise",
+    "divisor": "patchfold.ops",
+    "fold": "patchfold.ops",
+    "overlap_stats": "patchfold.ops",
+    "unfold": "patchfold.ops",
+    # the dataset reader subclasses torch's Dataset when torch is installed (a second to import)
+    "PatchDataset": "patchfold.datasets.reader",
+    "load_dataset": "patchfold.datasets.reader",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``patchfold.PatchDataset`` and ``patchfold.load_dataset``, imported when first asked for.
+    """A public name of patchfold, imported when first asked for (``patchfold.nn`` too).
 
     Args:
         name: The attribute looked up.

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import patchfold
 import pytest
@@ -27,6 +30,7 @@ from cli_fixtures import (
     sample,
     unfold_ref,
 )
+from click.utils import make_default_short_help
 from helpers_ref import STATS_KEYS
 from patchfold.errors import PatchfoldError
 from PIL import Image
@@ -676,3 +680,33 @@ def test_cuda_unfold_and_fold_match_cpu(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "gpu.npy"), np.load(tmp_path / "cpu.npy"))
     ok("fold", tmp_path / "gpu.npy", "-o", tmp_path / "r.png", "--device", "cuda")
     np.testing.assert_array_equal(pixels(tmp_path / "r.png"), pixels(sample("rgb")))
+
+
+def test_the_group_lists_each_command_with_its_own_short_help() -> None:
+    """``patchfold --help`` lists the commands from a table, without importing them: that table's
+    one-line help must be what each command says of itself."""
+    from patchfold.cli.main import COMMANDS, main
+
+    context = click.Context(main)
+    for name, (_, short_help) in COMMANDS.items():
+        command = main.get_command(context, name)
+        assert command is not None and command.name == name
+        for limit in (45, 80, 200):
+            assert make_default_short_help(short_help, limit) == command.get_short_help_str(limit), name
+    assert sorted(main.list_commands(context)) == sorted(COMMANDS)
+
+
+def test_help_and_version_and_import_patchfold_load_neither_numpy_nor_torch() -> None:
+    code = (
+        "import sys, patchfold\n"
+        "from patchfold.cli.main import main\n"
+        "for args in (['--help'], ['--version']):\n"
+        "    try:\n"
+        "        main(args, prog_name='patchfold')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('numpy', 'torch', 'rich', 'PIL') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert "Commands:" in result.stdout and "unfold" in result.stdout
