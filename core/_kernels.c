@@ -101,6 +101,7 @@ typedef struct {
   int64_t band_size[PF_MAX_DIMS];    /* the band's extent per dim (channels are packed planes) */
   const int64_t *starts;             /* count x ndim: each patch's first band position per dim */
   const double *weights[PF_MAX_DIMS]; /* per dim: count x kernel[d], each patch's weights */
+  int64_t row_lo, row_hi;            /* only band positions [lo, hi) of dim 0 are added (a thread's share) */
 } pf_place_dims;
 
 int64_t pf_place_dims_size(void) { return (int64_t)sizeof(pf_place_dims); }

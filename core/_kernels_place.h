@@ -7,7 +7,8 @@
  * into the float64 band (C, *band_size) at its own start, for blocks at any positions (the
  * per-axis grid of patchfold.apply, whose last block per dim may sit closer than the stride):
  *   band[c][y0 + ki*d0][x0 + kj*d1] += (w0[b][ki] * w1[b][kj]) * outputs[b][c][ki][kj]
- * (in 3-D one more factor and dim, the product formed left to right), blocks in order. The caller
+ * (in 3-D one more factor and dim, the product formed left to right), blocks in order, for band
+ * positions [row_lo, row_hi) of dim 0 only (threads given disjoint ranges add in parallel). The caller
  * (patchfold.engines.compiled) checks every start and extent against the band before the call; the
  * asserts restate that for debug builds.
  */
@@ -23,6 +24,7 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
   const int64_t S1 = p->band_size[nd - 2], S2 = p->band_size[nd - 1];
   const int64_t plane = S1 * S2, cs = (nd == 3 ? p->band_size[0] : 1) * plane, patch = K0 * K1 * K2;
   const double *wa = nd == 3 ? p->weights[0] : NULL, *wb = p->weights[nd - 2], *wc = p->weights[nd - 1];
+  const int64_t lo = p->row_lo, hi = p->row_hi;
   for (int64_t b = 0; b < count; b++) {
     const int64_t *start = p->starts + b * nd;
     const int64_t z0 = nd == 3 ? start[0] : 0, y0 = start[nd - 2], x0 = start[nd - 1];
@@ -31,9 +33,11 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
     for (int64_t c = 0; c < C; c++) {
       const PF_SOURCE *in = outputs + (b * C + c) * patch;
       for (int64_t a = 0; a < K0; a++) {
+        if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
         const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
         double *target = band + c * cs + (z0 + a * d0) * plane + y0 * S2 + x0;
         for (int64_t ki = 0; ki < K1; ki++) {
+          if (nd == 2 && (y0 + ki * d1 < lo || y0 + ki * d1 >= hi)) continue;
           /* 2-D: w0*w1 exactly as numpy's product; 3-D: (w0*w1)*w2 */
           const double row = wa != NULL ? depth * rows[ki] : rows[ki];
           double *out = target + ki * d1 * S2;

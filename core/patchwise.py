@@ -400,6 +400,13 @@ def compiled_place(dtype: np.dtype) -> Any:
     return compiled.place(np.dtype(dtype).name)
 
 
+def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes: int, threads: int | None) -> None:
+    """The CPU engine's thread split of ``[start, stop)`` (imported when first used)."""
+    from patchfold.engines import cpu
+
+    cpu.run_parallel(task, start, stop, nbytes, threads)
+
+
 def _batches(plan: ApplyPlan, batch_size: int) -> Iterator[np.ndarray]:
     """Block indices (row-major over the grid) in batches, as ``(B, ndim)`` grid coordinates."""
     for first in range(0, plan.num_blocks, batch_size):
@@ -425,10 +432,18 @@ def _apply_one(
     spans = [g.span for g in plan.grids]
     windows = np.lib.stride_tricks.sliding_window_view(padded, spans, axis=tuple(range(1, plan.ndim + 1)))
     windows = windows[(..., *(slice(None, None, d) for d in dilation))]  # (C, *positions, *k)
+    windows = np.moveaxis(windows, 0, plan.ndim)  # (*positions, C, *k): a batch is one fancy index
     sink: _Sink | None = None
     for coords in _batches(plan, batch_size):
-        index = tuple(plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim))
-        patches = np.ascontiguousarray(np.moveaxis(windows[(slice(None), *index)], 0, 1))  # (B, C, *k)
+        index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)
+        patches = np.empty((len(coords), *windows.shape[plan.ndim :]), dtype=windows.dtype)
+        positions = index.tolist()
+
+        def gather(lo: int, hi: int, positions: list = positions, patches: np.ndarray = patches) -> None:
+            for row in range(lo, hi):  # one strided copy per patch: faster than a fancy index
+                np.copyto(patches[row], windows[tuple(positions[row])])
+
+        run_parallel(gather, 0, len(positions), patches.nbytes, None)
         outputs = runner(patches, batch_size)
         if sink is None:
             sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0], rows_out)
@@ -557,7 +572,11 @@ class _Sink:
         per_dim = [np.ascontiguousarray(self.weights[d][coords[:, d]]) for d in range(ndim)]  # (B, k_d)
         if self.place is not None and outputs.dtype == self.place.source and outputs.flags.c_contiguous:
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
-            self.place(outputs, self.buffer, firsts, per_dim, dilation)  # the compiled loop, checked
+
+            def split(add_rows: Callable[[int, int], None], lo: int, hi: int) -> None:  # threads share the rows
+                run_parallel(add_rows, lo, hi, outputs.nbytes * 2, None)
+
+            self.place(outputs, self.buffer, firsts, per_dim, dilation, split)  # the compiled loop, checked
             return
         # numpy: each block's (*k) weights as one float64 product, then one block at a time
         # through a reused float64 buffer, which stays in cache
@@ -580,8 +599,8 @@ class _Sink:
             return
         rows = stop - self.base
         if self.start + rows > self.buffer.shape[1]:
-            # one block's height of room ahead, so the live rows move seldom
-            ahead = (self.shape[1] - 1) * self.plan.geometry.dilation[0] + 1
+            # a few blocks' height of room ahead, so the live rows move seldom
+            ahead = 4 * ((self.shape[1] - 1) * self.plan.geometry.dilation[0] + 1)
             capacity = max(rows + ahead, self.buffer.shape[1])
             if capacity > self.buffer.shape[1]:
                 check_fits(self.buffer[:, :1].nbytes * capacity, "the blended output's float64 band")
@@ -608,11 +627,16 @@ class _Sink:
             sums = self.buffer[(slice(None), held, *rest)]
             if self.rows_out is not None:
                 values = np.empty(sums.shape, dtype=self.dtype)
-                np.divide(sums, outer(totals), out=values, casting="same_kind")  # uncovered: x / inf = 0
-                self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
             else:
-                target = self.result[:, first - self.lead[0] : last - self.lead[0]]
-                np.divide(sums, outer(totals), out=target, casting="same_kind")
+                values = self.result[:, first - self.lead[0] : last - self.lead[0]]
+
+            def divide(lo: int, hi: int) -> None:  # threads share the rows; uncovered points: x / inf = 0
+                divisor = outer([totals[0][lo:hi], *totals[1:]])
+                np.divide(sums[:, lo:hi], divisor, out=values[:, lo:hi], casting="same_kind")
+
+            run_parallel(divide, 0, last - first, sums.nbytes, None)
+            if self.rows_out is not None:
+                self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
         self.start += stop - self.base
         self.held -= stop - self.base
         self.base = stop

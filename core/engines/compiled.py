@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
@@ -115,6 +115,8 @@ class PlaceDims(ctypes.Structure):
         ("band_size", _Dims),
         ("starts", ctypes.c_void_p),
         ("weights", ctypes.c_void_p * _MAX_DIMS),
+        ("row_lo", ctypes.c_int64),
+        ("row_hi", ctypes.c_int64),
     ]
 
 
@@ -204,10 +206,13 @@ class PlaceLoop:
         starts: np.ndarray,
         weights: Sequence[np.ndarray],
         dilation: Sequence[int],
+        split: Callable[[Callable[[int, int], None], int, int], None] | None = None,
     ) -> None:
         """Add ``outputs`` ``(B, C, *k)``, each patch times the product of its per-dim weights
         (``weights[d]`` is ``(B, k_d)``), into ``band`` ``(C, *size)`` float64 with patch ``b``'s
-        first point at ``starts[b]`` ``(B, ndim)`` and its points ``dilation`` apart."""
+        first point at ``starts[b]`` ``(B, ndim)`` and its points ``dilation`` apart. Everything is
+        checked once; then ``split(add_rows, lo, hi)`` (when given) may call ``add_rows`` on
+        disjoint pieces of the band rows ``[lo, hi)`` the patches touch, from several threads."""
         _check_array(band, "band", band.ndim)
         ndim = band.ndim - 1
         if ndim not in (2, 3) or outputs.ndim != ndim + 2 or band.dtype != np.float64:
@@ -240,7 +245,17 @@ class PlaceLoop:
         dims.starts = starts.ctypes.data
         for dim, per_dim in enumerate(weights):
             dims.weights[dim] = per_dim.ctypes.data
-        self._function(outputs.ctypes.data, band.ctypes.data, ctypes.byref(dims))
+        first, last = int(starts[:, 0].min()), int(starts[:, 0].max() + reach[0]) + 1
+
+        def add_rows(lo: int, hi: int) -> None:
+            piece = PlaceDims.from_buffer_copy(dims)  # each thread its own struct
+            piece.row_lo, piece.row_hi = _check_range((lo, hi), band.shape[1], "band rows")
+            self._function(outputs.ctypes.data, band.ctypes.data, ctypes.byref(piece))
+
+        if split is None:
+            add_rows(first, last)
+        else:
+            split(add_rows, first, last)
 
 
 @cache
