@@ -227,6 +227,61 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
 #define PF_SUFFIX u64_u64
 #include "_kernels_fold.h"
 
+/* windowed folds of integer patches: summed in float64, rounded and clipped to the dtype */
+#define PF_INTEGER 1
+#define PF_FLOAT_ACC 1
+#define PF_SOURCE uint8_t
+#define PF_ACC double
+#define PF_SUFFIX u8_f64
+#define PF_LOW 0.0
+#define PF_HIGH 255.0
+#include "_kernels_fold.h"
+
+#define PF_INTEGER 1
+#define PF_FLOAT_ACC 1
+#define PF_SOURCE int8_t
+#define PF_ACC double
+#define PF_SUFFIX i8_f64
+#define PF_LOW -128.0
+#define PF_HIGH 127.0
+#include "_kernels_fold.h"
+
+#define PF_INTEGER 1
+#define PF_FLOAT_ACC 1
+#define PF_SOURCE uint16_t
+#define PF_ACC double
+#define PF_SUFFIX u16_f64
+#define PF_LOW 0.0
+#define PF_HIGH 65535.0
+#include "_kernels_fold.h"
+
+#define PF_INTEGER 1
+#define PF_FLOAT_ACC 1
+#define PF_SOURCE int16_t
+#define PF_ACC double
+#define PF_SUFFIX i16_f64
+#define PF_LOW -32768.0
+#define PF_HIGH 32767.0
+#include "_kernels_fold.h"
+
+#define PF_INTEGER 1
+#define PF_FLOAT_ACC 1
+#define PF_SOURCE uint32_t
+#define PF_ACC double
+#define PF_SUFFIX u32_f64
+#define PF_LOW 0.0
+#define PF_HIGH 4294967295.0
+#include "_kernels_fold.h"
+
+#define PF_INTEGER 1
+#define PF_FLOAT_ACC 1
+#define PF_SOURCE int32_t
+#define PF_ACC double
+#define PF_SUFFIX i32_f64
+#define PF_LOW -2147483648.0
+#define PF_HIGH 2147483647.0
+#include "_kernels_fold.h"
+
 /* unfold_<bits> for every item size */
 #define PF_WORD uint8_t
 #define PF_BITS 8

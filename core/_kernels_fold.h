@@ -221,7 +221,15 @@ void PF_F(fold)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
  * Returns how many sums were not finite (the caller then sums again with headroom). */
 static int64_t PF_F(finish_row)(const PF_ACC *sums, PF_SOURCE *out, const double *divisor, int64_t n) {
   int64_t nonfinite = 0;
-#ifdef PF_INTEGER
+#if defined(PF_INTEGER) && defined(PF_FLOAT_ACC)
+  /* windowed integers: the float64 quotient rounded half to even and clipped to the dtype */
+  for (int64_t x = 0; x < n; x++) {
+    const double d = divisor[x], safe = d > 0 ? d : 1.0;
+    double q = rint(sums[x] / safe);
+    q = q < PF_LOW ? PF_LOW : (q > PF_HIGH ? PF_HIGH : q);
+    out[x] = d > 0 ? (PF_SOURCE)q : (PF_SOURCE)0;
+  }
+#elif defined(PF_INTEGER)
   for (int64_t x = 0; x < n; x++) {
     const PF_ACC s = sums[x];
     const double d = divisor[x];
@@ -229,19 +237,19 @@ static int64_t PF_F(finish_row)(const PF_ACC *sums, PF_SOURCE *out, const double
       out[x] = 0;
       continue;
     }
-    const PF_ACC count = (PF_ACC)d;
-    PF_ACC q, r;
     const double guess = (double)s;
-    if (fabs(guess) < 4503599627370496.0) { /* |s| < 2**52: exact as a double, a signed int64 */
-      const int64_t si = (int64_t)s, ci = (int64_t)count;
-      int64_t qi = (int64_t)floor(guess / d), ri = si - qi * ci; /* the rounded quotient may be 1 off */
-      if (ri < 0) qi--, ri += ci;
-      else if (ri >= ci) qi++, ri -= ci;
-      q = (PF_ACC)qi, r = (PF_ACC)ri;
-    } else { /* floor division in the accumulator's own integers */
-      q = s / count, r = s % count;
-      if (s < 0 && r != 0) q--, r += count; /* C truncates toward zero; never true for unsigned */
+    if (fabs(guess) < 2251799813685248.0) {
+      /* |s| < 2**51: s is exact as a double and the correctly rounded quotient lies within
+         |s|·2**-53 < 1/(2·count) of the exact one, so it cannot cross or reach a half unless the
+         exact quotient is one: rounding it half to even (adding and taking away 1.5·2**52 does,
+         in the default rounding mode) gives the exactly rounded integer quotient */
+      const double q = guess / d;
+      out[x] = (PF_SOURCE)(int64_t)((q + 6755399441055744.0) - 6755399441055744.0);
+      continue;
     }
+    const PF_ACC count = (PF_ACC)d;
+    PF_ACC q = s / count, r = s % count; /* floor division in the accumulator's own integers */
+    if (s < 0 && r != 0) q--, r += count; /* C truncates toward zero; never true for unsigned */
     const PF_ACC twice = 2 * r; /* r < count, a block count: no overflow */
     q += (twice > count) || (twice == count && (q & 1));
     out[x] = (PF_SOURCE)q;
@@ -347,3 +355,6 @@ int64_t PF_F(foldx)(const PF_SOURCE *src, void *dst, const pf_fold_dims *dims, c
 #undef PF_ACC
 #undef PF_SUFFIX
 #undef PF_INTEGER
+#undef PF_FLOAT_ACC
+#undef PF_LOW
+#undef PF_HIGH

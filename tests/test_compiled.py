@@ -446,7 +446,7 @@ def numpy_normalised(cols: np.ndarray, g: patchfold.Geometry, layout: str, weigh
 @given(
     problem=cpu_problems(),
     layout=st.sampled_from(["ncl", "nlc"]),
-    dtype=st.sampled_from([np.uint8, np.int16, np.int64, np.uint64, np.float16, np.float32, np.float64]),
+    dtype=st.sampled_from([np.uint8, np.int16, np.uint16, np.int64, np.uint64, np.float16, np.float32, np.float64]),
     window=st.sampled_from([None, "hann", "triangular", "gaussian"]),
     threads=st.integers(1, 3),
     data=st.data(),
@@ -456,7 +456,8 @@ def test_one_pass_normalised_fold_equals_the_numpy_two_step_fold(problem, layout
     g = patchfold.Geometry.create(size, **params)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     if np.dtype(dtype).kind in "iu":
-        window = None  # windowed integer folds take the two-step path
+        if np.dtype(dtype).itemsize == 8:
+            window = None  # windowed 64-bit integers take the two-step path
         cols = rng.integers(0, 250, g.unfold_shape(2, 2, layout)).astype(dtype)
     else:  # patches that disagree, in eighths: their sums are exact in any order
         cols = (rng.integers(-30, 30, g.unfold_shape(2, 2, layout)) / 8).astype(dtype)
@@ -472,6 +473,9 @@ def test_one_pass_normalised_fold_equals_the_numpy_two_step_fold(problem, layout
     np.testing.assert_array_equal(band, fused[:, :, top:bottom])
     if weights is None:  # the same exact sums and the same division: bit for bit
         np.testing.assert_array_equal(fused, reference)
+    elif np.dtype(dtype).kind in "iu":  # weighted means rounded to integers: a float64 sum in
+        # another order may round a mean that lies (almost) on a half the other way
+        assert np.abs(fused.astype(np.int64) - reference.astype(np.int64)).max(initial=0) <= 1
     else:  # weighted float64 sums added in another order: rounding apart (one unit of the dtype,
         # or of float64 relative to the largest patch value where the weighted terms cancel)
         scale = 16 * float(np.finfo(np.float64).eps) * float(np.abs(cols).max(initial=0))

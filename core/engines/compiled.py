@@ -37,6 +37,14 @@ _SOURCE_NAMES = {
     ("int32", "int64"): "i32_i64",
     ("int64", "int64"): "i64_i64",
     ("uint64", "uint64"): "u64_u64",
+    # windowed folds of integer patches sum in float64
+    ("uint8", "float64"): "u8_f64",
+    ("bool", "float64"): "u8_f64",
+    ("int8", "float64"): "i8_f64",
+    ("uint16", "float64"): "u16_f64",
+    ("int16", "float64"): "i16_f64",
+    ("uint32", "float64"): "u32_f64",
+    ("int32", "float64"): "i32_f64",
 }
 
 #: Spatial dims the C structs have room for (PF_MAX_DIMS in _kernels.c).

@@ -333,14 +333,12 @@ def fold_normalised(
     from its per-dim vectors (no full-size accumulator or divisor map). The same values as
     :func:`fold` (``exact``) followed by :func:`patchfold.dtypes.finish_fold`. None where this loop
     does not serve (no compiled loop for the dtype, padding modes other than zeros, a longer float,
-    weighted integers) or a sum was not finite: the caller then takes that two-step path, which
+    windowed 64-bit integers) or a sum was not finite: the caller then takes that two-step path, which
     handles overflow."""
     check_layout(layout)
     if any(geometry.padding) and geometry.padding_mode != "zeros":
         return None
     if not (cols.flags.c_contiguous and cols.flags.aligned and cols.dtype.isnative):
-        return None
-    if weights is not None and cols.dtype.kind != "f":
         return None
     top, bottom = rows or (0, geometry.spatial_size[0])
     if not 0 <= top <= bottom <= geometry.spatial_size[0]:
