@@ -90,9 +90,16 @@ def main() -> None:
 
 
 def run() -> None:
-    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up."""
+    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up.
+
+    Once the command has returned (its output complete, its exit status known), Ctrl-C is ignored:
+    Python restores the default handler while it shuts down, and a late Ctrl-C would otherwise turn
+    a finished run into a process killed by the signal."""
     signal.signal(signal.SIGTERM, _interrupt)
-    main(prog_name="patchfold")
+    try:
+        main(prog_name="patchfold")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _interrupt(signum: int, frame: object) -> None:
