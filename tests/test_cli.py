@@ -710,3 +710,10 @@ def test_help_and_version_and_import_patchfold_load_neither_numpy_nor_torch() ->
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert "Commands:" in result.stdout and "unfold" in result.stdout
+
+
+def test_the_version_is_written_once_and_the_package_is_typed() -> None:
+    from importlib import metadata, resources
+
+    assert metadata.version("patchfold") == patchfold.__version__  # pyproject reads patchfold/_version.py
+    assert resources.files("patchfold").joinpath("py.typed").is_file()
