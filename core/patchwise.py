@@ -432,7 +432,7 @@ def _apply_one(
     spans = [g.span for g in plan.grids]
     windows = np.lib.stride_tricks.sliding_window_view(padded, spans, axis=tuple(range(1, plan.ndim + 1)))
     windows = windows[(..., *(slice(None, None, d) for d in dilation))]  # (C, *positions, *k)
-    windows = np.moveaxis(windows, 0, plan.ndim)  # (*positions, C, *k): a batch is one fancy index
+    windows = np.moveaxis(windows, 0, plan.ndim)  # (*positions, C, *k): a patch is windows[position]
     sink: _Sink | None = None
     for coords in _batches(plan, batch_size):
         index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)

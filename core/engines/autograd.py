@@ -50,16 +50,9 @@ def fold(
     return _Fold.apply(cols, geometry, layout, weights, exact, threads)
 
 
-def fold_normalised(
-    cols: Any,
-    geometry: Geometry,
-    layout: str = "ncl",
-    weights: list[np.ndarray] | None = None,
-    *,
-    threads: int | None = None,
-) -> None:
-    """No fused normalised fold here: the caller sums with :func:`fold` and divides by :func:`divisor`."""
-    return None
+#: No one-pass normalised fold with gradients: the caller sums with :func:`fold` and divides by
+#: :func:`divisor` (torch's division, which autograd follows), as for the torch engine.
+fold_normalised = torch_engine.fold_normalised
 
 
 def divisor(geometry: Geometry, weights: list[np.ndarray] | None, like: torch.Tensor) -> torch.Tensor:

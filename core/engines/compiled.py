@@ -539,7 +539,7 @@ class FoldExtraLoop(FoldLoop):
             _set_weights(extra, weights, dims, self.ndim)
         for dim, vector in enumerate(divisor):
             extra.divisor[dim] = vector.ctypes.data
-        extra.divisor[0] += first_row * vector.itemsize  # out's first row is output row first_row
+        extra.divisor[0] += first_row * divisor[0].itemsize  # out's first row is output row first_row
         extra.out_size, extra.offset = _padded((band, *size[1:])), _padded((top, *offset[1:]))
         extra.out_channel_stride = out.strides[1] // out.itemsize
         extra.scratch_bytes = SCRATCH_BYTES

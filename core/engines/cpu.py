@@ -363,10 +363,8 @@ def fold_normalised(
     def task(lo: int, hi: int) -> None:
         nonfinite.append(loop.normalised(cols, out, geometry, (lo, hi), layout, vectors, per_dim, first_row=top))
 
-    pad = geometry.padding[0]
-    run_parallel(
-        task, pad + top, pad + bottom, cols.nbytes * (bottom - top) // max(1, geometry.spatial_size[0]), threads
-    )
+    share = (bottom - top) / max(1, geometry.spatial_size[0])  # of the patches these rows read
+    run_parallel(task, pad + top, pad + bottom, int(cols.nbytes * share), threads)
     return None if any(nonfinite) else out
 
 
