@@ -10,6 +10,7 @@
  *   _kernels_place.h   place_<src>(outputs, band, const pf_place_dims *): weighted patches added
  *                      at their own starts (apply's blending)
  *   _kernels_unfold.h  unfold_<bits>(x, out, const pf_unfold_dims *): block copy
+ *   _kernels_transpose.h  transpose_<bits>: the 4 x 4-tiled transposition the nlc loops share
  * Dims, strides and ranges travel in the two structs below (mirrored field for field by ctypes
  * Structures in patchfold/engines/compiled.py, whose checked wrappers are the only callers: they
  * verify dtypes, alignment, contiguity, writeability, overlap and every extent the loops touch
@@ -152,6 +153,34 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
 /* Template instantiation: name##_##suffix, after expanding the suffix macro */
 #define PF_JOIN_(name, suffix) name##_##suffix
 #define PF_JOIN(name, suffix) PF_JOIN_(name, suffix)
+
+/* transpose_<bits> for every item size, and its dispatch on the item size */
+#define PF_WORD uint8_t
+#define PF_BITS 8
+#include "_kernels_transpose.h"
+
+#define PF_WORD uint16_t
+#define PF_BITS 16
+#include "_kernels_transpose.h"
+
+#define PF_WORD uint32_t
+#define PF_BITS 32
+#include "_kernels_transpose.h"
+
+#define PF_WORD uint64_t
+#define PF_BITS 64
+#include "_kernels_transpose.h"
+
+/* dst[c*ds + r] = src[r*ss + c] for r < rows, c < cols, items of `itemsize` bytes (steps in items) */
+static inline void transpose_items(void *restrict dst, int64_t ds, const void *restrict src, int64_t ss, int64_t rows,
+                                   int64_t cols, size_t itemsize) {
+  switch (itemsize) {
+    case 1: transpose_8((uint8_t *)dst, ds, (const uint8_t *)src, ss, rows, cols); return;
+    case 2: transpose_16((uint16_t *)dst, ds, (const uint16_t *)src, ss, rows, cols); return;
+    case 4: transpose_32((uint32_t *)dst, ds, (const uint32_t *)src, ss, rows, cols); return;
+    default: assert(itemsize == 8); transpose_64((uint64_t *)dst, ds, (const uint64_t *)src, ss, rows, cols);
+  }
+}
 
 /* fold_<src>_<acc> for every (patch dtype, accumulator dtype) pair patchfold folds in */
 #define PF_SOURCE float

@@ -21,6 +21,52 @@
 
 #define PF_F(name) PF_JOIN(name, PF_SUFFIX)
 
+/* One kernel row (one channel, one offset in dim 0) of a run of n blocks:
+ * row[kj*d1 + j*s1] += in[kj*a + j] for kj < K1, j < n (kernel columns a apart, blocks adjacent);
+ * t, m the smallest with t*d1 = m*s1. Kernel columns r, r + t, r + 2t, ... land on the same output
+ * columns, shifted by m blocks each: they are summed first, so each output column is touched once
+ * per residue r instead of once per kernel column. */
+static inline void PF_F(add_kernel_row)(PF_ACC *restrict row, const PF_SOURCE *restrict in, int64_t a, int64_t n,
+                                        int64_t K1, int64_t s1, int64_t d1, int64_t t, int64_t m) {
+  if (K1 <= t) { /* no two kernel columns meet */
+    for (int64_t kj = 0; kj < K1; kj++) {
+      const PF_SOURCE *col = in + kj * a;
+      PF_ACC *out = row + kj * d1;
+      if (s1 == 1) {
+        for (int64_t j = 0; j < n; j++) out[j] += (PF_ACC)col[j];
+      } else {
+        for (int64_t j = 0; j < n; j++) out[j * s1] += (PF_ACC)col[j];
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < t; r++) {
+    const int64_t count = (K1 - r + t - 1) / t, shift = (count - 1) * m;
+    const PF_SOURCE *first = in + r * a;
+    const int64_t step = t * a; /* from kernel column r + q*t to r + (q+1)*t */
+    PF_ACC *out = row + r * d1;
+    for (int64_t J = 0; J < n + shift; J++) {
+      if (J == shift && count == 2) { /* the interior, where every column has a block */
+        for (; J < n; J++) out[J * s1] += (PF_ACC)first[J] + (PF_ACC)first[step + J - m];
+        if (J >= n + shift) break;
+      } else if (J == shift && shift < n) {
+        for (; J < n; J++) {
+          PF_ACC sum = 0;
+          for (int64_t q = 0; q < count; q++) sum += (PF_ACC)first[q * step + J - q * m];
+          out[J * s1] += sum;
+        }
+        if (J >= n + shift) break;
+      }
+      /* head or tail: only columns q with 0 <= J - q*m < n */
+      const int64_t qlo = J < n ? 0 : (J - n) / m + 1;
+      const int64_t qhi = J / m < count - 1 ? J / m : count - 1;
+      PF_ACC sum = 0;
+      for (int64_t q = qlo; q <= qhi; q++) sum += (PF_ACC)first[q * step + J - q * m];
+      out[J * s1] += sum;
+    }
+  }
+}
+
 /* nlc, output rows [top, bottom) of a band: block row by block row, a tile of up to JT patches
  * (rows of C*K contiguous values) is first transposed into buf (C*K rows of JT, in cache), then
  * added as in ncl, a contiguous (vectorised) run of blocks per kernel offset. Adding straight from
@@ -42,8 +88,7 @@ static void PF_F(fold2d_nlc_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fo
       int any = 0;
       for (int64_t ki = 0; ki < K0 && !any; ki++) any = ki * d0 + i * s0 >= top && ki * d0 + i * s0 < bottom;
       if (!any) continue;
-      for (int64_t j = 0; j < n; j++)
-        for (int64_t q = 0; q < Q; q++) buf[q * n + j] = patches[j * b + q];
+      transpose_items(buf, n, patches, b, n, Q, sizeof(PF_SOURCE));
       for (int64_t c = 0; c < C; c++) {
         for (int64_t ki = 0; ki < K0; ki++) {
           const int64_t r = ki * d0 + i * s0;
@@ -113,44 +158,14 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
             }
             continue;
           }
-          if (b == 1 && K1 > t) {
-            /* kernel columns r, r + t, r + 2t, ... land on the same output columns, shifted by
-               m blocks each: sum them first, touching each output column once per residue r */
-            for (int64_t r = 0; r < t; r++) {
-              const int64_t n = (K1 - r + t - 1) / t, shift = (n - 1) * m;
-              const PF_SOURCE *in = src + ((c * K0 + ki) * K1 + r) * a + i * L1;
-              const int64_t step = t * a; /* from kernel column r + q*t to r + (q+1)*t */
-              PF_ACC *out = row + r * d1;
-              for (int64_t J = 0; J < L1 + shift; J++) {
-                if (J == shift && n == 2) { /* the interior, where every column has a block */
-                  for (; J < L1; J++) out[J * s1] += (PF_ACC)in[J] + (PF_ACC)in[step + J - m];
-                  if (J >= L1 + shift) break;
-                } else if (J == shift && shift < L1) {
-                  for (; J < L1; J++) {
-                    PF_ACC sum = 0;
-                    for (int64_t q = 0; q < n; q++) sum += (PF_ACC)in[q * step + J - q * m];
-                    out[J * s1] += sum;
-                  }
-                  if (J >= L1 + shift) break;
-                }
-                /* head or tail: only columns q with 0 <= J - q*m < L1 */
-                const int64_t qlo = J < L1 ? 0 : (J - L1) / m + 1;
-                const int64_t qhi = J / m < n - 1 ? J / m : n - 1;
-                PF_ACC sum = 0;
-                for (int64_t q = qlo; q <= qhi; q++) sum += (PF_ACC)in[q * step + J - q * m];
-                out[J * s1] += sum;
-              }
-            }
+          if (b == 1) {
+            PF_F(add_kernel_row)(row, src + (c * K0 + ki) * K1 * a + i * L1, a, L1, K1, s1, d1, t, m);
             continue;
           }
           for (int64_t kj = 0; kj < K1; kj++) {
             const PF_SOURCE *in = src + ((c * K0 + ki) * K1 + kj) * a + i * L1 * b;
             PF_ACC *out = row + kj * d1;
-            if (s1 == 1 && b == 1) {
-              for (int64_t j = 0; j < L1; j++) out[j] += (PF_ACC)in[j];
-            } else {
-              for (int64_t j = 0; j < L1; j++) out[j * s1] += (PF_ACC)in[j * b];
-            }
+            for (int64_t j = 0; j < L1; j++) out[j * s1] += (PF_ACC)in[j * b];
           }
         }
       }

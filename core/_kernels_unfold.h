@@ -66,6 +66,37 @@ static inline int PF_U(deinterleave)(PF_WORD *restrict dst, int64_t rs, const PF
   }
 }
 
+static void PF_U(unfold2d)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g);
+
+/* Bytes of ncl rows the nlc loop below cuts at a time (one block row, a few channels): in L1/L2. */
+#define PF_NLC_TILE_BYTES 65536
+
+/* nlc where a patch's runs are short (K1 values of under 32 bytes) or dilated: each block row is
+ * cut as ncl rows (the vectorised gathers above) into a scratch tile, a few channels at a time, and
+ * the tile is transposed into the patches. Returns 0 (nothing written) where that does not apply:
+ * long runs (copied directly, faster), kernel rows not whole channels, or no scratch memory. */
+static int PF_U(unfold2d_nlc_by_rows)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) {
+  const int64_t K0 = g.K0, K1 = g.K1, L1 = g.L1, q0 = g.q0, q1 = g.q1, P = g.P;
+  if ((g.d1 == 1 && K1 * (int64_t)sizeof(PF_WORD) >= 32) || q0 % K0 || q1 % K0 || L1 == 0 || q1 == q0) return 0;
+  const int64_t channel_values = K0 * K1 * L1; /* one channel's ncl rows for one block row */
+  int64_t chunk = PF_NLC_TILE_BYTES / (int64_t)sizeof(PF_WORD) / channel_values;
+  if (chunk < 1) return 0; /* huge kernels: the direct loop */
+  PF_WORD *tile = (PF_WORD *)malloc((size_t)(chunk * channel_values) * sizeof(PF_WORD));
+  if (tile == NULL) return 0;
+  const int64_t c0 = q0 / K0, c1 = q1 / K0;
+  for (int64_t i = g.i0; i < g.i1; i++)
+    for (int64_t ca = c0; ca < c1; ca += chunk) {
+      const int64_t cb = ca + chunk < c1 ? ca + chunk : c1;
+      pf_unfold2d rows = g; /* channels [ca, cb) of block row i as ncl rows L1 apart */
+      rows.i0 = i, rows.i1 = i + 1, rows.q0 = 0, rows.q1 = (cb - ca) * K0, rows.nlc = 0, rows.rs = L1;
+      PF_U(unfold2d)(x + ca * g.H * g.W, tile, rows);
+      transpose_items(out + (i - g.i0) * L1 * P + ca * K0 * K1, P, tile, L1, (cb - ca) * K0 * K1, L1,
+                      sizeof(PF_WORD));
+    }
+  free(tile);
+  return 1;
+}
+
 /* One plane: block rows [g.i0, g.i1) of x (H, W) per channel, kernel rows [g.q0, g.q1) (see
    pf_unfold2d in _kernels.c). */
 static void PF_U(unfold2d)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) {
@@ -81,6 +112,7 @@ static void PF_U(unfold2d)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) 
   int64_t jf0 = ceil_div(p1, s1), jf1 = ceil_div(W - (K1 - 1) * d1 + p1, s1);
   if (jf1 > L1) jf1 = L1;
   if (jf0 > jf1) jf0 = jf1;
+  if (g.nlc && PF_U(unfold2d_nlc_by_rows)(x, out, g)) return;
   if (g.nlc) { /* patch by patch: each (c, ki) run of K1 values is one contiguous write */
     for (int64_t i = i0; i < i1; i++)
       for (int64_t q = q0; q < q1; q++) {
@@ -226,6 +258,7 @@ void PF_U(unfold)(const PF_WORD *x, PF_WORD *out, const pf_unfold_dims *dims) {
   PF_U(unfold2d)(x, out, g);
 }
 
+#undef PF_NLC_TILE_BYTES
 #undef PF_U
 #undef PF_WORD
 #undef PF_BITS

@@ -428,6 +428,39 @@ def test_compiled_loops_match_the_numpy_loops(problem, layout, dtype, threads) -
     np.testing.assert_array_equal(summed, numpy_summed)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    "channels, size, params",
+    [
+        # nlc unfold cuts ncl rows a few channels at a time (64 KiB tiles) and transposes them:
+        # 40 channels of 3x3 blocks over 203-block rows take several channel tiles
+        (40, (9, 205), dict(kernel_size=3)),
+        (5, (31, 64), dict(kernel_size=(3, 5), dilation=(1, 3), stride=(2, 1), padding=2)),
+        # a block row whose one channel passes a tile: the direct loop
+        (2, (40, 1400), dict(kernel_size=(5, 3))),
+        # long runs: the direct copy; the fold's transposed tile holds only 8 patches
+        (3, (30, 70), dict(kernel_size=(16, 40), stride=(4, 3))),
+    ],
+)
+def test_nlc_loops_match_the_numpy_loops_across_tiles(dtype, channels: int, size, params) -> None:
+    g = patchfold.Geometry.create(size, **params)
+    x = np.random.default_rng(9).integers(0, 100, (1, channels, *size)).astype(dtype)
+    shape = g.unfold_shape(1, channels, "nlc")
+
+    def both() -> tuple[np.ndarray, np.ndarray]:
+        cols = np.empty(shape, dtype)
+        cpu.unfold_into(x, g, cols, "nlc", threads=2)
+        return cols, cpu.fold_padded(cols, g, "nlc", threads=2)
+
+    cols, summed = both()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "unfold", lambda *args: None)
+        patch.setattr(compiled, "fold", lambda *args: None)
+        numpy_cols, numpy_summed = both()
+    np.testing.assert_array_equal(cols, numpy_cols)
+    np.testing.assert_array_equal(summed, numpy_summed)  # integer-valued sums: exact in any order
+
+
 # ----- the one-pass normalised (and windowed) fold (issue #16) -----------------------------------
 
 
