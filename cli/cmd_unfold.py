@@ -13,6 +13,7 @@ from patchfold.cli.options import (
     device_options,
     dtype_option,
     json_option,
+    level_option,
     max_memory_option,
     max_pixels_option,
     progress_option,
@@ -22,10 +23,16 @@ from patchfold.cli.options import (
 from patchfold.cli.present import emit_summary, human_bytes, track
 from patchfold.geometry import LAYOUTS
 
+#: the codecs of a .zarr output (as patchfold.jobs.unfold.ZARR_COMPRESSIONS, kept here so --help
+#: imports no numpy)
+ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
+
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=PATH)
-@click.option("-o", "--output", required=True, type=PATH, help="Patch matrix .npy to write.")
+@click.option(
+    "-o", "--output", required=True, type=PATH, help="Patch matrix to write: .npy (sidecar .json beside it) or .zarr."
+)
 @block_options()
 @dtype_option("Output dtype; floats scale integer images to [0, 1].")
 @click.option(
@@ -35,9 +42,17 @@ from patchfold.geometry import LAYOUTS
     show_default=True,
     help="ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.",
 )
+@click.option(
+    "--compression",
+    type=click.Choice(ZARR_COMPRESSIONS),
+    default="default",
+    show_default=True,
+    help="Codec of a .zarr output (default: Zarr's, Zstandard).",
+)
 @device_options
 @spatial_dims_option
 @stack_option
+@level_option
 @max_pixels_option
 @max_memory_option
 @progress_option
@@ -49,30 +64,36 @@ def unfold(
     blocks: Blocks,
     dtype: str,
     layout: str,
+    compression: str,
     device: str,
     engine: str,
     spatial_dims: int | None,
     stack: bool,
+    level: int | None,
     max_pixels: int,
     max_memory: int | None,
     no_progress: bool,
     as_json: bool,
 ) -> None:
-    """Extract the sliding blocks of INPUTS (images, directories of images, or .npy arrays) into a
-    patch matrix OUTPUT.npy, with its parameters in OUTPUT.json beside it.
+    """Extract the sliding blocks of INPUTS (images, directories of images, .npy arrays, Zarr or
+    OME-Zarr stores, pyramidal TIFFs) into a patch matrix: OUTPUT.npy with its parameters in
+    OUTPUT.json beside it, or OUTPUT.zarr with them in its attributes.
 
-    Several inputs stack into the batch N and must agree in size and channels.
+    Several inputs stack into the batch N and must agree in size and channels. Zarr inputs and
+    pyramid levels (--level) are read band by band, so a level larger than memory streams through.
 
     \b
     Example:
       patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o patches.npy
       patchfold unfold my_scans/ -k 32,16 --layout nlc --dtype float32 -o all.npy
+      patchfold unfold slide.ome.tif --level 1 -k 256 -o patches.zarr
     """
     from patchfold.jobs.unfold import unfold_file
 
     job = unfold_file(
         inputs, output, blocks, dtype=dtype, layout=layout, device=device, engine=engine,
         spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory,
+        level=level, compression=compression,
     )  # fmt: skip
     result = track(job, "unfold", not no_progress)
     summary = result.summary()

@@ -238,6 +238,15 @@ def spatial_dims_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def level_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--level",
+        type=click.IntRange(0),
+        default=None,
+        help="Resolution level of a pyramidal TIFF or OME-Zarr input (0: full resolution), read region by region.",
+    )(command)
+
+
 def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option(

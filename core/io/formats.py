@@ -126,6 +126,8 @@ class Sidecar:
     scale: float = 1.0
     layout: str = "ncl"
     sources: tuple[str, ...] = field(default=())
+    #: the pyramid level (and its resolution) read, where the input was a Zarr or pyramid source
+    source_level: dict[str, Any] | None = None
 
     @property
     def spatial_size(self) -> tuple[int, ...]:
@@ -148,6 +150,7 @@ class Sidecar:
             "scale": self.scale,
             "layout": self.layout,
             "sources": list(self.sources),
+            **({"source_level": self.source_level} if self.source_level is not None else {}),
             "format": SIDECAR_FORMAT,
             "version": SIDECAR_VERSION,
         }
@@ -175,9 +178,22 @@ class Sidecar:
             scale=float(scale),
             layout=layout,
             sources=string_list(data.get("sources", []), where, "sources"),
+            source_level=_level_field(data.get("source_level"), where),
         )
         sidecar.geometry  # noqa: B018 - the parameters must fit the recorded size
         return sidecar
+
+
+def _level_field(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or type(value.get("level")) is not int or value["level"] < 0:
+        raise PatchfoldError(f"{where}: source_level must be an object with a level (a whole number >= 0)")
+    return value
+
+
+#: Where a Zarr patch matrix keeps its sidecar: this key of the array's attributes.
+ZARR_SIDECAR_KEY = "patchfold"
 
 
 def sidecar_path(npy_path: Path) -> Path:
@@ -185,7 +201,13 @@ def sidecar_path(npy_path: Path) -> Path:
 
 
 def read_sidecar(npy_path: Path) -> Sidecar | None:
-    """The sidecar beside a patch matrix, or None when there is none."""
+    """The sidecar beside a patch matrix (in its attributes for a Zarr one), or None when there is none."""
+    if npy_path.suffix.lower() == ".zarr":
+        from patchfold.io.sources import open_zarr
+
+        attrs = open_zarr(npy_path).array.attrs
+        data = attrs.get(ZARR_SIDECAR_KEY)
+        return None if data is None else Sidecar.from_dict(dict(data), f"the sidecar in '{npy_path}'")
     path = sidecar_path(npy_path)
     if not os.path.lexists(path):
         return None

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from patchfold.errors import PatchfoldError
 from patchfold.io import leases
+from patchfold.io.sources import RegionSource, is_zarr, open_pyramid_tiff, open_zarr
 from patchfold.memory import check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm")
@@ -71,9 +72,11 @@ def image_mode(image: Any, path: Path) -> tuple[str | None, int, type]:
 
 @dataclass
 class Batch:
-    """Loaded inputs: ``array`` is ``(N, C, *spatial)``; ``sources`` names each of the N items."""
+    """Loaded inputs: ``array`` is ``(N, C, *spatial)``; ``sources`` names each of the N items.
+    ``array`` is a :class:`RegionSource` (read region by region) only where the caller asked for
+    regions and the batch is one Zarr or pyramid input."""
 
-    array: np.ndarray
+    array: np.ndarray | RegionSource
     sources: list[str]
 
     @property
@@ -91,7 +94,9 @@ def find_inputs(inputs: Sequence[str | Path], *, recursive: bool = False, unique
         path = Path(raw)
         if str(raw) == "":
             raise PatchfoldError("an input is an empty string; give a file, directory or pattern")
-        if path.is_dir():
+        if is_zarr(path):  # a Zarr array or OME-Zarr image is one input, not a folder of files
+            found = [path]
+        elif path.is_dir():
             found = [p for p in path.glob("**/*" if recursive else "*") if _is_input(p)]
             if not found:
                 raise PatchfoldError(
@@ -389,10 +394,22 @@ def _tiff_axes_to_channels_first(data: np.ndarray, axes: str, pages: int) -> np.
 
 
 def read_input(
-    path: Path, spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, stack: bool = False
-) -> np.ndarray:
+    path: Path,
+    spatial_dims: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    stack: bool = False,
+    level: int | None = None,
+) -> np.ndarray | RegionSource:
     """One input file as ``(N, C, *spatial)``; a multi-page TIFF is a volume ``(1, C, D, H, W)``
-    and needs ``stack=True``."""
+    and needs ``stack=True``. Zarr inputs, and TIFFs read at a pyramid ``level``, come back as
+    a :class:`RegionSource` (nothing read yet)."""
+    region = open_region(path, level)
+    if region is not None:
+        if spatial_dims not in (None, region.ndim - 2):
+            raise PatchfoldError(
+                f"'{path}' is a {region.ndim - 2}-D image but spatial_dims={spatial_dims} was asked for"
+            )
+        return region
     if path.suffix.lower() == ".npy":
         return read_npy(path, spatial_dims)
     if require_file(path).st_size == 0:
@@ -401,6 +418,20 @@ def read_input(
     if image is None:
         image = read_image(path, max_pixels)
     return _image_item(image, path, spatial_dims, stack)
+
+
+def open_region(path: Path, level: int | None = None) -> RegionSource | None:
+    """The input at ``path`` as a :class:`RegionSource` where it is read region by region: a Zarr
+    store, or a TIFF when a pyramid ``level`` is asked for; None for every other input."""
+    if is_zarr(path):
+        return open_zarr(path, level)
+    if level is None:
+        return None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return open_pyramid_tiff(path, level)
+    raise PatchfoldError(
+        f"'{path}' has one resolution; --level applies to pyramidal TIFF and Zarr inputs", param="level"
+    )
 
 
 def _image_item(image: np.ndarray, path: Path, spatial_dims: int | None, stack: bool) -> np.ndarray:
@@ -420,14 +451,23 @@ def load_inputs(
     spatial_dims: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stack: bool = False,
+    *,
+    level: int | None = None,
+    regions: bool = False,
 ) -> Batch:
     """Load inputs into one batch; sizes and channel counts must agree.
 
     With ``stack``, 2-D images (a directory of slices, or several files) become the slices of one
-    3-D volume ``(1, C, D, H, W)`` in the order given, and multi-page TIFFs are volumes.
+    3-D volume ``(1, C, D, H, W)`` in the order given, and multi-page TIFFs are volumes. ``level``
+    picks the resolution of pyramidal TIFF and Zarr inputs. With ``regions``, a single Zarr or
+    pyramid input stays a :class:`RegionSource` for the caller to read band by band; otherwise it
+    is read whole (within the memory budget).
     """
     paths = find_inputs(inputs)
-    arrays = [read_input(path, spatial_dims, max_pixels, stack) for path in paths]
+    read = [read_input(path, spatial_dims, max_pixels, stack, level) for path in paths]
+    if regions and len(read) == 1 and isinstance(read[0], RegionSource):
+        return Batch(read[0], [read[0].path] * read[0].shape[0])
+    arrays = [item.load() if isinstance(item, RegionSource) else item for item in read]
     slices = stack and all(a.ndim == 4 for a in arrays)  # 2-D images to stack into one volume
     if len(arrays) == 1 and not slices:
         return Batch(arrays[0], [str(paths[0])] * arrays[0].shape[0])
@@ -452,14 +492,20 @@ def _describe(array: np.ndarray) -> str:
 
 
 def probe_shape(
-    inputs: Sequence[str | Path], spatial_dims: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    inputs: Sequence[str | Path],
+    spatial_dims: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> tuple[tuple[int, ...], np.dtype]:
     """Shape ``(N, C, *spatial)`` and dtype the inputs would load as, reading headers only where
-    the format allows (``.npy``, and images whose mode needs no conversion)."""
+    the format allows (``.npy``, Zarr, pyramid levels, and images whose mode needs no conversion)."""
     shapes, dtypes = [], []
     paths = find_inputs(inputs)
     for path in paths:
-        if path.suffix.lower() == ".npy":
+        region = open_region(path, level)
+        if region is not None:
+            array: Any = region
+        elif path.suffix.lower() == ".npy":
             array = read_npy(path, spatial_dims)
         else:
             image = _probe_tiff(path, max_pixels) if path.suffix.lower() in (".tif", ".tiff") else None
@@ -481,7 +527,12 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
 
 
 def read_patch_matrix(path: Path) -> np.ndarray:
-    """A patch matrix ``.npy`` (memory-mapped) as ``(N, rows, cols)``; unbatched 2-D gains N=1."""
+    """A patch matrix ``.npy`` (memory-mapped) or ``.zarr`` (read whole, within the memory budget)
+    as ``(N, rows, cols)``; unbatched 2-D gains N=1."""
+    if is_zarr(path):
+        array = open_zarr(path).array
+        check_fits(int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize, f"reading '{path}'")
+        return shape_array(np.asarray(array[...]), path, spatial_dims=1)
     require_file(path, "patch matrix")
     return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
 

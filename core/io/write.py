@@ -136,6 +136,48 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
                     backup.unlink()
 
 
+def check_store_path(path: Path, what: str = "output") -> None:
+    """Fail before any work if the directory store ``path`` (a ``.zarr``) cannot be written: it
+    may exist only as a store patchfold can replace (a Zarr directory), never as a file or a folder
+    of other things."""
+    from patchfold.io.sources import is_zarr
+
+    if path.exists() and not is_zarr(path):
+        kind = "a directory that is not a Zarr store" if path.is_dir() else "a file"
+        raise PatchfoldError(f"{what} '{path}' is {kind}; it would be replaced: give a new path or remove it")
+    check_parent(path, f"{what} directory")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success it replaces ``target`` (the old
+    store moved aside first and deleted after), on failure it is deleted and ``target`` is as it was."""
+    check_store_path(target)
+    remove_stale_temporaries(target.parent)
+    temporary = Path(tempfile.mkdtemp(prefix=temporary_prefix(target), suffix=".part", dir=target.parent))
+    old: Path | None = None
+    try:
+        try:
+            yield temporary
+        except OSError as error:
+            raise PatchfoldError(f"cannot write '{target}': {_reason(error)}") from None
+        os.chmod(temporary, 0o777 & ~_umask())
+        if target.exists():
+            old = Path(tempfile.mktemp(prefix=temporary_prefix(target), suffix=".bak", dir=target.parent))
+            os.replace(target, old)
+        try:
+            os.replace(temporary, target)
+        except OSError as error:
+            if old is not None:
+                os.replace(old, target)
+                old = None
+            raise PatchfoldError(f"cannot write '{target}': {error.strerror or error}") from None
+    finally:
+        for leftover in (temporary, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _reason(error: OSError) -> str:
     """An OSError in words; numpy's short writes carry no errno, so say what they usually mean."""
     if error.strerror:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,18 @@ from patchfold.engines import resolve
 from patchfold.engines.cpu import pad_input, prepare_input, unfold_into
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
-from patchfold.io.formats import Sidecar, sidecar_path
+from patchfold.io.formats import ZARR_SIDECAR_KEY, Sidecar, sidecar_path
 from patchfold.io.read import DEFAULT_MAX_PIXELS, find_inputs, load_inputs
+from patchfold.io.sources import RegionSource, padded_slab
 from patchfold.io.write import (
     _release,
     allocate_npy,
+    atomic_directory,
     atomic_paths,
     check_free_space,
     check_not_an_input,
     check_output_path,
+    check_store_path,
     write_at,
 )
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
@@ -57,14 +60,7 @@ def unfold_to_npy(
     """
     check_output_path(path)
     check_free_space(path, plan.output_bytes)
-    geometry = plan.geometry
-    factor = plan.dtype.type(scale) if scale != 1.0 else None
-    direct = device == "cpu" and engine != "torch" and array.flags.c_contiguous and array.dtype == plan.dtype
-    if direct and factor is None:  # blocks straight from the input (padded once if it must be)
-        source, source_geometry = prepare_input(array, geometry)
-    else:  # via contiguous slabs in the output dtype
-        source, source_geometry = pad_input(array, geometry), None
-    band = _band_computer(source, source_geometry, plan, device, engine, threads, factor)
+    band, source = _bands_of(array, plan, scale, device, engine, threads)
     targets = [path] + ([sidecar_path(path)] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
@@ -80,7 +76,8 @@ def unfold_to_npy(
                         yield Progress(index, plan.bands, written, plan.output_bytes)
                     pending = writer.submit(write_band, handle.fileno(), header, values, plan, first)
                     written += values.nbytes
-                    _release(source)
+                    if source is not None:
+                        _release(source)
                 if pending is not None:
                     pending.result()
                     yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
@@ -88,22 +85,141 @@ def unfold_to_npy(
             temporaries[1].write_text(sidecar, encoding="utf-8")
 
 
+#: A Zarr patch matrix is chunked in whole rows of blocks, about this many bytes a chunk (readers
+#: fetch a chunk at a time: a few MiB keeps both the chunk count and a random read small).
+ZARR_CHUNK_BYTES = 8 << 20
+
+
+#: ``compression=`` of a Zarr output: the Zarr default (Zstandard), none, or a named codec.
+ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
+
+
+def unfold_to_zarr(
+    array: np.ndarray | RegionSource,
+    plan: UnfoldPlan,
+    path: Path,
+    *,
+    scale: float = 1.0,
+    sidecar: dict[str, Any] | None = None,
+    device: str = "cpu",
+    engine: str = "auto",
+    threads: int | None = None,
+    compression: str = "default",
+) -> Iterator[Progress]:
+    """Unfold ``array`` into a Zarr (v3) array at ``path``: the patch matrix, chunked by whole rows
+    of blocks (one item per chunk), with ``sidecar`` in its attributes under ``"patchfold"``.
+    Written band by band into a temporary store that replaces ``path`` only when complete."""
+    zarr = zarr_module()
+    compressors = _compressors(compression)
+    n, a, b = plan.output_shape
+    per_row = plan.geometry.blocks_per_row
+    chunk_rows = max(1, min(plan.band_rows, ZARR_CHUNK_BYTES // max(1, plan.row_bytes // n)))
+    plan = replace(plan, band_rows=max(chunk_rows, plan.band_rows // chunk_rows * chunk_rows))  # whole chunks
+    chunks = (1, a, chunk_rows * per_row) if plan.layout == "ncl" else (1, chunk_rows * per_row, b)
+    band, source = _bands_of(array, plan, scale, device, engine, threads)
+    with atomic_directory(path) as temporary:
+        extra = {} if compressors == "default" else {"compressors": compressors}
+        out = zarr.create_array(
+            store=str(temporary),
+            shape=plan.output_shape,
+            chunks=chunks,
+            dtype=plan.dtype,
+            attributes={ZARR_SIDECAR_KEY: sidecar} if sidecar is not None else {},
+            zarr_format=3,
+            **extra,
+        )
+        written = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-writer") as writer:
+            pending: Future[None] | None = None
+            for index, (first, last) in enumerate(plan.band_ranges()):
+                values = band(first, last, index % 2)
+                if pending is not None:
+                    pending.result()
+                    yield Progress(index, plan.bands, written, plan.output_bytes)
+                start, stop = first * per_row, last * per_row
+                where = (slice(None), slice(None), slice(start, stop))
+                if plan.layout == "nlc":
+                    where = (slice(None), slice(start, stop), slice(None))
+                pending = writer.submit(out.__setitem__, where, values)
+                written += values.nbytes
+                if source is not None:
+                    _release(source)
+            if pending is not None:
+                pending.result()
+                yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
+
+
+def zarr_module() -> Any:
+    """The zarr package (3 or later), or one clear error naming the extra that installs it."""
+    try:
+        import zarr
+    except ImportError:
+        raise PatchfoldError("writing Zarr needs the zarr package: pip install 'patchfold[zarr]'") from None
+    if int(zarr.__version__.split(".")[0]) < 3:
+        raise PatchfoldError(f"writing Zarr needs zarr 3 or later; this is zarr {zarr.__version__}")
+    return zarr
+
+
+def _compressors(compression: str) -> Any:
+    if compression not in ZARR_COMPRESSIONS:
+        raise PatchfoldError(
+            f"compression must be one of {', '.join(ZARR_COMPRESSIONS)}, got {compression!r}", param="compression"
+        )
+    if compression == "default":
+        return "default"
+    if compression == "none":
+        return None
+    from zarr import codecs
+
+    return {"zstd": codecs.ZstdCodec, "blosc": codecs.BloscCodec, "gzip": codecs.GzipCodec}[compression]()
+
+
+def _bands_of(
+    array: np.ndarray | RegionSource, plan: UnfoldPlan, scale: float, device: str, engine: str, threads: int | None
+) -> tuple[Any, Any]:
+    """The band function of an unfold job over ``array``, and the array its pages come from."""
+    geometry = plan.geometry
+    factor = plan.dtype.type(scale) if scale != 1.0 else None
+    if isinstance(array, RegionSource):  # read band by band: only the rows each band needs
+
+        def read_rows(first: int, last: int) -> tuple[np.ndarray, Geometry]:
+            top, height = slab_extent(geometry, first, last)
+            slab = padded_slab(array, geometry.padding, geometry.padding_mode, top, height)
+            return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
+
+        return _band_computer(None, None, plan, device, engine, threads, factor, read_rows), None
+    direct = device == "cpu" and engine != "torch" and array.flags.c_contiguous and array.dtype == plan.dtype
+    if direct and factor is None:  # blocks straight from the input (padded once if it must be)
+        source, source_geometry = prepare_input(array, geometry)
+    else:  # via contiguous slabs in the output dtype
+        source, source_geometry = pad_input(array, geometry), None
+    return _band_computer(source, source_geometry, plan, device, engine, threads, factor), source
+
+
 def _band_computer(
-    padded: np.ndarray,
+    padded: np.ndarray | None,
     direct_geometry: Geometry | None,
     plan: UnfoldPlan,
     device: str,
     engine: str,
     threads: int | None,
     factor: Any,
+    read_rows: Any = None,
 ) -> Any:
     """A function ``(first, last, slot) -> band`` that unfolds block rows into a contiguous array,
     alternating between two buffers (``slot`` 0 or 1) so one can be written while the other fills.
 
     With ``direct_geometry`` blocks are cut from ``padded`` (the input as :func:`prepare_input`
-    gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype.
+    gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype,
+    or, with ``read_rows(first, last) -> (slab, its geometry)``, each band's slab is read from a
+    region source.
     """
     geometry, layout = plan.geometry, plan.layout
+    if read_rows is None:
+
+        def read_rows(first: int, last: int) -> tuple[np.ndarray, Geometry]:
+            return slab_for_rows(padded, geometry, first, last)
+
     per_row = geometry.blocks_per_row
     size = plan.band_rows * plan.row_bytes // plan.dtype.itemsize
     buffers = [np.empty(size, dtype=plan.dtype), np.empty(size if plan.bands > 1 else 0, dtype=plan.dtype)]
@@ -120,7 +236,7 @@ def _band_computer(
             if direct_geometry is not None:
                 unfold_into(padded, direct_geometry, out, layout, rows=(first, last), threads=threads)
             else:  # a contiguous slab in the output dtype first: strided or casting copies are slow
-                slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
+                slab, slab_geometry = read_rows(first, last)
                 slab = np.ascontiguousarray(slab, dtype=plan.dtype)
                 if factor is not None:
                     slab *= factor
@@ -132,10 +248,10 @@ def _band_computer(
     from patchfold.engines import torch_engine
 
     torch_engine.resolve_device(device)
-    torch_engine.check_dtype(padded.dtype)
+    torch_engine.check_dtype(plan.dtype if padded is None else padded.dtype)
 
     def compute_torch(first: int, last: int, slot: int) -> np.ndarray:
-        slab, slab_geometry = slab_for_rows(padded, geometry, first, last)
+        slab, slab_geometry = read_rows(first, last)
         result = torch_engine.unfold(torch_engine.take(np.ascontiguousarray(slab), device), slab_geometry, layout)
         shape = shape_of(last - first)
         out = buffers[slot][: math.prod(shape)].reshape(shape)
@@ -147,10 +263,14 @@ def _band_computer(
     return compute_torch
 
 
+def slab_extent(geometry: Geometry, first: int, last: int) -> tuple[int, int]:
+    """The first padded row and the row count that block rows ``[first, last)`` read."""
+    return first * geometry.stride[0], (last - first - 1) * geometry.stride[0] + geometry.span[0]
+
+
 def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> tuple[np.ndarray, Geometry]:
     """The slab of a padded input that block rows ``[first, last)`` read, and its own geometry."""
-    top = first * geometry.stride[0]
-    height = (last - first - 1) * geometry.stride[0] + geometry.span[0]
+    top, height = slab_extent(geometry, first, last)
     slab = padded[:, :, top : top + height]
     return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
@@ -185,7 +305,11 @@ class UnfoldResult:
         geometry, sidecar = self.plan.geometry, self.sidecar
         return {
             "output": str(self.output),
-            "sidecar": str(sidecar_path(self.output)),
+            "sidecar": (
+                f"{self.output} (attribute '{ZARR_SIDECAR_KEY}')"
+                if self.output.suffix.lower() == ".zarr"
+                else str(sidecar_path(self.output))
+            ),
             "inputs": self.inputs,
             "input_shape": list(sidecar.input_shape),
             "input_dtype": sidecar.input_dtype,
@@ -218,23 +342,34 @@ def unfold_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int | None = None,
     threads: int | None = None,
+    level: int | None = None,
+    compression: str = "default",
 ) -> Iterator[Progress | UnfoldResult]:
-    """Unfold image files, directories or ``.npy`` arrays into the patch matrix ``output`` (``.npy``)
-    with its sidecar beside it, in bands that fit ``max_memory``.
+    """Unfold image files, directories, ``.npy`` arrays or Zarr stores into the patch matrix
+    ``output``: a ``.npy`` with its sidecar beside it, or a ``.zarr`` array (chunked by rows of
+    blocks, ``compression`` as :data:`ZARR_COMPRESSIONS`) with the sidecar in its attributes; in
+    bands that fit ``max_memory``. ``level`` picks the resolution of pyramidal TIFF and Zarr
+    inputs, which are read band by band (a level larger than memory streams through).
 
     A generator: it yields :class:`Progress` per band and finally the :class:`UnfoldResult`.
-    Nothing is written until the inputs and parameters have been checked; both files appear only
+    Nothing is written until the inputs and parameters have been checked; the outputs appear only
     when complete (closing the generator early leaves nothing).
     """
     started = time.perf_counter()
     output = Path(output)
-    if output.suffix.lower() != ".npy":
-        raise PatchfoldError(f"the patch matrix is written as .npy, got '{output}'", param="output")
-    check_output_path(output)
-    check_output_path(sidecar_path(output), "sidecar")
+    to_zarr = output.suffix.lower() == ".zarr"
+    if output.suffix.lower() != ".npy" and not to_zarr:
+        raise PatchfoldError(f"the patch matrix is written as .npy or .zarr, got '{output}'", param="output")
+    if to_zarr:
+        zarr_module()
+        _compressors(compression)
+        check_store_path(output)
+    else:
+        check_output_path(output)
+        check_output_path(sidecar_path(output), "sidecar")
     paths = find_inputs(inputs)
-    check_not_an_input([output, sidecar_path(output)], paths)
-    batch = load_inputs(paths, spatial_dims, max_pixels, stack)
+    check_not_an_input([output] if to_zarr else [output, sidecar_path(output)], paths)
+    batch = load_inputs(paths, spatial_dims, max_pixels, stack, level=level, regions=True)
     array = batch.array
     out_dtype, scale = target_dtype(array.dtype, dtype)
     geometry = blocks.at(batch.spatial_size)
@@ -248,9 +383,23 @@ def unfold_file(
         scale=scale,
         layout=layout,
         sources=tuple(str(Path(s).resolve()) for s in batch.sources),
+        source_level=array.describe() if isinstance(array, RegionSource) else None,
     )
-    yield from unfold_to_npy(
-        array, plan, output, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine, threads=threads
-    )
+    if to_zarr:
+        yield from unfold_to_zarr(
+            array,
+            plan,
+            output,
+            scale=scale,
+            sidecar=sidecar.to_dict(),
+            device=device,
+            engine=engine,
+            threads=threads,
+            compression=compression,
+        )
+    else:
+        yield from unfold_to_npy(
+            array, plan, output, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine, threads=threads
+        )
     inputs_count = len(set(batch.sources))
     yield UnfoldResult(output, sidecar, plan, inputs_count, device, engine, time.perf_counter() - started)

@@ -1,0 +1,282 @@
+"""Inputs read region by region: Zarr arrays (v2 and v3), OME-Zarr images and the levels of
+pyramidal TIFFs (through tifffile's Zarr view of the file).
+
+A :class:`RegionSource` looks like the ``(N, C, *spatial)`` array the other readers return
+(``shape``, ``dtype``, ``ndim``, ``nbytes``) but holds no pixels: the unfold job asks it for the
+rows of the first spatial dim that each band needs (:meth:`RegionSource.rows`), so a level much
+larger than memory streams through in bounded memory. Jobs that need the whole array take it with
+:meth:`RegionSource.load`, which checks the memory budget first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from patchfold.coverage import NUMPY_PAD_MODE
+from patchfold.errors import PatchfoldError
+from patchfold.memory import check_fits
+
+#: Where a Zarr node keeps its metadata: v3 (``zarr.json``) or v2 (``.zarray`` / ``.zgroup``).
+ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+
+
+#: Axis letters, as OME-Zarr and tifffile name them, by the role they take in ``(N, C, *spatial)``.
+BATCH_AXES = "TI"
+CHANNEL_AXES = "CS"
+SPATIAL_AXES = "ZYX"
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a Zarr array or group (a directory with Zarr metadata)."""
+    return path.is_dir() and any((path / marker).is_file() for marker in ZARR_MARKERS)
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError:
+        raise PatchfoldError("reading or writing Zarr needs the zarr package: pip install 'patchfold[zarr]'") from None
+    return zarr
+
+
+@dataclass
+class RegionSource:
+    """An image ``(N, C, *spatial)`` read on demand from ``array`` (anything numpy-sliceable whose
+    axes are named by ``axes``, e.g. ``"YXS"`` or ``"CYX"``), with where it came from."""
+
+    array: Any
+    axes: str
+    path: str
+    level: int = 0
+    levels: int = 1
+    #: micrometres per pixel along each spatial dim, where the file records it
+    resolution: tuple[float, ...] | None = None
+    _order: list[int] = field(init=False, repr=False)
+    _shape: tuple[int, ...] = field(init=False, repr=False)
+    _first: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        axes = self.axes.upper()
+        if len(axes) != self.array.ndim or len(set(axes)) != len(axes):
+            raise PatchfoldError(f"'{self.path}' has axes '{self.axes}' for shape {tuple(self.array.shape)}")
+        unknown = set(axes) - set(BATCH_AXES + CHANNEL_AXES + SPATIAL_AXES)
+        batch = [i for i, a in enumerate(axes) if a in BATCH_AXES]
+        channels = [i for i, a in enumerate(axes) if a in CHANNEL_AXES]
+        spatial = [axes.index(a) for a in SPATIAL_AXES if a in axes]
+        if unknown or len(batch) > 1 or len(channels) > 1 or not spatial:
+            raise PatchfoldError(
+                f"'{self.path}' has axes '{self.axes}'; expected at most one of T/I (items), one of C/S "
+                "(channels) and at least one of Z, Y, X"
+            )
+        shape = tuple(int(n) for n in self.array.shape)
+        if "Z" in axes and len(spatial) > 1 and shape[axes.index("Z")] == 1:
+            spatial.remove(axes.index("Z"))  # a single plane: a 2-D image, its Z axis dropped below
+        self._order = batch + channels + spatial
+        self._first = spatial[0]
+        self._shape = (
+            shape[batch[0]] if batch else 1,
+            shape[channels[0]] if channels else 1,
+            *(shape[i] for i in spatial),
+        )
+        if 0 in self._shape:
+            raise PatchfoldError(f"'{self.path}' is empty (shape {shape})")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self._shape)) * self.dtype.itemsize
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` of the first spatial dim, all items and channels: ``(N, C, hi-lo, ...)``."""
+        index = tuple(slice(lo, hi) if axis == self._first else self._kept(axis) for axis in range(self.array.ndim))
+        try:
+            region = np.asarray(self.array[index])
+        except Exception as error:  # a damaged chunk or an unreadable tile: name the file
+            raise PatchfoldError(f"cannot read rows {lo}..{hi} of '{self.path}': {error}") from None
+        kept = [axis for axis in range(self.array.ndim) if not isinstance(self._kept(axis), int)]
+        region = region.transpose([kept.index(axis) for axis in self._order])
+        return region.reshape((*self._shape[:2], hi - lo, *self._shape[3:]))
+
+    def _kept(self, axis: int) -> slice | int:
+        """The index of a source axis when reading: all of it, or 0 for a dropped single Z plane."""
+        return slice(None) if axis in self._order else 0
+
+    def load(self) -> np.ndarray:
+        """The whole image in memory, ``(N, C, *spatial)`` (the budget checked first)."""
+        check_fits(self.nbytes, f"reading '{self.path}' whole")
+        return np.ascontiguousarray(self.rows(0, self._shape[2]))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        array = self.load()
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What the sidecar and manifests record of this source."""
+        info: dict[str, Any] = {"path": self.path, "level": self.level, "levels": self.levels}
+        if self.resolution is not None:
+            info["mpp"] = [round(r, 6) for r in self.resolution]
+        return info
+
+
+def padded_slab(source: RegionSource, padding: tuple[int, ...], mode: str, top: int, height: int) -> np.ndarray:
+    """Rows ``[top, top + height)`` of the image padded on every spatial dim by ``padding`` in
+    ``mode``, reading only the source rows they come from."""
+    size, pad = source.shape[2], padding[0]
+    positions = np.arange(top, top + height) - pad
+    if mode == "zeros":
+        inside = (positions >= 0) & (positions < size)
+        index = positions.clip(0, size - 1)
+    else:  # where each padded row comes from in reflect, replicate or circular padding
+        index = np.pad(np.arange(size), pad, mode=NUMPY_PAD_MODE[mode])[top : top + height]  # type: ignore[call-overload]
+        inside = np.ones(height, dtype=bool)
+    shape = (*source.shape[:2], height, *(n + 2 * p for n, p in zip(source.shape[3:], padding[1:])))
+    lo, hi = int(index.min()), int(index.max()) + 1
+    check_fits((hi - lo + height) * source.nbytes // size + int(np.prod(shape)) * source.dtype.itemsize, "a band")
+    slab = source.rows(lo, hi)[:, :, index - lo]
+    slab[:, :, ~inside] = 0
+    rest = [(0, 0)] * 3 + [(p, p) for p in padding[1:]]
+    if any(padding[1:]):
+        slab = np.pad(slab, rest) if mode == "zeros" else np.pad(slab, rest, mode=NUMPY_PAD_MODE[mode])  # type: ignore[call-overload]
+    return np.ascontiguousarray(slab)
+
+
+# ----- openers ------------------------------------------------------------------------------------
+
+
+def open_zarr(path: Path, level: int | None = None) -> RegionSource:
+    """A Zarr array, an OME-Zarr image (a group with ``multiscales``: ``level`` picks the
+    resolution, 0 the full one) or a group holding one array, as a :class:`RegionSource`."""
+    zarr = _zarr()
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:
+        raise PatchfoldError(f"'{path}' is not a readable Zarr store: {error}") from None
+    if hasattr(node, "shape"):  # an array
+        _check_level(path, level, 1)
+        return RegionSource(node, _plain_axes(node, path), str(path))
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        image = multiscales[0]
+        datasets = image.get("datasets", [])
+        chosen = _check_level(path, level, len(datasets))
+        axes = "".join(_axis_name(a) for a in image.get("axes", [])) or None
+        array = node[datasets[chosen]["path"]]
+        return RegionSource(
+            array,
+            axes or _plain_axes(array, path),
+            str(path),
+            level=chosen,
+            levels=len(datasets),
+            resolution=_ome_resolution(image, datasets[chosen], axes),
+        )
+    arrays = list(node.array_keys())
+    if len(arrays) != 1:
+        raise PatchfoldError(
+            f"'{path}' is a Zarr group with {len(arrays)} arrays and no OME multiscales; give one of them as "
+            f"'{path}/NAME' ({', '.join(arrays[:5]) or 'none'})"
+        )
+    _check_level(path, level, 1)
+    return RegionSource(node[arrays[0]], _plain_axes(node[arrays[0]], path), f"{path}/{arrays[0]}")
+
+
+def open_pyramid_tiff(path: Path, level: int) -> RegionSource:
+    """Level ``level`` of a pyramidal (tiled, multi-resolution) TIFF, read tile by tile through
+    tifffile's Zarr view of the file."""
+    zarr = _zarr()
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            levels = len(series.levels)
+            chosen = _check_level(path, level, levels)
+            axes = series.levels[chosen].axes
+            resolution = _tiff_resolution(tiff, series, chosen)
+        store = tifffile.imread(path, aszarr=True, series=0, level=chosen)
+        array = zarr.open(store, mode="r")
+    except PatchfoldError:
+        raise
+    except Exception as error:
+        raise PatchfoldError(f"'{path}' is not a readable TIFF: {error}") from None
+    return RegionSource(array, axes, str(path), level=chosen, levels=levels, resolution=resolution)
+
+
+def _check_level(path: Path, level: int | None, levels: int) -> int:
+    chosen = 0 if level is None else level
+    if not 0 <= chosen < levels:
+        raise PatchfoldError(
+            f"'{path}' has {levels} resolution level(s) (0 to {levels - 1}); --level {chosen} is not one of them",
+            param="level",
+        )
+    return chosen
+
+
+def _plain_axes(array: Any, path: Path) -> str:
+    """Axes of a Zarr array without OME names: as a ``.npy`` is read (rank 2: YX; 3: CYX; 4: ICYX;
+    5: ICZYX), or the names xarray and OME put in ``_ARRAY_DIMENSIONS`` / ``dimension_names``."""
+    names = getattr(getattr(array, "metadata", None), "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
+    if names and all(isinstance(n, str) and len(n) == 1 for n in names):
+        return "".join(names).upper()
+    by_rank = {1: "X", 2: "YX", 3: "CYX", 4: "ICYX", 5: "ICZYX"}
+    if array.ndim not in by_rank:
+        raise PatchfoldError(f"'{path}' has shape {tuple(array.shape)} (rank {array.ndim}); expected rank 1 to 5")
+    return by_rank[array.ndim]
+
+
+def _axis_name(axis: Any) -> str:
+    name = axis.get("name", "") if isinstance(axis, dict) else str(axis)
+    return {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(name.lower(), name.upper()[:1] or "?")
+
+
+def _ome_resolution(image: dict[str, Any], dataset: dict[str, Any], axes: str | None) -> tuple[float, ...] | None:
+    """Micrometres per pixel of the spatial axes from a dataset's scale transform (OME units)."""
+    scale = next(
+        (t.get("scale") for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"), None
+    )
+    if not scale or not axes or len(scale) != len(axes):
+        return None
+    units = {_axis_name(a): (a.get("unit") if isinstance(a, dict) else None) for a in image.get("axes", [])}
+    factor = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, None: 1.0}
+    values = []
+    for letter, value in zip(axes, scale):
+        if letter in SPATIAL_AXES:
+            if units.get(letter) not in factor:
+                return None
+            values.append(float(value) * factor[units.get(letter)])
+    return tuple(values) or None
+
+
+def _tiff_resolution(tiff: Any, series: Any, level: int) -> tuple[float, ...] | None:
+    """Micrometres per pixel (Y, X) of a level from the base page's resolution tags, scaled by the
+    level's size; None where the file records none (or in inches per pixel without a unit)."""
+    page = series.levels[0].pages[0]
+    tags = page.tags
+    unit = tags.get("ResolutionUnit")
+    xres, yres = tags.get("XResolution"), tags.get("YResolution")
+    if xres is None or yres is None or unit is None:
+        return None
+    per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # micrometres per inch / per centimetre
+    if per_unit is None:
+        return None
+    base = tuple(per_unit * v[1] / v[0] for v in (yres.value, xres.value) if v[0])
+    if len(base) != 2:
+        return None
+    full, this = series.levels[0].shape, series.levels[level].shape
+    axes = series.levels[level].axes
+    fy = full[axes.index("Y")] / this[axes.index("Y")]
+    fx = full[axes.index("X")] / this[axes.index("X")]
+    return (base[0] * fy, base[1] * fx)
