@@ -74,10 +74,12 @@ static void PF_U(unfold2d)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g);
 /* nlc where a patch's runs are short (K1 values of under 32 bytes) or dilated: each block row is
  * cut as ncl rows (the vectorised gathers above) into a scratch tile, a few channels at a time, and
  * the tile is transposed into the patches. Returns 0 (nothing written) where that does not apply:
- * long runs (copied directly, faster), kernel rows not whole channels, or no scratch memory. */
+ * long runs, or undilated runs of 1- and 2-byte items (their 4 x 4 tiles are too small to pay:
+ * copied directly, faster), kernel rows not whole channels, or no scratch memory. */
 static int PF_U(unfold2d_nlc_by_rows)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) {
   const int64_t K0 = g.K0, K1 = g.K1, L1 = g.L1, q0 = g.q0, q1 = g.q1, P = g.P;
-  if ((g.d1 == 1 && K1 * (int64_t)sizeof(PF_WORD) >= 32) || q0 % K0 || q1 % K0 || L1 == 0 || q1 == q0) return 0;
+  const int short_runs = K1 * (int64_t)sizeof(PF_WORD) < 32 && sizeof(PF_WORD) >= 4;
+  if ((g.d1 == 1 && !short_runs) || q0 % K0 || q1 % K0 || L1 == 0 || q1 == q0) return 0;
   const int64_t channel_values = K0 * K1 * L1; /* one channel's ncl rows for one block row */
   int64_t chunk = PF_NLC_TILE_BYTES / (int64_t)sizeof(PF_WORD) / channel_values;
   if (chunk < 1) return 0; /* huge kernels: the direct loop */
