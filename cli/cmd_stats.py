@@ -14,6 +14,7 @@ from patchfold.cli.options import (
     block_options,
     dtype_option,
     json_option,
+    level_option,
     max_memory_option,
     max_pixels_option,
     size_option,
@@ -55,6 +56,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True)
 @spatial_dims_option
 @stack_option
+@level_option
 @max_pixels_option
 @max_memory_option
 @json_option
@@ -69,6 +71,7 @@ def stats(
     layout: str,
     spatial_dims: int | None,
     stack: bool,
+    level: int | None,
     max_pixels: int,
     max_memory: int | None,
     as_json: bool,
@@ -86,7 +89,7 @@ def stats(
 
     result = estimate(
         inputs, blocks, size=spatial_size, channels=channels, batch=batch, dtype=dtype, layout=layout,
-        spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory,
+        spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory, level=level,
     )  # fmt: skip
     plan = result.plan
     streaming = (
@@ -110,6 +113,7 @@ def stats(
 @click.option("--png", "png_path", type=PATH, default=None, help="Write a heatmap PNG with a legend.")
 @spatial_dims_option
 @stack_option
+@level_option
 @max_pixels_option
 @json_option
 @handle_errors
@@ -121,6 +125,7 @@ def divisor(
     png_path: Path | None,
     spatial_dims: int | None,
     stack: bool,
+    level: int | None,
     max_pixels: int,
     as_json: bool,
 ) -> None:
@@ -135,7 +140,7 @@ def divisor(
 
     result = divisor_files(
         inputs, blocks, size=spatial_size, npy=npy_path, png=png_path, spatial_dims=spatial_dims, stack=stack,
-        max_pixels=max_pixels,
+        max_pixels=max_pixels, level=level,
     )  # fmt: skip
     if not as_json and sys.stderr.isatty():
         divisor_preview(result.estimate.geometry)

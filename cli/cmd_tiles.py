@@ -12,6 +12,7 @@ from patchfold.cli.options import (
     block_options,
     fold_output_options,
     json_option,
+    level_option,
     max_pixels_option,
     progress_option,
     spatial_dims_option,
@@ -35,6 +36,7 @@ from patchfold.jobs.tiles import TILE_FORMATS
 )
 @spatial_dims_option
 @stack_option
+@level_option
 @max_pixels_option
 @progress_option
 @json_option
@@ -46,6 +48,7 @@ def tiles(
     fmt: str,
     spatial_dims: int | None,
     stack: bool,
+    level: int | None,
     max_pixels: int,
     no_progress: bool,
     as_json: bool,
@@ -64,8 +67,9 @@ def tiles(
     from patchfold.jobs.tiles import tiles_file
 
     job = tiles_file(
-        inputs, output, blocks, tile_format=fmt, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels
-    )
+        inputs, output, blocks, tile_format=fmt, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels,
+        level=level,
+    )  # fmt: skip
     result = track(job, "tiles", not no_progress)
     emit_summary(f"tiles → {output}", result.summary(), as_json)
 

@@ -170,3 +170,21 @@ def test_a_zarr_component_path_and_an_in_memory_command(tmp_path: Path) -> None:
     # commands that need the whole image read it whole (within the budget)
     stats = invoke("stats", tmp_path / "g.zarr" / "a", "-k", "6", "-s", "5", "--json")
     assert stats.exit_code == 0, stats.output
+
+
+def test_stats_divisor_and_tiles_take_a_level(tmp_path: Path) -> None:
+    from tests.cli_fixtures import ok_json
+
+    image = RNG.integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    pyramid = write_pyramid(tmp_path / "slide.tif", image, levels=2)
+    level1 = np.ascontiguousarray(pyramid[1].transpose(2, 0, 1))
+    stats = ok_json("stats", tmp_path / "slide.tif", "--level", "1", "-k", "8", "-s", "4")
+    expected = patchfold.overlap_stats(level1.shape[1:], 8, stride=4)
+    assert stats["num_blocks"] == expected["num_blocks"] == Blocks(8, stride=4).at((48, 40)).num_blocks
+    ok("divisor", tmp_path / "slide.tif", "--level", "1", "-k", "8", "-s", "4", "--npy", tmp_path / "d.npy")
+    assert np.load(tmp_path / "d.npy").shape == (48, 40)
+    ok("tiles", tmp_path / "slide.tif", "--level", "1", "-k", "16", "-s", "16", "--format", "npy", "-o", tmp_path / "t")
+    tiles = sorted((tmp_path / "t").glob("*.npy"))
+    assert len(tiles) == Blocks(16, stride=16).at((48, 40)).num_blocks
+    first = np.load(tiles[0])
+    np.testing.assert_array_equal(first.reshape(level1[:, :16, :16].shape), level1[:, :16, :16])

@@ -29,16 +29,17 @@ def input_shape(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> tuple[tuple[int, ...], np.dtype | None]:
     """``(N, C, *spatial)`` and dtype of ``inputs`` (headers only where the format allows), or
     ``(1, 1, *size)`` and None for a bare ``size`` (one value: every dim of the parameters)."""
     if bool(inputs) == (size is not None):
         raise PatchfoldError("give either inputs or a spatial_size (exactly one)", param="spatial_size")
     if inputs and stack:  # volumes are assembled from their slices: read them
-        array = load_inputs(inputs, spatial_dims, max_pixels, stack=True).array
+        array = load_inputs(inputs, spatial_dims, max_pixels, stack=True, level=level, regions=True).array
         return tuple(array.shape), array.dtype
     if inputs:
-        return probe_shape(inputs, spatial_dims, max_pixels)
+        return probe_shape(inputs, spatial_dims, max_pixels, level)
     return (1, 1, *blocks.at(size).spatial_size), None
 
 
@@ -72,15 +73,17 @@ def estimate(
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int | None = None,
+    level: int | None = None,
 ) -> Estimate:
     """The overlap statistics (:func:`patchfold.overlap_stats`) of ``inputs`` or ``size``, and how an
     unfold to ``dtype`` would run within ``max_memory`` (bands, peak memory). ``channels`` and
     ``batch`` replace the inputs' (default 1 with a bare size); ``dtype`` ``keep`` is the input's
-    dtype (float32 for a bare size)."""
+    dtype (float32 for a bare size). ``level`` picks the resolution of pyramidal TIFF and Zarr
+    inputs (only their metadata is read)."""
     if blocks is None:
         raise PatchfoldError("give the block parameters (kernel_size)", param="kernel_size")
     shape, input_dtype = input_shape(
-        inputs, size, blocks, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels
+        inputs, size, blocks, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, level=level
     )
     count = as_int(batch, "batch") if batch is not None else shape[0]
     channel_count = as_int(channels, "channels") if channels is not None else shape[1]
@@ -111,6 +114,7 @@ def divisor_files(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> DivisorResult:
     """The divisor map ``fold(unfold(ones))`` of ``inputs``' size (or ``size``) written as ``npy``
     (int64 ``(H, W)``) and/or a heatmap ``png``, with the overlap statistics."""
@@ -121,7 +125,14 @@ def divisor_files(
                 raise PatchfoldError(f"expected a .{name} path, got '{path}'", param=name)
             check_output_path(path)
     result = estimate(
-        inputs, blocks, size=size, dtype="float32", spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels
+        inputs,
+        blocks,
+        size=size,
+        dtype="float32",
+        spatial_dims=spatial_dims,
+        stack=stack,
+        max_pixels=max_pixels,
+        level=level,
     )
     if outputs["npy"] is not None:
         save_npy(outputs["npy"], divisor_map(result.geometry))

@@ -297,12 +297,15 @@ def tiles_file(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> Iterator[Progress | TilesResult]:
     """Write every block of ``inputs`` as its own file in the new directory ``output`` (see
-    :func:`write_tiles`); yields :class:`Progress` per image, then the :class:`TilesResult`."""
+    :func:`write_tiles`); yields :class:`Progress` per image, then the :class:`TilesResult`.
+    ``level`` picks the resolution of pyramidal TIFF and Zarr inputs (read whole, within the
+    memory budget)."""
     started = time.perf_counter()
     output = Path(output)
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
     geometry = blocks.at(batch.spatial_size)
     yield from write_tiles(batch.array, geometry, output, batch.sources, tile_format)
     shape = batch.array.shape
