@@ -114,7 +114,8 @@ def unfold_to_zarr(
     n, a, b = plan.output_shape
     per_row = plan.geometry.blocks_per_row
     chunk_rows = max(1, min(plan.band_rows, ZARR_CHUNK_BYTES // max(1, plan.row_bytes // n)))
-    plan = replace(plan, band_rows=max(chunk_rows, plan.band_rows // chunk_rows * chunk_rows))  # whole chunks
+    # one chunk per band and item: each item's band is then one contiguous chunk, stored without a gather
+    plan = replace(plan, band_rows=chunk_rows)
     chunks = (1, a, chunk_rows * per_row) if plan.layout == "ncl" else (1, chunk_rows * per_row, b)
     band, source = _bands_of(array, plan, scale, device, engine, threads)
     with atomic_directory(path) as temporary:
