@@ -188,3 +188,15 @@ def test_stats_divisor_and_tiles_take_a_level(tmp_path: Path) -> None:
     assert len(tiles) == Blocks(16, stride=16).at((48, 40)).num_blocks
     first = np.load(tiles[0])
     np.testing.assert_array_equal(first.reshape(level1[:, :16, :16].shape), level1[:, :16, :16])
+
+
+def test_zarr_dtypes_as_a_npy_is_read(tmp_path: Path) -> None:
+    flags = zarr.create_array(store=str(tmp_path / "b.zarr"), shape=(9, 7), dtype=bool)
+    flags[...] = np.eye(9, 7, dtype=bool)
+    run([tmp_path / "b.zarr"], tmp_path / "out.npy", Blocks(3))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out.npy"), reference(np.eye(9, 7, dtype=np.uint8)[None], Blocks(3))
+    )
+    zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4, 4), dtype="complex64")
+    assert_runtime_error(invoke("unfold", tmp_path / "c.zarr", "-k", "2", "-o", tmp_path / "c.npy"), "real numbers")
+    assert not (tmp_path / "c.npy").exists()

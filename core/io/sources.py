@@ -71,6 +71,11 @@ class RegionSource:
                 f"'{self.path}' has axes '{self.axes}'; expected at most one of T/I (items), one of C/S "
                 "(channels) and at least one of Z, Y, X"
             )
+        kind = np.dtype(self.array.dtype).kind
+        if kind not in "biuf":
+            raise PatchfoldError(
+                f"'{self.path}' has dtype {self.array.dtype}; expected real numbers (bool, int, uint, float)"
+            )
         shape = tuple(int(n) for n in self.array.shape)
         if "Z" in axes and len(spatial) > 1 and shape[axes.index("Z")] == 1:
             spatial.remove(axes.index("Z"))  # a single plane: a 2-D image, its Z axis dropped below
@@ -90,7 +95,8 @@ class RegionSource:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
+        dtype = np.dtype(self.array.dtype)
+        return np.dtype(np.uint8) if dtype.kind == "b" else dtype  # bools as uint8, as a .npy is read
 
     @property
     def ndim(self) -> int:
@@ -108,7 +114,7 @@ class RegionSource:
         except Exception as error:  # a damaged chunk or an unreadable tile: name the file
             raise PatchfoldError(f"cannot read rows {lo}..{hi} of '{self.path}': {error}") from None
         kept = [axis for axis in range(self.array.ndim) if not isinstance(self._kept(axis), int)]
-        region = region.transpose([kept.index(axis) for axis in self._order])
+        region = region.transpose([kept.index(axis) for axis in self._order]).astype(self.dtype, copy=False)
         return region.reshape((*self._shape[:2], hi - lo, *self._shape[3:]))
 
     def _kept(self, axis: int) -> slice | int:
