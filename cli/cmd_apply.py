@@ -12,6 +12,7 @@ from patchfold.cli.options import (
     DeviceType,
     block_options,
     json_option,
+    level_option,
     max_pixels_option,
     progress_option,
     spatial_dims_option,
@@ -51,6 +52,7 @@ from patchfold.cli.present import emit_summary, track
 )
 @spatial_dims_option
 @stack_option
+@level_option
 @max_pixels_option
 @progress_option
 @json_option
@@ -72,6 +74,7 @@ def apply(
     dtype: str,
     spatial_dims: int | None,
     stack: bool,
+    level: int | None,
     max_pixels: int,
     no_progress: bool,
     as_json: bool,
@@ -92,6 +95,7 @@ def apply(
     job = apply_file(
         list(inputs), output, blocks, spec, cover=cover, window=window, margin=margin, batch_size=batch_size,
         device=device, reduce=reduce, dtype=dtype, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels,
+        level=level,
     )  # fmt: skip
     result = track(job, "apply", not no_progress)
     emit_summary(f"apply → {output}", result.summary(), as_json)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import PATH, block_options, max_pixels_option
+from patchfold.cli.options import PATH, block_options, level_option, max_pixels_option
 
 _OUTPUT = click.option("-o", "--output", required=True, type=PATH, help="PNG to write.")
 
@@ -29,9 +29,10 @@ def show() -> None:
 @click.argument("image", type=PATH)
 @block_options()
 @_OUTPUT
+@level_option
 @max_pixels_option
 @handle_errors
-def grid(image: Path, blocks: Blocks, output: Path, max_pixels: int) -> None:
+def grid(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixels: int) -> None:
     """Draw the block grid over IMAGE: outlines of every n-th block (the first one in blue) and the
     padding area hatched.
 
@@ -41,7 +42,7 @@ def grid(image: Path, blocks: Blocks, output: Path, max_pixels: int) -> None:
     """
     from patchfold.jobs.pictures import grid_picture_file
 
-    click.echo(f"wrote {grid_picture_file(image, blocks, output, max_pixels=max_pixels)}", err=True)
+    click.echo(f"wrote {grid_picture_file(image, blocks, output, max_pixels=max_pixels, level=level)}", err=True)
 
 
 @show.command()
@@ -66,9 +67,10 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 @click.argument("image", type=PATH)
 @block_options()
 @_OUTPUT
+@level_option
 @max_pixels_option
 @handle_errors
-def divisor_picture(image: Path, blocks: Blocks, output: Path, max_pixels: int) -> None:
+def divisor_picture(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixels: int) -> None:
     """IMAGE and its divisor map (blocks per pixel, with a legend) side by side.
 
     \b
@@ -77,4 +79,4 @@ def divisor_picture(image: Path, blocks: Blocks, output: Path, max_pixels: int) 
     """
     from patchfold.jobs.pictures import divisor_picture_file
 
-    click.echo(f"wrote {divisor_picture_file(image, blocks, output, max_pixels=max_pixels)}", err=True)
+    click.echo(f"wrote {divisor_picture_file(image, blocks, output, max_pixels=max_pixels, level=level)}", err=True)

@@ -200,3 +200,30 @@ def test_zarr_dtypes_as_a_npy_is_read(tmp_path: Path) -> None:
     zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4, 4), dtype="complex64")
     assert_runtime_error(invoke("unfold", tmp_path / "c.zarr", "-k", "2", "-o", tmp_path / "c.npy"), "real numbers")
     assert not (tmp_path / "c.npy").exists()
+
+
+def test_show_and_apply_take_a_level(tmp_path: Path) -> None:
+    image = RNG.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    pyramid = write_pyramid(tmp_path / "slide.tif", image, levels=2)
+    ok("show", "grid", tmp_path / "slide.tif", "--level", "1", "-k", "8", "-o", tmp_path / "grid.png")
+    ok("show", "divisor", tmp_path / "slide.tif", "--level", "1", "-k", "8", "-s", "4", "-o", tmp_path / "d.png")
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(pyramid[1])).save(tmp_path / "level1.png")
+    ok("show", "grid", tmp_path / "level1.png", "-k", "8", "-o", tmp_path / "grid_png.png")
+    np.testing.assert_array_equal(pixels(tmp_path / "grid.png"), pixels(tmp_path / "grid_png.png"))
+    # an identity 1x1 linear map on the level gives the level back
+    np.save(tmp_path / "w.npy", np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1))
+    ok(
+        "apply",
+        tmp_path / "slide.tif",
+        "--level",
+        "1",
+        "--linear",
+        tmp_path / "w.npy",
+        "-k",
+        "1",
+        "-o",
+        tmp_path / "a.png",
+    )
+    np.testing.assert_array_equal(pixels(tmp_path / "a.png"), pyramid[1])

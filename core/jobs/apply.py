@@ -184,6 +184,7 @@ def apply_file(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> Iterator[Progress | ApplyResult]:
     """Run ``spec``'s function on every patch of the images ``inputs`` and write the blended
     results to ``output`` (as ``fold`` writes: ``.npy``, image files, ``{i}`` names, a directory).
@@ -192,11 +193,12 @@ def apply_file(
     image-file outputs are scaled back to the input's integer dtype, ``reduce='argmax'`` labels are
     written as they are. A ``.npy`` output is written band by band of finished rows, so only the
     input, a float64 band and a batch of patches are held. Yields :class:`Progress` (blocks done)
-    after each batch, then the :class:`ApplyResult`.
+    after each batch, then the :class:`ApplyResult`. ``level`` picks the resolution of pyramidal
+    TIFF and Zarr inputs (read whole, within the memory budget).
     """
     started = time.perf_counter()
     output = Path(output)
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack)
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
     source = batch.array
     given, scale = target_dtype(source.dtype, dtype)
     targets = image_targets(output, source.shape[0], batch.sources)

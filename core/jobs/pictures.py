@@ -24,19 +24,25 @@ def _check_png(output: Path) -> Path:
 
 
 def grid_picture_file(
-    image: str | Path, blocks: Blocks, output: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    image: str | Path,
+    blocks: Blocks,
+    output: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> Path:
-    """Draw the block grid of ``blocks`` over ``image`` into the PNG ``output``."""
-    return _picture_of_image(render.grid_picture, image, blocks, output, max_pixels)
+    """Draw the block grid of ``blocks`` over ``image`` (at pyramid ``level``) into the PNG ``output``."""
+    return _picture_of_image(render.grid_picture, image, blocks, output, max_pixels, level)
 
 
 def _picture_of_image(
     draw: Callable[[np.ndarray, Geometry], np.ndarray], image: str | Path, blocks: Blocks, output: str | Path,
-    max_pixels: int,
+    max_pixels: int, level: int | None = None,
 ) -> Path:  # fmt: skip
-    """``draw(pixels, geometry)`` of the first image of ``image``, saved as the PNG ``output``."""
+    """``draw(pixels, geometry)`` of the first image of ``image`` (at pyramid ``level``), saved as
+    the PNG ``output``."""
     output = _check_png(Path(output))
-    pixels = load_inputs([image], max_pixels=max_pixels).array[0]
+    pixels = load_inputs([image], max_pixels=max_pixels, level=level).array[0]
     render.save_png(output, draw(pixels, blocks.at(pixels.shape[1:])))
     return output
 
@@ -56,7 +62,12 @@ def mosaic_file(patches: str | Path, output: str | Path, *, count: int = 64, spr
 
 
 def divisor_picture_file(
-    image: str | Path, blocks: Blocks, output: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    image: str | Path,
+    blocks: Blocks,
+    output: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    level: int | None = None,
 ) -> Path:
-    """``image`` and its divisor map side by side, as the PNG ``output``."""
-    return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels)
+    """``image`` (at pyramid ``level``) and its divisor map side by side, as the PNG ``output``."""
+    return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels, level)
