@@ -11,6 +11,7 @@
  *                      at their own starts (apply's blending)
  *   _kernels_unfold.h  unfold_<bits>(x, out, const pf_unfold_dims *): block copy
  *   _kernels_transpose.h  transpose_<bits>: the 4 x 4-tiled transposition the nlc loops share
+ *                      (included by _kernels_unfold.h, once per item size with it)
  * Dims, strides and ranges travel in the two structs below (mirrored field for field by ctypes
  * Structures in patchfold/engines/compiled.py, whose checked wrappers are the only callers: they
  * verify dtypes, alignment, contiguity, writeability, overlap and every extent the loops touch
@@ -154,22 +155,23 @@ static inline void copy_runs(char *restrict dst, const char *restrict src, int64
 #define PF_JOIN_(name, suffix) name##_##suffix
 #define PF_JOIN(name, suffix) PF_JOIN_(name, suffix)
 
-/* transpose_<bits> for every item size, and its dispatch on the item size */
+/* unfold_<bits> and transpose_<bits> for every item size (the unfold header includes the
+   transposition's), then the transposition's dispatch on the item size for the fold loops */
 #define PF_WORD uint8_t
 #define PF_BITS 8
-#include "_kernels_transpose.h"
+#include "_kernels_unfold.h"
 
 #define PF_WORD uint16_t
 #define PF_BITS 16
-#include "_kernels_transpose.h"
+#include "_kernels_unfold.h"
 
 #define PF_WORD uint32_t
 #define PF_BITS 32
-#include "_kernels_transpose.h"
+#include "_kernels_unfold.h"
 
 #define PF_WORD uint64_t
 #define PF_BITS 64
-#include "_kernels_transpose.h"
+#include "_kernels_unfold.h"
 
 /* dst[c*ds + r] = src[r*ss + c] for r < rows, c < cols, items of `itemsize` bytes (steps in items) */
 static inline void transpose_items(void *restrict dst, int64_t ds, const void *restrict src, int64_t ss, int64_t rows,
@@ -310,23 +312,6 @@ static inline void transpose_items(void *restrict dst, int64_t ds, const void *r
 #define PF_LOW -2147483648.0
 #define PF_HIGH 2147483647.0
 #include "_kernels_fold.h"
-
-/* unfold_<bits> for every item size */
-#define PF_WORD uint8_t
-#define PF_BITS 8
-#include "_kernels_unfold.h"
-
-#define PF_WORD uint16_t
-#define PF_BITS 16
-#include "_kernels_unfold.h"
-
-#define PF_WORD uint32_t
-#define PF_BITS 32
-#include "_kernels_unfold.h"
-
-#define PF_WORD uint64_t
-#define PF_BITS 64
-#include "_kernels_unfold.h"
 
 /* place_<src> for the output dtypes patchfold.apply blends */
 #define PF_SOURCE float

@@ -1,7 +1,8 @@
 /* The tile transposition of _kernels.c, written once against the type macros
  *   PF_WORD   an unsigned integer type of the item size (values move as opaque words)
  *   PF_BITS   its size in bits (transpose_<bits> is the entry point)
- * and included by _kernels.c once per item size; the macros are undefined again at the end.
+ * and included at the top of _kernels_unfold.h, so each item size's instantiation there brings
+ * its transposition with it (that file undefines the macros at its end).
  *
  * transpose_<bits>(dst, ds, src, ss, rows, cols): dst[c*ds + r] = src[r*ss + c] for r < rows,
  * c < cols. The nlc layout's loops go through it: fold turns a tile of patches (rows of C*K
@@ -62,5 +63,3 @@ static void PF_T(transpose)(PF_WORD *restrict dst, int64_t ds, const PF_WORD *re
 
 #undef PF_HAVE_SHUFFLE
 #undef PF_T
-#undef PF_WORD
-#undef PF_BITS

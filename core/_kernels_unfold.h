@@ -22,6 +22,8 @@
  * the asserts restate the preconditions for debug builds.
  */
 
+#include "_kernels_transpose.h" /* transpose_<bits>, for the nlc loop that cuts ncl rows */
+
 #define PF_U(name) PF_JOIN(name, PF_BITS)
 
 /* dst[j] = src[j*step] for j < n; inlined into each case of the switch below, so there step is a
@@ -92,8 +94,7 @@ static int PF_U(unfold2d_nlc_by_rows)(const PF_WORD *x, PF_WORD *out, const pf_u
       pf_unfold2d rows = g; /* channels [ca, cb) of block row i as ncl rows L1 apart */
       rows.i0 = i, rows.i1 = i + 1, rows.q0 = 0, rows.q1 = (cb - ca) * K0, rows.nlc = 0, rows.rs = L1;
       PF_U(unfold2d)(x + ca * g.H * g.W, tile, rows);
-      transpose_items(out + (i - g.i0) * L1 * P + ca * K0 * K1, P, tile, L1, (cb - ca) * K0 * K1, L1,
-                      sizeof(PF_WORD));
+      PF_U(transpose)(out + (i - g.i0) * L1 * P + ca * K0 * K1, P, tile, L1, (cb - ca) * K0 * K1, L1);
     }
   free(tile);
   return 1;
