@@ -34,11 +34,14 @@ def is_zarr(path: Path) -> bool:
     return path.is_dir() and any((path / marker).is_file() for marker in ZARR_MARKERS)
 
 
-def _zarr() -> Any:
+def zarr_module() -> Any:
+    """The zarr package (3 or later), or one clear error naming the extra that installs it."""
     try:
         import zarr
     except ImportError:
         raise PatchfoldError("reading or writing Zarr needs the zarr package: pip install 'patchfold[zarr]'") from None
+    if int(zarr.__version__.split(".")[0]) < 3:
+        raise PatchfoldError(f"reading or writing Zarr needs zarr 3 or later; this is zarr {zarr.__version__}")
     return zarr
 
 
@@ -166,7 +169,7 @@ def padded_slab(source: RegionSource, padding: tuple[int, ...], mode: str, top: 
 def open_zarr(path: Path, level: int | None = None) -> RegionSource:
     """A Zarr array, an OME-Zarr image (a group with ``multiscales``: ``level`` picks the
     resolution, 0 the full one) or a group holding one array, as a :class:`RegionSource`."""
-    zarr = _zarr()
+    zarr = zarr_module()
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:
@@ -202,7 +205,7 @@ def open_zarr(path: Path, level: int | None = None) -> RegionSource:
 def open_pyramid_tiff(path: Path, level: int) -> RegionSource:
     """Level ``level`` of a pyramidal (tiled, multi-resolution) TIFF, read tile by tile through
     tifffile's Zarr view of the file."""
-    zarr = _zarr()
+    zarr = zarr_module()
     import tifffile
 
     try:

@@ -25,7 +25,7 @@ from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import ZARR_SIDECAR_KEY, Sidecar, sidecar_path
 from patchfold.io.read import DEFAULT_MAX_PIXELS, find_inputs, load_inputs
-from patchfold.io.sources import RegionSource, padded_slab
+from patchfold.io.sources import RegionSource, padded_slab, zarr_module
 from patchfold.io.write import (
     _release,
     allocate_npy,
@@ -65,22 +65,10 @@ def unfold_to_npy(
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
             header = allocate_npy(handle, plan.output_shape, plan.dtype)
-            written = 0
-            # Double buffering: band k is written by a second thread while band k+1 is computed.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-writer") as writer:
-                pending: Future[None] | None = None
-                for index, (first, last) in enumerate(plan.band_ranges()):
-                    values = band(first, last, index % 2)
-                    if pending is not None:
-                        pending.result()
-                        yield Progress(index, plan.bands, written, plan.output_bytes)
-                    pending = writer.submit(write_band, handle.fileno(), header, values, plan, first)
-                    written += values.nbytes
-                    if source is not None:
-                        _release(source)
-                if pending is not None:
-                    pending.result()
-                    yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
+            fd = handle.fileno()
+            yield from _write_bands(
+                band, plan, source, lambda values, first: write_band(fd, header, values, plan, first)
+            )
         if sidecar is not None:
             temporaries[1].write_text(sidecar, encoding="utf-8")
 
@@ -129,36 +117,33 @@ def unfold_to_zarr(
             zarr_format=3,
             **extra,
         )
-        written = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-writer") as writer:
-            pending: Future[None] | None = None
-            for index, (first, last) in enumerate(plan.band_ranges()):
-                values = band(first, last, index % 2)
-                if pending is not None:
-                    pending.result()
-                    yield Progress(index, plan.bands, written, plan.output_bytes)
-                start, stop = first * per_row, last * per_row
-                where = (slice(None), slice(None), slice(start, stop))
-                if plan.layout == "nlc":
-                    where = (slice(None), slice(start, stop), slice(None))
-                pending = writer.submit(out.__setitem__, where, values)
-                written += values.nbytes
-                if source is not None:
-                    _release(source)
+
+        def store(values: np.ndarray, first: int) -> None:
+            blocks = slice(first * per_row, first * per_row + values.shape[2 if plan.layout == "ncl" else 1])
+            out[(slice(None), slice(None), blocks) if plan.layout == "ncl" else (slice(None), blocks)] = values
+
+        yield from _write_bands(band, plan, source, store)
+
+
+def _write_bands(band: Any, plan: UnfoldPlan, source: Any, store: Any) -> Iterator[Progress]:
+    """Compute every band of ``plan`` with ``band`` and ``store(values, first_block_row)`` it,
+    double-buffered: band k is stored by a second thread while band k+1 is computed. ``source``
+    (a memory-mapped input, or None) has its pages released after each band."""
+    written = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-writer") as writer:
+        pending: Future[None] | None = None
+        for index, (first, last) in enumerate(plan.band_ranges()):
+            values = band(first, last, index % 2)
             if pending is not None:
                 pending.result()
-                yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
-
-
-def zarr_module() -> Any:
-    """The zarr package (3 or later), or one clear error naming the extra that installs it."""
-    try:
-        import zarr
-    except ImportError:
-        raise PatchfoldError("writing Zarr needs the zarr package: pip install 'patchfold[zarr]'") from None
-    if int(zarr.__version__.split(".")[0]) < 3:
-        raise PatchfoldError(f"writing Zarr needs zarr 3 or later; this is zarr {zarr.__version__}")
-    return zarr
+                yield Progress(index, plan.bands, written, plan.output_bytes)
+            pending = writer.submit(store, values, first)
+            written += values.nbytes
+            if source is not None:
+                _release(source)
+        if pending is not None:
+            pending.result()
+            yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
 
 
 def _compressors(compression: str) -> Any:
