@@ -227,3 +227,28 @@ def test_show_and_apply_take_a_level(tmp_path: Path) -> None:
         tmp_path / "a.png",
     )
     np.testing.assert_array_equal(pixels(tmp_path / "a.png"), pyramid[1])
+
+
+def test_a_streamed_zarr_input_is_read_band_by_band_in_bounded_memory(tmp_path: Path, monkeypatch) -> None:
+    import tracemalloc
+
+    from patchfold.io.sources import RegionSource
+
+    image = RNG.integers(0, 256, (3, 2048, 2048), dtype=np.uint8)
+    write_zarr(tmp_path / "in.zarr", image, chunks=(3, 256, 256))
+    input_bytes = image.nbytes
+    del image
+    blocks = Blocks(8, stride=8, padding=2, padding_mode="reflect")
+    spans = []
+    rows = RegionSource.rows
+    monkeypatch.setattr(RegionSource, "rows", lambda self, lo, hi: spans.append(hi - lo) or rows(self, lo, hi))
+    tracemalloc.start()
+    try:
+        result = run([tmp_path / "in.zarr"], tmp_path / "out.npy", blocks, max_memory=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.plan.bands > 10 and len(spans) == result.plan.bands
+    # each band reads only the rows its blocks cover (its rows of blocks times the stride, plus the kernel)
+    assert max(spans) <= result.plan.band_rows * 8 + 8
+    assert peak < input_bytes / 2, f"peak {peak} bytes for a {input_bytes}-byte input"
