@@ -252,3 +252,18 @@ def test_a_streamed_zarr_input_is_read_band_by_band_in_bounded_memory(tmp_path: 
     # each band reads only the rows its blocks cover (its rows of blocks times the stride, plus the kernel)
     assert max(spans) <= result.plan.band_rows * 8 + 8
     assert peak < input_bytes / 2, f"peak {peak} bytes for a {input_bytes}-byte input"
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda g: g.attrs.update(multiscales=[{"axes": [], "datasets": [{"path": "missing"}]}]), "does not hold"),
+        (lambda g: g.attrs.update(multiscales=[{"datasets": [{"nopath": 1}]}]), "OME-Zarr layout"),
+        (lambda g: g.attrs.update(multiscales="bad"), "OME-Zarr layout"),
+        (lambda g: (g.create_group("0"), g.attrs.update(multiscales=[{"datasets": [{"path": "0"}]}])), "is a group"),
+    ],
+)
+def test_broken_ome_metadata_gives_one_error_line(tmp_path: Path, make, fragment: str) -> None:
+    make(zarr.open_group(str(tmp_path / "image.zarr"), mode="w"))
+    assert_runtime_error(invoke("unfold", tmp_path / "image.zarr", "-k", "4", "-o", tmp_path / "o.npy"), fragment)
+    assert not (tmp_path / "o.npy").exists() and not (tmp_path / "o.json").exists()

@@ -179,11 +179,18 @@ def open_zarr(path: Path, level: int | None = None) -> RegionSource:
         return RegionSource(node, _plain_axes(node, path), str(path))
     multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
     if multiscales:
-        image = multiscales[0]
-        datasets = image.get("datasets", [])
+        image, datasets = _ome_image(path, multiscales)
         chosen = _check_level(path, level, len(datasets))
         axes = "".join(_axis_name(a) for a in image.get("axes", [])) or None
-        array = node[datasets[chosen]["path"]]
+        try:
+            array = node[datasets[chosen]["path"]]
+        except (KeyError, FileNotFoundError):
+            raise PatchfoldError(
+                f"'{path}': its OME multiscales name level {chosen} '{datasets[chosen]['path']}', which the store "
+                "does not hold (or it is not an array)"
+            ) from None
+        if not hasattr(array, "shape"):
+            raise PatchfoldError(f"'{path}': OME multiscales level {chosen} '{datasets[chosen]['path']}' is a group")
         return RegionSource(
             array,
             axes or _plain_axes(array, path),
@@ -222,6 +229,24 @@ def open_pyramid_tiff(path: Path, level: int) -> RegionSource:
     except Exception as error:
         raise PatchfoldError(f"'{path}' is not a readable TIFF: {error}") from None
     return RegionSource(array, axes, str(path), level=chosen, levels=levels, resolution=resolution)
+
+
+def _ome_image(path: Path, multiscales: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The first image of OME ``multiscales`` metadata and its datasets, checked for the fields read."""
+    image = multiscales[0] if isinstance(multiscales, list) and multiscales else None
+    datasets = image.get("datasets") if isinstance(image, dict) else None
+    axes = image.get("axes", []) if isinstance(image, dict) else None
+    if (
+        not isinstance(datasets, list)
+        or not datasets
+        or not all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in datasets)
+        or not isinstance(axes, list)
+    ):
+        raise PatchfoldError(
+            f"'{path}' has OME multiscales metadata without a list of datasets, each with a path "
+            "(and axes as a list): it does not follow the OME-Zarr layout"
+        )
+    return image, datasets
 
 
 def _check_level(path: Path, level: int | None, levels: int) -> int:
