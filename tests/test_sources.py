@@ -267,3 +267,23 @@ def test_broken_ome_metadata_gives_one_error_line(tmp_path: Path, make, fragment
     make(zarr.open_group(str(tmp_path / "image.zarr"), mode="w"))
     assert_runtime_error(invoke("unfold", tmp_path / "image.zarr", "-k", "4", "-o", tmp_path / "o.npy"), fragment)
     assert not (tmp_path / "o.npy").exists() and not (tmp_path / "o.json").exists()
+
+
+def test_a_zarr_output_never_replaces_or_nests_in_its_input(tmp_path: Path) -> None:
+    """Found by a hostile pass: a group's array unfolded to the group's own path deleted the input."""
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("arr", shape=IMAGE.shape, dtype=IMAGE.dtype)[...] = IMAGE
+    write_zarr(tmp_path / "v3.zarr", IMAGE)
+    for source, out in [("g.zarr/arr", "g.zarr"), ("v3.zarr", "v3.zarr/inner.zarr")]:
+        result = invoke("unfold", tmp_path / source, "-k", "4", "-o", tmp_path / out)
+        assert result.exit_code == 2 and "overlaps the input" in result.stderr, result.stderr
+    np.testing.assert_array_equal(zarr.open(str(tmp_path / "g.zarr" / "arr"), mode="r")[...], IMAGE)
+    assert not (tmp_path / "v3.zarr" / "inner.zarr").exists()
+
+
+def test_fold_of_a_damaged_zarr_matrix_gives_one_error_line(tmp_path: Path) -> None:
+    ok("unfold", sample("rgb"), "-k", "16", "-s", "8", "-o", tmp_path / "p.zarr")
+    chunk = next(p for p in sorted((tmp_path / "p.zarr" / "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(b"junk")
+    assert_runtime_error(invoke("fold", tmp_path / "p.zarr", "-o", tmp_path / "back.png"), "cannot read patch matrix")
+    assert not (tmp_path / "back.png").exists()

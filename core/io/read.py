@@ -532,7 +532,11 @@ def read_patch_matrix(path: Path) -> np.ndarray:
     if is_zarr(path):
         array = open_zarr(path).array
         check_fits(int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize, f"reading '{path}'")
-        return shape_array(np.asarray(array[...]), path, spatial_dims=1)
+        try:
+            values = np.asarray(array[...])
+        except Exception as error:  # a damaged chunk: name the store, as the region reads do
+            raise PatchfoldError(f"cannot read patch matrix '{path}': {error}") from None
+        return shape_array(values, path, spatial_dims=1)
     require_file(path, "patch matrix")
     return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
 

@@ -136,6 +136,19 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
                     backup.unlink()
 
 
+def check_store_apart(store: Path, inputs: Sequence[Path]) -> None:
+    """A directory store must be neither an input, nor a folder holding one (a group whose array
+    is read), nor inside one: replacing it would delete or change what the job reads."""
+    target = store.resolve()
+    for source in inputs:
+        read = source.resolve()
+        if target == read or target in read.parents or read in target.parents:
+            raise PatchfoldError(
+                f"output '{store}' overlaps the input '{source}' (one holds the other): write to another path",
+                param="output",
+            )
+
+
 def check_store_path(path: Path, what: str = "output") -> None:
     """Fail before any work if the directory store ``path`` (a ``.zarr``) cannot be written: it
     may exist only as a store patchfold can replace (a Zarr directory), never as a file or a folder

@@ -34,6 +34,7 @@ from patchfold.io.write import (
     check_free_space,
     check_not_an_input,
     check_output_path,
+    check_store_apart,
     check_store_path,
     write_at,
 )
@@ -355,6 +356,8 @@ def unfold_file(
         check_output_path(sidecar_path(output), "sidecar")
     paths = find_inputs(inputs)
     check_not_an_input([output] if to_zarr else [output, sidecar_path(output)], paths)
+    if to_zarr:
+        check_store_apart(output, paths)
     batch = load_inputs(paths, spatial_dims, max_pixels, stack, level=level, regions=True)
     array = batch.array
     out_dtype, scale = target_dtype(array.dtype, dtype)
