@@ -322,6 +322,55 @@ static inline void transpose_items(void *restrict dst, int64_t ds, const void *r
 #define PF_SUFFIX f64
 #include "_kernels_place.h"
 
+/* ----- a batch of loop calls on a caller-given OpenMP team --------------------------------------
+ * The checked Python wrappers can record their calls (function, two data pointers, the dims struct)
+ * instead of making them; pf_run_batch then runs the recorded pieces: each piece's calls in order,
+ * the pieces spread over the threads that call run_pieces, each thread taking the next piece not
+ * yet taken (so a late thread never holds the others up). With `parallel`, the address of
+ * libgomp's GOMP_parallel (the OpenMP runtime torch already runs its own ops on), the pieces go to
+ * that team; without it, the calling thread runs them all. No call is made twice or skipped. */
+typedef struct {
+  void *function;   /* void f(void *, void *, const void *): unfold_<bits> or fold_<src>_<acc> */
+  void *first;
+  void *second;
+  const void *dims;
+} pf_call;
+
+typedef struct {
+  const pf_call *calls;
+  const int64_t *piece_ends;  /* piece p holds calls [piece_ends[p - 1], piece_ends[p]) */
+  int64_t pieces;
+  int64_t next;               /* the next piece to take (atomic) */
+} pf_batch;
+
+typedef void (*pf_loop_fn)(void *, void *, const void *);
+typedef void (*pf_gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+
+static void run_pieces(void *argument) {
+  pf_batch *batch = argument;
+  for (;;) {
+    int64_t piece = __atomic_fetch_add(&batch->next, 1, __ATOMIC_RELAXED);
+    if (piece >= batch->pieces) return;
+    int64_t lo = piece ? batch->piece_ends[piece - 1] : 0, hi = batch->piece_ends[piece];
+    for (int64_t i = lo; i < hi; i++) {
+      const pf_call *call = &batch->calls[i];
+      ((pf_loop_fn)call->function)(call->first, call->second, call->dims);
+    }
+  }
+}
+
+int64_t pf_batch_size(void) { return (int64_t)sizeof(pf_batch); }
+
+void pf_run_batch(pf_batch *batch, void *parallel, int64_t threads) {
+  assert(batch->pieces >= 0 && batch->next == 0);
+  if (parallel != NULL && threads > 1 && batch->pieces > 1) {
+    unsigned team = (unsigned)(threads < batch->pieces ? threads : batch->pieces);
+    ((pf_gomp_parallel_fn)parallel)(run_pieces, batch, team, 0);
+  } else {
+    run_pieces(batch);
+  }
+}
+
 static struct PyModuleDef kernels_module = {PyModuleDef_HEAD_INIT, "_kernels", "patchfold's C loops (used via ctypes)", -1, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }

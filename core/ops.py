@@ -126,7 +126,8 @@ def unfold(
         layout: ``ncl`` for PyTorch's ``(N, C·∏k, L)``, ``nlc`` for ``(N, L, C·∏k)``.
         spatial_dims: needed only when it cannot be told from the parameters and ``x.ndim``.
         engine: ``auto``, ``cpu`` or ``torch``.
-        threads: CPU threads (default: all cores this process may use).
+        threads: CPU threads (default: all cores this process may use; for torch tensors,
+            ``torch.get_num_threads()``, run on torch's own thread team where it has one).
         out: a preallocated numpy array (or memory-mapped ``.npy``) of the result's shape to fill
             (batched numpy input, CPU engine); it may differ in dtype (values are cast).
 
@@ -152,7 +153,8 @@ def unfold(
     if out is not None and (name != "cpu" or unbatched):
         raise PatchfoldError("out= is for batched numpy input on the CPU engine (the result is written into it)")
     engine_module = engines.load(name)
-    result = engine_module.unfold(engine_module.take(batch), geometry, layout, out=out, threads=threads)
+    with engines.scheduled(batch):
+        result = engine_module.unfold(engine_module.take(batch), geometry, layout, out=out, threads=threads)
     result = engines.give_back(result, batch)
     return result[0] if unbatched else result
 
@@ -233,18 +235,20 @@ def fold_with(
     def sum_with(weights: list[np.ndarray] | None) -> Any:
         return engine_module.fold(data, geometry, layout, weights, exact=normalize, threads=threads)
 
-    fused = engine_module.fold_normalised(data, geometry, layout, weights, threads=threads) if normalize else None
-    if fused is not None:  # summed and divided in one pass
-        result = engines.give_back(fused, batch)
-        return result[0] if unbatched else result
-    with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
-        summed = sum_with(weights)
-    if normalize:
-        divisor_map = engine_module.divisor(geometry, weights, like=data)
-        finished = finish_normalised(summed, sum_with, divisor_map, data.dtype, geometry, weights, max_coverage)
-    else:
-        finished = finish_fold(summed, None, data.dtype, weights is not None)
+    with engines.scheduled(batch):
+        fused = engine_module.fold_normalised(data, geometry, layout, weights, threads=threads) if normalize else None
+        if fused is not None:  # summed and divided in one pass
+            result = engines.give_back(fused, batch)
+            return result[0] if unbatched else result
+        with np.errstate(over="ignore"):  # an overflowing sum is summed again, not reported
+            summed = sum_with(weights)
+        if normalize:
+            divisor_map = engine_module.divisor(geometry, weights, like=data)
+            finished = finish_normalised(summed, sum_with, divisor_map, data.dtype, geometry, weights, max_coverage)
+        else:
+            finished = finish_fold(summed, None, data.dtype, weights is not None)
     result = engines.give_back(finished, batch)
+    return result[0] if unbatched else result
     return result[0] if unbatched else result
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
 from typing import Any
 
@@ -16,6 +17,22 @@ from patchfold.errors import PatchfoldError
 
 #: ``auto`` uses the CPU engine for CPU data and the torch engine for CUDA tensors.
 ENGINES = ("auto", "cpu", "torch")
+
+_forked = False
+
+
+def _after_fork() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def in_forked_child() -> bool:
+    """Whether this process was forked from one that had used patchfold's engines."""
+    return _forked
 
 
 def is_tensor(x: object) -> bool:
@@ -67,6 +84,16 @@ def load(name: str) -> ModuleType:
     from patchfold.engines import cpu
 
     return cpu
+
+
+def scheduled(x: Any) -> AbstractContextManager[None]:
+    """The block an operation on ``x`` runs its CPU loops in: on torch's own OpenMP team for CPU
+    tensors (see :mod:`patchfold.engines.torch_threads`), on patchfold's threads otherwise."""
+    if not is_tensor(x) or x.device.type != "cpu":
+        return nullcontext()
+    from patchfold.engines import cpu, torch_threads
+
+    return cpu.on_team(torch_threads.team())
 
 
 def give_back(result: Any, original: Any) -> Any:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
@@ -128,6 +130,28 @@ class PlaceDims(ctypes.Structure):
     ]
 
 
+class _Call(ctypes.Structure):
+    """Mirror of ``pf_call`` in ``_kernels.c``: one recorded loop call."""
+
+    _fields_ = [
+        ("function", ctypes.c_void_p),
+        ("first", ctypes.c_void_p),
+        ("second", ctypes.c_void_p),
+        ("dims", ctypes.c_void_p),
+    ]
+
+
+class _BatchStruct(ctypes.Structure):
+    """Mirror of ``pf_batch`` in ``_kernels.c``."""
+
+    _fields_ = [
+        ("calls", ctypes.POINTER(_Call)),
+        ("piece_ends", ctypes.POINTER(ctypes.c_int64)),
+        ("pieces", ctypes.c_int64),
+        ("next", ctypes.c_int64),
+    ]
+
+
 #: Accumulator bytes one foldx call sums a band of rows into before dividing it (cache-sized).
 SCRATCH_BYTES = 1 << 20
 
@@ -150,6 +174,7 @@ def _library() -> ctypes.CDLL | None:
         ("pf_unfold_dims_size", UnfoldDims),
         ("pf_fold_extra_size", FoldExtra),
         ("pf_place_dims_size", PlaceDims),
+        ("pf_batch_size", _BatchStruct),
     )
     for name, struct in sizes:
         size = getattr(library, name, None)
@@ -163,6 +188,79 @@ def _library() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return _library() is not None
+
+
+class Batch:
+    """Loop calls recorded (already checked) instead of made, in pieces, to run later on an OpenMP
+    team: see :func:`recording` and :meth:`run`. It holds every array its calls point into."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[int, int, int, Any]] = []
+        self._ends: list[int] = []
+        self._held: list[Any] = []
+
+    def add(self, function: Any, first: int, second: int, dims: ctypes.Structure, *arrays: np.ndarray) -> None:
+        address = ctypes.cast(function, ctypes.c_void_p).value
+        self._calls.append((address or 0, first, second, dims))
+        self._held.extend(arrays)
+
+    def end_piece(self) -> None:
+        """Close the current piece: its calls run in order, on one thread."""
+        self._ends.append(len(self._calls))
+
+    def run(self, parallel: int | None, threads: int) -> None:
+        """Make every recorded call once: the pieces over ``threads`` threads of the OpenMP team
+        whose ``GOMP_parallel`` is at address ``parallel`` (None: all on this thread)."""
+        if (self._ends[-1] if self._ends else 0) != len(self._calls):
+            raise PatchfoldError("a batch of loop calls must end its last piece before it runs")
+        runner = _batch_runner()
+        if runner is None:  # pragma: no cover - a Batch is only made where the library built
+            raise PatchfoldError("the compiled loops are not available to run a batch")
+        calls = (_Call * max(1, len(self._calls)))()
+        for index, (function, first, second, dims) in enumerate(self._calls):
+            calls[index] = _Call(function, first, second, ctypes.addressof(dims))
+        ends = (ctypes.c_int64 * max(1, len(self._ends)))(*self._ends)
+        batch = _BatchStruct(calls, ends, len(self._ends), 0)
+        runner(ctypes.byref(batch), parallel, threads)
+
+
+_recording = threading.local()
+
+
+@contextmanager
+def recording(batch: Batch) -> Iterator[Batch]:
+    """Within this block (on this thread) the checked loops record their calls into ``batch``
+    instead of making them; the caller then runs it with :meth:`Batch.run`."""
+    previous = getattr(_recording, "batch", None)
+    _recording.batch = batch
+    try:
+        yield batch
+    finally:
+        _recording.batch = previous
+
+
+def _make(function: Any, first: int, second: int, dims: ctypes.Structure, *arrays: np.ndarray) -> None:
+    """Call a checked loop now, or record the call where :func:`recording` is active."""
+    batch = getattr(_recording, "batch", None)
+    if batch is None:
+        function(first, second, ctypes.byref(dims))
+    else:
+        batch.add(function, first, second, dims, *arrays)
+
+
+@cache
+def _batch_runner() -> Any:
+    library = _library()
+    function = getattr(library, "pf_run_batch", None) if library is not None else None
+    if function is not None:
+        function.restype = None
+        function.argtypes = [ctypes.POINTER(_BatchStruct), ctypes.c_void_p, ctypes.c_int64]
+    return function
+
+
+def batches() -> bool:
+    """Whether recorded batches can run (the compiled library built)."""
+    return _batch_runner() is not None
 
 
 @cache
@@ -317,11 +415,10 @@ class UnfoldLoop:
         items = x.shape[0]
         if items == 0 or dims.row_lo == dims.row_hi or dims.q_lo == dims.q_hi:
             return
-        pointer = ctypes.byref(dims)
         x_data, x_step = x.ctypes.data, x.strides[0]
         out_data, out_step = out.ctypes.data, out.strides[0]
         for item in range(items):
-            self._function(x_data + item * x_step, out_data + item * out_step, pointer)
+            _make(self._function, x_data + item * x_step, out_data + item * out_step, dims, x, out)
 
     def check(
         self,
@@ -403,11 +500,10 @@ class FoldLoop:
         dims = self.check(cols, acc, geometry, rows, layout, zero)
         if cols.shape[0] == 0 or dims.row_lo == dims.row_hi:
             return
-        pointer = ctypes.byref(dims)
         cols_data, cols_step = cols.ctypes.data, cols.strides[0]
         acc_data, acc_step = acc.ctypes.data, acc.strides[0]
         for item in range(cols.shape[0]):
-            self._function(cols_data + item * cols_step, acc_data + item * acc_step, pointer)
+            _make(self._function, cols_data + item * cols_step, acc_data + item * acc_step, dims, cols, acc)
 
     def check(
         self, cols: np.ndarray, acc: np.ndarray, geometry: Any, rows: tuple[int, int], layout: str, zero: bool
@@ -776,6 +872,7 @@ def _padded(values: Sequence[int]) -> Any:
 
 __all__ = [
     "SCRATCH_BYTES",
+    "Batch",
     "FoldDims",
     "FoldExtra",
     "FoldExtraLoop",
@@ -785,11 +882,13 @@ __all__ = [
     "UnfoldDims",
     "UnfoldLoop",
     "available",
+    "batches",
     "check_fold_out",
     "check_out",
     "check_unfold_out",
     "fold",
     "fold_extra",
     "place",
+    "recording",
     "unfold",
 ]

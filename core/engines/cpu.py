@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from patchfold.coverage import NUMPY_PAD_MODE, coverage_vectors, divisor_map, unpad_adjoint
@@ -37,8 +39,14 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@cache
 def _executor(workers: int) -> ThreadPoolExecutor:
+    # One pool per process: a forked child has none of its parent's worker threads, and work handed
+    # to the parent's pool there would wait for ever.
+    return _pool(workers, os.getpid())
+
+
+@cache
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="patchfold")
 
 
@@ -50,13 +58,58 @@ def split_range(start: int, stop: int, parts: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
 
 
-def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes: int, threads: int | None) -> None:
-    """Run ``task(lo, hi)`` over pieces of ``[start, stop)``, threaded when it pays."""
-    threads = cpu_count() if threads is None else threads
+class Team(NamedTuple):
+    """An OpenMP thread team to run compiled loops on: the address of its runtime's
+    ``GOMP_parallel`` and how many threads it runs."""
+
+    parallel: int
+    threads: int
+
+
+#: The team of the current call (see :func:`on_team`), or None for patchfold's own thread pool.
+_team: ContextVar[Team | None] = ContextVar("patchfold_team", default=None)
+
+
+@contextmanager
+def on_team(team: Team | None) -> Iterator[None]:
+    """Within this block the compiled loops of :func:`unfold_into` and :func:`fold_padded` run on
+    ``team`` (None: on patchfold's own threads). Torch tensors run on torch's own OpenMP team, whose
+    threads are still spinning from torch's last op: a second pool would fight them for the cores."""
+    token = _team.set(team)
+    try:
+        yield
+    finally:
+        _team.reset(token)
+
+
+def run_parallel(
+    task: Callable[[int, int], None],
+    start: int,
+    stop: int,
+    nbytes: int,
+    threads: int | None,
+    *,
+    recordable: bool = False,
+) -> None:
+    """Run ``task(lo, hi)`` over pieces of ``[start, stop)``, threaded when it pays.
+
+    With ``recordable`` (a task whose compiled calls need nothing of each other's results) and a
+    team set by :func:`on_team`, each piece's checked calls are recorded and run on that team."""
+    team = _team.get() if recordable else None
+    if threads is None:
+        threads = cpu_count() if team is None else team.threads
     if stop <= start:
         return
     if threads <= 1 or nbytes < _PARALLEL_MIN_BYTES:
         task(start, stop)
+        return
+    if team is not None and compiled.batches():
+        batch = compiled.Batch()
+        with compiled.recording(batch):
+            for lo, hi in split_range(start, stop, threads):
+                task(lo, hi)
+                batch.end_piece()
+        batch.run(team.parallel, threads)
         return
     (first_lo, first_hi), *others = split_range(start, stop, threads)
     # The calling thread takes the first piece itself: one hand-off fewer per call.
@@ -100,7 +153,9 @@ def unfold_into(
     if compiled is not None and layout == "ncl" and _splits_evenly(kernel_rows, threads):
         # Split over kernel rows: each thread fills (and first touches) its own contiguous rows
         # of the matrix instead of both threads faulting in every page of a fresh result.
-        run_parallel(lambda lo, hi: compiled(out, first, last, lo, hi), 0, kernel_rows, out.nbytes, threads)
+        run_parallel(
+            lambda lo, hi: compiled(out, first, last, lo, hi), 0, kernel_rows, out.nbytes, threads, recordable=True
+        )
         return
 
     def task(lo: int, hi: int) -> None:
@@ -110,7 +165,7 @@ def unfold_into(
         else:
             unfold_rows(source, source_geometry, part, layout, lo, hi)
 
-    run_parallel(task, first, last, out.nbytes, threads)
+    run_parallel(task, first, last, out.nbytes, threads, recordable=True)
 
 
 def _splits_evenly(count: int, threads: int | None) -> bool:
@@ -227,7 +282,7 @@ def fold_padded(
         def task(a: int, b: int) -> None:
             fold_rows(blocks, geometry, out[:, :, a - lo : b - lo], a, b, weights)
 
-    run_parallel(task, lo, hi, cols.nbytes, threads)
+    run_parallel(task, lo, hi, cols.nbytes, threads, recordable=True)
     return out
 
 
