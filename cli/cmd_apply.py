@@ -17,6 +17,7 @@ from patchfold.cli.options import (
     progress_option,
     spatial_dims_option,
     stack_option,
+    verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track
 
@@ -56,6 +57,7 @@ from patchfold.cli.present import emit_summary, track
 @max_pixels_option
 @progress_option
 @json_option
+@verbosity_options
 @handle_errors
 def apply(
     inputs: tuple[Path, ...],

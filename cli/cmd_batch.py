@@ -16,6 +16,7 @@ from patchfold.cli.options import (
     json_option,
     max_pixels_option,
     progress_option,
+    verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track_images
 from patchfold.jobs.tiles import TILE_FORMATS
@@ -65,6 +66,7 @@ def batch() -> None:
 @block_options()
 @dtype_option("Dataset dtype; floats scale integer images to [0, 1] (keep: the images' common dtype).")
 @click.option("--shard-size", type=ByteSize(), default="1GB", show_default=True, help="Largest shard file.")
+@verbosity_options
 @handle_errors
 def batch_unfold(
     sources,
@@ -104,6 +106,7 @@ def batch_unfold(
 @_common
 @block_options()
 @click.option("--format", "fmt", type=click.Choice(TILE_FORMATS), default="png", show_default=True)
+@verbosity_options
 @handle_errors
 def batch_tiles(
     sources,

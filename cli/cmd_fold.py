@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -9,21 +10,43 @@ from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     PATH,
     POSITIVE,
+    AliasedOption,
     block_options,
     device_options,
     fold_output_options,
     json_option,
     max_memory_option,
     progress_option,
+    verbosity_options,
 )
-from patchfold.cli.present import emit_summary, track
+from patchfold.cli.present import emit_summary, is_stdio, track
 from patchfold.geometry import LAYOUTS
+
+#: What -o - can write (as patchfold.jobs.fold.STREAM_FORMATS, kept here so --help imports no numpy)
+STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")
 
 
 @click.command()
 @click.argument("patches", type=PATH)
 @fold_output_options
-@click.option("--output-size", type=POSITIVE, default=None, help="Spatial size H,W (default: from the sidecar).")
+@click.option(
+    "--size",
+    "--output-size",
+    "output_size",
+    cls=AliasedOption,
+    hidden=("--output-size",),
+    type=POSITIVE,
+    default=None,
+    help="Spatial size of the images, H,W (default: from the sidecar).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(STREAM_FORMATS),
+    default="npy",
+    show_default=True,
+    help="What -o - sends to standard output: the .npy array, or one image.",
+)
 @block_options(required=False)
 @click.option(
     "--layout", type=click.Choice(LAYOUTS), default=None, help="Layout of PATCHES (default: sidecar, else ncl)."
@@ -32,12 +55,14 @@ from patchfold.geometry import LAYOUTS
 @max_memory_option
 @progress_option
 @json_option
+@verbosity_options
 @handle_errors
 def fold(
     patches: Path,
     output: Path,
     normalize: bool,
     output_size: int | tuple[int, ...] | None,
+    output_format: str,
     blocks: dict,
     layout: str | None,
     window: str,
@@ -50,19 +75,23 @@ def fold(
     """Overlap-add a patch matrix PATCHES.npy back into images.
 
     Parameters come from the sidecar PATCHES.json written by unfold; options given here override
-    it. Without a sidecar, -k and --output-size are required.
+    it. Without a sidecar (PATCHES - is standard input), -k and --size are required.
 
     \b
     Example:
       patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o p.npy
       patchfold fold p.npy -o restored.png
       patchfold fold p.npy --window hann -o blended.png
+      patchfold fold - -k 16 -s 8 --size 64,96 -o - --format png < p.npy > restored.png
     """
     from patchfold.jobs.fold import fold_file
 
+    if as_json and is_stdio(output):
+        raise click.UsageError("--json and -o - would both write to standard output: give one")
     job = fold_file(
         patches, output, blocks, output_size=output_size, layout=layout, normalize=normalize, window=window,
-        device=device, engine=engine, max_memory=max_memory,
+        device=device, engine=engine, max_memory=max_memory, output_format=output_format,
+        stdout=sys.stdout.buffer,
     )  # fmt: skip
     result = track(job, "fold", not no_progress)
     emit_summary(f"fold → {output}", result.summary(), as_json)

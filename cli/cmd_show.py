@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import PATH, block_options, level_option, max_pixels_option
+from patchfold.cli.options import PATH, block_options, level_option, max_pixels_option, verbosity_options
+from patchfold.cli.present import note
 
 _OUTPUT = click.option("-o", "--output", required=True, type=PATH, help="PNG to write.")
 
@@ -31,6 +32,7 @@ def show() -> None:
 @_OUTPUT
 @level_option
 @max_pixels_option
+@verbosity_options
 @handle_errors
 def grid(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixels: int) -> None:
     """Draw the block grid over IMAGE: outlines of every n-th block (the first one in blue) and the
@@ -42,7 +44,7 @@ def grid(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixel
     """
     from patchfold.jobs.pictures import grid_picture_file
 
-    click.echo(f"wrote {grid_picture_file(image, blocks, output, max_pixels=max_pixels, level=level)}", err=True)
+    note(f"wrote {grid_picture_file(image, blocks, output, max_pixels=max_pixels, level=level)}")
 
 
 @show.command()
@@ -50,6 +52,7 @@ def grid(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixel
 @click.option("--count", type=click.IntRange(1, 4096), default=64, show_default=True, help="Patches to show.")
 @click.option("--spread", is_flag=True, help="Pick COUNT patches evenly over the image instead of the first ones.")
 @_OUTPUT
+@verbosity_options
 @handle_errors
 def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
     """Lay out the first COUNT patches of a patch matrix PATCHES.npy (with its sidecar) as a grid.
@@ -60,7 +63,7 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
     """
     from patchfold.jobs.pictures import mosaic_file
 
-    click.echo(f"wrote {mosaic_file(patches, output, count=count, spread=spread)}", err=True)
+    note(f"wrote {mosaic_file(patches, output, count=count, spread=spread)}")
 
 
 @show.command("divisor")
@@ -69,6 +72,7 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 @_OUTPUT
 @level_option
 @max_pixels_option
+@verbosity_options
 @handle_errors
 def divisor_picture(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixels: int) -> None:
     """IMAGE and its divisor map (blocks per pixel, with a legend) side by side.
@@ -79,4 +83,4 @@ def divisor_picture(image: Path, blocks: Blocks, output: Path, level: int | None
     """
     from patchfold.jobs.pictures import divisor_picture_file
 
-    click.echo(f"wrote {divisor_picture_file(image, blocks, output, max_pixels=max_pixels, level=level)}", err=True)
+    note(f"wrote {divisor_picture_file(image, blocks, output, max_pixels=max_pixels, level=level)}")

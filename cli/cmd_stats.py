@@ -20,8 +20,9 @@ from patchfold.cli.options import (
     size_option,
     spatial_dims_option,
     stack_option,
+    verbosity_options,
 )
-from patchfold.cli.present import divisor_preview, emit_summary, human_bytes
+from patchfold.cli.present import divisor_preview, emit_summary, human_bytes, verbosity
 from patchfold.geometry import LAYOUTS
 
 
@@ -60,6 +61,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @max_pixels_option
 @max_memory_option
 @json_option
+@verbosity_options
 @handle_errors
 def stats(
     inputs: tuple[Path, ...],
@@ -102,25 +104,35 @@ def stats(
         ("unfold would stream", streaming),
         ("unfold peak memory", f"≈ {human_bytes(result.peak_memory)} (input, padding, bands)"),
     ]
-    emit_summary("overlap statistics", result.summary(), as_json, rows)
+    emit_summary("overlap statistics", result.summary(), as_json, rows, report=True)
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, type=PATH)
 @size_option
 @block_options()
-@click.option("--npy", "npy_path", type=PATH, default=None, help="Write the map as .npy (H, W).")
-@click.option("--png", "png_path", type=PATH, default=None, help="Write a heatmap PNG with a legend.")
+@click.option(
+    "-o",
+    "--output",
+    "outputs",
+    type=PATH,
+    multiple=True,
+    help="Write the map as .npy (H, W) and/or as a heatmap .png with a legend (give -o twice for both).",
+)
+@click.option("--npy", "npy_path", type=PATH, default=None, hidden=True, help="Old spelling of -o MAP.npy.")
+@click.option("--png", "png_path", type=PATH, default=None, hidden=True, help="Old spelling of -o MAP.png.")
 @spatial_dims_option
 @stack_option
 @level_option
 @max_pixels_option
 @json_option
+@verbosity_options
 @handle_errors
 def divisor(
     inputs: tuple[Path, ...],
     spatial_size: int | tuple[int, ...] | None,
     blocks: Blocks,
+    outputs: tuple[Path, ...],
     npy_path: Path | None,
     png_path: Path | None,
     spatial_dims: int | None,
@@ -134,15 +146,16 @@ def divisor(
 
     \b
     Example:
-      patchfold divisor --size 256,256 -k 32 -s 24 --png divisor.png --npy divisor.npy
+      patchfold divisor --size 256,256 -k 32 -s 24 -o divisor.png -o divisor.npy
     """
     from patchfold.jobs.estimate import divisor_files
 
     result = divisor_files(
-        inputs, blocks, size=spatial_size, npy=npy_path, png=png_path, spatial_dims=spatial_dims, stack=stack,
-        max_pixels=max_pixels, level=level,
+        inputs, blocks, size=spatial_size, npy=npy_path, png=png_path, outputs=outputs, spatial_dims=spatial_dims,
+        stack=stack, max_pixels=max_pixels, level=level,
     )  # fmt: skip
-    if not as_json and sys.stderr.isatty():
+    if not as_json and verbosity() >= 0 and sys.stderr.isatty():
         divisor_preview(result.estimate.geometry)
-    written = ", ".join(str(p) for p in result.written) or "nothing (use --npy/--png)"
-    emit_summary("divisor map", result.summary(), as_json, [*stats_rows(result.estimate.stats), ("written", written)])
+    written = ", ".join(str(p) for p in result.written) or "nothing (use -o)"
+    rows = [*stats_rows(result.estimate.stats), ("written", written)]
+    emit_summary("divisor map", result.summary(), as_json, rows, report=True)

@@ -17,6 +17,7 @@ from patchfold.cli.options import (
     progress_option,
     spatial_dims_option,
     stack_option,
+    verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track
 from patchfold.jobs.tiles import TILE_FORMATS
@@ -40,6 +41,7 @@ from patchfold.jobs.tiles import TILE_FORMATS
 @max_pixels_option
 @progress_option
 @json_option
+@verbosity_options
 @handle_errors
 def tiles(
     inputs: tuple[Path, ...],
@@ -79,6 +81,7 @@ def tiles(
 @fold_output_options
 @progress_option
 @json_option
+@verbosity_options
 @handle_errors
 def untile(directory: Path, output: Path, window: str, normalize: bool, no_progress: bool, as_json: bool) -> None:
     """Fold a tile DIRECTORY written by `patchfold tiles` (and possibly processed since) back into

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -19,8 +20,9 @@ from patchfold.cli.options import (
     progress_option,
     spatial_dims_option,
     stack_option,
+    verbosity_options,
 )
-from patchfold.cli.present import emit_summary, human_bytes, track
+from patchfold.cli.present import emit_summary, fold_flags, human_bytes, is_stdio, note, track
 from patchfold.geometry import LAYOUTS
 
 #: the codecs of a .zarr output (as patchfold.jobs.unfold.ZARR_COMPRESSIONS, kept here so --help
@@ -29,9 +31,13 @@ ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=PATH)
+@click.argument("inputs", nargs=-1, required=True, type=PATH)  # - is standard input
 @click.option(
-    "-o", "--output", required=True, type=PATH, help="Patch matrix to write: .npy (sidecar .json beside it) or .zarr."
+    "-o",
+    "--output",
+    required=True,
+    type=PATH,
+    help="Patch matrix to write: .npy (sidecar .json beside it), .zarr, or - for the .npy on standard output.",
 )
 @block_options()
 @dtype_option("Output dtype; floats scale integer images to [0, 1].")
@@ -57,6 +63,7 @@ ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
 @max_memory_option
 @progress_option
 @json_option
+@verbosity_options
 @handle_errors
 def unfold(
     inputs: tuple[Path, ...],
@@ -87,15 +94,20 @@ def unfold(
       patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o patches.npy
       patchfold unfold my_scans/ -k 32,16 --layout nlc --dtype float32 -o all.npy
       patchfold unfold slide.ome.tif --level 1 -k 256 -o patches.zarr
+      cat scene.png | patchfold unfold - -k 16 -s 8 -o - > patches.npy
     """
     from patchfold.jobs.unfold import unfold_file
 
+    if as_json and is_stdio(output):
+        raise click.UsageError("--json and -o - would both write to standard output: give one")
     job = unfold_file(
         inputs, output, blocks, dtype=dtype, layout=layout, device=device, engine=engine,
         spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory,
-        level=level, compression=compression,
+        level=level, compression=compression, stdout=sys.stdout.buffer,
     )  # fmt: skip
     result = track(job, "unfold", not no_progress)
+    if is_stdio(output):
+        note(f"no sidecar goes with standard output; fold it with: patchfold fold - {fold_flags(result)} -o OUT")
     summary = result.summary()
     # the table shows the output's size in words where the JSON has its byte count
     rows = [("size", human_bytes(value)) if key == "output_bytes" else (key, value) for key, value in summary.items()]

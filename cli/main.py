@@ -6,7 +6,6 @@ import importlib
 import signal
 
 import click
-from click.utils import make_default_short_help
 from patchfold import __version__
 
 #: Each command, the module and name that define it, and its one-line help (the first sentence of
@@ -71,7 +70,8 @@ class LazyGroup(click.Group):
         rows = []
         for name in names:
             loaded = self.commands.get(name)
-            text = loaded.get_short_help_str(limit) if loaded else make_default_short_help(COMMANDS[name][1], limit)
+            # an unloaded command's line is cut as click cuts a loaded one's
+            text = (loaded or click.Command(name, help=COMMANDS[name][1])).get_short_help_str(limit)
             rows.append((name, text))
         with formatter.section("Commands"):
             formatter.write_dl(rows)

@@ -14,6 +14,7 @@ from patchfold.dtypes import DTYPES
 from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS
+from patchfold.io.streams import named_for_user
 from patchfold.units import parse_bytes
 
 
@@ -30,6 +31,26 @@ class NonEmptyPath(click.Path):
 #: The type of every path a command takes.
 PATH = NonEmptyPath(path_type=Path)
 
+
+class AliasedOption(click.Option):
+    """An option with old spellings that still work but are not shown in ``--help`` (``hidden``:
+    the names kept when an option was renamed, so scripts written for them keep running)."""
+
+    def __init__(self, *args: Any, hidden: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_names = hidden
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None or not self.hidden_names:
+            return record
+        names, text = record
+        shown = [part for part in names.split(", ") if part.split(" ")[0] not in self.hidden_names]
+        if shown and self.metavar is None and " " in names and " " not in shown[-1]:
+            shown[-1] += " " + names.rsplit(" ", 1)[-1]  # the metavar sat on the hidden name
+        return ", ".join(shown), text
+
+
 #: How each library parameter is spelled on the command line (for error messages).
 OPTION_NAMES = {
     "kernel_size": "'-k' / '--kernel-size'",
@@ -38,7 +59,7 @@ OPTION_NAMES = {
     "dilation": "'-d' / '--dilation'",
     "padding_mode": "'--padding-mode'",
     "spatial_size": "'--size'",
-    "output_size": "'--output-size'",
+    "output_size": "'--size'",
     "output": "'-o' / '--output'",
     "device": "'--device'",
     "dtype": "'--dtype'",
@@ -69,7 +90,7 @@ FLAGS = {
     "spatial_dims": "--spatial-dims",
     "channels": "--channels",
     "kernel_size": "-k/--kernel-size",
-    "output_size": "--output-size",
+    "output_size": "--size",
     "spatial_size": "--size",
     "format": "--format",
     "engine": "--engine",
@@ -215,6 +236,43 @@ def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")(command)
 
 
+#: Where the verbosity chosen by ``-q``/``-v`` is kept in click's context (-1 quiet, 0, 1 verbose).
+VERBOSITY_KEY = "patchfold.verbosity"
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    level = -1 if param.name == "quiet" else 1
+    if ctx.meta.get(VERBOSITY_KEY, level) != level:
+        raise click.UsageError("-q/--quiet and -v/--verbose cannot be given together", ctx)
+    ctx.meta[VERBOSITY_KEY] = level
+
+
+def verbosity_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``-q/--quiet`` (errors only: no summary, no progress bar) and ``-v/--verbose`` (also the
+    time each stage took), read back by :mod:`patchfold.cli.present`."""
+    options = [
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_verbosity,
+            help="Print errors only (no summary, no progress bar); --json output still goes to stdout.",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_verbosity,
+            help="Also print the time each stage took, on stderr.",
+        ),
+    ]
+    return apply_options(command, options)
+
+
 def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--no-progress", is_flag=True, help="Never show a progress bar.")(command)
 
@@ -324,7 +382,7 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def as_click_error(error: PatchfoldError) -> click.ClickException:
     """A library error as the command line reports it: a bad option (exit 2) when the parameter at
     fault is an option, else a runtime error (exit 1); parameters named as advice become flags."""
-    message = str(error).replace("\n", " ").replace("\r", " ")
+    message = named_for_user(str(error)).replace("\n", " ").replace("\r", " ")
     for name, flag in FLAGS.items():
         message = re.sub(rf"\b{name}=True\b", flag, message)
         message = re.sub(rf"\b{name}=(?=[\s),;]|$)", flag, message)

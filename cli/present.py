@@ -1,4 +1,5 @@
-"""Presentation: summaries as rich tables on stderr (or JSON on stdout), progress bars on stderr."""
+"""Presentation: summaries as rich tables on stderr (or JSON on stdout), progress bars on stderr,
+all of it shaped by ``-q``/``-v``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from typing import Any
 
 import click
 import numpy as np
+from patchfold.cli.options import VERBOSITY_KEY
 from patchfold.jobs.plan import Progress
 from patchfold.units import format_bytes
+
+#: When the command line was loaded: the start of the "start-up" stage -v reports.
+LOADED = time.perf_counter()
 
 
 def stderr_console() -> Any:
@@ -20,21 +25,95 @@ def stderr_console() -> Any:
     return Console(stderr=True, highlight=False)
 
 
+def verbosity() -> int:
+    """-1 with ``-q``, 1 with ``-v``, else 0 (see :func:`patchfold.cli.options.verbosity_options`)."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:  # set on the command's own context; a group's subcommand looks up
+        if VERBOSITY_KEY in ctx.meta:
+            return int(ctx.meta[VERBOSITY_KEY])
+        ctx = ctx.parent
+    return 0
+
+
+def is_stdio(path: Any) -> bool:
+    """Whether a path option is ``-`` (standard input or output), decided without numpy."""
+    return str(path) == "-"
+
+
+#: A library parameter as the command-line flag of ``fold`` that gives it.
+_FOLD_FLAGS = {
+    "kernel_size": "-k",
+    "stride": "-s",
+    "padding": "-p",
+    "dilation": "-d",
+    "padding_mode": "--padding-mode",
+    "output_size": "--size",
+    "layout": "--layout",
+}
+
+
+def fold_flags(result: Any) -> str:
+    """The ``fold`` options that give an unfold result's parameters (its matrix has no sidecar)."""
+    defaults = {"stride": 1, "padding": 0, "dilation": 1, "padding_mode": "zeros", "layout": "ncl"}
+    flags = []
+    for name, value in result.fold_parameters().items():
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        text = str(values[0]) if len(set(values)) == 1 and name != "output_size" else ",".join(map(str, values))
+        if name in _FOLD_FLAGS and not (name in defaults and _same(value, defaults[name])):
+            flags.append(f"{_FOLD_FLAGS[name]} {text}")
+    return " ".join(flags)
+
+
+def _same(value: Any, default: Any) -> bool:
+    values = value if isinstance(value, list | tuple) else [value]
+    return all(v == default for v in values)
+
+
+def note(message: str) -> None:
+    """A message for the user on stderr (not with ``-q``)."""
+    if verbosity() >= 0:
+        click.echo(message, err=True)
+
+
 def emit_summary(
-    title: str, summary: dict[str, Any], as_json: bool, rows: Iterable[tuple[str, Any]] | None = None
+    title: str,
+    summary: dict[str, Any],
+    as_json: bool,
+    rows: Iterable[tuple[str, Any]] | None = None,
+    *,
+    report: bool = False,
 ) -> None:
-    """JSON on stdout with ``--json``; otherwise a two-column table on stderr."""
+    """JSON on stdout with ``--json``; otherwise a two-column table on stderr, or for a ``report``
+    (the command's own result, as ``stats`` prints) on stdout when stdout is a terminal. Nothing
+    with ``-q`` but the JSON. Where the table goes to a pipe or file it is plain text: no colours,
+    no padding at line ends."""
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    if verbosity() < 0:
+        return
+    table_rows = [(key, format_value(value)) for key, value in (rows if rows is not None else summary.items())]
+    to_stdout = report and sys.stdout.isatty()
+    stream = sys.stdout if to_stdout else sys.stderr
+    if not stream.isatty():
+        click.echo(plain_table(title, table_rows), err=not to_stdout)
+        return
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
-    for key, value in rows if rows is not None else summary.items():
-        table.add_row(key, format_value(value))
-    stderr_console().print(table)
+    for key, value in table_rows:
+        table.add_row(key, value)
+    Console(stderr=not to_stdout, highlight=False).print(table)
+
+
+def plain_table(title: str, rows: list[tuple[str, str]]) -> str:
+    """The summary as plain lines: the title, then each key padded to one column and its value."""
+    width = max((len(key) for key, _ in rows), default=0)
+    lines = [title, *(f"  {key:<{width}}  {value}".rstrip() for key, value in rows)]
+    return "\n".join(lines)
 
 
 def format_value(value: Any) -> str:
@@ -48,17 +127,20 @@ def format_value(value: Any) -> str:
 
 
 def track(events: Iterator[Any], label: str, enabled: bool) -> Any:
-    """Drain a job's progress events, drawing a bar on stderr once the job has run for a second.
+    """Drain a job's progress events, drawing a bar on stderr once the job has run for a second
+    (not with ``-q``); with ``-v``, print the time each stage took.
 
     Returns the last event (None when there was none): a job may end with its result, which is
     not a :class:`Progress` and is passed over by the bar.
     """
     started = time.perf_counter()
+    stages = Stages(label, started)
     last: Any = None
     bar = task = None
-    show = enabled and sys.stderr.isatty()
+    show = enabled and verbosity() >= 0 and sys.stderr.isatty()
     try:
         for last in events:
+            stages.saw(last)
             if not isinstance(last, Progress):
                 continue
             if show and bar is None and time.perf_counter() - started > 1.0 and last.done < last.total:
@@ -71,7 +153,43 @@ def track(events: Iterator[Any], label: str, enabled: bool) -> Any:
         close = getattr(events, "close", None)
         if close is not None:  # an interrupted job deletes its temporary files now, not at exit
             close()
+    stages.report()
     return last
+
+
+class Stages:
+    """The stages of a job as the command line sees them: start-up (imports, options), reading
+    and planning with the first step (until the job's first event), the other steps (bands or
+    images, until the last of them) and finishing (sidecar, manifest, the atomic rename), printed
+    on stderr with ``-v``."""
+
+    def __init__(self, label: str, started: float) -> None:
+        self.label, self.started = label, started
+        self.first: float | None = None
+        self.last_progress: float | None = None
+        self.events = 0
+
+    def saw(self, event: Any) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        if isinstance(event, Progress) or hasattr(event, "rows"):  # a band, or one image of a dataset
+            self.last_progress, self.events = now, self.events + 1
+
+    def report(self) -> None:
+        if verbosity() < 1:
+            return
+        ended = time.perf_counter()
+        first = self.first if self.first is not None else ended
+        last = self.last_progress if self.last_progress is not None else first
+        lines = [
+            ("start-up (imports, options)", self.started - LOADED),
+            (f"reading inputs, planning and the first {self.label} step", first - self.started),
+            (f"the other {max(0, self.events - 1)} {self.label} steps", last - first),
+            ("finishing (metadata, atomic rename)", ended - last),
+        ]
+        for stage, seconds in lines:
+            click.echo(f"time: {stage}: {seconds:.3f} s", err=True)
 
 
 def _start_bar(label: str, first: Progress) -> tuple[Any, Any]:
@@ -119,11 +237,13 @@ def track_images(events: Iterator[Any], enabled: bool, unit: str) -> Any:
     """Drain a dataset job's events, with a bar on stderr (images, patches or tiles, failures) when
     a TTY; return its final result. The job's first event (a :class:`Progress`) gives the total."""
     bar = task = None
-    show = enabled and sys.stderr.isatty()
+    show = enabled and verbosity() >= 0 and sys.stderr.isatty()
     patches = failed = 0
     last: Any = None
+    stages = Stages("images", time.perf_counter())
     try:
         for last in events:
+            stages.saw(last)
             if isinstance(last, Progress):
                 if show:
                     bar, task = _start_image_bar(last.total, unit)
@@ -140,6 +260,7 @@ def track_images(events: Iterator[Any], enabled: bool, unit: str) -> Any:
         close = getattr(events, "close", None)
         if close is not None:
             close()
+    stages.report()
     return last
 
 

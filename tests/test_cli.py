@@ -30,7 +30,6 @@ from cli_fixtures import (
     sample,
     unfold_ref,
 )
-from click.utils import make_default_short_help
 from helpers_ref import STATS_KEYS
 from patchfold.errors import PatchfoldError
 from PIL import Image
@@ -692,7 +691,9 @@ def test_the_group_lists_each_command_with_its_own_short_help() -> None:
         command = main.get_command(context, name)
         assert command is not None and command.name == name
         for limit in (45, 80, 200):
-            assert make_default_short_help(short_help, limit) == command.get_short_help_str(limit), name
+            assert click.Command(name, help=short_help).get_short_help_str(limit) == command.get_short_help_str(
+                limit
+            ), name
     assert sorted(main.list_commands(context)) == sorted(COMMANDS)
 
 

@@ -449,7 +449,7 @@ HOSTILE_CASES: list[Case] = [
         "sidecar_missing_no_output_size",
         ("fold", f"{C}/nosidecar.npy", *K4, "-s", "2", "-o", f"{T}/out.png"),
         2,
-        ("nosidecar.json", "--output-size"),
+        ("nosidecar.json", "--size"),
     ),
     Case(
         "sidecar_malformed_json",
@@ -684,10 +684,10 @@ HOSTILE_CASES: list[Case] = [
     Case("device_index_text", ("unfold", GRAY, *K4, "--device", "cuda:x", "-o", OUT), 2, ("--device", "cuda:x")),
     # --- where outputs go ------------------------------------------------------------------------
     Case(
-        "output_directory_missing",
-        ("unfold", GRAY, *K4, "-o", f"{T}/no/such/dir/out.npy"),
+        "output_directory_under_a_file",  # a missing folder is made, but not inside a file
+        ("unfold", GRAY, *K4, "-o", f"{GRAY}/no/dir/out.npy"),
         1,
-        ("no/such/dir", "does not exist"),
+        ("cannot be made", "is a file, not a directory"),
     ),
     Case(
         "output_directory_read_only",
@@ -721,10 +721,10 @@ HOSTILE_CASES: list[Case] = [
     ),
     Case("several_images_without_i", ("fold", f"{C}/p2.npy", "-o", f"{T}/out.png"), 1, ("out.png", "{i}")),
     Case(
-        "numbered_images_into_missing_dir",
-        ("fold", f"{C}/p2.npy", "-o", T + "/nodir/out_{{i}}.png"),
+        "numbered_images_under_a_file",
+        ("fold", f"{C}/p2.npy", "-o", GRAY + "/nodir/out_{{i}}.png"),
         1,
-        ("nodir", "does not exist"),
+        ("nodir", "is a file, not a directory"),
     ),
     Case(
         "tiles_into_non_empty_directory",

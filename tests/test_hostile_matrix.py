@@ -916,7 +916,10 @@ def path_cases() -> list[Case]:
         Case("name_256_batch_unfold", "batch unfold {c}/g.png -k 4 -o {w}/{T}.dir --no-progress"),
         Case("name_256_batch_tiles", "batch tiles {c}/g.png -k 4 -o {w}/{T}.dir --no-progress"),
         Case("name_256_input", "unfold {w}/{T}.npy -k 4 -o {w}/out.npy --no-progress"),
-        Case("name_256_directory_in_path", "unfold {c}/g.png -k 4 -o {w}/{T}/out.npy --no-progress"),
+        # the missing folder is made (a 252-character name fits the file system), as for any -o path
+        Case("name_256_directory_in_path", "unfold {c}/g.png -k 4 -o {w}/{T}/out.npy --no-progress", (0,),
+             outputs=("b*", "b*/out.npy", "b*/out.json")),
+        Case("name_256_directory_too_long", "unfold {c}/g.png -k 4 -o {w}/{T}bbbb/out.npy --no-progress"),
     ]
     return cases
 

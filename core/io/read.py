@@ -21,6 +21,7 @@ import numpy as np
 from patchfold.errors import PatchfoldError
 from patchfold.io import leases
 from patchfold.io.sources import RegionSource, is_zarr, open_pyramid_tiff, open_zarr
+from patchfold.io.streams import is_stdio, stdin_file
 from patchfold.memory import check_fits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm")
@@ -87,14 +88,17 @@ class Batch:
 def find_inputs(inputs: Sequence[str | Path], *, recursive: bool = False, unique: bool = False) -> list[Path]:
     """The input files of a command, in the order given: files as they are, directories as their
     images and ``.npy`` files (all levels with ``recursive``) and glob patterns (``**`` with
-    ``recursive``), each directory or pattern sorted by name. ``unique`` drops repeats (a dataset
+    ``recursive``), each directory or pattern sorted by name; ``-`` is standard input (an image or
+    ``.npy``, see :mod:`patchfold.io.streams`). ``unique`` drops repeats (a dataset
     holds each image once; a batch may stack one image twice)."""
     paths: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if str(raw) == "":
             raise PatchfoldError("an input is an empty string; give a file, directory or pattern")
-        if is_zarr(path):  # a Zarr array or OME-Zarr image is one input, not a folder of files
+        if is_stdio(raw):  # standard input, copied once into a temporary file
+            found = [stdin_file()]
+        elif is_zarr(path):  # a Zarr array or OME-Zarr image is one input, not a folder of files
             found = [path]
         elif path.is_dir():
             found = [p for p in path.glob("**/*" if recursive else "*") if _is_input(p)]

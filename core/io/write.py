@@ -40,19 +40,46 @@ def check_not_an_input(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
 
 
 def check_parent(path: Path, what: str) -> Path:
-    """The directory that will hold ``path``; it must exist and be writable."""
+    """The directory that will hold ``path``: it must be a writable directory, or, where it and
+    perhaps folders above it are missing (made by :func:`made_parents` when the output is
+    written), the nearest one that exists must be."""
     parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise PatchfoldError(f"{what} '{parent}' is a file, not a directory")
-    if not parent.is_dir():
-        raise PatchfoldError(f"{what} '{parent}' does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PatchfoldError(f"{what} '{parent}' is not writable")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PatchfoldError(f"{what} '{parent}' cannot be made: '{existing}' is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        missing = "" if existing == parent else f" (to make '{parent}' in)"
+        raise PatchfoldError(f"{what} '{existing}'{missing} is not writable")
     return parent
 
 
+@contextlib.contextmanager
+def made_parents(*paths: Path) -> Iterator[None]:
+    """Make the missing folders above ``paths`` (a new folder the user named in ``-o``); if the
+    block fails, the folders made here are removed again (where still empty): a failed run leaves
+    nothing behind."""
+    made: list[Path] = []
+    try:
+        for path in paths:
+            missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+            for folder in reversed(missing):
+                folder.mkdir()
+                made.append(folder)
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def check_free_space(path: Path, needed: int) -> None:
-    free = shutil.disk_usage(path.parent).free
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # a folder still to be made: its disk
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
     if needed > free:
         raise PatchfoldError(f"'{path}' needs {format_bytes(needed)} but only {format_bytes(free)} is free on its disk")
 
@@ -104,6 +131,12 @@ def atomic_paths(*targets: Path) -> Iterator[list[Path]]:
     of outputs (a patch matrix and its sidecar) is replaced whole or not at all."""
     for target in targets:
         check_output_path(target)
+    with made_parents(*targets), _replaced_together(targets) as temporaries:
+        yield temporaries
+
+
+@contextlib.contextmanager
+def _replaced_together(targets: Sequence[Path]) -> Iterator[list[Path]]:
     for parent in {target.parent for target in targets}:
         remove_stale_temporaries(parent)
     temporaries: list[Path] = []
@@ -166,6 +199,12 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it replaces ``target`` (the old
     store moved aside first and deleted after), on failure it is deleted and ``target`` is as it was."""
     check_store_path(target)
+    with made_parents(target), _directory_replaced(target) as temporary:
+        yield temporary
+
+
+@contextlib.contextmanager
+def _directory_replaced(target: Path) -> Iterator[Path]:
     remove_stale_temporaries(target.parent)
     temporary = Path(tempfile.mkdtemp(prefix=temporary_prefix(target), suffix=".part", dir=target.parent))
     old: Path | None = None

@@ -115,10 +115,20 @@ def divisor_files(
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     level: int | None = None,
+    outputs: Sequence[str | Path] = (),
 ) -> DivisorResult:
     """The divisor map ``fold(unfold(ones))`` of ``inputs``' size (or ``size``) written as ``npy``
-    (int64 ``(H, W)``) and/or a heatmap ``png``, with the overlap statistics."""
-    outputs = {"npy": None if npy is None else Path(npy), "png": None if png is None else Path(png)}
+    (int64 ``(H, W)``) and/or a heatmap ``png``, with the overlap statistics. ``outputs`` gives
+    the same by suffix: each a ``.npy`` or a ``.png`` path, at most one of each."""
+    named = {"npy": npy, "png": png}
+    for given in map(Path, outputs):
+        kind = given.suffix.lower().lstrip(".")
+        if kind not in named:
+            raise PatchfoldError(f"the divisor map is written as .npy or .png, got '{given}'", param="output")
+        if named[kind] is not None:
+            raise PatchfoldError(f"two .{kind} outputs given: '{named[kind]}' and '{given}'", param="output")
+        named[kind] = given
+    outputs = {name: None if path is None else Path(path) for name, path in named.items()}
     for name, path in outputs.items():
         if path is not None:
             if path.suffix.lower() != f".{name}":

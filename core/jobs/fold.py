@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from patchfold import engines
@@ -24,6 +24,7 @@ from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 from patchfold.io.formats import Sidecar, check_against_sidecar, read_sidecar, sidecar_path
 from patchfold.io.read import read_patch_matrix
+from patchfold.io.streams import STDIO, input_path, is_stdio, stdout_file
 from patchfold.io.write import (
     _release,
     allocate_npy,
@@ -158,7 +159,55 @@ class FoldResult:
         }
 
 
+#: What ``fold -o -`` can send to standard output: the ``.npy`` array or one image file.
+STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")
+
+
 def fold_file(
+    patches: str | Path,
+    output: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    stdout: BinaryIO | None = None,
+    output_format: str = "npy",
+    **options: Any,
+) -> Iterator[Progress | FoldResult]:
+    """:func:`fold_to_file`, with ``-`` as ``patches`` read from standard input (no sidecar then:
+    give ``kernel_size`` and ``output_size``) and ``-`` as ``output`` the result in
+    ``output_format`` (:data:`STREAM_FORMATS`: ``.npy``, or one image) sent to ``stdout`` once it
+    is complete. The options are :func:`fold_to_file`'s."""
+    named = _from_stdin if is_stdio(patches) else _as_it_is
+    patches = input_path(patches)
+    if named is _from_stdin and patches.suffix != ".npy":
+        kind = patches.suffix.lstrip(".").upper()
+        raise PatchfoldError(f"patches '-' (standard input) must be a .npy patch matrix, got a {kind} image")
+    if named is _from_stdin and (options.get("output_size") is None or not (overrides or {}).get("kernel_size")):
+        raise PatchfoldError(
+            "patches from '-' (standard input) have no sidecar: give kernel_size= and output_size=",
+            param="kernel_size" if not (overrides or {}).get("kernel_size") else "output_size",
+        )
+    if not is_stdio(output):
+        yield named((yield from fold_to_file(patches, output, overrides, **options)))
+        return
+    if output_format not in STREAM_FORMATS:
+        raise PatchfoldError(
+            f"format must be one of {', '.join(STREAM_FORMATS)} for standard output, got {output_format!r}",
+            param="format",
+        )
+    with stdout_file(stdout, f".{output_format}") as target:
+        result = yield from fold_to_file(patches, target, overrides, **options)
+    yield named(replace(result, written=Path(STDIO)))
+
+
+def _from_stdin(result: FoldResult) -> FoldResult:
+    return replace(result, source=Path(STDIO))
+
+
+def _as_it_is(result: FoldResult) -> FoldResult:
+    return result
+
+
+def fold_to_file(
     patches: str | Path,
     output: str | Path,
     overrides: Mapping[str, Any] | None = None,
@@ -170,15 +219,15 @@ def fold_file(
     device: str = "auto",
     engine: str = "auto",
     max_memory: int | None = None,
-) -> Iterator[Progress | FoldResult]:
+) -> Generator[Progress, None, FoldResult]:
     """Fold the patch matrix file ``patches`` back into images at ``output`` (``.npy``, an image
     file, ``{i}``-numbered image files or a directory).
 
     Parameters come from the sidecar beside ``patches``; ``overrides`` (block parameters by name),
     ``output_size`` and ``layout`` replace what it records. Without a sidecar, ``kernel_size`` (in
     ``overrides``) and ``output_size`` are required. A ``.npy`` output on the CPU is written band by
-    band within ``max_memory``; images are folded in memory. Yields :class:`Progress`, then the
-    :class:`FoldResult`.
+    band within ``max_memory``; images are folded in memory. Yields :class:`Progress` and returns
+    the :class:`FoldResult`.
     """
     started = time.perf_counter()
     patches, output = Path(patches), Path(output)
@@ -209,7 +258,7 @@ def fold_file(
         output_shape, output_dtype = images.shape, images.dtype
     written = targets if targets is not None else output
     seconds = time.perf_counter() - started
-    yield FoldResult(
+    return FoldResult(
         written, patches, tuple(cols.shape), tuple(output_shape), np.dtype(output_dtype), geometry, layout,
         normalize, window, device, engine, bands, seconds,
     )  # fmt: skip

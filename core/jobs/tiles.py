@@ -31,6 +31,7 @@ from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_image, read_
 from patchfold.io.write import (
     check_parent,
     image_targets,
+    made_parents,
     remove_stale_temporaries,
     temporary_prefix,
     to_image_array,
@@ -166,7 +167,14 @@ def _atomic_directory(directory: Path) -> Iterator[Path]:
     """Stage files in a hidden sibling directory and move it into place at the end."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise PatchfoldError(f"output directory '{directory}' already exists and is not empty")
-    parent = check_parent(directory, "output directory's parent")
+    check_parent(directory, "output directory's parent")
+    with made_parents(directory), _staged(directory) as staging:
+        yield staging
+
+
+@contextlib.contextmanager
+def _staged(directory: Path) -> Iterator[Path]:
+    parent = directory.parent
     remove_stale_temporaries(parent)
     staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".part", dir=parent))
     try:

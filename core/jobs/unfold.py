@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from patchfold.blocks import Blocks
@@ -26,6 +26,7 @@ from patchfold.geometry import Geometry
 from patchfold.io.formats import ZARR_SIDECAR_KEY, Sidecar, sidecar_path
 from patchfold.io.read import DEFAULT_MAX_PIXELS, find_inputs, load_inputs
 from patchfold.io.sources import RegionSource, padded_slab, zarr_module
+from patchfold.io.streams import STDIO, is_stdio, source_name, stdout_file
 from patchfold.io.write import (
     _release,
     allocate_npy,
@@ -288,15 +289,28 @@ class UnfoldResult:
     engine: str
     seconds: float
 
+    def fold_parameters(self) -> dict[str, Any]:
+        """What ``fold`` needs of a patch matrix that has no sidecar (one sent to standard output):
+        the block parameters, the output size and the layout."""
+        return {
+            **self.plan.geometry.blocks.to_dict(),
+            "output_size": list(self.plan.geometry.spatial_size),
+            "layout": self.plan.layout,
+        }
+
     def summary(self) -> dict[str, Any]:
         geometry, sidecar = self.plan.geometry, self.sidecar
+        if is_stdio(self.output):
+            where = "none: standard output has no file beside it (see fold_parameters)"
+        elif self.output.suffix.lower() == ".zarr":
+            where = f"{self.output} (attribute '{ZARR_SIDECAR_KEY}')"
+        else:
+            where = str(sidecar_path(self.output))
+        extra = {"fold_parameters": self.fold_parameters()} if is_stdio(self.output) else {}
         return {
             "output": str(self.output),
-            "sidecar": (
-                f"{self.output} (attribute '{ZARR_SIDECAR_KEY}')"
-                if self.output.suffix.lower() == ".zarr"
-                else str(sidecar_path(self.output))
-            ),
+            "sidecar": where,
+            **extra,
             "inputs": self.inputs,
             "input_shape": list(sidecar.input_shape),
             "input_dtype": sidecar.input_dtype,
@@ -320,6 +334,26 @@ def unfold_file(
     output: str | Path,
     blocks: Blocks,
     *,
+    stdout: BinaryIO | None = None,
+    **options: Any,
+) -> Iterator[Progress | UnfoldResult]:
+    """:func:`unfold_to_file`, and with ``output`` ``-`` the ``.npy`` stream to ``stdout`` (a
+    binary stream), written only once it is complete; no sidecar goes with it (the result's
+    :meth:`UnfoldResult.fold_parameters` say what ``fold`` then needs). ``-`` among ``inputs`` is
+    standard input. The options are :func:`unfold_to_file`'s."""
+    if not is_stdio(output):
+        yield (yield from unfold_to_file(inputs, output, blocks, **options))
+        return
+    with stdout_file(stdout, ".npy") as target:
+        result = yield from unfold_to_file(inputs, target, blocks, **options)
+    yield replace(result, output=Path(STDIO))
+
+
+def unfold_to_file(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    blocks: Blocks,
+    *,
     dtype: str = "keep",
     layout: str = "ncl",
     device: str = "auto",
@@ -331,14 +365,14 @@ def unfold_file(
     threads: int | None = None,
     level: int | None = None,
     compression: str = "default",
-) -> Iterator[Progress | UnfoldResult]:
+) -> Generator[Progress, None, UnfoldResult]:
     """Unfold image files, directories, ``.npy`` arrays or Zarr stores into the patch matrix
     ``output``: a ``.npy`` with its sidecar beside it, or a ``.zarr`` array (chunked by rows of
     blocks, ``compression`` as :data:`ZARR_COMPRESSIONS`) with the sidecar in its attributes; in
     bands that fit ``max_memory``. ``level`` picks the resolution of pyramidal TIFF and Zarr
     inputs, which are read band by band (a level larger than memory streams through).
 
-    A generator: it yields :class:`Progress` per band and finally the :class:`UnfoldResult`.
+    A generator: it yields :class:`Progress` per band and returns the :class:`UnfoldResult`.
     Nothing is written until the inputs and parameters have been checked; the outputs appear only
     when complete (closing the generator early leaves nothing).
     """
@@ -371,7 +405,7 @@ def unfold_file(
         output_dtype=str(out_dtype),
         scale=scale,
         layout=layout,
-        sources=tuple(str(Path(s).resolve()) for s in batch.sources),
+        sources=tuple(source_name(s) for s in batch.sources),
         source_level=array.describe() if isinstance(array, RegionSource) else None,
     )
     if to_zarr:
@@ -391,4 +425,4 @@ def unfold_file(
             array, plan, output, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine, threads=threads
         )
     inputs_count = len(set(batch.sources))
-    yield UnfoldResult(output, sidecar, plan, inputs_count, device, engine, time.perf_counter() - started)
+    return UnfoldResult(output, sidecar, plan, inputs_count, device, engine, time.perf_counter() - started)
