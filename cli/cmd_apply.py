@@ -15,6 +15,7 @@ from patchfold.cli.options import (
     level_option,
     max_pixels_option,
     progress_option,
+    recursive_option,
     spatial_dims_option,
     stack_option,
     verbosity_options,
@@ -54,6 +55,7 @@ from patchfold.cli.present import emit_summary, track
 @spatial_dims_option
 @stack_option
 @level_option
+@recursive_option
 @max_pixels_option
 @progress_option
 @json_option

@@ -17,6 +17,7 @@ from patchfold.cli.options import (
     level_option,
     max_memory_option,
     max_pixels_option,
+    recursive_option,
     size_option,
     spatial_dims_option,
     stack_option,
@@ -58,6 +59,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @spatial_dims_option
 @stack_option
 @level_option
+@recursive_option
 @max_pixels_option
 @max_memory_option
 @json_option
@@ -124,6 +126,7 @@ def stats(
 @spatial_dims_option
 @stack_option
 @level_option
+@recursive_option
 @max_pixels_option
 @json_option
 @verbosity_options

@@ -15,6 +15,7 @@ from patchfold.cli.options import (
     level_option,
     max_pixels_option,
     progress_option,
+    recursive_option,
     spatial_dims_option,
     stack_option,
     verbosity_options,
@@ -38,6 +39,7 @@ from patchfold.jobs.tiles import TILE_FORMATS
 @spatial_dims_option
 @stack_option
 @level_option
+@recursive_option
 @max_pixels_option
 @progress_option
 @json_option

@@ -18,6 +18,7 @@ from patchfold.cli.options import (
     max_memory_option,
     max_pixels_option,
     progress_option,
+    recursive_option,
     spatial_dims_option,
     stack_option,
     verbosity_options,
@@ -59,6 +60,7 @@ ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
 @spatial_dims_option
 @stack_option
 @level_option
+@recursive_option
 @max_pixels_option
 @max_memory_option
 @progress_option

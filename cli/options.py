@@ -296,6 +296,26 @@ def spatial_dims_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def recursive_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``-r/--recursive``: directories among ``inputs`` give the images of every level below them,
+    and ``**`` in a quoted glob matches any depth (as in ``batch``)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("recursive") and kwargs.get("inputs"):
+            from patchfold.io.read import find_inputs
+
+            try:
+                kwargs["inputs"] = tuple(find_inputs(kwargs["inputs"], recursive=True))
+            except PatchfoldError as error:
+                raise as_click_error(error) from None
+        return command(*args, **kwargs)
+
+    return click.option(
+        "-r", "--recursive", is_flag=True, help="Descend into sub-directories of INPUTS (and ** in quoted globs)."
+    )(wrapper)
+
+
 def level_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--level",

@@ -260,3 +260,37 @@ def test_divisor_output_and_its_old_spellings(tmp_path: Path) -> None:
     assert "-o, --output" in shown and "--npy" not in shown and "--png" not in shown
     twice = invoke("divisor", "--size", "8", "-k", "2", "-o", tmp_path / "c.npy", "-o", tmp_path / "d.npy")
     assert twice.exit_code == 2 and "two .npy outputs" in twice.stderr
+
+
+# ----- -r/--recursive wherever inputs are taken ----------------------------------------------------
+
+
+@pytest.fixture
+def nested(tmp_path: Path) -> Path:
+    (tmp_path / "scans" / "day1").mkdir(parents=True)
+    image = sample("gray").read_bytes()
+    (tmp_path / "scans" / "a.png").write_bytes(image)
+    (tmp_path / "scans" / "day1" / "b.png").write_bytes(image)
+    return tmp_path / "scans"
+
+
+@pytest.mark.parametrize("command", ["unfold", "tiles", "stats", "divisor"])
+def test_recursive_reads_sub_directories(tmp_path: Path, nested: Path, command: str) -> None:
+    def images(*flags: str) -> int:
+        out = {"unfold": ["-o", tmp_path / f"m{len(flags)}.npy"], "tiles": ["-o", tmp_path / f"t{len(flags)}"]}
+        summary = json.loads(ok(command, nested, *flags, "-k", "8", "-s", "8", *out.get(command, []), "--json").stdout)
+        return summary["images"] if command == "tiles" else summary["input_shape"][0]
+
+    assert (images(), images("-r")) == (1, 2)
+
+
+def test_a_directory_with_images_only_below_it_suggests_recursive(tmp_path: Path, nested: Path) -> None:
+    (nested / "a.png").unlink()
+    result = invoke("unfold", nested, "-k", "8", "-o", tmp_path / "x.npy")
+    assert result.exit_code == 1 and "-r/--recursive reads them" in error_lines(result.stderr)[0]
+    ok("unfold", nested, "-r", "-k", "8", "-o", tmp_path / "x.npy")
+
+
+def test_recursive_glob_matches_any_depth(tmp_path: Path, nested: Path) -> None:
+    ok("unfold", f"{nested}/**/*.png", "-r", "-k", "8", "-s", "8", "-o", tmp_path / "x.npy")
+    assert np.load(tmp_path / "x.npy").shape[0] == 2

@@ -103,8 +103,10 @@ def find_inputs(inputs: Sequence[str | Path], *, recursive: bool = False, unique
         elif path.is_dir():
             found = [p for p in path.glob("**/*" if recursive else "*") if _is_input(p)]
             if not found:
+                deeper = not recursive and any(_is_input(p) for p in path.glob("**/*"))
+                hint = ": its sub-directories have some (-r/--recursive reads them)" if deeper else ""
                 raise PatchfoldError(
-                    f"directory '{path}' has no images or .npy files (looked for {', '.join(INPUT_SUFFIXES)})"
+                    f"directory '{path}' has no images or .npy files (looked for {', '.join(INPUT_SUFFIXES)}){hint}"
                 )
         elif os.path.lexists(path):
             require_file(path)
