@@ -90,8 +90,10 @@ def apply(
 
     \b
     Example:
-      patchfold apply sample_images/scene_rgb.png --model model.pt -k 64 -s 48 --cover --margin 8 -o out.png
-      patchfold apply img.png --linear w.npy -k 3 -p 1 -o features.npy
+      patchfold sample -o scene.png
+      patchfold apply scene.png --function numpy:sqrt -k 64 -s 48 --cover -o brighter.png
+      patchfold apply scene.png --model model.pt -k 64 -s 48 --cover --margin 8 -o out.png
+      patchfold apply scene.png --linear w.npy -k 3 -p 1 -o features.npy
     """
     from patchfold.jobs.apply import FunctionSpec, apply_file
 

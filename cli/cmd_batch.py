@@ -90,7 +90,8 @@ def batch_unfold(
 
     \b
     Example:
-      patchfold batch unfold 'sample_images/*.png' -k 16 -s 8 --channels 3 -o out/dataset
+      patchfold sample -o scans/a.png && patchfold sample --channels 1 --size 200,300 -o scans/b.png
+      patchfold batch unfold 'scans/*.png' -k 16 -s 8 --channels 3 -o out/dataset
       python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
     """
     from patchfold.datasets.build import unfold_dataset
@@ -127,7 +128,8 @@ def batch_tiles(
 
     \b
     Example:
-      patchfold batch tiles 'sample_images/*.png' -k 32 -s 32 --format npy -o out/tiles
+      patchfold sample -o scans/a.png && patchfold sample --channels 1 --size 200,300 -o scans/b.png
+      patchfold batch tiles 'scans/*.png' -k 32 -s 32 --format npy -o out/tiles
     """
     from patchfold.datasets.build import tile_dataset
 

@@ -79,10 +79,11 @@ def fold(
 
     \b
     Example:
-      patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o p.npy
+      patchfold sample -o scene.png
+      patchfold unfold scene.png -k 16 -s 8 -o p.npy
       patchfold fold p.npy -o restored.png
       patchfold fold p.npy --window hann -o blended.png
-      patchfold fold - -k 16 -s 8 --size 64,96 -o - --format png < p.npy > restored.png
+      patchfold fold - -k 16 -s 8 --size 240,320 -o - --format png < p.npy > again.png
     """
     from patchfold.jobs.fold import fold_file
 

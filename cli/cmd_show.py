@@ -20,9 +20,10 @@ def show() -> None:
 
     \b
     Example:
-      patchfold show grid sample_images/scene_rgb.png -k 64 -s 48 -p 8 -o out/grid.png
+      patchfold sample -o scene.png && patchfold unfold scene.png -k 16 -s 8 -o out/patches.npy
+      patchfold show grid scene.png -k 64 -s 48 -p 8 -o out/grid.png
       patchfold show mosaic out/patches.npy --count 64 -o out/mosaic.png
-      patchfold show divisor sample_images/scene_rgb.png -k 64 -s 48 -o out/overlap.png
+      patchfold show divisor scene.png -k 64 -s 48 -o out/overlap.png
     """
 
 
@@ -40,7 +41,8 @@ def grid(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixel
 
     \b
     Example:
-      patchfold show grid sample_images/scene_rgb.png -k 64 -s 48 -p 8 -o out/grid.png
+      patchfold sample -o scene.png
+      patchfold show grid scene.png -k 64 -s 48 -p 8 -o out/grid.png
     """
     from patchfold.jobs.pictures import grid_picture_file
 
@@ -59,6 +61,7 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 
     \b
     Example:
+      patchfold sample -o scene.png && patchfold unfold scene.png -k 16 -s 8 -o out/patches.npy
       patchfold show mosaic out/patches.npy --count 100 --spread -o out/mosaic.png
     """
     from patchfold.jobs.pictures import mosaic_file
@@ -79,7 +82,8 @@ def divisor_picture(image: Path, blocks: Blocks, output: Path, level: int | None
 
     \b
     Example:
-      patchfold show divisor sample_images/scene_rgb.png -k 64 -s 48 -o out/overlap.png
+      patchfold sample -o scene.png
+      patchfold show divisor scene.png -k 64 -s 48 -o out/overlap.png
     """
     from patchfold.jobs.pictures import divisor_picture_file
 

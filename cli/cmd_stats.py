@@ -87,7 +87,8 @@ def stats(
     \b
     Example:
       patchfold stats --size 512,512 -k 16 -s 8
-      patchfold stats sample_images/scene_rgb.png -k 32 -s 16 --json
+      patchfold sample -o scene.png
+      patchfold stats scene.png -k 32 -s 16 --json
     """
     from patchfold.jobs.estimate import estimate
 

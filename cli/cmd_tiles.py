@@ -64,7 +64,8 @@ def tiles(
 
     \b
     Example:
-      patchfold tiles sample_images/scene_rgb.png -k 64 -s 48 -o out/tiles
+      patchfold sample -o scene.png
+      patchfold tiles scene.png -k 64 -s 48 -o out/tiles
       mogrify -blur 0x2 out/tiles/*.png            # any per-tile processing
       patchfold untile out/tiles --window hann -o out/blended.png
     """
@@ -91,6 +92,7 @@ def untile(directory: Path, output: Path, window: str, normalize: bool, no_progr
 
     \b
     Example:
+      patchfold sample -o scene.png && patchfold tiles scene.png -k 64 -s 48 -o out/tiles
       patchfold untile out/tiles -o out/restored.png
       patchfold untile out/tiles --window gaussian:0.2 -o out/blended.png
     """

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "--size), write it as .npy and/or a heatmap PNG, and print the overlap statistics.",
     ),
     "fold": ("patchfold.cli.cmd_fold", "Overlap-add a patch matrix PATCHES.npy back into images."),
+    "sample": (
+        "patchfold.cli.cmd_sample",
+        "Write a synthetic test image (gradients, discs, fine stripes) to try the other commands on.",
+    ),
     "show": (
         "patchfold.cli.cmd_show",
         "Render pictures: the block grid over an image, a mosaic of patches, or the divisor map beside the image.",
@@ -84,7 +88,8 @@ def main() -> None:
 
     \b
     Example:
-      patchfold unfold sample_images/scene_rgb.png -k 16 -s 8 -o p.npy
+      patchfold sample -o scene.png
+      patchfold unfold scene.png -k 16 -s 8 -o p.npy
       patchfold fold p.npy -o restored.png
       patchfold stats --size 512,512 -k 16 -s 8
     """

@@ -200,3 +200,28 @@ def divisor_beside_image(pixels: np.ndarray, geometry: Geometry) -> np.ndarray:
     out[: image.shape[0], : image.shape[1]] = image
     out[: heat.shape[0], image.shape[1] + 8 :] = heat
     return out
+
+
+def sample_scene(height: int, width: int, channels: int = 3, dtype: str = "uint8") -> np.ndarray:
+    """A synthetic test picture ``(channels, height, width)``: smooth colour gradients, a few
+    discs and a band of fine stripes, using the dtype's whole range; the same every time (no
+    data file needed, so help examples run anywhere).
+
+    >>> sample_scene(4, 6, 1).shape
+    (1, 4, 6)
+    """
+    kind = np.dtype(dtype)
+    if kind not in (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32")):
+        raise PatchfoldError(f"a sample image is uint8, uint16 or float32, got {dtype!r}")
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    y, x = rows / max(height - 1, 1), cols / max(width - 1, 1)
+    planes = [x, y, 1 - (x + y) / 2, 0.5 + 0.5 * np.sin(6 * np.pi * x * y)]
+    scene = np.stack([planes[c % len(planes)] for c in range(channels)])
+    for cy, cx, radius, shade in ((0.35, 0.3, 0.18, 1.0), (0.6, 0.7, 0.22, 0.0), (0.75, 0.25, 0.1, 0.8)):
+        inside = (y - cy) ** 2 + ((x - cx) * width / max(height, 1)) ** 2 < radius**2
+        scene[:, inside] = shade
+    stripes = (rows > height * 0.85) & ((cols // 2) % 2 == 0)
+    scene[:, stripes] = 1.0
+    if kind.kind == "f":
+        return scene.astype(kind)
+    return np.rint(scene * np.iinfo(kind).max).astype(kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from patchfold import render
@@ -13,7 +14,7 @@ from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_patch_matrix
-from patchfold.io.write import check_output_path
+from patchfold.io.write import check_output_path, image_targets, save_images, save_npy
 
 
 def _check_png(output: Path) -> Path:
@@ -71,3 +72,22 @@ def divisor_picture_file(
 ) -> Path:
     """``image`` (at pyramid ``level``) and its divisor map side by side, as the PNG ``output``."""
     return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels, level)
+
+
+def sample_file(output: str | Path, *, size: Any = (240, 320), channels: int = 3, dtype: str = "uint8") -> Path:
+    """Write :func:`patchfold.render.sample_scene` of ``size`` (H,W; one int for a square) as
+    ``output``: an image file Pillow writes for that dtype and channel count, or ``.npy``
+    ``(C, H, W)``. The test image of the help examples."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if not (1 <= height <= 16384 and 1 <= width <= 16384):
+        raise PatchfoldError(f"a sample image is 1 to 16384 pixels a side, got {height}x{width}", param="spatial_size")
+    if not 1 <= channels <= 4:
+        raise PatchfoldError(f"a sample image has 1 to 4 channels, got {channels}", param="channels")
+    output = Path(output)
+    targets = image_targets(output, 1)
+    picture = render.sample_scene(height, width, channels, dtype)
+    if targets is None:
+        save_npy(output, picture)
+    else:
+        save_images(targets, picture[None])
+    return output
