@@ -102,7 +102,8 @@ def stats(
         ("unfold would stream", streaming),
         ("unfold peak memory", f"≈ {human_bytes(result.peak_memory)} (input, padding, bands)"),
     ]
-    emit_summary("overlap statistics", result.summary(), as_json, rows)
+    summary = result.summary()
+    emit_summary("overlap statistics", summary, as_json, [*rows, ("CPU engine", summary["cpu_engine"])])
 
 
 @click.command()

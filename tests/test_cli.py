@@ -413,8 +413,9 @@ def test_stats_json_for_size(tmp_path: Path) -> None:
     result = ok("stats", "--size", "512,512", "-k", 16, "-s", 8, "--json")
     assert result.stderr == ""
     stats = json.loads(result.stdout)
-    assert set(stats) == STATS_KEYS
+    assert set(stats) == STATS_KEYS | {"cpu_engine"}
     assert set(stats["coverage"]) == {"min", "max", "mean", "histogram"}
+    assert stats.pop("cpu_engine").startswith(("compiled loops (", "numpy fallback ("))
     assert stats == {
         "input_shape": [1, 1, 512, 512],
         "kernel_size": [16, 16],
@@ -578,8 +579,9 @@ def test_json_goes_to_stdout_and_tables_to_stderr(tmp_path: Path, command: str) 
 
 
 def test_version_and_help() -> None:
-    assert ok("--version").stdout.strip() == f"patchfold, version {patchfold.__version__}"
-    assert ok("-V").stdout.strip() == f"patchfold, version {patchfold.__version__}"
+    for flag in ("--version", "-V"):  # the version, then Python, the CPU engine, torch and CUDA (test_about.py)
+        lines = ok(flag).stdout.splitlines()
+        assert lines[0] == f"patchfold, version {patchfold.__version__}" and len(lines) == 5
     text = ok("--help").stdout
     for command in ("unfold", "fold", "divisor", "stats"):
         assert command in text
