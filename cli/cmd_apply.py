@@ -11,6 +11,7 @@ from patchfold.cli.options import (
     PATH,
     DeviceType,
     block_options,
+    complete_window,
     json_option,
     level_option,
     max_pixels_option,
@@ -36,7 +37,13 @@ from patchfold.cli.present import emit_summary, track
 @click.option("--function", default=None, metavar="MODULE:CALLABLE", help="A Python callable on batches of patches.")
 @block_options()
 @click.option("--cover", is_flag=True, help="Move each dim's last block inward to end at the border (no padding).")
-@click.option("--window", default="none", show_default=True, help="Blending window (hann, gaussian:SIGMA...).")
+@click.option(
+    "--window",
+    default="none",
+    show_default=True,
+    shell_complete=complete_window,
+    help="Blending window (hann, gaussian:SIGMA...).",
+)
 @click.option("--margin", type=click.IntRange(0), default=0, show_default=True, help="Trim of each output patch.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Patches per call.")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="Where a model runs.")

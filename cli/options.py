@@ -204,6 +204,11 @@ class DeviceType(click.ParamType):
             self.fail(f"expected auto, cpu, cuda or cuda:N, got {value!r}", param, ctx)
         return text
 
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(name) for name in ("auto", "cpu", "cuda") if name.startswith(incomplete)]
+
 
 def dtype_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--dtype keep|float32|float64|float16``, with the command's own ``help``."""
@@ -291,6 +296,13 @@ def stack_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def complete_window(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of ``--window``: the window names."""
+    from patchfold.windows import WINDOWS
+
+    return [name for name in WINDOWS if name.startswith(incomplete)]
+
+
 def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``-o/--output``, ``--normalize/--no-normalize`` and ``--window``: how fold and untile write."""
     from patchfold.windows import WINDOWS
@@ -315,6 +327,7 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default="none",
             show_default=True,
             metavar="|".join(WINDOWS),
+            shell_complete=complete_window,
             help="Blend overlapping patches with an edge-aware window (gaussian:SIGMA sets its width).",
         ),
     ]
