@@ -29,7 +29,8 @@ from patchfold.cli.present import emit_summary, track
     "--output",
     required=True,
     type=PATH,
-    help=".npy (N, C', H', W'), an image file (use {i} for N > 1), or a directory.",
+    help=".npy (N, C', H', W'), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
+    "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
 )
 @click.option("--model", type=PATH, default=None, help="TorchScript (.pt) or torch.export (.pt2) model file.")
 @click.option("--linear", type=PATH, default=None, help="W.npy: one vector W·patch per patch (C', C, *k).")

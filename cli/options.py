@@ -313,7 +313,8 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--output",
             required=True,
             type=PATH,
-            help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.",
+            help=".npy (N, C, H, W), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
+            "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
         ),
         click.option(
             "--normalize/--no-normalize",

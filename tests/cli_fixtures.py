@@ -141,3 +141,25 @@ def divisor_ref(size: tuple[int, int], kernel: Any, dilation: Any = 1, padding: 
     """PyTorch's ``fold(unfold(ones))`` for one channel, ``(H, W)`` float64."""
     ones = np.ones((1, 1, *size))
     return fold_ref(unfold_ref(ones, kernel, dilation, padding, stride), size, kernel, dilation, padding, stride)[0, 0]
+
+
+def all_commands() -> list[tuple[str, Any]]:
+    """Every command the ``patchfold`` group has, group members included (``batch unfold``,
+    ``show grid``...), as ``(name, click.Command)``, found by walking the group (commands load
+    lazily: asking for each imports it)."""
+    import click
+
+    found: list[tuple[str, Any]] = []
+
+    def walk(group: click.Group, prefix: str) -> None:
+        context = click.Context(group)
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
+            if command is None or command.hidden:
+                continue
+            found.append((f"{prefix}{name}", command))
+            if isinstance(command, click.Group):
+                walk(command, f"{prefix}{name} ")
+
+    walk(main, "")
+    return found
