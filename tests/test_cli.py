@@ -214,12 +214,27 @@ def test_unfold_directory_input_is_sorted_by_name(tmp_path: Path, rgb_pair: tupl
     assert json.loads(out.with_suffix(".json").read_text())["sources"] == [str(a.resolve()), str(b.resolve())]
 
 
+def test_the_summary_counts_every_input_given(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
+    """ "inputs" was the number of distinct files: 1 for the README's pair of one image given twice."""
+    a, b = rgb_pair
+    out = tmp_path / "p.npy"
+    for inputs, count in (((a, a), 2), ((a, b), 2), ((a.parent, a), 3), ((a,), 1)):
+        summary = ok_json("unfold", *inputs, "-k", 4, "-s", 4, "-o", out)
+        assert summary["inputs"] == count and summary["input_shape"][0] == count, inputs
+    tiles = ok_json("tiles", a, a, "-k", 80, "-s", 80, "-o", tmp_path / "tiles")
+    assert tiles["images"] == 2 and tiles["tiles"] == 2 * 3 * 4
+    npy = tmp_path / "four.npy"
+    np.save(npy, np.zeros((4, 1, 8, 8), np.uint8))
+    summary = ok_json("unfold", npy, "-k", 4, "-o", out)
+    assert summary["inputs"] == 1 and summary["input_shape"][0] == 4  # one file holding four images
+
+
 def test_unfold_stacks_several_inputs(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
     a, b = rgb_pair
     out = tmp_path / "p.npy"
     summary = ok_json("unfold", b, a, b, "-k", 8, "-s", 8, "-o", out)
     assert summary["input_shape"] == [3, 3, 240, 320]
-    assert summary["inputs"] == 2
+    assert summary["inputs"] == 3  # b given twice is two images of the batch
     cols = np.load(out)
     ref_a, ref_b = (unfold_ref(as_nchw(pixels(p)), 8, stride=8)[0] for p in (a, b))
     assert not np.array_equal(ref_a, ref_b)
