@@ -58,8 +58,8 @@ def _reference_entry(name: str) -> str:
 def _options() -> list[tuple[str, str]]:
     """``(command, option)`` for every visible option of every command, the group's own included."""
     found = []
-    for name, command in [("", main), *all_commands()]:
-        context = click.Context(command, info_name=name or "patchfold")
+    top = click.Context(main, info_name="patchfold", **main.context_settings)
+    for name, command, context in [("", main, top), *all_commands()]:
         for param in command.get_params(context):
             if name and param is command.get_help_option(context):  # every command has one: said once
                 continue
@@ -71,7 +71,7 @@ def _options() -> list[tuple[str, str]]:
 OPTIONS = _options()
 
 
-@pytest.mark.parametrize("name", [name for name, _ in all_commands()])
+@pytest.mark.parametrize("name", [name for name, _, _ in all_commands()])
 def test_every_command_is_in_the_readme(name: str) -> None:
     assert re.search(rf"`patchfold {re.escape(name)}[ `]", TEXT), f"README never shows `patchfold {name}`"
     _reference_entry(name)

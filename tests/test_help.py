@@ -11,13 +11,12 @@ COMMANDS = all_commands()
 
 
 def test_the_walk_finds_the_group_members() -> None:
-    names = {name for name, _ in COMMANDS}
+    names = {name for name, _, _ in COMMANDS}
     assert {"unfold", "fold", "stats", "batch unfold", "batch tiles", "show grid", "show mosaic"} <= names
 
 
-@pytest.mark.parametrize(("name", "command"), COMMANDS, ids=[name for name, _ in COMMANDS])
-def test_every_option_has_help(name: str, command: click.Command) -> None:
-    context = click.Context(command, info_name=name)
+@pytest.mark.parametrize(("name", "command", "context"), COMMANDS, ids=[name for name, _, _ in COMMANDS])
+def test_every_option_has_help(name: str, command: click.Command, context: click.Context) -> None:
     missing = [
         "/".join(param.opts)
         for param in command.get_params(context)
@@ -25,10 +24,11 @@ def test_every_option_has_help(name: str, command: click.Command) -> None:
     ]
     assert missing == [], f"patchfold {name}: options without help text"
     assert (command.help or "").strip(), f"patchfold {name} has no docstring"
+    assert "-h" in command.get_help_option(context).opts
 
 
-@pytest.mark.parametrize(("name", "command"), COMMANDS, ids=[name for name, _ in COMMANDS])
-def test_every_i_placeholder_is_explained(name: str, command: click.Command) -> None:
+@pytest.mark.parametrize(("name", "command", "context"), COMMANDS, ids=[name for name, _, _ in COMMANDS])
+def test_every_i_placeholder_is_explained(name: str, command: click.Command, context: click.Context) -> None:
     for param in command.params:
         if isinstance(param, click.Option) and "{i}" in (param.help or ""):
             assert "four digits" in param.help and "0000" in param.help, f"{name} {param.opts}"
