@@ -11,6 +11,7 @@ from patchfold.cli.options import (
     PATH,
     DeviceType,
     block_options,
+    complete_window,
     json_option,
     level_option,
     max_pixels_option,
@@ -30,7 +31,8 @@ from patchfold.cli.present import emit_summary, track
     "--output",
     required=True,
     type=PATH,
-    help=".npy (N, C', H', W'), an image file (use {i} for N > 1), or a directory.",
+    help=".npy (N, C', H', W'), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
+    "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
 )
 @click.option("--model", type=PATH, default=None, help="TorchScript (.pt) or torch.export (.pt2) model file.")
 @click.option("--linear", type=PATH, default=None, help="W.npy: one vector W·patch per patch (C', C, *k).")
@@ -38,7 +40,13 @@ from patchfold.cli.present import emit_summary, track
 @click.option("--function", default=None, metavar="MODULE:CALLABLE", help="A Python callable on batches of patches.")
 @block_options()
 @click.option("--cover", is_flag=True, help="Move each dim's last block inward to end at the border (no padding).")
-@click.option("--window", default="none", show_default=True, help="Blending window (hann, gaussian:SIGMA...).")
+@click.option(
+    "--window",
+    default="none",
+    show_default=True,
+    shell_complete=complete_window,
+    help="Blending window (hann, gaussian:SIGMA...).",
+)
 @click.option("--margin", type=click.IntRange(0), default=0, show_default=True, help="Trim of each output patch.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Patches per call.")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="Where a model runs.")

@@ -106,7 +106,14 @@ def batch_unfold(
 @batch.command("tiles")
 @_common
 @block_options()
-@click.option("--format", "fmt", type=click.Choice(TILE_FORMATS), default="png", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(TILE_FORMATS),
+    default="png",
+    show_default=True,
+    help="Tile file format (npy keeps any dtype exactly).",
+)
 @verbosity_options
 @handle_errors
 def batch_tiles(

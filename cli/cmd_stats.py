@@ -55,7 +55,13 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @click.option("--channels", type=click.IntRange(1), default=None, help="Channels C (default: the input's, or 1).")
 @click.option("--batch", type=click.IntRange(1), default=None, help="Batch size N (default: the inputs', or 1).")
 @dtype_option("Output dtype for the memory estimate (keep: the input's; float32 with --size).")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True)
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="ncl",
+    show_default=True,
+    help="Layout of the patch matrix whose shape is estimated: ncl (N, C·∏k, L) or nlc (N, L, C·∏k).",
+)
 @spatial_dims_option
 @stack_option
 @level_option
@@ -107,7 +113,8 @@ def stats(
         ("unfold would stream", streaming),
         ("unfold peak memory", f"≈ {human_bytes(result.peak_memory)} (input, padding, bands)"),
     ]
-    emit_summary("overlap statistics", result.summary(), as_json, rows, report=True)
+    summary = result.summary()
+    emit_summary("overlap statistics", summary, as_json, [*rows, ("CPU engine", summary["cpu_engine"])], report=True)
 
 
 @click.command()

@@ -96,7 +96,7 @@ def unfold(
       patchfold sample -o scene.png
       patchfold unfold scene.png -k 16 -s 8 -o patches.npy
       patchfold unfold my_scans/ -k 32,16 --layout nlc --dtype float32 -o all.npy
-      patchfold unfold slide.ome.tif --level 1 -k 256 -o patches.zarr
+      patchfold unfold slide.ome.tif --level 1 -k 256 -s 256 -o patches.zarr
       cat scene.png | patchfold unfold - -k 16 -s 8 -o - > piped.npy
     """
     from patchfold.jobs.unfold import unfold_file

@@ -6,7 +6,6 @@ import importlib
 import signal
 
 import click
-from patchfold import __version__
 
 #: Each command, the module and name that define it, and its one-line help (the first sentence of
 #: its docstring, kept here so that ``patchfold --help`` lists the commands without importing them:
@@ -82,7 +81,16 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "-V", "--version", prog_name="patchfold")
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, param, value: _version(ctx, value),
+    help="Show the version, the CPU engine that will run (compiled loops or numpy fallback, and why), "
+    "torch and CUDA, and exit.",
+)
 def main() -> None:
     """Sliding-block unfold (im2col) and fold (overlap-add) for images and arrays.
 
@@ -93,6 +101,15 @@ def main() -> None:
       patchfold fold p.npy -o restored.png
       patchfold stats --size 512,512 -k 16 -s 8
     """
+
+
+def _version(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from patchfold.about import engine_report, report_lines
+
+    click.echo("\n".join(report_lines(engine_report())))
+    ctx.exit()
 
 
 def run() -> None:

@@ -225,6 +225,11 @@ class DeviceType(click.ParamType):
             self.fail(f"expected auto, cpu, cuda or cuda:N, got {value!r}", param, ctx)
         return text
 
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(name) for name in ("auto", "cpu", "cuda") if name.startswith(incomplete)]
+
 
 def dtype_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--dtype keep|float32|float64|float16``, with the command's own ``help``."""
@@ -369,6 +374,13 @@ def stack_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def complete_window(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of ``--window``: the window names."""
+    from patchfold.windows import WINDOWS
+
+    return [name for name in WINDOWS if name.startswith(incomplete)]
+
+
 def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``-o/--output``, ``--normalize/--no-normalize`` and ``--window``: how fold and untile write."""
     from patchfold.windows import WINDOWS
@@ -379,7 +391,8 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--output",
             required=True,
             type=PATH,
-            help=".npy (N, C, H, W), an image file (use {i} for N > 1), or a directory.",
+            help=".npy (N, C, H, W), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
+            "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
         ),
         click.option(
             "--normalize/--no-normalize",
@@ -393,6 +406,7 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default="none",
             show_default=True,
             metavar="|".join(WINDOWS),
+            shell_complete=complete_window,
             help="Blend overlapping patches with an edge-aware window (gaussian:SIGMA sets its width).",
         ),
     ]

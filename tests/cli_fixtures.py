@@ -141,3 +141,27 @@ def divisor_ref(size: tuple[int, int], kernel: Any, dilation: Any = 1, padding: 
     """PyTorch's ``fold(unfold(ones))`` for one channel, ``(H, W)`` float64."""
     ones = np.ones((1, 1, *size))
     return fold_ref(unfold_ref(ones, kernel, dilation, padding, stride), size, kernel, dilation, padding, stride)[0, 0]
+
+
+def all_commands() -> list[tuple[str, Any, Any]]:
+    """Every command the ``patchfold`` group has, group members included (``batch unfold``,
+    ``show grid``...), as ``(name, click.Command, click.Context)``, found by walking the group
+    (commands load lazily: asking for each imports it). Each context descends from the group's, as
+    in a real run: a command caches its help option from the first context it is asked with, so a
+    bare context would leave it without ``-h`` for the tests after."""
+    import click
+
+    found: list[tuple[str, Any, Any]] = []
+
+    def walk(group: click.Group, context: click.Context, prefix: str) -> None:
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
+            if command is None or command.hidden:
+                continue
+            child = click.Context(command, info_name=name, parent=context)
+            found.append((f"{prefix}{name}", command, child))
+            if isinstance(command, click.Group):
+                walk(command, child, f"{prefix}{name} ")
+
+    walk(main, click.Context(main, info_name="patchfold", **main.context_settings), "")
+    return found

@@ -213,12 +213,27 @@ def test_unfold_directory_input_is_sorted_by_name(tmp_path: Path, rgb_pair: tupl
     assert json.loads(out.with_suffix(".json").read_text())["sources"] == [str(a.resolve()), str(b.resolve())]
 
 
+def test_the_summary_counts_every_input_given(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
+    """ "inputs" was the number of distinct files: 1 for the README's pair of one image given twice."""
+    a, b = rgb_pair
+    out = tmp_path / "p.npy"
+    for inputs, count in (((a, a), 2), ((a, b), 2), ((a.parent, a), 3), ((a,), 1)):
+        summary = ok_json("unfold", *inputs, "-k", 4, "-s", 4, "-o", out)
+        assert summary["inputs"] == count and summary["input_shape"][0] == count, inputs
+    tiles = ok_json("tiles", a, a, "-k", 80, "-s", 80, "-o", tmp_path / "tiles")
+    assert tiles["images"] == 2 and tiles["tiles"] == 2 * 3 * 4
+    npy = tmp_path / "four.npy"
+    np.save(npy, np.zeros((4, 1, 8, 8), np.uint8))
+    summary = ok_json("unfold", npy, "-k", 4, "-o", out)
+    assert summary["inputs"] == 1 and summary["input_shape"][0] == 4  # one file holding four images
+
+
 def test_unfold_stacks_several_inputs(tmp_path: Path, rgb_pair: tuple[Path, Path]) -> None:
     a, b = rgb_pair
     out = tmp_path / "p.npy"
     summary = ok_json("unfold", b, a, b, "-k", 8, "-s", 8, "-o", out)
     assert summary["input_shape"] == [3, 3, 240, 320]
-    assert summary["inputs"] == 2
+    assert summary["inputs"] == 3  # b given twice is two images of the batch
     cols = np.load(out)
     ref_a, ref_b = (unfold_ref(as_nchw(pixels(p)), 8, stride=8)[0] for p in (a, b))
     assert not np.array_equal(ref_a, ref_b)
@@ -412,8 +427,9 @@ def test_stats_json_for_size(tmp_path: Path) -> None:
     result = ok("stats", "--size", "512,512", "-k", 16, "-s", 8, "--json")
     assert result.stderr == ""
     stats = json.loads(result.stdout)
-    assert set(stats) == STATS_KEYS
+    assert set(stats) == STATS_KEYS | {"cpu_engine"}
     assert set(stats["coverage"]) == {"min", "max", "mean", "histogram"}
+    assert stats.pop("cpu_engine").startswith(("compiled loops (", "numpy fallback ("))
     assert stats == {
         "input_shape": [1, 1, 512, 512],
         "kernel_size": [16, 16],
@@ -577,8 +593,9 @@ def test_json_goes_to_stdout_and_tables_to_stderr(tmp_path: Path, command: str) 
 
 
 def test_version_and_help() -> None:
-    assert ok("--version").stdout.strip() == f"patchfold, version {patchfold.__version__}"
-    assert ok("-V").stdout.strip() == f"patchfold, version {patchfold.__version__}"
+    for flag in ("--version", "-V"):  # the version, then Python, the CPU engine, torch and CUDA (test_about.py)
+        lines = ok(flag).stdout.splitlines()
+        assert lines[0] == f"patchfold, version {patchfold.__version__}" and len(lines) == 5
     text = ok("--help").stdout
     for command in ("unfold", "fold", "divisor", "stats"):
         assert command in text

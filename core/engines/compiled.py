@@ -12,7 +12,6 @@ array, and that source and destination do not overlap. A violation raises
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +20,17 @@ from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
+from patchfold.engines import native
+from patchfold.engines.native import (
+    _MAX_DIMS,
+    FoldDims,
+    FoldExtra,
+    PlaceDims,
+    UnfoldDims,
+    _BatchStruct,
+    _Call,
+    _Dims,
+)
 from patchfold.errors import PatchfoldError
 
 #: (patch dtype, accumulator dtype) -> suffix of the compiled fold for that pair.
@@ -49,141 +59,30 @@ _SOURCE_NAMES = {
     ("int32", "float64"): "i32_f64",
 }
 
-#: Spatial dims the C structs have room for (PF_MAX_DIMS in _kernels.c).
-_MAX_DIMS = 3
-_Dims = ctypes.c_int64 * _MAX_DIMS
-
 #: Bound on every size, step and padding handed to C (patchfold's documented limit on parameters), so
 #: no product the loops form overflows int64.
 _LIMIT = 1 << 40
-
-
-class FoldDims(ctypes.Structure):
-    """Mirror of ``pf_fold_dims`` in ``_kernels.c``: one call of ``fold_<src>_<acc>``."""
-
-    _fields_ = [
-        ("ndim", ctypes.c_int64),
-        ("channels", ctypes.c_int64),
-        ("kernel", _Dims),
-        ("blocks", _Dims),
-        ("stride", _Dims),
-        ("dilation", _Dims),
-        ("size", _Dims),  # padded output size; size[0] unused
-        ("row_lo", ctypes.c_int64),
-        ("row_hi", ctypes.c_int64),
-        ("kernel_step", ctypes.c_int64),
-        ("block_step", ctypes.c_int64),
-        ("channel_stride", ctypes.c_int64),
-        ("zero", ctypes.c_int64),
-    ]
-
-
-class UnfoldDims(ctypes.Structure):
-    """Mirror of ``pf_unfold_dims`` in ``_kernels.c``: one call of ``unfold_<bits>``."""
-
-    _fields_ = [
-        ("ndim", ctypes.c_int64),
-        ("channels", ctypes.c_int64),
-        ("size", _Dims),
-        ("kernel", _Dims),
-        ("blocks", _Dims),
-        ("stride", _Dims),
-        ("dilation", _Dims),
-        ("padding", _Dims),
-        ("row_lo", ctypes.c_int64),
-        ("row_hi", ctypes.c_int64),
-        ("q_lo", ctypes.c_int64),
-        ("q_hi", ctypes.c_int64),
-        ("nlc", ctypes.c_int64),
-        ("row_stride", ctypes.c_int64),
-    ]
-
-
-class FoldExtra(ctypes.Structure):
-    """Mirror of ``pf_fold_extra`` in ``_kernels.c``: window weights and the normalisation of one
-    call of ``foldx_<src>_<acc>``."""
-
-    _fields_ = [
-        ("weights", ctypes.c_void_p * _MAX_DIMS),
-        ("divisor", ctypes.c_void_p * _MAX_DIMS),
-        ("out_size", _Dims),
-        ("offset", _Dims),
-        ("out_channel_stride", ctypes.c_int64),
-        ("scratch_bytes", ctypes.c_int64),
-    ]
-
-
-class PlaceDims(ctypes.Structure):
-    """Mirror of ``pf_place_dims`` in ``_kernels.c``: one call of ``place_<src>``."""
-
-    _fields_ = [
-        ("ndim", ctypes.c_int64),
-        ("count", ctypes.c_int64),
-        ("channels", ctypes.c_int64),
-        ("kernel", _Dims),
-        ("dilation", _Dims),
-        ("band_size", _Dims),
-        ("starts", ctypes.c_void_p),
-        ("weights", ctypes.c_void_p * _MAX_DIMS),
-        ("row_lo", ctypes.c_int64),
-        ("row_hi", ctypes.c_int64),
-    ]
-
-
-class _Call(ctypes.Structure):
-    """Mirror of ``pf_call`` in ``_kernels.c``: one recorded loop call."""
-
-    _fields_ = [
-        ("function", ctypes.c_void_p),
-        ("first", ctypes.c_void_p),
-        ("second", ctypes.c_void_p),
-        ("dims", ctypes.c_void_p),
-    ]
-
-
-class _BatchStruct(ctypes.Structure):
-    """Mirror of ``pf_batch`` in ``_kernels.c``."""
-
-    _fields_ = [
-        ("calls", ctypes.POINTER(_Call)),
-        ("piece_ends", ctypes.POINTER(ctypes.c_int64)),
-        ("pieces", ctypes.c_int64),
-        ("next", ctypes.c_int64),
-    ]
 
 
 #: Accumulator bytes one foldx call sums a band of rows into before dividing it (cache-sized).
 SCRATCH_BYTES = 1 << 20
 
 
-@cache
-def _library() -> ctypes.CDLL | None:
-    try:
-        spec = importlib.util.find_spec("patchfold._kernels")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    try:
-        library = ctypes.CDLL(spec.origin)
-    except OSError:
-        return None
-    # A library built from other sources (older, or with other structs) is not used at all.
-    sizes = (
+def _structs() -> tuple[tuple[str, type[ctypes.Structure]], ...]:
+    """Each struct-size function of ``_kernels`` and the struct it must agree with (looked up here,
+    at call time, so a test can swap a struct for one of another size)."""
+    return (
         ("pf_fold_dims_size", FoldDims),
         ("pf_unfold_dims_size", UnfoldDims),
         ("pf_fold_extra_size", FoldExtra),
         ("pf_place_dims_size", PlaceDims),
         ("pf_batch_size", _BatchStruct),
     )
-    for name, struct in sizes:
-        size = getattr(library, name, None)
-        if size is None:
-            return None
-        size.restype, size.argtypes = ctypes.c_int64, []
-        if size() != ctypes.sizeof(struct):
-            return None
-    return library
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    return native.load(_structs()).library
 
 
 def available() -> bool:

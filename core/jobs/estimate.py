@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from patchfold.about import cpu_engine, engine_line
 from patchfold.blocks import Blocks, as_int
 from patchfold.coverage import divisor_map
 from patchfold.dtypes import target_dtype
@@ -57,7 +58,9 @@ class Estimate:
         return self.plan.peak_memory(self.input_bytes)
 
     def summary(self) -> dict[str, Any]:
-        return dict(self.stats)
+        """The statistics and ``cpu_engine``: the CPU engine an unfold here would run on (compiled
+        loops or numpy fallback, and why)."""
+        return {**self.stats, "cpu_engine": engine_line(cpu_engine())}
 
 
 def estimate(

@@ -284,7 +284,7 @@ class UnfoldResult:
     output: Path
     sidecar: Sidecar
     plan: UnfoldPlan
-    inputs: int
+    inputs: int  # the input files given (directories expanded), a file given twice counted twice
     device: str
     engine: str
     seconds: float
@@ -424,5 +424,5 @@ def unfold_to_file(
         yield from unfold_to_npy(
             array, plan, output, scale=scale, sidecar=sidecar.to_json(), device=device, engine=engine, threads=threads
         )
-    inputs_count = len(set(batch.sources))
-    return UnfoldResult(output, sidecar, plan, inputs_count, device, engine, time.perf_counter() - started)
+    # every input file given counts, a file given twice twice (it is two images of the batch)
+    return UnfoldResult(output, sidecar, plan, len(paths), device, engine, time.perf_counter() - started)
