@@ -52,7 +52,12 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @click.argument("inputs", nargs=-1, type=PATH)
 @size_option
 @block_options()
-@click.option("--channels", type=click.IntRange(1), default=None, help="Channels C (default: the input's, or 1).")
+@click.option(
+    "--channels",
+    type=click.IntRange(1),
+    default=None,
+    help="Channels each image has in the estimate, as batch --channels converts them (default: the input's, or 1).",
+)
 @click.option("--batch", type=click.IntRange(1), default=None, help="Batch size N (default: the inputs', or 1).")
 @dtype_option("Output dtype for the memory estimate (keep: the input's; float32 with --size).")
 @click.option(
