@@ -190,3 +190,24 @@ def test_batch_with_spawned_workers(tmp_path: Path, elsewhere) -> None:
     ok("batch", "tiles", *sources, "-k", 32, "-s", 32, "-o", tmp_path / "bt", "--workers", 2, "--no-progress")
     assert len([p for p in (tmp_path / "bt").iterdir() if p.is_dir()]) == 2
     assert started == ["spawn", "spawn"]
+
+
+# -- numpy 1.26 as well as 2.x ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("has_copy_keyword", [True, False])
+def test_reshape_view_never_copies_on_either_numpy(monkeypatch, has_copy_keyword: bool) -> None:
+    """numpy < 2.1 has no ``reshape(copy=False)``: the in-place shape change stands in for it, with
+    the same ValueError where a view is impossible (this runs both branches on any numpy)."""
+    from patchfold.engines import strided
+
+    if has_copy_keyword and np.lib.NumpyVersion(np.__version__) < "2.1.0":
+        pytest.skip("this numpy has no reshape(copy=)")
+    monkeypatch.setattr(strided, "_RESHAPE_COPY", has_copy_keyword)
+    base = np.arange(24.0).reshape(2, 3, 4)
+    view = strided.reshape_view(base, (6, 4))
+    assert np.shares_memory(view, base) and view.shape == (6, 4)
+    view[0, 0] = -1
+    assert base[0, 0, 0] == -1
+    with pytest.raises(ValueError):
+        strided.reshape_view(base.transpose(0, 2, 1), (6, 4))
