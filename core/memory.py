@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 from patchfold.errors import PatchfoldError
@@ -22,7 +23,7 @@ _last_reading: tuple[float, int] = (-math.inf, 0)
 
 def available_memory() -> int:
     """Bytes of memory available to new allocations (MemAvailable, read at most every
-    :data:`READING_SECONDS`), or 4 GB when unknown."""
+    :data:`READING_SECONDS`; see :func:`_read_available` where /proc is absent)."""
     global _last_reading
     taken, available = _last_reading
     now = time.monotonic()
@@ -33,15 +34,40 @@ def available_memory() -> int:
     return available
 
 
+#: What is assumed available where the platform says nothing (neither /proc nor sysconf).
+UNKNOWN_AVAILABLE = 4 * 10**9
+
+
 def _read_available() -> int:
+    """MemAvailable from /proc/meminfo (Linux); else free pages from sysconf where it counts them;
+    else half the physical memory (macOS reports no free pages); else :data:`UNKNOWN_AVAILABLE`."""
+    return _meminfo_available() or _sysconf_available() or UNKNOWN_AVAILABLE
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return 4 * 10**9
+    return None
+
+
+def _sysconf_available() -> int | None:
+    names = getattr(os, "sysconf_names", {})  # absent on Windows
+    if "SC_PAGE_SIZE" not in names:
+        return None
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        if "SC_AVPHYS_PAGES" in names:
+            return page * os.sysconf("SC_AVPHYS_PAGES") or None
+        if "SC_PHYS_PAGES" in names:
+            return page * os.sysconf("SC_PHYS_PAGES") // 2 or None
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def check_fits(nbytes: int, what: str) -> None:

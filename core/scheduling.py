@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -64,7 +65,9 @@ def run_local(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver"), initializer=_quiet_worker)
+    if sys.platform == "win32":  # ProcessPoolExecutor refuses more than 61 workers there
+        workers = min(workers, 61)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(start_method()), initializer=_quiet_worker)
     pending: set[Future[list[ImageResult]]] = set()
     finished_normally = False
     try:
@@ -90,6 +93,15 @@ def run_local(
         finished_normally = True
     finally:
         _stop(pool, pending, finished_normally)
+
+
+def start_method() -> str:
+    """How worker processes start: ``forkserver`` where there is one (POSIX), so no worker inherits
+    this process's threads, locks or torch state as a fork would; ``spawn`` elsewhere (Windows), slower
+    to start but equally clean."""
+    from multiprocessing import get_all_start_methods
+
+    return "forkserver" if "forkserver" in get_all_start_methods() else "spawn"
 
 
 @contextlib.contextmanager

@@ -353,7 +353,8 @@ def process_image(task: ImageTask) -> ImageResult:
                 f"patches of {patches.shape[1]} values, expected {task.rows} of {task.patch_length}"
             )
         offset = task.header + task.first_row * task.patch_length * patches.itemsize
-        descriptor = os.open(task.shard_path, os.O_WRONLY)
+        # O_BINARY: Windows opens descriptors in text mode by default, turning \n bytes into \r\n
+        descriptor = os.open(task.shard_path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
         try:
             write_at(descriptor, patches, offset)
         finally:

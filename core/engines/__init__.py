@@ -134,12 +134,16 @@ def _needs_grad(x: Any) -> bool:
 
 
 def cuda_hardware_present() -> bool:
-    """Cheap check for an NVIDIA GPU (no torch import)."""
+    """Cheap check for an NVIDIA GPU (no torch import): its device files on Linux, the driver's
+    ``nvcuda.dll`` on Windows; never on macOS, for which torch has no CUDA build."""
+    if sys.platform == "win32":
+        system = os.environ.get("SYSTEMROOT", r"C:\Windows")
+        return os.path.exists(os.path.join(system, "System32", "nvcuda.dll"))
     if os.path.exists("/dev/nvidia0"):
         return True
     try:
         return bool(os.listdir("/proc/driver/nvidia/gpus"))
-    except OSError:
+    except OSError:  # no driver, or no /proc (macOS)
         return False
 
 

@@ -8,12 +8,24 @@ from collections.abc import Sequence
 import numpy as np
 from patchfold.geometry import Geometry
 
+#: ``reshape(copy=False)`` came with numpy 2.1; before it, an in-place change of a view's shape is
+#: what refuses to copy.
+_RESHAPE_COPY = np.lib.NumpyVersion(np.__version__) >= "2.1.0"
+
 
 def reshape_view(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Reshape without ever copying (numpy arrays or torch tensors; the result aliases ``array``)."""
-    if isinstance(array, np.ndarray):
+    """Reshape without ever copying (numpy arrays or torch tensors; the result aliases ``array``);
+    ValueError where that needs a copy."""
+    if not isinstance(array, np.ndarray):
+        return array.view(tuple(shape))
+    if _RESHAPE_COPY:
         return array.reshape(tuple(shape), copy=False)
-    return array.view(tuple(shape))
+    view = array.view()
+    try:
+        view.shape = tuple(shape)
+    except AttributeError as error:  # numpy < 2.1's word for "would need a copy"
+        raise ValueError(str(error)) from None
+    return view
 
 
 def permute(array: np.ndarray, order: Sequence[int]) -> np.ndarray:

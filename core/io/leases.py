@@ -18,6 +18,7 @@ import signal
 import threading
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from patchfold.errors import PatchfoldError
@@ -29,10 +30,10 @@ _previous_handler: Any = None
 
 def lease(path: Path, mapping: Any) -> bool:
     """Take a read lease on ``path`` for as long as ``mapping`` (the object that owns the pages,
-    such as a numpy memmap's ``_mmap``) lives. Returns whether a lease was taken."""
-    import fcntl
-
-    if not hasattr(fcntl, "F_SETLEASE") or threading.current_thread() is not threading.main_thread():
+    such as a numpy memmap's ``_mmap``) lives. Returns whether a lease was taken (never where
+    the platform has no leases: Windows has no ``fcntl``, macOS no ``F_SETLEASE``)."""
+    fcntl = _fcntl()
+    if fcntl is None or not hasattr(signal, "SIGIO") or threading.current_thread() is not threading.main_thread():
         return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -47,6 +48,15 @@ def lease(path: Path, mapping: Any) -> bool:
     _LEASED[fd] = Path(path)
     weakref.finalize(mapping, _release, fd)
     return True
+
+
+def _fcntl() -> ModuleType | None:
+    """The ``fcntl`` module where it offers read leases (Linux), else None."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    return fcntl if hasattr(fcntl, "F_SETLEASE") else None
 
 
 def _install_handler() -> None:
@@ -71,8 +81,9 @@ def _release(fd: int) -> None:
 
 def broken() -> list[Path]:
     """The leased files another process is waiting to write."""
-    import fcntl
-
+    fcntl = _fcntl()
+    if fcntl is None:
+        return []
     found = []
     for fd, path in list(_LEASED.items()):
         try:

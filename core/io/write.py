@@ -9,7 +9,9 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,8 @@ def remove_stale_temporaries(directory: Path) -> None:
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) there sends Ctrl-C to a process group: keep the leftovers
         return True
     try:
         os.kill(pid, 0)
@@ -395,10 +399,28 @@ def _needs_v2(header: dict[str, Any]) -> bool:
 def write_at(fd: int, values: np.ndarray, offset: int) -> None:
     """Write all of ``values`` at byte ``offset`` of the open file ``fd`` (positioned writes may be short)."""
     view = memoryview(np.ascontiguousarray(values)).cast("B")
+    positioned = getattr(os, "pwrite", None) or _seek_and_write
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = positioned(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+#: Serialises :func:`_seek_and_write`: a seek and the write after it must not interleave with
+#: another thread's on the same descriptor.
+_SEEK_LOCK = threading.Lock()
+
+
+def _seek_and_write(fd: int, data: memoryview, offset: int) -> int:
+    """``os.pwrite`` where the platform lacks it (Windows): seek, write, and put the descriptor's
+    position back, so a file object sharing ``fd`` still finds it where it left it."""
+    with _SEEK_LOCK:
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.write(fd, data)
+        finally:
+            os.lseek(fd, position, os.SEEK_SET)
 
 
 def write_rows(fd: int, header: int, shape: tuple[int, ...], values: np.ndarray, top: int, item: int = 0) -> None:
@@ -414,8 +436,9 @@ def write_rows(fd: int, header: int, shape: tuple[int, ...], values: np.ndarray,
 
 def _release(array: np.ndarray) -> None:
     """Drop a memory-mapped array's pages from this process (they stay in the page cache)."""
-    mapping = getattr(array, "_mmap", None)
-    if mapping is not None and hasattr(mapping, "madvise"):
-        import mmap
+    import mmap
 
-        mapping.madvise(mmap.MADV_DONTNEED)
+    mapping = getattr(array, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)  # neither madvise nor the advice on Windows
+    if mapping is not None and hasattr(mapping, "madvise") and advice is not None:
+        mapping.madvise(advice)
