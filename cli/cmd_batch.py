@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from patchfold.blocks import Blocks
+from patchfold.cli.cmd_tiles import tile_format_option
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     PATH,
@@ -19,7 +20,6 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track_images
-from patchfold.jobs.tiles import TILE_FORMATS
 
 
 def _common(command):
@@ -106,14 +106,7 @@ def batch_unfold(
 @batch.command("tiles")
 @_common
 @block_options()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(TILE_FORMATS),
-    default="png",
-    show_default=True,
-    help="Tile file format (npy keeps any dtype exactly).",
-)
+@tile_format_option
 @verbosity_options
 @handle_errors
 def batch_tiles(

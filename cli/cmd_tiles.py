@@ -23,12 +23,8 @@ from patchfold.cli.options import (
 from patchfold.cli.present import emit_summary, track
 from patchfold.jobs.tiles import TILE_FORMATS
 
-
-@click.command()
-@click.argument("inputs", nargs=-1, required=True, type=PATH)
-@click.option("-o", "--output", required=True, type=PATH, help="Directory to create.")
-@block_options()
-@click.option(
+#: ``--format`` of tiles and batch tiles.
+tile_format_option = click.option(
     "--format",
     "fmt",
     type=click.Choice(TILE_FORMATS),
@@ -36,6 +32,13 @@ from patchfold.jobs.tiles import TILE_FORMATS
     show_default=True,
     help="Tile file format (npy keeps any dtype exactly).",
 )
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=PATH)
+@click.option("-o", "--output", required=True, type=PATH, help="Directory to create.")
+@block_options()
+@tile_format_option
 @spatial_dims_option
 @stack_option
 @level_option
