@@ -294,3 +294,11 @@ def test_a_directory_with_images_only_below_it_suggests_recursive(tmp_path: Path
 def test_recursive_glob_matches_any_depth(tmp_path: Path, nested: Path) -> None:
     ok("unfold", f"{nested}/**/*.png", "-r", "-k", "8", "-s", "8", "-o", tmp_path / "x.npy")
     assert np.load(tmp_path / "x.npy").shape[0] == 2
+
+
+def test_several_images_to_standard_output_need_npy(tmp_path: Path) -> None:
+    ok("unfold", RGB, RGB, "-k", "16", "-s", "16", "-o", tmp_path / "two.npy")
+    code, stdout, stderr = run(["fold", tmp_path / "two.npy", "-o", "-", "--format", "png"])
+    assert code == 2 and stdout == b"" and "holds 2" in error_lines(stderr)[0]
+    code, stdout, _ = run(["fold", tmp_path / "two.npy", "-o", "-", "-q"])
+    assert code == 0 and np.load(io.BytesIO(stdout)).shape == (2, 3, 240, 320)

@@ -194,6 +194,13 @@ def fold_file(
             f"format must be one of {', '.join(STREAM_FORMATS)} for standard output, got {output_format!r}",
             param="format",
         )
+    count = read_patch_matrix(patches).shape[0]  # memory-mapped: the header only
+    if output_format != "npy" and count > 1:
+        raise PatchfoldError(
+            f"standard output takes one {output_format} image, but the patch matrix holds {count}: "
+            "give format npy, or write image files with {i} in the name",
+            param="format",
+        )
     with stdout_file(stdout, f".{output_format}") as target:
         result = yield from fold_to_file(patches, target, overrides, **options)
     yield named(replace(result, written=Path(STDIO)))
