@@ -48,6 +48,10 @@ def check_parent(path: Path, what: str) -> Path:
     parent = path.parent
     existing = parent
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a link to nowhere, or a loop: mkdir would say 'File exists'
+            raise PatchfoldError(
+                f"{what} '{parent}' cannot be made: '{existing}' is a symbolic link to a missing or looping path"
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise PatchfoldError(f"{what} '{parent}' cannot be made: '{existing}' is a file, not a directory")
@@ -67,7 +71,12 @@ def made_parents(*paths: Path) -> Iterator[None]:
         for path in paths:
             missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
             for folder in reversed(missing):
-                folder.mkdir()
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # another run made it meanwhile: use it, and leave it to that run
+                    if not folder.is_dir():
+                        raise
+                    continue
                 made.append(folder)
         yield
     except BaseException:
@@ -155,14 +164,16 @@ def _replaced_together(targets: Sequence[Path]) -> Iterator[list[Path]]:
         except OSError as error:  # disk full, file too large, I/O error: name the file being written
             raise PatchfoldError(f"cannot write '{targets[0]}': {_reason(error)}") from None
         mode = 0o666 & ~_umask()
+        moved = 0
         try:
             for temporary, target in zip(temporaries, targets):
                 backups.append((target, _backup(target)))
                 os.chmod(temporary, mode)
                 os.replace(temporary, target)
-        except OSError as error:
-            _restore(backups[:-1])
-            raise PatchfoldError(f"cannot write '{backups[-1][0]}': {error.strerror or error}") from None
+                moved += 1
+        except OSError as error:  # _backup itself may fail (a name too long): name the target, not the last backup
+            _restore(backups[:moved])
+            raise PatchfoldError(f"cannot write '{targets[moved]}': {error.strerror or error}") from None
     finally:
         for temporary in temporaries:
             with contextlib.suppress(FileNotFoundError):
