@@ -8,8 +8,9 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
-from cli_fixtures import COMMAND, HAS_COMMAND, command_env, describe, error_lines, invoke, sample
+from cli_fixtures import COMMAND, HAS_COMMAND, command_env, describe, error_lines, invoke, ok, sample
 from patchfold.io import write
 
 RGB = sample("rgb")
@@ -85,3 +86,17 @@ def test_sample_size_with_three_values_is_a_bad_option() -> None:
     result = invoke("sample", "--size", "1,2,3", "-o", "never.png")
     assert result.exit_code == 2, describe(result)
     assert "Traceback" not in result.stderr and "--size" in result.stderr and "2-D" in result.stderr
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_sample_writes_any_channels_of_uint16_and_float32_as_tif(tmp_path: Path, dtype: str, channels: int) -> None:
+    """sample --help promises 'any as .tif'; the .tif reads back to the .npy's pixels."""
+    pytest.importorskip("tifffile")
+    ok("sample", "--dtype", dtype, "--channels", channels, "--size", "24,32", "-o", tmp_path / "s.tif", "-q")
+    ok("sample", "--dtype", dtype, "--channels", channels, "--size", "24,32", "-o", tmp_path / "s.npy", "-q")
+    ok("unfold", tmp_path / "s.tif", "-k", "8", "-s", "8", "-o", tmp_path / "p.npy", "-q")
+    ok("fold", tmp_path / "p.npy", "-o", tmp_path / "back.npy", "-q")
+    back = np.load(tmp_path / "back.npy")
+    assert back.dtype == np.dtype(dtype)
+    assert np.array_equal(back[0], np.load(tmp_path / "s.npy"))

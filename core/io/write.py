@@ -300,7 +300,8 @@ def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
         return pixels[0]
     raise PatchfoldError(
         f"'{path}': cannot write {channels} channel(s) of {pixels.dtype} as an image "
-        "(uint8 with 1-4 channels, or one channel of uint16/int32/float32); write .npy instead"
+        "(uint8 with 1-4 channels, or one channel of uint16/int32/float32; any as .tif with tifffile); "
+        "write .npy instead"
     )
 
 
@@ -366,11 +367,31 @@ def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
 def _image_writer(pixels: np.ndarray, target: Path) -> Any:
     from PIL import Image
 
+    if _tifffile_image(pixels, target):  # several channels of uint16/float32..., which Pillow cannot write
+        import tifffile
+
+        data = np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+        photometric = "rgb" if data.shape[-1] in (3, 4) else "minisblack"
+        return lambda temporary: tifffile.imwrite(temporary, data, photometric=photometric, planarconfig="contig")
     image = Image.fromarray(to_image_array(pixels, target))
     image_format = Image.registered_extensions().get(target.suffix.lower())
     if image_format is None:
         raise PatchfoldError(f"'{target}': unknown image type {target.suffix!r}; use .png, .tif, .jpg, ... or .npy")
     return lambda temporary: image.save(temporary, format=image_format)
+
+
+def _tifffile_image(pixels: np.ndarray, target: Path) -> bool:
+    """Whether the 2-D image ``(C, H, W)`` goes to a ``.tif`` through tifffile: several channels of
+    a dtype other than uint8, with tifffile installed."""
+    if target.suffix.lower() not in (".tif", ".tiff") or pixels.ndim != 3 or pixels.shape[0] < 2:
+        return False
+    if pixels.dtype == np.uint8:
+        return False
+    try:
+        import tifffile  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _volume_writer(pixels: np.ndarray, target: Path) -> Any:
