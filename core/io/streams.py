@@ -55,6 +55,8 @@ def stdin_file(stream: BinaryIO | None = None) -> Path:
     named ``stdin`` with the suffix its first bytes show (``.npy``, ``.png``, ``.tif``...). Read once
     per process: a second ``-`` gives the same file. Raises :class:`PatchfoldError` on an empty or
     unknown input, or one larger than the temporary directory's free space."""
+    if stream is None and sys.stdin is None:  # started with standard input closed (<&-)
+        raise PatchfoldError("input '-' is standard input, but it is closed: pipe an image or .npy into it")
     source = stream if stream is not None else sys.stdin.buffer
     key = id(source)
     if key in _spooled:

@@ -48,6 +48,10 @@ def check_parent(path: Path, what: str) -> Path:
     parent = path.parent
     existing = parent
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a link to nowhere, or a loop: mkdir would say 'File exists'
+            raise PatchfoldError(
+                f"{what} '{parent}' cannot be made: '{existing}' is a symbolic link to a missing or looping path"
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise PatchfoldError(f"{what} '{parent}' cannot be made: '{existing}' is a file, not a directory")
@@ -67,7 +71,12 @@ def made_parents(*paths: Path) -> Iterator[None]:
         for path in paths:
             missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
             for folder in reversed(missing):
-                folder.mkdir()
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # another run made it meanwhile: use it, and leave it to that run
+                    if not folder.is_dir():
+                        raise
+                    continue
                 made.append(folder)
         yield
     except BaseException:
@@ -155,14 +164,16 @@ def _replaced_together(targets: Sequence[Path]) -> Iterator[list[Path]]:
         except OSError as error:  # disk full, file too large, I/O error: name the file being written
             raise PatchfoldError(f"cannot write '{targets[0]}': {_reason(error)}") from None
         mode = 0o666 & ~_umask()
+        moved = 0
         try:
             for temporary, target in zip(temporaries, targets):
                 backups.append((target, _backup(target)))
                 os.chmod(temporary, mode)
                 os.replace(temporary, target)
-        except OSError as error:
-            _restore(backups[:-1])
-            raise PatchfoldError(f"cannot write '{backups[-1][0]}': {error.strerror or error}") from None
+                moved += 1
+        except OSError as error:  # _backup itself may fail (a name too long): name the target, not the last backup
+            _restore(backups[:moved])
+            raise PatchfoldError(f"cannot write '{targets[moved]}': {error.strerror or error}") from None
     finally:
         for temporary in temporaries:
             with contextlib.suppress(FileNotFoundError):
@@ -289,7 +300,8 @@ def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
         return pixels[0]
     raise PatchfoldError(
         f"'{path}': cannot write {channels} channel(s) of {pixels.dtype} as an image "
-        "(uint8 with 1-4 channels, or one channel of uint16/int32/float32); write .npy instead"
+        "(uint8 with 1-4 channels, or one channel of uint16/int32/float32; any as .tif with tifffile); "
+        "write .npy instead"
     )
 
 
@@ -355,11 +367,31 @@ def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
 def _image_writer(pixels: np.ndarray, target: Path) -> Any:
     from PIL import Image
 
+    if _tifffile_image(pixels, target):  # several channels of uint16/float32..., which Pillow cannot write
+        import tifffile
+
+        data = np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+        photometric = "rgb" if data.shape[-1] in (3, 4) else "minisblack"
+        return lambda temporary: tifffile.imwrite(temporary, data, photometric=photometric, planarconfig="contig")
     image = Image.fromarray(to_image_array(pixels, target))
     image_format = Image.registered_extensions().get(target.suffix.lower())
     if image_format is None:
         raise PatchfoldError(f"'{target}': unknown image type {target.suffix!r}; use .png, .tif, .jpg, ... or .npy")
     return lambda temporary: image.save(temporary, format=image_format)
+
+
+def _tifffile_image(pixels: np.ndarray, target: Path) -> bool:
+    """Whether the 2-D image ``(C, H, W)`` goes to a ``.tif`` through tifffile: several channels of
+    a dtype other than uint8, with tifffile installed."""
+    if target.suffix.lower() not in (".tif", ".tiff") or pixels.ndim != 3 or pixels.shape[0] < 2:
+        return False
+    if pixels.dtype == np.uint8:
+        return False
+    try:
+        import tifffile  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _volume_writer(pixels: np.ndarray, target: Path) -> Any:

@@ -78,7 +78,12 @@ def sample_file(output: str | Path, *, size: Any = (240, 320), channels: int = 3
     """Write :func:`patchfold.render.sample_scene` of ``size`` (H,W; one int for a square) as
     ``output``: an image file Pillow writes for that dtype and channel count, or ``.npy``
     ``(C, H, W)``. The test image of the help examples."""
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    sides = (size, size) if isinstance(size, int) else tuple(size)
+    if len(sides) != 2:
+        raise PatchfoldError(
+            f"a sample image is 2-D: give H,W (or one int), got {len(sides)} values", param="spatial_size"
+        )
+    height, width = sides
     if not (1 <= height <= 16384 and 1 <= width <= 16384):
         raise PatchfoldError(f"a sample image is 1 to 16384 pixels a side, got {height}x{width}", param="spatial_size")
     if not 1 <= channels <= 4:
