@@ -43,9 +43,8 @@ STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")
     "--format",
     "output_format",
     type=click.Choice(STREAM_FORMATS),
-    default="npy",
-    show_default=True,
-    help="What -o - sends to standard output: the .npy array, or one image.",
+    default=None,
+    help="What -o - sends to standard output: the .npy array (the default), or one image.",
 )
 @block_options(required=False)
 @click.option(
@@ -62,7 +61,7 @@ def fold(
     output: Path,
     normalize: bool,
     output_size: int | tuple[int, ...] | None,
-    output_format: str,
+    output_format: str | None,
     blocks: dict,
     layout: str | None,
     window: str,

@@ -213,15 +213,24 @@ def sample_scene(height: int, width: int, channels: int = 3, dtype: str = "uint8
     kind = np.dtype(dtype)
     if kind not in (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32")):
         raise PatchfoldError(f"a sample image is uint8, uint16 or float32, got {dtype!r}")
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    y, x = rows / max(height - 1, 1), cols / max(width - 1, 1)
-    planes = [x, y, 1 - (x + y) / 2, 0.5 + 0.5 * np.sin(6 * np.pi * x * y)]
-    scene = np.stack([planes[c % len(planes)] for c in range(channels)])
+    # broadcast (H, 1) and (1, W) axes in float32: no full-size coordinate grids
+    y = (np.arange(height, dtype=np.float32) / max(height - 1, 1))[:, None]
+    x = (np.arange(width, dtype=np.float32) / max(width - 1, 1))[None, :]
+    planes = [
+        lambda: x + 0 * y,
+        lambda: y + 0 * x,
+        lambda: 1 - (x + y) / 2,
+        lambda: 0.5 + 0.5 * np.sin(6 * np.pi * x * y),
+    ]
+    scene = np.empty((channels, height, width), np.float32)
+    for channel in range(channels):
+        scene[channel] = planes[channel % len(planes)]()
     for cy, cx, radius, shade in ((0.35, 0.3, 0.18, 1.0), (0.6, 0.7, 0.22, 0.0), (0.75, 0.25, 0.1, 0.8)):
-        inside = (y - cy) ** 2 + ((x - cx) * width / max(height, 1)) ** 2 < radius**2
+        inside = (y - cy) ** 2 + ((x - cx) * (width / max(height, 1))) ** 2 < radius**2
         scene[:, inside] = shade
-    stripes = (rows > height * 0.85) & ((cols // 2) % 2 == 0)
+    stripes = (np.arange(height)[:, None] > height * 0.85) & ((np.arange(width)[None, :] // 2) % 2 == 0)
     scene[:, stripes] = 1.0
     if kind.kind == "f":
-        return scene.astype(kind)
-    return np.rint(scene * np.iinfo(kind).max).astype(kind)
+        return scene
+    scene *= np.iinfo(kind).max
+    return np.rint(scene, out=scene).astype(kind)

@@ -302,3 +302,10 @@ def test_several_images_to_standard_output_need_npy(tmp_path: Path) -> None:
     assert code == 2 and stdout == b"" and "holds 2" in error_lines(stderr)[0]
     code, stdout, _ = run(["fold", tmp_path / "two.npy", "-o", "-", "-q"])
     assert code == 0 and np.load(io.BytesIO(stdout)).shape == (2, 3, 240, 320)
+
+
+def test_format_is_for_standard_output_only(tmp_path: Path) -> None:
+    ok("unfold", RGB, "-k", "16", "-s", "16", "-o", tmp_path / "p.npy")
+    result = invoke("fold", tmp_path / "p.npy", "-o", tmp_path / "x.npy", "--format", "png")
+    assert result.exit_code == 2 and "for output '-' only" in error_lines(result.stderr)[0]
+    assert not (tmp_path / "x.npy").exists()

@@ -169,13 +169,13 @@ def fold_file(
     overrides: Mapping[str, Any] | None = None,
     *,
     stdout: BinaryIO | None = None,
-    output_format: str = "npy",
+    output_format: str | None = None,
     **options: Any,
 ) -> Iterator[Progress | FoldResult]:
     """:func:`fold_to_file`, with ``-`` as ``patches`` read from standard input (no sidecar then:
     give ``kernel_size`` and ``output_size``) and ``-`` as ``output`` the result in
-    ``output_format`` (:data:`STREAM_FORMATS`: ``.npy``, or one image) sent to ``stdout`` once it
-    is complete. The options are :func:`fold_to_file`'s."""
+    ``output_format`` (:data:`STREAM_FORMATS`: ``.npy`` by default, or one image) sent to ``stdout``
+    once it is complete. The options are :func:`fold_to_file`'s."""
     named = _from_stdin if is_stdio(patches) else _as_it_is
     patches = input_path(patches)
     if named is _from_stdin and patches.suffix != ".npy":
@@ -187,8 +187,11 @@ def fold_file(
             param="kernel_size" if not (overrides or {}).get("kernel_size") else "output_size",
         )
     if not is_stdio(output):
+        if output_format is not None:  # a file's type is its suffix: a second say would be ignored
+            raise PatchfoldError(f"format is for output '-' only; '{output}' is written by its suffix", param="format")
         yield named((yield from fold_to_file(patches, output, overrides, **options)))
         return
+    output_format = output_format or "npy"
     if output_format not in STREAM_FORMATS:
         raise PatchfoldError(
             f"format must be one of {', '.join(STREAM_FORMATS)} for standard output, got {output_format!r}",

@@ -84,8 +84,8 @@ def sample_file(output: str | Path, *, size: Any = (240, 320), channels: int = 3
             f"a sample image is 2-D: give H,W (or one int), got {len(sides)} values", param="spatial_size"
         )
     height, width = sides
-    if not (1 <= height <= 16384 and 1 <= width <= 16384):
-        raise PatchfoldError(f"a sample image is 1 to 16384 pixels a side, got {height}x{width}", param="spatial_size")
+    if not (1 <= height <= 8192 and 1 <= width <= 8192):
+        raise PatchfoldError(f"a sample image is 1 to 8192 pixels a side, got {height}x{width}", param="spatial_size")
     if not 1 <= channels <= 4:
         raise PatchfoldError(f"a sample image has 1 to 4 channels, got {channels}", param="channels")
     output = Path(output)
