@@ -81,6 +81,26 @@ static void PF_F(fold2d_nlc_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fo
   int64_t i0 = ceil_div(top - (K0 - 1) * d0, s0), i1 = ceil_div(bottom, s0);
   if (i0 < 0) i0 = 0;
   if (i1 > L0) i1 = L0;
+  if (g.wc == NULL && d1 == 1 && K1 * (int64_t)sizeof(PF_SOURCE) >= 32) {
+    /* runs of at least 32 contiguous bytes (a vector) land on contiguous output: add them straight
+     * from each patch, read once in order, into the band's rows (in cache) */
+    for (int64_t i = i0; i < i1; i++) {
+      int64_t k_lo = 0, k_hi = K0; /* the kernel rows of this block row inside [top, bottom) */
+      while (k_lo < K0 && k_lo * d0 + i * s0 < top) k_lo++;
+      while (k_hi > k_lo && (k_hi - 1) * d0 + i * s0 >= bottom) k_hi--;
+      for (int64_t j = 0; j < L1; j++) {
+        const PF_SOURCE *patch = src + (i * L1 + j) * b;
+        for (int64_t c = 0; c < C; c++) {
+          for (int64_t ki = k_lo; ki < k_hi; ki++) {
+            const PF_SOURCE *restrict in = patch + (c * K0 + ki) * K1;
+            PF_ACC *restrict out = acc + c * cs + (ki * d0 + i * s0 - lo) * W + j * s1;
+            for (int64_t kj = 0; kj < K1; kj++) out[kj] += (PF_ACC)in[kj];
+          }
+        }
+      }
+    }
+    return;
+  }
   for (int64_t i = i0; i < i1; i++) {
     for (int64_t j0 = 0; j0 < L1; j0 += JT) {
       const int64_t n = L1 - j0 < JT ? L1 - j0 : JT;

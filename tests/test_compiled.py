@@ -440,6 +440,12 @@ def test_compiled_loops_match_the_numpy_loops(problem, layout, dtype, threads) -
         (2, (40, 1400), dict(kernel_size=(5, 3))),
         # long runs: the direct copy; the fold's transposed tile holds only 8 patches
         (3, (30, 70), dict(kernel_size=(16, 40), stride=(4, 3))),
+        # runs of >= 32 contiguous bytes: the fold adds them straight from each patch, across bands
+        # of output rows (a 3-D volume's planes too) and with strides below, at and above the run
+        (3, (80, 90), dict(kernel_size=8, stride=4)),
+        (2, (70, 75), dict(kernel_size=(5, 9), stride=(3, 11), padding=(2, 1), dilation=(3, 1))),
+        (1, (40, 64), dict(kernel_size=(2, 33), stride=(1, 8))),
+        (2, (6, 20, 24), dict(kernel_size=(2, 3, 8), stride=(2, 2, 2))),
     ],
 )
 def test_nlc_loops_match_the_numpy_loops_across_tiles(dtype, channels: int, size, params) -> None:
