@@ -34,7 +34,12 @@ from patchfold.cli.present import emit_summary, track
     help=".npy (N, C', H', W'), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
     "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
 )
-@click.option("--model", type=PATH, default=None, help="TorchScript (.pt) or torch.export (.pt2) model file.")
+@click.option(
+    "--model",
+    type=PATH,
+    default=None,
+    help="TorchScript (.pt), torch.export (.pt2) or ONNX (.onnx, needs the [onnx] extra) model file.",
+)
 @click.option("--linear", type=PATH, default=None, help="W.npy: one vector W·patch per patch (C', C, *k).")
 @click.option("--bias", type=PATH, default=None, help="B.npy (C',) added to --linear's vectors.")
 @click.option("--function", default=None, metavar="MODULE:CALLABLE", help="A Python callable on batches of patches.")

@@ -1,8 +1,9 @@
 """The ``apply`` file job: load images, load the function (a model file, a linear map or a named
 callable), run :func:`patchfold.apply.apply` on each image and write the results as ``fold`` does.
 
-Model files are TorchScript archives (``torch.jit.load``) or ``torch.export`` programs (``.pt2``,
-``torch.export.load``); neither is a pickle, and no model file is ever unpickled. A ``--function
+Model files are TorchScript archives (``torch.jit.load``), ``torch.export`` programs (``.pt2``,
+``torch.export.load``) or ONNX models (``.onnx``, run by onnxruntime, the ``[onnx]`` extra); none
+is a pickle, and no model file is ever unpickled. A ``--function
 module:callable`` is code the user names on purpose and is imported as such.
 """
 
@@ -34,7 +35,10 @@ from patchfold.jobs.plan import Progress
 from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, mapped, plan_apply
 
 #: Suffixes of the model files ``--model`` reads.
-MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2")
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2", ".onnx")
+
+#: ONNX input element types and the numpy dtype each batch of patches is given as.
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,18 @@ class FunctionSpec:
         return f"function {self.function}"
 
 
-def load_function(spec: FunctionSpec, channels: int, kernel: tuple[int, ...]) -> Callable[[Any], Any]:
-    """The callable ``spec`` names, checked before any image is processed."""
+def load_function(
+    spec: FunctionSpec, channels: int, kernel: tuple[int, ...], device: str | None = None
+) -> Callable[[Any], Any]:
+    """The callable ``spec`` names, checked before any image is processed (an ONNX model on
+    ``device``: ``cuda`` needs onnxruntime's CUDA provider)."""
     given = [v for v in (spec.model, spec.linear, spec.function) if v is not None]
     if len(given) != 1:
         raise PatchfoldError("give exactly one of model=, linear= or function=", param="model")
     if spec.bias is not None and spec.linear is None:
         raise PatchfoldError("bias= goes with linear=", param="bias")
     if spec.model is not None:
-        return load_model(spec.model)
+        return load_onnx(spec.model, device) if is_onnx(spec.model) else load_model(spec.model)
     if spec.linear is not None:
         return linear_map(spec.linear, spec.bias, channels, kernel)
     return import_function(str(spec.function))
@@ -86,9 +93,54 @@ def load_model(path: Path) -> Callable[[Any], Any]:
             return torch.export.load(str(path)).module()
         model = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # torch raises RuntimeError, ValueError, its own types...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PatchfoldError(f"cannot load model file '{path}': {reason[:300]}") from None
+        raise PatchfoldError(f"cannot load model file '{path}': {_first_line(error)}") from None
     return model.eval()
+
+
+def is_onnx(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def load_onnx(path: Path, device: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An ONNX model (one input ``(B, C, *k)``, one output) as a function of numpy batches, run by
+    onnxruntime on the CPU, or with ``device`` ``cuda[:N]`` on its CUDA provider."""
+    require_file(path, "model file")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PatchfoldError(
+            f"model file '{path}' is ONNX: running it needs onnxruntime (pip install 'patchfold[onnx]')"
+        ) from None
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device is not None and device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise PatchfoldError(f"device {device!r}: this onnxruntime has no CUDA provider", param="device")
+        index = int(device.partition(":")[2] or 0)
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise PatchfoldError(f"cannot load model file '{path}': {_first_line(error)}") from None
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise PatchfoldError(
+            f"model file '{path}' takes {len(inputs)} input(s) and gives {len(outputs)} output(s); "
+            "apply needs one of each (a batch of patches in, a batch of results out)"
+        )
+    name, kind = inputs[0].name, inputs[0].type
+    if kind not in _ONNX_TYPES:
+        raise PatchfoldError(f"model file '{path}' takes {kind}; apply gives float, double or float16 patches")
+    dtype = _ONNX_TYPES[kind]
+
+    def run(patches: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(patches, dtype=dtype)})[0]
+
+    return run
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
 def linear_map(weight_path: Path, bias_path: Path | None, channels: int, kernel: tuple[int, ...]) -> Callable:
@@ -204,8 +256,12 @@ def apply_file(
     targets = image_targets(output, source.shape[0], batch.sources)
     check_not_an_input(targets or [output], [Path(s) for s in batch.sources])
     plan = plan_apply(tuple(source.shape[2:]), blocks, cover=cover, window=window, margin=margin)
-    fn = load_function(spec, source.shape[1], plan.geometry.kernel_size)
-    device = None if device in (None, "auto", "cpu") and spec.model is None else device
+    onnx = spec.model is not None and is_onnx(spec.model)
+    if onnx and device == "auto":  # onnxruntime places the model itself: CPU unless asked
+        device = None
+    fn = load_function(spec, source.shape[1], plan.geometry.kernel_size, device if onnx else None)
+    # torch models get torch batches on their device; an ONNX session and plain functions numpy ones
+    device = None if onnx or (device in (None, "auto", "cpu") and spec.model is None) else device
     if device == "auto":
         device = _auto_device()
     options = {"batch_size": batch_size, "device": device, "reduce": reduce}
