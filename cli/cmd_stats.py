@@ -14,6 +14,7 @@ from patchfold.cli.options import (
     block_options,
     dtype_option,
     json_option,
+    layout_option,
     level_option,
     max_memory_option,
     max_pixels_option,
@@ -24,7 +25,6 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes, verbosity
-from patchfold.geometry import LAYOUTS
 
 
 def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -60,13 +60,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 )
 @click.option("--batch", type=click.IntRange(1), default=None, help="Batch size N (default: the inputs', or 1).")
 @dtype_option("Output dtype for the memory estimate (keep: the input's; float32 with --size).")
-@click.option(
-    "--layout",
-    type=click.Choice(LAYOUTS),
-    default="ncl",
-    show_default=True,
-    help="Layout of the patch matrix whose shape is estimated: ncl (N, C·∏k, L) or nlc (N, L, C·∏k).",
-)
+@layout_option("Layout of the patch matrix whose shape is estimated: ncl (N, C·∏k, L) or nlc (N, L, C·∏k).")
 @spatial_dims_option
 @stack_option
 @level_option

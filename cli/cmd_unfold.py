@@ -14,6 +14,7 @@ from patchfold.cli.options import (
     device_options,
     dtype_option,
     json_option,
+    layout_option,
     level_option,
     max_memory_option,
     max_pixels_option,
@@ -24,7 +25,6 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, fold_flags, human_bytes, is_stdio, note, track
-from patchfold.geometry import LAYOUTS
 
 #: the codecs of a .zarr output (as patchfold.jobs.unfold.ZARR_COMPRESSIONS, kept here so --help
 #: imports no numpy)
@@ -42,13 +42,7 @@ ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
 )
 @block_options()
 @dtype_option("Output dtype; floats scale integer images to [0, 1].")
-@click.option(
-    "--layout",
-    type=click.Choice(LAYOUTS),
-    default="ncl",
-    show_default=True,
-    help="ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.",
-)
+@layout_option("ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.")
 @click.option(
     "--compression",
     type=click.Choice(ZARR_COMPRESSIONS),

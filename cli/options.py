@@ -237,6 +237,13 @@ def dtype_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
     return click.option("--dtype", type=click.Choice(DTYPES), default="keep", show_default=True, help=help)
 
 
+def layout_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--layout ncl|nlc`` (default ncl), with the command's own ``help``."""
+    from patchfold.geometry import LAYOUTS
+
+    return click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True, help=help)
+
+
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")(command)
 
