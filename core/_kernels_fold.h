@@ -67,11 +67,45 @@ static inline void PF_F(add_kernel_row)(PF_ACC *restrict row, const PF_SOURCE *r
   }
 }
 
+/* Whether an nlc fold adds each kernel row's run straight from the patches: runs of at least 32
+ * contiguous bytes (a vector) that land on contiguous output (undilated, unweighted). Shorter or
+ * strided runs go through transposed tiles instead. */
+static inline int PF_F(adds_runs_directly)(const pf_fold2d g) {
+  return g.a == 1 && g.wc == NULL && g.d1 == 1 && g.K1 * (int64_t)sizeof(PF_SOURCE) >= 32;
+}
+
+/* nlc, output rows [top, bottom) of a band, by runs (see adds_runs_directly): each patch read once,
+ * in order, its runs added into the band's rows (in cache). */
+static void PF_F(fold2d_nlc_direct_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g, int64_t top,
+                                         int64_t bottom) {
+  const int64_t C = g.C, K0 = g.K0, K1 = g.K1, L0 = g.L0, L1 = g.L1, s0 = g.s0, s1 = g.s1;
+  const int64_t d0 = g.d0, W = g.W, lo = g.lo, b = g.b, cs = g.cs;
+  assert(PF_F(adds_runs_directly)(g) && C * K0 * K1 <= b);
+  int64_t i0 = ceil_div(top - (K0 - 1) * d0, s0), i1 = ceil_div(bottom, s0);
+  if (i0 < 0) i0 = 0;
+  if (i1 > L0) i1 = L0;
+  for (int64_t i = i0; i < i1; i++) {
+    int64_t k_lo = 0, k_hi = K0; /* the kernel rows of this block row inside [top, bottom) */
+    while (k_lo < K0 && k_lo * d0 + i * s0 < top) k_lo++;
+    while (k_hi > k_lo && (k_hi - 1) * d0 + i * s0 >= bottom) k_hi--;
+    for (int64_t j = 0; j < L1; j++) {
+      const PF_SOURCE *patch = src + (i * L1 + j) * b;
+      for (int64_t c = 0; c < C; c++) {
+        for (int64_t ki = k_lo; ki < k_hi; ki++) {
+          const PF_SOURCE *restrict in = patch + (c * K0 + ki) * K1;
+          PF_ACC *restrict out = acc + c * cs + (ki * d0 + i * s0 - lo) * W + j * s1;
+          for (int64_t kj = 0; kj < K1; kj++) out[kj] += (PF_ACC)in[kj];
+        }
+      }
+    }
+  }
+}
+
 /* nlc, output rows [top, bottom) of a band: block row by block row, a tile of up to JT patches
  * (rows of C*K contiguous values) is first transposed into buf (C*K rows of JT, in cache), then
- * added as in ncl, a contiguous (vectorised) run of blocks per kernel offset. Adding straight from
- * the nlc rows would take a loop of K1 steps per patch and read each cache line of the matrix K0*C
- * times from memory. A patch's values for this call are the first Q = C*K0*K1 of each row of b (in 3-D,
+ * added as in ncl, a contiguous (vectorised) run of blocks per kernel offset: for runs too short
+ * (or too strided) to add straight from the patches, which would then take a scalar loop of K1
+ * steps per kernel row of every patch. A patch's values for this call are the first Q = C*K0*K1 of each row of b (in 3-D,
  * one depth offset of one channel of longer rows). buf holds Q*JT values. */
 static void PF_F(fold2d_nlc_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g, int64_t top, int64_t bottom,
                                   PF_SOURCE *buf, int64_t JT) {
@@ -81,26 +115,6 @@ static void PF_F(fold2d_nlc_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fo
   int64_t i0 = ceil_div(top - (K0 - 1) * d0, s0), i1 = ceil_div(bottom, s0);
   if (i0 < 0) i0 = 0;
   if (i1 > L0) i1 = L0;
-  if (g.wc == NULL && d1 == 1 && K1 * (int64_t)sizeof(PF_SOURCE) >= 32) {
-    /* runs of at least 32 contiguous bytes (a vector) land on contiguous output: add them straight
-     * from each patch, read once in order, into the band's rows (in cache) */
-    for (int64_t i = i0; i < i1; i++) {
-      int64_t k_lo = 0, k_hi = K0; /* the kernel rows of this block row inside [top, bottom) */
-      while (k_lo < K0 && k_lo * d0 + i * s0 < top) k_lo++;
-      while (k_hi > k_lo && (k_hi - 1) * d0 + i * s0 >= bottom) k_hi--;
-      for (int64_t j = 0; j < L1; j++) {
-        const PF_SOURCE *patch = src + (i * L1 + j) * b;
-        for (int64_t c = 0; c < C; c++) {
-          for (int64_t ki = k_lo; ki < k_hi; ki++) {
-            const PF_SOURCE *restrict in = patch + (c * K0 + ki) * K1;
-            PF_ACC *restrict out = acc + c * cs + (ki * d0 + i * s0 - lo) * W + j * s1;
-            for (int64_t kj = 0; kj < K1; kj++) out[kj] += (PF_ACC)in[kj];
-          }
-        }
-      }
-    }
-    return;
-  }
   for (int64_t i = i0; i < i1; i++) {
     for (int64_t j0 = 0; j0 < L1; j0 += JT) {
       const int64_t n = L1 - j0 < JT ? L1 - j0 : JT;
@@ -145,7 +159,8 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
   /* nlc: a transposition tile of about 16K values (at least 8 patches) */
   PF_SOURCE *buf = NULL;
   int64_t JT = 0;
-  if (a == 1 && L1 > 0 && C > 0) {
+  const int direct = a == 1 && L1 > 0 && C > 0 && PF_F(adds_runs_directly)(g);
+  if (a == 1 && L1 > 0 && C > 0 && !direct) {
     const int64_t Q = C * K0 * K1; /* the values of a patch this call adds */
     JT = (16384 / Q) < 8 ? 8 : 16384 / Q;
     if (JT > L1) JT = L1;
@@ -156,6 +171,10 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
     if (g.zero)
       for (int64_t c = 0; c < C; c++)
         memset(acc + c * cs + (top - lo) * W, 0, (size_t)((bottom - top) * W) * sizeof(PF_ACC));
+    if (direct) {
+      PF_F(fold2d_nlc_direct_band)(src, acc, g, top, bottom);
+      continue;
+    }
     if (buf != NULL) { /* nlc: the patches of a block row are read once, while they are in cache */
       PF_F(fold2d_nlc_band)(src, acc, g, top, bottom, buf, JT);
       continue;
