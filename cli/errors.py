@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +20,11 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         if os.environ.get("PATCHFOLD_DEBUG") == "1":
-            return command(*args, **kwargs)
+            return _timed(command(*args, **kwargs), started)
         try:
-            return command(*args, **kwargs)
+            return _timed(command(*args, **kwargs), started)
         except PatchfoldError as error:
             raise as_click_error(error) from None
         except KeyboardInterrupt:
@@ -37,3 +39,10 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"{where}{error.strerror or error}".replace("\n", " ")) from None
 
     return wrapper
+
+
+def _timed(result: Any, started: float) -> Any:
+    from patchfold.cli.present import report_total  # here: present imports numpy, errors must not
+
+    report_total(started)
+    return result

@@ -4,6 +4,7 @@ all of it shaped by ``-q``/``-v``."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -15,8 +16,22 @@ from patchfold.cli.options import VERBOSITY_KEY
 from patchfold.jobs.plan import Progress
 from patchfold.units import format_bytes
 
-#: When the command line was loaded: the start of the "start-up" stage -v reports.
-LOADED = time.perf_counter()
+
+def _process_start() -> float:
+    """When this process started, on the ``time.perf_counter`` clock: from ``/proc`` (Linux, to
+    the kernel's clock tick), else when the command line was loaded."""
+    now = time.perf_counter()
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            since_boot = float(uptime.read().split()[0])
+        return now - max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+
+
+#: When the process started: the start of the "start-up" stage -v reports (Python, imports, options).
+LOADED = _process_start()
 
 
 def stderr_console() -> Any:
@@ -183,13 +198,33 @@ class Stages:
         first = self.first if self.first is not None else ended
         last = self.last_progress if self.last_progress is not None else first
         lines = [
-            ("start-up (imports, options)", self.started - LOADED),
+            ("start-up (Python, imports, options)", self.started - LOADED),
             (f"reading inputs, planning and the first {self.label} step", first - self.started),
             (f"the other {max(0, self.events - 1)} {self.label} steps", last - first),
             ("finishing (metadata, atomic rename)", ended - last),
         ]
         for stage, seconds in lines:
             click.echo(f"time: {stage}: {seconds:.3f} s", err=True)
+        _mark_timed()
+
+
+def report_total(started: float) -> None:
+    """With ``-v``, for a command whose work had no stages to show (no job drained by
+    :func:`track`): start-up and the command's own time, on stderr."""
+    ctx = click.get_current_context(silent=True)
+    if verbosity() < 1 or (ctx is not None and ctx.meta.get(_TIMED_KEY)):
+        return
+    click.echo(f"time: start-up (Python, imports, options): {started - LOADED:.3f} s", err=True)
+    click.echo(f"time: the command: {time.perf_counter() - started:.3f} s", err=True)
+
+
+_TIMED_KEY = "patchfold.timed"
+
+
+def _mark_timed() -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_TIMED_KEY] = True
 
 
 def _start_bar(label: str, first: Progress) -> tuple[Any, Any]:

@@ -49,11 +49,12 @@ def test_quiet_prints_nothing_and_verbose_prints_the_stages(tmp_path: Path, name
     quiet = ok(*command_args(name, args, tmp_path / "q" / output), "-q")
     assert quiet.stdout == "" and quiet.stderr == ""
     verbose = ok(*command_args(name, args, tmp_path / "v" / output), "--verbose")
-    if name in ("unfold", "tiles"):  # the commands with a job to time
-        stages = [line for line in verbose.stderr.splitlines() if line.startswith("time: ")]
-        assert len(stages) == 4 and all(line.endswith(" s") for line in stages), verbose.stderr
-        assert "start-up" in stages[0] and "finishing" in stages[-1]
-    assert verbose.stderr.strip()
+    stages = [line for line in verbose.stderr.splitlines() if line.startswith("time: ")]
+    assert all(line.endswith(" s") for line in stages) and "start-up (Python" in stages[0], verbose.stderr
+    if name in ("unfold", "tiles"):  # the commands with a job: its stages
+        assert len(stages) == 4 and "finishing" in stages[-1], verbose.stderr
+    else:  # the others: start-up and the command itself
+        assert len(stages) == 2 and "the command" in stages[-1], verbose.stderr
 
 
 def test_quiet_keeps_the_json_asked_for(tmp_path: Path) -> None:
