@@ -445,6 +445,7 @@ def test_compiled_loops_match_the_numpy_loops(problem, layout, dtype, threads) -
         (3, (80, 90), dict(kernel_size=8, stride=4)),
         (2, (70, 75), dict(kernel_size=(5, 9), stride=(3, 11), padding=(2, 1), dilation=(3, 1))),
         (1, (40, 64), dict(kernel_size=(2, 33), stride=(1, 8))),
+        (2, (40, 90), dict(kernel_size=(3, 8), dilation=(1, 2), stride=(2, 3))),
         (2, (6, 20, 24), dict(kernel_size=(2, 3, 8), stride=(2, 2, 2))),
     ],
 )
