@@ -220,6 +220,47 @@ static void PF_F(fold2d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g) {
   free(buf);
 }
 
+/* 3-D nlc with runs added straight (see adds_runs_directly): each patch of every depth block that
+ * reaches depth rows [lo, hi) read once, in order, all its runs added there. The plane-by-plane
+ * loop below would read each patch once per channel and depth offset instead. */
+static void PF_F(fold3d_nlc_direct)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *dims) {
+  const int64_t C = dims->channels, K0 = dims->kernel[0], K1 = dims->kernel[1], K2 = dims->kernel[2];
+  const int64_t L0 = dims->blocks[0], L1 = dims->blocks[1], L2 = dims->blocks[2];
+  const int64_t s0 = dims->stride[0], s1 = dims->stride[1], s2 = dims->stride[2];
+  const int64_t d0 = dims->dilation[0], d1 = dims->dilation[1], d2 = dims->dilation[2];
+  const int64_t H = dims->size[1], W = dims->size[2], lo = dims->row_lo, hi = dims->row_hi;
+  const int64_t b = dims->block_step, cs = dims->channel_stride;
+  assert(dims->kernel_step == 1 && C * K0 * K1 * K2 <= b);
+  if (dims->zero)
+    for (int64_t c = 0; c < C; c++) memset(acc + c * cs, 0, (size_t)((hi - lo) * H * W) * sizeof(PF_ACC));
+  int64_t p0 = ceil_div(lo - (K0 - 1) * d0, s0), p1 = ceil_div(hi, s0);
+  if (p0 < 0) p0 = 0;
+  if (p1 > L0) p1 = L0;
+  for (int64_t p = p0; p < p1; p++) {
+    for (int64_t i = 0; i < L1; i++) {
+      for (int64_t j = 0; j < L2; j++) {
+        const PF_SOURCE *patch = src + ((p * L1 + i) * L2 + j) * b;
+        for (int64_t c = 0; c < C; c++) {
+          for (int64_t A = 0; A < K0; A++) {
+            const int64_t z = A * d0 + p * s0;
+            if (z < lo || z >= hi) continue;
+            PF_ACC *plane = acc + c * cs + (z - lo) * H * W + i * s1 * W + j * s2;
+            for (int64_t ki = 0; ki < K1; ki++) {
+              const PF_SOURCE *restrict in = patch + ((c * K0 + A) * K1 + ki) * K2;
+              PF_ACC *restrict out = plane + ki * d1 * W;
+              if (d2 == 1) {
+                for (int64_t kk = 0; kk < K2; kk++) out[kk] += (PF_ACC)in[kk];
+              } else {
+                for (int64_t kk = 0; kk < K2; kk++) out[kk * d2] += (PF_ACC)in[kk];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 /* 3-D: depth rows [lo, hi) of acc (C, hi-lo, H, W). Every (channel c, depth offset A, depth block
  * p) with A*d0 + p*s0 = z is a 2-D fold of one plane of patches (one channel, kernel K1 x K2,
  * blocks L1 x L2) into depth row z. */
@@ -238,6 +279,10 @@ static void PF_F(fold3d)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold_dims *
                            .d0 = dims->dilation[1], .d1 = dims->dilation[2],
                            .W = W, .lo = 0, .hi = H, .a = a, .b = b, .cs = 0, .zero = 0,
                            .wr = w1, .wc = w2t, .wp = 1.0};
+  if (w0 == NULL && PF_F(adds_runs_directly)(plane)) {
+    PF_F(fold3d_nlc_direct)(src, acc, dims);
+    return;
+  }
   for (int64_t z = lo; z < hi; z++) {
     PF_ACC *depth_row = acc + (z - lo) * H * W;
     if (zero)

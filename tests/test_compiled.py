@@ -447,6 +447,8 @@ def test_compiled_loops_match_the_numpy_loops(problem, layout, dtype, threads) -
         (1, (40, 64), dict(kernel_size=(2, 33), stride=(1, 8))),
         (2, (40, 90), dict(kernel_size=(3, 8), dilation=(1, 2), stride=(2, 3))),
         (2, (6, 20, 24), dict(kernel_size=(2, 3, 8), stride=(2, 2, 2))),
+        (3, (11, 30, 33), dict(kernel_size=(3, 2, 9), stride=(2, 3, 4), dilation=(2, 1, 1), padding=(1, 0, 2))),
+        (1, (9, 12, 40), dict(kernel_size=(2, 2, 8), dilation=(1, 1, 3))),
     ],
 )
 def test_nlc_loops_match_the_numpy_loops_across_tiles(dtype, channels: int, size, params) -> None:
