@@ -19,8 +19,9 @@ from patchfold.cli.options import (
     progress_option,
     verbosity_options,
 )
-from patchfold.cli.present import emit_summary, is_stdio, track
+from patchfold.cli.present import emit_summary, track
 from patchfold.geometry import LAYOUTS
+from patchfold.io.streams import is_stdio
 
 #: What -o - can write (as patchfold.jobs.fold.STREAM_FORMATS, kept here so --help imports no numpy)
 STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")

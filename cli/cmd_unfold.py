@@ -24,7 +24,8 @@ from patchfold.cli.options import (
     stack_option,
     verbosity_options,
 )
-from patchfold.cli.present import emit_summary, fold_flags, human_bytes, is_stdio, note, track
+from patchfold.cli.present import emit_summary, fold_flags, human_bytes, note, track
+from patchfold.io.streams import is_stdio
 
 #: the codecs of a .zarr output (as patchfold.jobs.unfold.ZARR_COMPRESSIONS, kept here so --help
 #: imports no numpy)

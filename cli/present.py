@@ -50,11 +50,6 @@ def verbosity() -> int:
     return 0
 
 
-def is_stdio(path: Any) -> bool:
-    """Whether a path option is ``-`` (standard input or output), decided without numpy."""
-    return str(path) == "-"
-
-
 #: A library parameter as the command-line flag of ``fold`` that gives it.
 _FOLD_FLAGS = {
     "kernel_size": "-k",
