@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from patchfold.cli.options import as_click_error
+from patchfold.cli.present import report_total
 from patchfold.errors import PatchfoldError
 
 
@@ -42,7 +43,5 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _timed(result: Any, started: float) -> Any:
-    from patchfold.cli.present import report_total  # here: present imports numpy, errors must not
-
     report_total(started)
     return result

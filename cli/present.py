@@ -16,10 +16,14 @@ from patchfold.cli.options import VERBOSITY_KEY
 from patchfold.jobs.plan import Progress
 from patchfold.units import format_bytes
 
+#: When the command line was loaded: where the start-up stage begins if the process's own start is unknown.
+_LOADED = time.perf_counter()
+
 
 def _process_start() -> float:
-    """When this process started, on the ``time.perf_counter`` clock: from ``/proc`` (Linux, to
-    the kernel's clock tick), else when the command line was loaded."""
+    """When this process started, on the ``time.perf_counter`` clock: the start of the start-up
+    stage -v reports (Python, imports, options). From ``/proc`` (Linux, to the kernel's clock
+    tick), else when the command line was loaded. Asked only by -v, so no command pays for it."""
     now = time.perf_counter()
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
@@ -27,11 +31,7 @@ def _process_start() -> float:
             since_boot = float(uptime.read().split()[0])
         return now - max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, AttributeError):
-        return now
-
-
-#: When the process started: the start of the "start-up" stage -v reports (Python, imports, options).
-LOADED = _process_start()
+        return _LOADED
 
 
 def stderr_console() -> Any:
@@ -193,7 +193,7 @@ class Stages:
         first = self.first if self.first is not None else ended
         last = self.last_progress if self.last_progress is not None else first
         lines = [
-            ("start-up (Python, imports, options)", self.started - LOADED),
+            ("start-up (Python, imports, options)", self.started - _process_start()),
             (f"reading inputs, planning and the first {self.label} step", first - self.started),
             (f"the other {max(0, self.events - 1)} {self.label} steps", last - first),
             ("finishing (metadata, atomic rename)", ended - last),
@@ -209,7 +209,7 @@ def report_total(started: float) -> None:
     ctx = click.get_current_context(silent=True)
     if verbosity() < 1 or (ctx is not None and ctx.meta.get(_TIMED_KEY)):
         return
-    click.echo(f"time: start-up (Python, imports, options): {started - LOADED:.3f} s", err=True)
+    click.echo(f"time: start-up (Python, imports, options): {started - _process_start():.3f} s", err=True)
     click.echo(f"time: the command: {time.perf_counter() - started:.3f} s", err=True)
 
 
