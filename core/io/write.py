@@ -46,19 +46,29 @@ def check_parent(path: Path, what: str) -> Path:
     perhaps folders above it are missing (made by :func:`made_parents` when the output is
     written), the nearest one that exists must be."""
     parent = path.parent
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        if existing.is_symlink():  # a link to nowhere, or a loop: mkdir would say 'File exists'
+    missing = _missing_folders(path)
+    for folder in missing:
+        if folder.is_symlink():  # a link to nowhere, or a loop: mkdir would say 'File exists'
             raise PatchfoldError(
-                f"{what} '{parent}' cannot be made: '{existing}' is a symbolic link to a missing or looping path"
+                f"{what} '{parent}' cannot be made: '{folder}' is a symbolic link to a missing or looping path"
             )
-        existing = existing.parent
+    existing = missing[-1].parent if missing else parent
     if not existing.is_dir():
         raise PatchfoldError(f"{what} '{parent}' cannot be made: '{existing}' is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         missing = "" if existing == parent else f" (to make '{parent}' in)"
         raise PatchfoldError(f"{what} '{existing}'{missing} is not writable")
     return parent
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist, nearest first (up to the first that does)."""
+    missing = []
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 @contextlib.contextmanager
@@ -69,8 +79,7 @@ def made_parents(*paths: Path) -> Iterator[None]:
     made: list[Path] = []
     try:
         for path in paths:
-            missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
-            for folder in reversed(missing):
+            for folder in reversed(_missing_folders(path)):
                 try:
                     folder.mkdir()
                 except FileExistsError:  # another run made it meanwhile: use it, and leave it to that run
@@ -87,10 +96,8 @@ def made_parents(*paths: Path) -> Iterator[None]:
 
 
 def check_free_space(path: Path, needed: int) -> None:
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:  # a folder still to be made: its disk
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
+    missing = _missing_folders(path)  # folders still to be made: the disk of the one they go in
+    free = shutil.disk_usage(missing[-1].parent if missing else path.parent).free
     if needed > free:
         raise PatchfoldError(f"'{path}' needs {format_bytes(needed)} but only {format_bytes(free)} is free on its disk")
 
