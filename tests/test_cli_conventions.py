@@ -310,3 +310,12 @@ def test_format_is_for_standard_output_only(tmp_path: Path) -> None:
     result = invoke("fold", tmp_path / "p.npy", "-o", tmp_path / "x.npy", "--format", "png")
     assert result.exit_code == 2 and "for output '-' only" in error_lines(result.stderr)[0]
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_a_zarr_matrix_is_counted_from_its_metadata_for_standard_output(tmp_path: Path) -> None:
+    pytest.importorskip("zarr")
+    ok("unfold", RGB, RGB, "-k", "16", "-s", "16", "-o", tmp_path / "two.zarr")
+    code, stdout, stderr = run(["fold", tmp_path / "two.zarr", "-o", "-", "--format", "png"])
+    assert code == 2 and stdout == b"" and "holds 2" in error_lines(stderr)[0]
+    code, stdout, _ = run(["fold", tmp_path / "two.zarr", "-o", "-", "-q"])
+    assert code == 0 and np.load(io.BytesIO(stdout)).shape == (2, 3, 240, 320)

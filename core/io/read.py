@@ -532,6 +532,15 @@ def _probe_image(path: Path, max_pixels: int) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype=dtype), shape)
 
 
+def patch_matrix_items(path: Path) -> int:
+    """How many items N the patch matrix at ``path`` holds, from its header or Zarr metadata
+    (a ``.zarr`` is not read, as :func:`read_patch_matrix` would read it whole)."""
+    if is_zarr(path):
+        shape = open_zarr(path).array.shape
+        return int(shape[0]) if len(shape) == 3 else 1
+    return int(read_patch_matrix(path).shape[0])  # memory-mapped: the header only
+
+
 def read_patch_matrix(path: Path) -> np.ndarray:
     """A patch matrix ``.npy`` (memory-mapped) or ``.zarr`` (read whole, within the memory budget)
     as ``(N, rows, cols)``; unbatched 2-D gains N=1."""

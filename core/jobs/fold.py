@@ -23,7 +23,7 @@ from patchfold.engines import cpu, resolve
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 from patchfold.io.formats import Sidecar, check_against_sidecar, read_sidecar, sidecar_path
-from patchfold.io.read import read_patch_matrix
+from patchfold.io.read import patch_matrix_items, read_patch_matrix
 from patchfold.io.streams import STDIO, input_path, is_stdio, stdout_file
 from patchfold.io.write import (
     _release,
@@ -176,12 +176,12 @@ def fold_file(
     give ``kernel_size`` and ``output_size``) and ``-`` as ``output`` the result in
     ``output_format`` (:data:`STREAM_FORMATS`: ``.npy`` by default, or one image) sent to ``stdout``
     once it is complete. The options are :func:`fold_to_file`'s."""
-    named = _from_stdin if is_stdio(patches) else _as_it_is
+    from_stdin = is_stdio(patches)
     patches = input_path(patches)
-    if named is _from_stdin and patches.suffix != ".npy":
+    if from_stdin and patches.suffix != ".npy":
         kind = patches.suffix.lstrip(".").upper()
         raise PatchfoldError(f"patches '-' (standard input) must be a .npy patch matrix, got a {kind} image")
-    if named is _from_stdin and (options.get("output_size") is None or not (overrides or {}).get("kernel_size")):
+    if from_stdin and (options.get("output_size") is None or not (overrides or {}).get("kernel_size")):
         raise PatchfoldError(
             "patches from '-' (standard input) have no sidecar: give kernel_size= and output_size=",
             param="kernel_size" if not (overrides or {}).get("kernel_size") else "output_size",
@@ -189,7 +189,8 @@ def fold_file(
     if not is_stdio(output):
         if output_format is not None:  # a file's type is its suffix: a second say would be ignored
             raise PatchfoldError(f"format is for output '-' only; '{output}' is written by its suffix", param="format")
-        yield named((yield from fold_to_file(patches, output, overrides, **options)))
+        result = yield from fold_to_file(patches, output, overrides, **options)
+        yield replace(result, source=Path(STDIO)) if from_stdin else result
         return
     output_format = output_format or "npy"
     if output_format not in STREAM_FORMATS:
@@ -197,7 +198,7 @@ def fold_file(
             f"format must be one of {', '.join(STREAM_FORMATS)} for standard output, got {output_format!r}",
             param="format",
         )
-    count = read_patch_matrix(patches).shape[0]  # memory-mapped: the header only
+    count = patch_matrix_items(patches)  # its header only
     if output_format != "npy" and count > 1:
         raise PatchfoldError(
             f"standard output takes one {output_format} image, but the patch matrix holds {count}: "
@@ -206,15 +207,8 @@ def fold_file(
         )
     with stdout_file(stdout, f".{output_format}") as target:
         result = yield from fold_to_file(patches, target, overrides, **options)
-    yield named(replace(result, written=Path(STDIO)))
-
-
-def _from_stdin(result: FoldResult) -> FoldResult:
-    return replace(result, source=Path(STDIO))
-
-
-def _as_it_is(result: FoldResult) -> FoldResult:
-    return result
+    result = replace(result, written=Path(STDIO))
+    yield replace(result, source=Path(STDIO)) if from_stdin else result
 
 
 def fold_to_file(
