@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from patchfold.coverage import outer
-from patchfold.engines import cpu, torch_engine, torch_threads, tracing
+from patchfold.engines import cpu, scheduled, torch_engine, tracing
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 
 
@@ -106,7 +106,7 @@ def _unfold_values(x: torch.Tensor, geometry: Geometry, layout: str, threads: in
         return _unfold_values(x.detach().resolve_neg().view(torch.int16), geometry, layout, threads).view(
             torch.bfloat16
         )
-    with cpu.on_team(torch_threads.team()):  # also in backward, outside the op that set it
+    with scheduled(x):  # also in backward, outside the op that set it
         return torch.from_numpy(cpu.unfold(cpu.take(x), geometry, layout, threads=threads))  # take: detached, resolved
 
 
@@ -120,7 +120,7 @@ def _fold_values(
 ) -> torch.Tensor:
     if cols.dtype == torch.bfloat16:  # summed in float32 (float64 with exact), rounded by the caller
         cols = cols.detach().float()
-    with cpu.on_team(torch_threads.team()):
+    with scheduled(cols):
         return torch.from_numpy(cpu.fold(cpu.take(cols), geometry, layout, weights, exact=exact, threads=threads))
 
 
