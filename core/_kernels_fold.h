@@ -21,6 +21,16 @@
 
 #define PF_F(name) PF_JOIN(name, PF_SUFFIX)
 
+/* out[k*step] += in[k] for k < n: a run of values onto evenly spaced output, the contiguous case
+ * on its own so that it vectorises. */
+static inline void PF_F(add_run)(PF_ACC *restrict out, const PF_SOURCE *restrict in, int64_t n, int64_t step) {
+  if (step == 1) {
+    for (int64_t k = 0; k < n; k++) out[k] += (PF_ACC)in[k];
+  } else {
+    for (int64_t k = 0; k < n; k++) out[k * step] += (PF_ACC)in[k];
+  }
+}
+
 /* One kernel row (one channel, one offset in dim 0) of a run of n blocks:
  * row[kj*d1 + j*s1] += in[kj*a + j] for kj < K1, j < n (kernel columns a apart, blocks adjacent);
  * t, m the smallest with t*d1 = m*s1. Kernel columns r, r + t, r + 2t, ... land on the same output
@@ -29,15 +39,7 @@
 static inline void PF_F(add_kernel_row)(PF_ACC *restrict row, const PF_SOURCE *restrict in, int64_t a, int64_t n,
                                         int64_t K1, int64_t s1, int64_t d1, int64_t t, int64_t m) {
   if (K1 <= t) { /* no two kernel columns meet */
-    for (int64_t kj = 0; kj < K1; kj++) {
-      const PF_SOURCE *col = in + kj * a;
-      PF_ACC *out = row + kj * d1;
-      if (s1 == 1) {
-        for (int64_t j = 0; j < n; j++) out[j] += (PF_ACC)col[j];
-      } else {
-        for (int64_t j = 0; j < n; j++) out[j * s1] += (PF_ACC)col[j];
-      }
-    }
+    for (int64_t kj = 0; kj < K1; kj++) PF_F(add_run)(row + kj * d1, in + kj * a, n, s1);
     return;
   }
   for (int64_t r = 0; r < t; r++) {
@@ -95,13 +97,7 @@ static void PF_F(fold2d_nlc_direct_band)(const PF_SOURCE *src, PF_ACC *acc, cons
       const PF_SOURCE *patch = src + (i * L1 + j) * b;
       for (int64_t c = 0; c < C; c++) {
         for (int64_t ki = k_lo; ki < k_hi; ki++) {
-          const PF_SOURCE *restrict in = patch + (c * K0 + ki) * K1;
-          PF_ACC *restrict out = acc + c * cs + (ki * d0 + i * s0 - lo) * W + j * s1;
-          if (d1 == 1) {
-            for (int64_t kj = 0; kj < K1; kj++) out[kj] += (PF_ACC)in[kj];
-          } else {
-            for (int64_t kj = 0; kj < K1; kj++) out[kj * d1] += (PF_ACC)in[kj];
-          }
+          PF_F(add_run)(acc + c * cs + (ki * d0 + i * s0 - lo) * W + j * s1, patch + (c * K0 + ki) * K1, K1, d1);
         }
       }
     }
@@ -246,13 +242,7 @@ static void PF_F(fold3d_nlc_direct)(const PF_SOURCE *src, PF_ACC *acc, const pf_
             if (z < lo || z >= hi) continue;
             PF_ACC *plane = acc + c * cs + (z - lo) * H * W + i * s1 * W + j * s2;
             for (int64_t ki = 0; ki < K1; ki++) {
-              const PF_SOURCE *restrict in = patch + ((c * K0 + A) * K1 + ki) * K2;
-              PF_ACC *restrict out = plane + ki * d1 * W;
-              if (d2 == 1) {
-                for (int64_t kk = 0; kk < K2; kk++) out[kk] += (PF_ACC)in[kk];
-              } else {
-                for (int64_t kk = 0; kk < K2; kk++) out[kk * d2] += (PF_ACC)in[kk];
-              }
+              PF_F(add_run)(plane + ki * d1 * W, patch + ((c * K0 + A) * K1 + ki) * K2, K2, d2);
             }
           }
         }
