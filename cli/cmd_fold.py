@@ -12,6 +12,7 @@ from patchfold.cli.options import (
     POSITIVE,
     AliasedOption,
     block_options,
+    check_one_stdout,
     device_options,
     fold_output_options,
     json_option,
@@ -21,7 +22,6 @@ from patchfold.cli.options import (
 )
 from patchfold.cli.present import emit_summary, track
 from patchfold.geometry import LAYOUTS
-from patchfold.io.streams import is_stdio
 
 #: What -o - can write (as patchfold.jobs.fold.STREAM_FORMATS, kept here so --help imports no numpy)
 STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")
@@ -87,8 +87,7 @@ def fold(
     """
     from patchfold.jobs.fold import fold_file
 
-    if as_json and is_stdio(output):
-        raise click.UsageError("--json and -o - would both write to standard output: give one")
+    check_one_stdout(as_json, output)
     job = fold_file(
         patches, output, blocks, output_size=output_size, layout=layout, normalize=normalize, window=window,
         device=device, engine=engine, max_memory=max_memory, output_format=output_format,

@@ -11,6 +11,7 @@ from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     PATH,
     block_options,
+    check_one_stdout,
     device_options,
     dtype_option,
     json_option,
@@ -96,8 +97,7 @@ def unfold(
     """
     from patchfold.jobs.unfold import unfold_file
 
-    if as_json and is_stdio(output):
-        raise click.UsageError("--json and -o - would both write to standard output: give one")
+    check_one_stdout(as_json, output)
     job = unfold_file(
         inputs, output, blocks, dtype=dtype, layout=layout, device=device, engine=engine,
         spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory,

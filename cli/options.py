@@ -14,7 +14,7 @@ from patchfold.dtypes import DTYPES
 from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS
-from patchfold.io.streams import named_for_user
+from patchfold.io.streams import is_stdio, named_for_user
 from patchfold.units import parse_bytes
 
 
@@ -242,6 +242,12 @@ def layout_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     from patchfold.geometry import LAYOUTS
 
     return click.option("--layout", type=click.Choice(LAYOUTS), default="ncl", show_default=True, help=help)
+
+
+def check_one_stdout(as_json: bool, output: Any) -> None:
+    """``--json`` and ``-o -`` would interleave on standard output: a usage error (exit 2)."""
+    if as_json and is_stdio(output):
+        raise click.UsageError("--json and -o - would both write to standard output: give one")
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -61,7 +61,7 @@ def stdin_file(stream: BinaryIO | None = None) -> Path:
     key = id(source)
     if key in _spooled:
         return _spooled[key][1]
-    if source.isatty() if hasattr(source, "isatty") else False:
+    if getattr(source, "isatty", lambda: False)():
         raise PatchfoldError("input '-' is standard input, but it is a terminal: pipe an image or .npy into it")
     folder = Path(tempfile.mkdtemp(prefix="patchfold-stdin-"))
     atexit.register(shutil.rmtree, folder, True)
