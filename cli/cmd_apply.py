@@ -9,9 +9,11 @@ from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     PATH,
+    ZARR_OUTPUT_HELP,
     DeviceType,
     block_options,
     complete_window,
+    compression_option,
     json_option,
     level_option,
     max_pixels_option,
@@ -31,9 +33,9 @@ from patchfold.cli.present import emit_summary, track
     "--output",
     required=True,
     type=PATH,
-    help=".npy (N, C', H', W'), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
-    "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
+    help=ZARR_OUTPUT_HELP.format(c="C'", hw="H', W'"),
 )
+@compression_option
 @click.option(
     "--model",
     type=PATH,
@@ -77,6 +79,7 @@ from patchfold.cli.present import emit_summary, track
 def apply(
     inputs: tuple[Path, ...],
     output: Path,
+    compression: str,
     model: Path | None,
     linear: Path | None,
     bias: Path | None,
@@ -107,6 +110,7 @@ def apply(
       patchfold apply scene.png --function numpy:sqrt -k 64 -s 48 --cover -o brighter.png
       patchfold apply scene.png --model model.pt -k 64 -s 48 --cover --margin 8 -o out.png
       patchfold apply scene.png --linear w.npy -k 3 -p 1 -o features.npy
+      patchfold apply scene.png --function numpy:sqrt -k 64 -s 48 --cover -o brighter.zarr
     """
     from patchfold.jobs.apply import FunctionSpec, apply_file
 
@@ -114,7 +118,7 @@ def apply(
     job = apply_file(
         list(inputs), output, blocks, spec, cover=cover, window=window, margin=margin, batch_size=batch_size,
         device=device, reduce=reduce, dtype=dtype, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels,
-        level=level,
+        level=level, compression=compression,
     )  # fmt: skip
     result = track(job, "apply", not no_progress)
     emit_summary(f"apply → {output}", result.summary(), as_json)

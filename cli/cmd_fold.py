@@ -13,6 +13,7 @@ from patchfold.cli.options import (
     AliasedOption,
     block_options,
     check_one_stdout,
+    compression_option,
     device_options,
     fold_output_options,
     json_option,
@@ -29,7 +30,8 @@ STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")
 
 @click.command()
 @click.argument("patches", type=PATH)
-@fold_output_options
+@fold_output_options(zarr=True)
+@compression_option
 @click.option(
     "--size",
     "--output-size",
@@ -61,6 +63,7 @@ def fold(
     patches: Path,
     output: Path,
     normalize: bool,
+    compression: str,
     output_size: int | tuple[int, ...] | None,
     output_format: str | None,
     blocks: dict,
@@ -74,8 +77,9 @@ def fold(
 ) -> None:
     """Overlap-add a patch matrix PATCHES.npy back into images.
 
-    Parameters come from the sidecar PATCHES.json written by unfold; options given here override
-    it. Without a sidecar (PATCHES - is standard input), -k and --size are required.
+    Parameters come from the sidecar PATCHES.json written by unfold (a PATCHES.zarr keeps them in
+    its attributes); options given here override it. Without a sidecar (PATCHES - is standard
+    input), -k and --size are required.
 
     \b
     Example:
@@ -83,6 +87,7 @@ def fold(
       patchfold unfold scene.png -k 16 -s 8 -o p.npy
       patchfold fold p.npy -o restored.png
       patchfold fold p.npy --window hann -o blended.png
+      patchfold fold p.npy --compression zstd -o restored.zarr
       patchfold fold - -k 16 -s 8 --size 240,320 -o - --format png < p.npy > again.png
     """
     from patchfold.jobs.fold import fold_file
@@ -91,7 +96,7 @@ def fold(
     job = fold_file(
         patches, output, blocks, output_size=output_size, layout=layout, normalize=normalize, window=window,
         device=device, engine=engine, max_memory=max_memory, output_format=output_format,
-        stdout=sys.stdout.buffer,
+        compression=compression, stdout=sys.stdout.buffer,
     )  # fmt: skip
     result = track(job, "fold", not no_progress)
     emit_summary(f"fold → {output}", result.summary(), as_json)

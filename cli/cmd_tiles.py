@@ -84,7 +84,7 @@ def tiles(
 
 @click.command()
 @click.argument("directory", type=PATH)
-@fold_output_options
+@fold_output_options()
 @progress_option
 @json_option
 @verbosity_options

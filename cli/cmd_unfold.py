@@ -12,6 +12,7 @@ from patchfold.cli.options import (
     PATH,
     block_options,
     check_one_stdout,
+    compression_option,
     device_options,
     dtype_option,
     json_option,
@@ -28,10 +29,6 @@ from patchfold.cli.options import (
 from patchfold.cli.present import emit_summary, fold_flags, human_bytes, note, track
 from patchfold.io.streams import is_stdio
 
-#: the codecs of a .zarr output (as patchfold.jobs.unfold.ZARR_COMPRESSIONS, kept here so --help
-#: imports no numpy)
-ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
-
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=PATH)  # - is standard input
@@ -45,13 +42,7 @@ ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
 @block_options()
 @dtype_option("Output dtype; floats scale integer images to [0, 1].")
 @layout_option("ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.")
-@click.option(
-    "--compression",
-    type=click.Choice(ZARR_COMPRESSIONS),
-    default="default",
-    show_default=True,
-    help="Codec of a .zarr output (default: Zarr's, Zstandard).",
-)
+@compression_option
 @device_options
 @spatial_dims_option
 @stack_option

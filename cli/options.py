@@ -80,6 +80,7 @@ OPTION_NAMES = {
     "cover": "'--cover'",
     "reduce": "'--reduce'",
     "batch_size": "'--batch-size'",
+    "compression": "'--compression'",
 }
 
 #: Library parameters as flags, where a message gives them as advice (``stack=True`` → ``--stack``).
@@ -394,8 +395,23 @@ def complete_window(ctx: click.Context, param: click.Parameter, incomplete: str)
     return [name for name in WINDOWS if name.startswith(incomplete)]
 
 
-def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``-o/--output``, ``--normalize/--no-normalize`` and ``--window``: how fold and untile write."""
+#: ``-o`` of fold and untile: what each kind of output holds.
+FOLD_OUTPUT_HELP = (
+    ".npy (N, C, H, W), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
+    "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs)."
+)
+
+#: ``-o`` of fold and apply, which also write Zarr (``{c}``, ``{hw}``: what the axes are called).
+ZARR_OUTPUT_HELP = (
+    ".npy (N, {c}, {hw}); .zarr ({c}, {hw}) for one image, (N, {c}, {hw}) for more; an image file (for N > 1 put "
+    "{{i}} in its name: it becomes each image's index, zero-padded to four digits: 0000, 0001, ...); or a "
+    "directory (files named after the inputs)."
+)
+
+
+def fold_output_options(zarr: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--output``, ``--normalize/--no-normalize`` and ``--window``: how fold and untile write
+    (``zarr``: the command writes ``.zarr`` stores too, and says so)."""
     from patchfold.windows import WINDOWS
 
     options = [
@@ -404,8 +420,7 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--output",
             required=True,
             type=PATH,
-            help=".npy (N, C, H, W), an image file (for N > 1 put {i} in its name: it becomes each image's index, "
-            "zero-padded to four digits: 0000, 0001, ...), or a directory (files named after the inputs).",
+            help=ZARR_OUTPUT_HELP.format(c="C", hw="H, W") if zarr else FOLD_OUTPUT_HELP,
         ),
         click.option(
             "--normalize/--no-normalize",
@@ -423,7 +438,23 @@ def fold_output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Blend overlapping patches with an edge-aware window (gaussian:SIGMA sets its width).",
         ),
     ]
-    return apply_options(command, options)
+    return lambda command: apply_options(command, options)
+
+
+#: The codecs of a ``.zarr`` output (as :data:`patchfold.io.zarr_out.ZARR_COMPRESSIONS`, kept here
+#: so ``--help`` imports no numpy).
+ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
+
+
+def compression_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--compression``: the codec of a ``.zarr`` output (unfold, fold, apply)."""
+    return click.option(
+        "--compression",
+        type=click.Choice(ZARR_COMPRESSIONS),
+        default="default",
+        show_default=True,
+        help="Codec of a .zarr output (default: Zarr's, Zstandard).",
+    )(command)
 
 
 def as_click_error(error: PatchfoldError) -> click.ClickException:

@@ -10,7 +10,8 @@ import patchfold
 import pytest
 from patchfold.blocks import PADDING_MODES, Blocks
 from patchfold.io.sources import open_pyramid_tiff, open_zarr
-from patchfold.jobs.unfold import ZARR_COMPRESSIONS, unfold_file
+from patchfold.io.zarr_out import ZARR_COMPRESSIONS
+from patchfold.jobs.unfold import unfold_file
 
 from tests.cli_fixtures import assert_runtime_error, invoke, ok, part_files, pixels, sample
 
@@ -137,9 +138,9 @@ def test_every_compression_gives_the_same_patches(tmp_path: Path, compression: s
 
 
 def test_the_cli_offers_the_jobs_compressions() -> None:
-    from patchfold.cli import cmd_unfold
+    from patchfold.cli import options
 
-    assert cmd_unfold.ZARR_COMPRESSIONS == ZARR_COMPRESSIONS
+    assert options.ZARR_COMPRESSIONS == ZARR_COMPRESSIONS
 
 
 def test_bad_levels_and_stores_give_one_error_line_and_write_nothing(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from patchfold.io.write import (
     write_images,
     write_rows,
 )
+from patchfold.io.zarr_out import check_compression, check_zarr_output, image_attributes, is_zarr_output, zarr_images
 from patchfold.jobs.plan import Progress
 from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, mapped, plan_apply
 
@@ -237,6 +238,7 @@ def apply_file(
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     level: int | None = None,
+    compression: str = "default",
 ) -> Iterator[Progress | ApplyResult]:
     """Run ``spec``'s function on every patch of the images ``inputs`` and write the blended
     results to ``output`` (as ``fold`` writes: ``.npy``, image files, ``{i}`` names, a directory).
@@ -250,11 +252,18 @@ def apply_file(
     """
     started = time.perf_counter()
     output = Path(output)
+    check_compression(output, compression)
+    to_zarr = is_zarr_output(output)
     batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
     source = batch.array
     given, scale = target_dtype(source.dtype, dtype)
-    targets = image_targets(output, source.shape[0], batch.sources)
-    check_not_an_input(targets or [output], [Path(s) for s in batch.sources])
+    read = [Path(s) for s in batch.sources]
+    if to_zarr:
+        check_zarr_output(output, compression, read)
+        targets = None
+    else:
+        targets = image_targets(output, source.shape[0], batch.sources)
+        check_not_an_input(targets or [output], read)
     plan = plan_apply(tuple(source.shape[2:]), blocks, cover=cover, window=window, margin=margin)
     onnx = spec.model is not None and is_onnx(spec.model)
     if onnx and device == "auto":  # onnxruntime places the model itself: CPU unless asked
@@ -274,7 +283,20 @@ def apply_file(
     def as_progress(done: int) -> Progress:  # the bar counts blocks
         return Progress(done, total, done, total)
 
-    if targets is None:  # one .npy: dense rows are written as they are finished
+    if to_zarr:
+        parameters = {
+            "function": spec.describe(), "sources": list(batch.sources), **blocks.to_dict(), "cover": cover,
+            "window": window or "none", "margin": margin, "reduce": reduce or "none", "dtype": dtype,
+        }  # fmt: skip
+        with zarr_images(output, source.shape[0], image_attributes("apply", parameters), compression) as store:
+            steps = apply_streamed(source, fn, plan, prepare=prepare, rows_out=store.rows, **options)
+            results = yield from mapped(steps, as_progress)
+            if results and results[0] is not None:  # vector grids: small, written whole
+                grids = _with_channels(np.stack(results), source.ndim)
+                store.allocate(grids.shape[1:], grids.dtype)
+                store.write(grids, 0)
+        shape, out_dtype = store.shape, store.dtype
+    elif targets is None:  # one .npy: dense rows are written as they are finished
         with atomic_paths(output) as (temporary,), open(temporary, "r+b") as handle:
             sink = _NpyRows(handle, source.shape[0])
             steps = apply_streamed(source, fn, plan, prepare=prepare, rows_out=sink.write, **options)
@@ -284,10 +306,8 @@ def apply_file(
         shape, out_dtype = sink.shape, sink.dtype
     else:
         results = yield from mapped(apply_streamed(source, fn, plan, prepare=prepare, **options), as_progress)
-        images = np.stack(results)
+        images = _with_channels(np.stack(results), source.ndim)
         labels = reduce not in (None, "none")
-        if labels and images.ndim == source.ndim - 1:
-            images = images[:, None]  # one channel of labels (or maxima)
         if not (labels and reduce == "argmax"):
             images = restore_dtype(images, str(source.dtype), scale)
         write_images(output, targets, images)
@@ -305,6 +325,11 @@ def apply_file(
         reduce=reduce or "none",
         seconds=time.perf_counter() - started,
     )
+
+
+def _with_channels(images: np.ndarray, ndim: int) -> np.ndarray:
+    """``images`` ``(N, C', *spatial)``: reduced ones ``(N, *spatial)`` gain one channel of labels (or maxima)."""
+    return images[:, None] if images.ndim == ndim - 1 else images
 
 
 class _NpyRows:

@@ -24,7 +24,7 @@ from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry, check_layout, matrix_dims
 from patchfold.io.formats import Sidecar, check_against_sidecar, read_sidecar, sidecar_path
 from patchfold.io.read import patch_matrix_items, read_patch_matrix
-from patchfold.io.streams import STDIO, input_path, is_stdio, stdout_file
+from patchfold.io.streams import STDIO, input_path, is_stdio, source_name, stdout_file
 from patchfold.io.write import (
     _release,
     allocate_npy,
@@ -35,6 +35,14 @@ from patchfold.io.write import (
     image_targets,
     write_images,
     write_rows,
+)
+from patchfold.io.zarr_out import (
+    check_compression,
+    check_zarr_output,
+    image_attributes,
+    is_zarr_output,
+    save_zarr_images,
+    zarr_images,
 )
 from patchfold.jobs.plan import FoldPlan, Progress, plan_fold
 from patchfold.ops import finish_normalised, fold_with
@@ -60,23 +68,69 @@ def fold_to_npy(
 
     check_output_path(path)
     check_free_space(path, plan.output_bytes)
+    with atomic_paths(path) as (temporary,), open(temporary, "r+b") as handle:
+        header = allocate_npy(handle, plan.output_shape, plan.dtype)
+        for band, values in _fold_bands(cols, plan, normalize, window, restore, threads):
+            write_rows(handle.fileno(), header, plan.output_shape, values, band[0])
+            yield _progress(plan, band)
+
+
+def fold_to_zarr(
+    cols: np.ndarray,
+    plan: FoldPlan,
+    path: Path,
+    attributes: Mapping[str, Any],
+    *,
+    normalize: bool = True,
+    window: str | None = None,
+    restore: tuple[str, float] | None = None,
+    threads: int | None = None,
+    compression: str = "default",
+) -> Generator[Progress, None, FoldPlan]:
+    """:func:`fold_to_npy` into the Zarr image store ``path`` (:mod:`patchfold.io.zarr_out`):
+    ``(C, *spatial)`` for one image, ``(N, C, *spatial)`` for several, with ``attributes``.
+    Streamed bands are one chunk of rows each, so every chunk is written once, whole; returns the
+    plan it ran (its bands)."""
+    if compression == "none":
+        check_free_space(path, plan.output_bytes)
+    with zarr_images(path, plan.output_shape[0], attributes, compression) as store:
+        store.allocate(plan.output_shape[1:], plan.dtype, plan.band_rows if plan.streaming else None)
+        if plan.streaming:
+            plan = replace(plan, band_rows=store.chunk_rows)
+        for band, values in _fold_bands(cols, plan, normalize, window, restore, threads):
+            store.write(values, band[0])
+            yield _progress(plan, band)
+    return plan
+
+
+def _fold_bands(
+    cols: np.ndarray,
+    plan: FoldPlan,
+    normalize: bool,
+    window: str | None,
+    restore: tuple[str, float] | None,
+    threads: int | None,
+) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """Each band of output rows of ``plan`` and its values ``(N, C, rows, ...)`` in ``plan.dtype``;
+    pages of a memory-mapped ``cols`` are released after each band."""
     geometry = plan.geometry
     weights = window_weights(geometry, window)
     cols = canonical_bool(cols)
     most = max_coverage(geometry)
     check_integer_sum(cols, most, weights is not None)
     vectors = coverage_vectors(geometry, weights) if normalize else None
-    with atomic_paths(path) as (temporary,), open(temporary, "r+b") as handle:
-        header = allocate_npy(handle, plan.output_shape, plan.dtype)
-        written = 0
-        for index, band in enumerate(plan.band_ranges()):
-            values = _band_values(cols, plan, weights, vectors, most, band, threads)
-            if restore is not None:
-                values = restore_dtype(values, *restore)
-            write_rows(handle.fileno(), header, plan.output_shape, values.astype(plan.dtype, copy=False), band[0])
-            written += values.nbytes
-            _release(cols)
-            yield Progress(index + 1, plan.bands, written, plan.output_bytes)
+    for band in plan.band_ranges():
+        values = _band_values(cols, plan, weights, vectors, most, band, threads)
+        if restore is not None:
+            values = restore_dtype(values, *restore)
+        yield band, values.astype(plan.dtype, copy=False)
+        _release(cols)
+
+
+def _progress(plan: FoldPlan, band: tuple[int, int]) -> Progress:
+    """Progress after the band ``band``: bands and bytes done (the bands before it are as tall)."""
+    done = -(-band[1] // plan.band_rows)
+    return Progress(done, plan.bands, plan.output_bytes * band[1] // plan.total_rows, plan.output_bytes)
 
 
 def _band_values(
@@ -176,6 +230,7 @@ def fold_file(
     give ``kernel_size`` and ``output_size``) and ``-`` as ``output`` the result in
     ``output_format`` (:data:`STREAM_FORMATS`: ``.npy`` by default, or one image) sent to ``stdout``
     once it is complete. The options are :func:`fold_to_file`'s."""
+    check_compression(output, options.get("compression", "default"))
     from_stdin = is_stdio(patches)
     patches = input_path(patches)
     if from_stdin and patches.suffix != ".npy":
@@ -223,49 +278,95 @@ def fold_to_file(
     device: str = "auto",
     engine: str = "auto",
     max_memory: int | None = None,
+    compression: str = "default",
 ) -> Generator[Progress, None, FoldResult]:
     """Fold the patch matrix file ``patches`` back into images at ``output`` (``.npy``, an image
-    file, ``{i}``-numbered image files or a directory).
+    file, ``{i}``-numbered image files, a directory, or a ``.zarr`` store compressed as
+    ``compression`` says: ``(C, *spatial)`` for one image, ``(N, C, *spatial)`` for several).
 
     Parameters come from the sidecar beside ``patches``; ``overrides`` (block parameters by name),
     ``output_size`` and ``layout`` replace what it records. Without a sidecar, ``kernel_size`` (in
-    ``overrides``) and ``output_size`` are required. A ``.npy`` output on the CPU is written band by
-    band within ``max_memory``; images are folded in memory. Yields :class:`Progress` and returns
-    the :class:`FoldResult`.
+    ``overrides``) and ``output_size`` are required. A ``.npy`` or ``.zarr`` output on the CPU is
+    written band by band within ``max_memory``; images are folded in memory. Yields
+    :class:`Progress` and returns the :class:`FoldResult`.
     """
     started = time.perf_counter()
     patches, output = Path(patches), Path(output)
+    check_compression(output, compression)
+    to_zarr = is_zarr_output(output)
+    inputs = [patches, sidecar_path(patches)]
+    if to_zarr:  # before a .zarr matrix is read whole
+        check_zarr_output(output, compression, inputs)
     cols = read_patch_matrix(patches)
     sidecar = read_sidecar(patches)
     geometry, layout = _fold_geometry(patches, sidecar, dict(overrides or {}), output_size, layout)
     if sidecar is not None and geometry == sidecar.geometry and layout == sidecar.layout:
         check_against_sidecar(cols, sidecar, patches)
     channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
-    targets = image_targets(output, cols.shape[0], sidecar.sources if sidecar else ())
-    check_not_an_input(targets or [output], [patches, sidecar_path(patches)])
+    targets = None if to_zarr else image_targets(output, cols.shape[0], sidecar.sources if sidecar else ())
+    if not to_zarr:
+        check_not_an_input(targets or [output], inputs)
     device, engine = resolve(device, engine)
     restore = (sidecar.input_dtype, sidecar.scale) if normalize and sidecar is not None else None
     weighted = window not in (None, "none")
+    attributes = image_attributes("fold", _made_by(patches, sidecar, geometry, layout, normalize, window))
     bands = 1
     if targets is None and engine == "cpu":
         dtype = fold_output_dtype(cols.dtype, normalize, weighted, restore)
         plan = plan_fold(cols.shape, channels, geometry, dtype, max_memory, layout)
-        yield from fold_to_npy(cols, plan, output, normalize=normalize, window=window, restore=restore)
+        options = {"normalize": normalize, "window": window, "restore": restore}
+        if to_zarr:
+            plan = yield from fold_to_zarr(cols, plan, output, attributes, compression=compression, **options)
+        else:
+            yield from fold_to_npy(cols, plan, output, **options)
         output_shape, output_dtype, bands = plan.output_shape, dtype, plan.bands
     else:
-        data = engines.load(engine).take(cols, device=device)
-        images = fold_with(data, geometry, normalize, layout=layout, window=window, engine=engine)
-        images = engines.give_back(images, cols)
-        if restore is not None:
-            images = restore_dtype(images, *restore)
-        write_images(output, targets, images)
+        images = _fold_whole(cols, geometry, layout, normalize, window, restore, device, engine)
+        if to_zarr:
+            save_zarr_images(output, images, attributes, compression)
+        else:
+            write_images(output, targets, images)
         output_shape, output_dtype = images.shape, images.dtype
+    if to_zarr and output_shape[0] == 1:
+        output_shape = output_shape[1:]  # one image is stored as (C, *spatial)
     written = targets if targets is not None else output
     seconds = time.perf_counter() - started
     return FoldResult(
         written, patches, tuple(cols.shape), tuple(output_shape), np.dtype(output_dtype), geometry, layout,
         normalize, window, device, engine, bands, seconds,
     )  # fmt: skip
+
+
+def _fold_whole(
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str,
+    normalize: bool,
+    window: str | None,
+    restore: tuple[str, float] | None,
+    device: str,
+    engine: str,
+) -> np.ndarray:
+    """The fold of all of ``cols`` in memory, on ``device`` with ``engine``, as a numpy array."""
+    data = engines.load(engine).take(cols, device=device)
+    images = fold_with(data, geometry, normalize, layout=layout, window=window, engine=engine)
+    images = engines.give_back(images, cols)
+    return restore_dtype(images, *restore) if restore is not None else images
+
+
+def _made_by(
+    patches: Path, sidecar: Sidecar | None, geometry: Geometry, layout: str, normalize: bool, window: str | None
+) -> dict[str, Any]:
+    """What a Zarr output records of the fold that made it (the block parameters as a sidecar has them)."""
+    return {
+        "patches": source_name(patches),
+        "sources": list(sidecar.sources) if sidecar is not None else [],
+        **geometry.blocks.to_dict(),
+        "output_size": list(geometry.spatial_size),
+        "layout": layout,
+        "normalize": normalize,
+        "window": window or "none",
+    }
 
 
 def _fold_geometry(

@@ -39,6 +39,12 @@ from patchfold.io.write import (
     check_store_path,
     write_at,
 )
+from patchfold.io.zarr_out import (
+    ZARR_CHUNK_BYTES,
+    check_compression,
+    compressors,
+    create_array,
+)
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
 
 
@@ -75,15 +81,6 @@ def unfold_to_npy(
             temporaries[1].write_text(sidecar, encoding="utf-8")
 
 
-#: A Zarr patch matrix is chunked in whole rows of blocks, about this many bytes a chunk (readers
-#: fetch a chunk at a time: a few MiB keeps both the chunk count and a random read small).
-ZARR_CHUNK_BYTES = 8 << 20
-
-
-#: ``compression=`` of a Zarr output: the Zarr default (Zstandard), none, or a named codec.
-ZARR_COMPRESSIONS = ("default", "none", "zstd", "blosc", "gzip")
-
-
 def unfold_to_zarr(
     array: np.ndarray | RegionSource,
     plan: UnfoldPlan,
@@ -99,8 +96,6 @@ def unfold_to_zarr(
     """Unfold ``array`` into a Zarr (v3) array at ``path``: the patch matrix, chunked by whole rows
     of blocks (one item per chunk), with ``sidecar`` in its attributes under ``"patchfold"``.
     Written band by band into a temporary store that replaces ``path`` only when complete."""
-    zarr = zarr_module()
-    compressors = _compressors(compression)
     n, a, b = plan.output_shape
     per_row = plan.geometry.blocks_per_row
     chunk_rows = max(1, min(plan.band_rows, ZARR_CHUNK_BYTES // max(1, plan.row_bytes // n)))
@@ -109,16 +104,8 @@ def unfold_to_zarr(
     chunks = (1, a, chunk_rows * per_row) if plan.layout == "ncl" else (1, chunk_rows * per_row, b)
     band, source = _bands_of(array, plan, scale, device, engine, threads)
     with atomic_directory(path) as temporary:
-        extra = {} if compressors == "default" else {"compressors": compressors}
-        out = zarr.create_array(
-            store=str(temporary),
-            shape=plan.output_shape,
-            chunks=chunks,
-            dtype=plan.dtype,
-            attributes={ZARR_SIDECAR_KEY: sidecar} if sidecar is not None else {},
-            zarr_format=3,
-            **extra,
-        )
+        attributes = {ZARR_SIDECAR_KEY: sidecar} if sidecar is not None else {}
+        out = create_array(temporary, plan.output_shape, chunks, plan.dtype, attributes, compression)
 
         def store(values: np.ndarray, first: int) -> None:
             blocks = slice(first * per_row, first * per_row + values.shape[2 if plan.layout == "ncl" else 1])
@@ -146,20 +133,6 @@ def _write_bands(band: Any, plan: UnfoldPlan, source: Any, store: Any) -> Iterat
         if pending is not None:
             pending.result()
             yield Progress(plan.bands, plan.bands, written, plan.output_bytes)
-
-
-def _compressors(compression: str) -> Any:
-    if compression not in ZARR_COMPRESSIONS:
-        raise PatchfoldError(
-            f"compression must be one of {', '.join(ZARR_COMPRESSIONS)}, got {compression!r}", param="compression"
-        )
-    if compression == "default":
-        return "default"
-    if compression == "none":
-        return None
-    from zarr import codecs
-
-    return {"zstd": codecs.ZstdCodec, "blosc": codecs.BloscCodec, "gzip": codecs.GzipCodec}[compression]()
 
 
 def _bands_of(
@@ -341,6 +314,7 @@ def unfold_file(
     binary stream), written only once it is complete; no sidecar goes with it (the result's
     :meth:`UnfoldResult.fold_parameters` say what ``fold`` then needs). ``-`` among ``inputs`` is
     standard input. The options are :func:`unfold_to_file`'s."""
+    check_compression(output, options.get("compression", "default"))
     if not is_stdio(output):
         yield (yield from unfold_to_file(inputs, output, blocks, **options))
         return
@@ -368,7 +342,7 @@ def unfold_to_file(
 ) -> Generator[Progress, None, UnfoldResult]:
     """Unfold image files, directories, ``.npy`` arrays or Zarr stores into the patch matrix
     ``output``: a ``.npy`` with its sidecar beside it, or a ``.zarr`` array (chunked by rows of
-    blocks, ``compression`` as :data:`ZARR_COMPRESSIONS`) with the sidecar in its attributes; in
+    blocks, ``compression`` as :data:`~patchfold.io.zarr_out.ZARR_COMPRESSIONS`) with the sidecar in its attributes; in
     bands that fit ``max_memory``. ``level`` picks the resolution of pyramidal TIFF and Zarr
     inputs, which are read band by band (a level larger than memory streams through).
 
@@ -381,9 +355,10 @@ def unfold_to_file(
     to_zarr = output.suffix.lower() == ".zarr"
     if output.suffix.lower() != ".npy" and not to_zarr:
         raise PatchfoldError(f"the patch matrix is written as .npy or .zarr, got '{output}'", param="output")
+    check_compression(output, compression)
     if to_zarr:
         zarr_module()
-        _compressors(compression)
+        compressors(compression)
         check_store_path(output)
     else:
         check_output_path(output)
