@@ -49,7 +49,7 @@ STREAM_FORMATS = ("npy", "png", "tif", "jpg", "bmp", "webp")
     default=None,
     help="What -o - sends to standard output: the .npy array (the default), or one image.",
 )
-@block_options(required=False)
+@block_options(required=False, cover=True)
 @click.option(
     "--layout", type=click.Choice(LAYOUTS), default=None, help="Layout of PATCHES (default: sidecar, else ncl)."
 )

@@ -29,7 +29,7 @@ def show() -> None:
 
 @show.command()
 @click.argument("image", type=PATH)
-@block_options()
+@block_options(cover=True)
 @_OUTPUT
 @level_option
 @max_pixels_option
@@ -71,7 +71,7 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 
 @show.command("divisor")
 @click.argument("image", type=PATH)
-@block_options()
+@block_options(cover=True)
 @_OUTPUT
 @level_option
 @max_pixels_option

@@ -35,6 +35,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
         ("input shape", stats["input_shape"]),
         ("kernel / stride", f"{stats['kernel_size']} / {stats['stride']}"),
         ("padding / dilation", f"{stats['padding']} / {stats['dilation']}"),
+        *([("cover", "last blocks moved inward to the border")] if stats.get("cover") else []),
         ("blocks per dim", stats["blocks_per_dim"]),
         ("blocks (L)", f"{stats['num_blocks']:,}"),
         ("patch length", f"{stats['patch_length']:,}"),
@@ -51,7 +52,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @click.command()
 @click.argument("inputs", nargs=-1, type=PATH)
 @size_option
-@block_options()
+@block_options(cover=True)
 @click.option(
     "--channels",
     type=click.IntRange(1),
@@ -119,7 +120,7 @@ def stats(
 @click.command()
 @click.argument("inputs", nargs=-1, type=PATH)
 @size_option
-@block_options()
+@block_options(cover=True)
 @click.option(
     "-o",
     "--output",

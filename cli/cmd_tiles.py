@@ -37,7 +37,7 @@ tile_format_option = click.option(
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=PATH)
 @click.option("-o", "--output", required=True, type=PATH, help="Directory to create.")
-@block_options()
+@block_options(cover=True)
 @tile_format_option
 @spatial_dims_option
 @stack_option

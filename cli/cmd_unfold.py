@@ -39,7 +39,7 @@ from patchfold.io.streams import is_stdio
     type=PATH,
     help="Patch matrix to write: .npy (sidecar .json beside it), .zarr, or - for the .npy on standard output.",
 )
-@block_options()
+@block_options(cover=True)
 @dtype_option("Output dtype; floats scale integer images to [0, 1].")
 @layout_option("ncl: (N, C·∏k, L), PyTorch's; nlc: (N, L, C·∏k), one row per patch.")
 @compression_option

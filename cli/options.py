@@ -136,18 +136,17 @@ def apply_options(command: Callable[..., Any], options: list[Callable[..., Any]]
     return command
 
 
-def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``-k/-s/-p/-d/--padding-mode``, gathered into one ``blocks`` argument: a
-    :class:`~patchfold.blocks.Blocks`, or with ``required=False`` (fold, which reads them from a
-    sidecar) a dict of the options given (None where not given).
+def block_options(required: bool = True, cover: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-k/-s/-p/-d/--padding-mode`` (and ``--cover`` with ``cover``), gathered into one
+    ``blocks`` argument: a :class:`~patchfold.blocks.Blocks`, or with ``required=False`` (fold,
+    which reads them from a sidecar) a dict of the options given (None where not given).
     """
+    names = ("kernel_size", "stride", "padding", "dilation", "padding_mode", *(("cover",) if cover else ()))
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            given = {
-                name: kwargs.pop(name) for name in ("kernel_size", "stride", "padding", "dilation", "padding_mode")
-            }
+            given = {name: kwargs.pop(name) for name in names}
             try:
                 kwargs["blocks"] = Blocks(**given) if required else given
             except PatchfoldError as error:
@@ -194,6 +193,16 @@ def block_options(required: bool = True) -> Callable[[Callable[..., Any]], Calla
                 help="How the padding is filled (zeros is PyTorch's).",
             ),
         ]
+        if cover:
+            options.append(
+                click.option(
+                    "--cover",
+                    is_flag=True,
+                    default=False if required else None,
+                    help="Cover every pixel: move each dim's last block inward to end at the border "
+                    "(padding must be 0; only a dim shorter than a block is padded).",
+                )
+            )
         return apply_options(wrapper, options)
 
     return decorate

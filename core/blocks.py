@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,12 @@ def _geometry(blocks: Blocks, size: tuple[int, ...]) -> Geometry:
     return Geometry.of(size, blocks)
 
 
+def np_bool() -> type:
+    """numpy's bool type where numpy is loaded (``import patchfold`` does not load it)."""
+    numpy = sys.modules.get("numpy")
+    return numpy.bool_ if numpy is not None else bool
+
+
 def check_padding_mode(mode: Any) -> str:
     if mode not in PADDING_MODES:
         raise PatchfoldError(
@@ -144,9 +151,14 @@ class Blocks:
         kernel_size: block size, an int or one int per spatial dim.
         stride, padding, dilation: as in ``torch.nn.Unfold`` (keyword-only here).
         padding_mode: ``zeros`` (PyTorch's), ``reflect``, ``replicate`` or ``circular``.
+        cover: cover every pixel: where the blocks of a dim stop short of its end, one more block
+            ends exactly at the border (moved inward, as MONAI's sliding windows are), so no
+            block reaches outside the image; a dim shorter than one block gets one block, centred,
+            over padding in ``padding_mode``. ``padding`` must then be 0. The blocks still form a
+            per-axis grid, so the divisor and the statistics stay separable.
 
     >>> Blocks((4, 2), stride=2)
-    Blocks(kernel_size=(4, 2), stride=(2,), padding=(0,), dilation=(1,), padding_mode='zeros')
+    Blocks(kernel_size=(4, 2), stride=(2,), padding=(0,), dilation=(1,), padding_mode='zeros', cover=False)
     """
 
     kernel_size: tuple[int, ...]
@@ -154,6 +166,7 @@ class Blocks:
     padding: tuple[int, ...] = (0,)
     dilation: tuple[int, ...] = (1,)
     padding_mode: str = "zeros"
+    cover: bool = False
 
     def __init__(
         self,
@@ -163,11 +176,21 @@ class Blocks:
         padding: IntOrSeq = 0,
         dilation: IntOrSeq = 1,
         padding_mode: str = "zeros",
+        cover: bool = False,
     ) -> None:
         values = {"kernel_size": kernel_size, "stride": stride, "padding": padding, "dilation": dilation}
         for name, value in values.items():
             object.__setattr__(self, name, as_ints(value, name))
         object.__setattr__(self, "padding_mode", check_padding_mode(padding_mode))
+        if not isinstance(cover, bool | np_bool()):
+            raise PatchfoldError(f"cover must be True or False, got {cover!r}", param="cover")
+        if cover and any(self.padding):
+            raise PatchfoldError(
+                "cover places the blocks inside the image (only a dim shorter than one block is padded); "
+                f"padding must be 0, got {list(self.padding)}",
+                param="padding",
+            )
+        object.__setattr__(self, "cover", bool(cover))
         self.ndim  # noqa: B018 - the lengths must agree
 
     @property
@@ -213,14 +236,18 @@ class Blocks:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: lists of ints and the mode's name (what sidecars and manifests record)."""
-        return {
+        """JSON-ready: lists of ints and the mode's name (what sidecars and manifests record);
+        ``"cover": true`` only where set, so files of plain blocks read as they always did."""
+        recorded: dict[str, Any] = {
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
             "padding": list(self.padding),
             "dilation": list(self.dilation),
             "padding_mode": self.padding_mode,
         }
+        if self.cover:
+            recorded["cover"] = True
+        return recorded
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "the block parameters") -> Blocks:
@@ -241,12 +268,16 @@ class Blocks:
                 raise PatchfoldError(f"{where}: {name} must be an int or a non-empty list of ints, got {value!r}")
             values[name] = items
         mode = data.get("padding_mode", "zeros")
+        cover = data.get("cover", False)
+        if type(cover) is not bool:
+            raise PatchfoldError(f"{where}: cover must be true or false, got {cover!r}")
         try:
-            return cls(**values, padding_mode=mode)
+            return cls(**values, padding_mode=mode, cover=cover)
         except PatchfoldError as error:
             raise PatchfoldError(f"{where}: {error}") from None
 
     def describe(self) -> str:
-        return " ".join(
+        text = " ".join(
             f"{name}={list(getattr(self, name))}" for name in ("kernel_size", "stride", "padding", "dilation")
         )
+        return text + (" cover" if self.cover else "")

@@ -19,11 +19,13 @@ from patchfold.memory import check_fits
 NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def source_index(size: int, pad: int, padding_mode: str) -> np.ndarray | None:
-    """Index of the input pixel each padded position repeats, or None for zero padding."""
+def source_index(size: int, pad: int | tuple[int, int], padding_mode: str) -> np.ndarray | None:
+    """Index of the input pixel each padded position repeats (``pad`` on both sides, or
+    ``(before, after)``), or None for zero padding."""
     if padding_mode == "zeros":
         return None
-    return np.pad(np.arange(size), (pad, pad), mode=NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
+    widths = (pad, pad) if isinstance(pad, int) else pad
+    return np.pad(np.arange(size), widths, mode=NUMPY_PAD_MODE[padding_mode])  # type: ignore[call-overload]
 
 
 def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int, first_dim: int = 0) -> np.ndarray:
@@ -35,21 +37,22 @@ def unpad_adjoint(padded: np.ndarray, geometry: Geometry, axis_offset: int, firs
     Dims before ``first_dim`` are left alone (a band of rows that the caller crops itself).
     """
     result = padded
-    for dim, (size, pad) in enumerate(zip(geometry.spatial_size, geometry.padding)):
+    for dim, (size, pad) in enumerate(zip(geometry.spatial_size, geometry.pad_widths)):
         if dim >= first_dim:
             result = _unpad_axis(result, axis_offset + dim, size, pad, geometry.padding_mode)
     return result
 
 
-def _unpad_axis(padded: np.ndarray, axis: int, size: int, pad: int, padding_mode: str) -> np.ndarray:
-    """:func:`unpad_adjoint` along one axis."""
-    if pad == 0:
+def _unpad_axis(padded: np.ndarray, axis: int, size: int, pad: tuple[int, int], padding_mode: str) -> np.ndarray:
+    """:func:`unpad_adjoint` along one axis, padded by ``pad`` (before, after)."""
+    before, after = pad
+    if before == after == 0:
         return padded
     lead = (slice(None),) * axis
-    inner = padded[(*lead, slice(pad, pad + size))]
+    inner = padded[(*lead, slice(before, before + size))]
     index = source_index(size, pad, padding_mode)
     if index is not None:
-        for position in (*range(pad), *range(pad + size, size + 2 * pad)):
+        for position in (*range(before), *range(before + size, size + before + after)):
             inner[(*lead, int(index[position]))] += padded[(*lead, position)]
     return inner
 
@@ -60,7 +63,7 @@ def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = N
     ``weights`` has shape ``(blocks_per_dim[dim], kernel_size[dim])`` for a windowed fold.
     """
     check_fits(geometry.padded_size[dim] * 8 * 3, f"the coverage vector of a dim of {geometry.padded_size[dim]}")
-    if weights is None:
+    if weights is None and geometry.is_regular:
         return _block_counts(
             geometry.padded_size[dim],
             geometry.blocks_per_dim[dim],
@@ -68,9 +71,17 @@ def padded_coverage(geometry: Geometry, dim: int, weights: np.ndarray | None = N
             geometry.stride[dim],
             geometry.dilation[dim],
         )
+    if weights is None:  # a cover grid: the evenly spaced blocks, then the one moved inward
+        count, moved = geometry.even_grid[dim]
+        coverage = _block_counts(
+            geometry.padded_size[dim], count, geometry.kernel_size[dim], geometry.stride[dim], geometry.dilation[dim]
+        )
+        if moved is not None:
+            coverage[moved : moved + geometry.span[dim] : geometry.dilation[dim]] += 1
+        return coverage
     coverage = np.zeros(geometry.padded_size[dim], dtype=np.float64)
     for offset in range(geometry.kernel_size[dim]):  # weights already hold (L, k) values: O(L·k) anyway
-        coverage[geometry.positions(dim, offset)] += weights[:, offset]
+        coverage[geometry.positions(dim, offset)] += weights[:, offset]  # distinct positions: no np.add.at
     return coverage
 
 
@@ -94,7 +105,8 @@ def coverage_vectors(geometry: Geometry, weights: list[np.ndarray] | None = None
     vectors = []
     for dim in range(geometry.ndim):
         padded = padded_coverage(geometry, dim, None if weights is None else weights[dim])
-        vectors.append(_unpad_axis(padded, 0, geometry.spatial_size[dim], geometry.padding[dim], geometry.padding_mode))
+        size, pad = geometry.spatial_size[dim], geometry.pad_widths[dim]
+        vectors.append(_unpad_axis(padded, 0, size, pad, geometry.padding_mode))
     return vectors
 
 

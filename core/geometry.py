@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
+from typing import Any
 
 from patchfold.blocks import Blocks, IntOrSeq, per_dim
 from patchfold.errors import PatchfoldError
@@ -40,6 +41,8 @@ class Geometry:
     padding: tuple[int, ...]
     dilation: tuple[int, ...]
     padding_mode: str = "zeros"
+    #: blocks moved inward to end at the border (see :class:`~patchfold.blocks.Blocks`)
+    cover: bool = False
 
     @classmethod
     def create(
@@ -51,9 +54,19 @@ class Geometry:
         padding: IntOrSeq = 0,
         dilation: IntOrSeq = 1,
         padding_mode: str = "zeros",
+        cover: bool = False,
     ) -> Geometry:
-        """``Blocks(kernel_size, ...).at(spatial_size)``: normalise and check that a block fits."""
-        blocks = Blocks(kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+        """``Blocks(kernel_size, ...).at(spatial_size)``: normalise and check that a block fits.
+
+        >>> g = Geometry.create((10,), 4, stride=3, cover=True)
+        >>> g.block_starts(0).tolist(), g.blocks_per_dim
+        ([0, 3, 6], (3,))
+        >>> Geometry.create((11,), 4, stride=3, cover=True).block_starts(0).tolist()
+        [0, 3, 6, 7]
+        """
+        blocks = Blocks(
+            kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode, cover=cover
+        )
         return blocks.at(spatial_size)
 
     @classmethod
@@ -67,6 +80,7 @@ class Geometry:
             padding=per_dim(blocks.padding, ndim, "padding"),
             dilation=per_dim(blocks.dilation, ndim, "dilation"),
             padding_mode=blocks.padding_mode,
+            cover=blocks.cover,
         )
         geometry._validate()
         return geometry
@@ -80,18 +94,21 @@ class Geometry:
             padding=self.padding,
             dilation=self.dilation,
             padding_mode=self.padding_mode,
+            cover=self.cover,
         )
 
     def _validate(self) -> None:
-        if self.padding_mode == "reflect" and any(p >= s for p, s in zip(self.padding, self.spatial_size)):
+        widest = [max(a, b) for a, b in self.pad_widths]
+        what = "cover's padding of the dims shorter than one block" if self.cover else "padding"
+        if self.padding_mode == "reflect" and any(p >= s for p, s in zip(widest, self.spatial_size)):
             raise PatchfoldError(
-                f"reflect padding {list(self.padding)} must be smaller than the input size "
-                f"{list(self.spatial_size)} in every dim"
+                f"reflect {what} {[list(w) for w in self.pad_widths] if self.cover else list(self.padding)} "
+                f"must be smaller than the input size {list(self.spatial_size)} in every dim"
             )
-        if self.padding_mode == "circular" and any(p > s for p, s in zip(self.padding, self.spatial_size)):
+        if self.padding_mode == "circular" and any(p > s for p, s in zip(widest, self.spatial_size)):
             raise PatchfoldError(
-                f"circular padding {list(self.padding)} must not exceed the input size "
-                f"{list(self.spatial_size)} in any dim"
+                f"circular {what} {[list(w) for w in self.pad_widths] if self.cover else list(self.padding)} "
+                f"must not exceed the input size {list(self.spatial_size)} in any dim"
             )
         counts = self.blocks_per_dim
         if any(c < 1 for c in counts):
@@ -116,8 +133,17 @@ class Geometry:
         return len(self.spatial_size)
 
     @cached_property
+    def pad_widths(self) -> tuple[tuple[int, int], ...]:
+        """Padding ``(before, after)`` per dim: ``(padding, padding)``, or with ``cover`` what a
+        dim shorter than one block needs to hold its one centred block (0 elsewhere)."""
+        if not self.cover:
+            return tuple((p, p) for p in self.padding)
+        extra = [max(0, span - size) for size, span in zip(self.spatial_size, self.span)]
+        return tuple((e // 2, e - e // 2) for e in extra)
+
+    @cached_property
     def padded_size(self) -> tuple[int, ...]:
-        return tuple(s + 2 * p for s, p in zip(self.spatial_size, self.padding))
+        return tuple(s + a + b for s, (a, b) in zip(self.spatial_size, self.pad_widths))
 
     @cached_property
     def span(self) -> tuple[int, ...]:
@@ -127,10 +153,34 @@ class Geometry:
     @cached_property
     def blocks_per_dim(self) -> tuple[int, ...]:
         """``L_d = floor((size_d + 2·pad_d − dil_d·(k_d − 1) − 1) / stride_d) + 1`` (may be < 1
-        before :meth:`create` has validated the geometry)."""
-        return tuple(
-            (padded - span) // stride + 1 for padded, span, stride in zip(self.padded_size, self.span, self.stride)
-        )
+        before :meth:`create` has validated the geometry); with ``cover``, one more where those
+        blocks stop short of the dim's end."""
+        return tuple(count + (moved is not None) for count, moved in self.even_grid)
+
+    @cached_property
+    def even_grid(self) -> tuple[tuple[int, int | None], ...]:
+        """Per dim: how many blocks sit every ``stride`` from the padded start, and where the
+        extra last block that ``cover`` moved inward starts (None where there is none)."""
+        result = []
+        for padded, span, stride in zip(self.padded_size, self.span, self.stride):
+            count = (padded - span) // stride + 1
+            moved = self.cover and count >= 1 and (count - 1) * stride + span < padded
+            result.append((count, padded - span if moved else None))
+        return tuple(result)
+
+    def block_starts(self, dim: int) -> Any:
+        """The padded position where each block along ``dim`` starts (int64 numpy array)."""
+        import numpy as np
+
+        count, moved = self.even_grid[dim]
+        starts = np.arange(max(count, 0), dtype=np.int64) * self.stride[dim]
+        return starts if moved is None else np.append(starts, np.int64(moved))
+
+    @cached_property
+    def is_regular(self) -> bool:
+        """Whether every dim's blocks are evenly spaced: always without ``cover``; with it, where
+        no block had to be moved inward."""
+        return all(moved is None for _, moved in self.even_grid)
 
     @cached_property
     def num_blocks(self) -> int:
@@ -152,7 +202,10 @@ class Geometry:
     @property
     def covered_extent(self) -> tuple[int, ...]:
         """Padded-coordinate extent actually reached by some block (the rest is dropped)."""
-        return tuple((n - 1) * s + span for n, s, span in zip(self.blocks_per_dim, self.stride, self.span))
+        return tuple(
+            (n - 1) * s + span if moved is None else moved + span
+            for (n, moved), s, span in zip(self.even_grid, self.stride, self.span)
+        )
 
     def patch_length(self, channels: int) -> int:
         return channels * self.kernel_volume
@@ -180,24 +233,36 @@ class Geometry:
 
         Stops are exclusive and may fall outside the image where padding is used.
         """
-        return tuple(
-            (i * s - p, i * s - p + span) for i, s, p, span in zip(index, self.stride, self.padding, self.span)
-        )
+        starts = [
+            moved if moved is not None and i == count else i * s
+            for i, (count, moved), s in zip(index, self.even_grid, self.stride)
+        ]
+        return tuple((start - a, start - a + span) for start, (a, _), span in zip(starts, self.pad_widths, self.span))
 
-    def positions(self, dim: int, offset: int, first: int = 0, last: int | None = None) -> slice:
+    def positions(self, dim: int, offset: int, first: int = 0, last: int | None = None) -> Any:
         """Padded positions along ``dim`` that kernel ``offset`` reaches in blocks ``[first, last)``
-        (all blocks by default)."""
+        (all blocks by default): a slice, or an index array where ``cover`` moved a block inward."""
         last = self.blocks_per_dim[dim] if last is None else last
         step = self.stride[dim]
         start = offset * self.dilation[dim] + first * step
+        if not self.is_regular:
+            return self.block_starts(dim)[first:last] + offset * self.dilation[dim]
         return slice(start, start + (last - first - 1) * step + 1, step)
 
     def blocks_reaching(self, dim: int, offset: int, lo: int, hi: int) -> tuple[int, int]:
         """Block range ``[i0, i1)`` whose kernel ``offset`` along ``dim`` lands in padded ``[lo, hi)``."""
         base = offset * self.dilation[dim]
         step = self.stride[dim]
+        count, moved = self.even_grid[dim]
         first = max(0, -((base - lo) // step))
-        last = min(self.blocks_per_dim[dim], -((base - hi) // step))
+        last = min(count, -((base - hi) // step))
+        if moved is not None:  # the moved block sits after all the others
+            if first >= count and not lo <= moved + base:
+                first = count + 1
+            elif first >= count:
+                first = count
+            if lo <= moved + base < hi:
+                last = count + 1
         return first, max(first, last)
 
     def check_fold_input(self, patch_length: int, num_blocks: int) -> int:

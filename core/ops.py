@@ -39,13 +39,16 @@ def blocks_of(
     padding: IntOrSeq = 0,
     stride: IntOrSeq = 1,
     padding_mode: str = "zeros",
+    cover: bool = False,
 ) -> Blocks:
     """The :class:`Blocks` of an operation's arguments; ``kernel_size`` may be a Blocks itself."""
     if isinstance(kernel_size, Blocks):
-        if (dilation, padding, stride, padding_mode) != (1, 0, 1, "zeros"):
+        if (dilation, padding, stride, padding_mode, cover) != (1, 0, 1, "zeros", False):
             raise PatchfoldError("give block parameters either as a Blocks or as arguments, not both")
         return kernel_size
-    return Blocks(kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    return Blocks(
+        kernel_size, stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode, cover=cover
+    )
 
 
 def spatial_dims_of(x: Any, spatial_dims: int | None, blocks: Blocks) -> int:
@@ -110,6 +113,7 @@ def unfold(
     stride: IntOrSeq = 1,
     *,
     padding_mode: str = "zeros",
+    cover: bool = False,
     layout: str = "ncl",
     spatial_dims: int | None = None,
     engine: str = "auto",
@@ -123,6 +127,9 @@ def unfold(
         x: numpy array or torch tensor ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``.
         kernel_size, dilation, padding, stride: an int (replicated) or one int per spatial dim.
         padding_mode: one of ``zeros`` (PyTorch's), ``reflect``, ``replicate``, ``circular``.
+        cover: cover every pixel: where the blocks stop short of a dim's end, one more block ends
+            at the border (moved inward); padding must be 0, and only a dim shorter than one block
+            is padded (in ``padding_mode``). :func:`fold` with the same ``cover`` puts them back.
         layout: ``ncl`` for PyTorch's ``(N, C·∏k, L)``, ``nlc`` for ``(N, L, C·∏k)``.
         spatial_dims: needed only when it cannot be told from the parameters and ``x.ndim``.
         engine: ``auto``, ``cpu`` or ``torch``.
@@ -141,11 +148,13 @@ def unfold(
     >>> import numpy as np
     >>> unfold(np.arange(16).reshape(1, 1, 4, 4), kernel_size=2, stride=2)[0, :, 0]
     array([0, 1, 4, 5])
+    >>> unfold(np.arange(5).reshape(1, 1, 5), 2, stride=2, cover=True, spatial_dims=1)[0].tolist()  # last one moved in
+    [[0, 2, 3], [1, 3, 4]]
     """
     layout = check_layout(layout)
     x = _array(x, "unfold input")
     check_threads(threads)
-    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode, cover)
     batch, unbatched = _batched(x, spatial_dims_of(x, spatial_dims, blocks), "unfold input")
     check_real_dtype(getattr(batch, "dtype", None), "unfold input")
     geometry = blocks.at(batch.shape[2:], f"input shape {tuple(batch.shape)}")
@@ -169,6 +178,7 @@ def fold(
     normalize: bool = False,
     *,
     padding_mode: str = "zeros",
+    cover: bool = False,
     layout: str = "ncl",
     window: str | None = None,
     engine: str = "auto",
@@ -184,6 +194,7 @@ def fold(
             pixels no block covers become 0. Integer input comes back rounded, in its own dtype.
         padding_mode: the mode used by :func:`unfold`; non-zero modes add what fell on the padding
             back onto the pixels it repeated, so the normalised round trip stays exact.
+        cover: the blocks of :func:`unfold` with ``cover=True``.
         window: blend with a window (``hann``, ``triangular``, ``gaussian[:sigma]``, ``pyramid``):
             each patch is weighted before the sum (edge-aware: border patches keep full weight
             toward the image border).
@@ -201,7 +212,7 @@ def fold(
     True
     """
     layout = check_layout(layout)
-    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode)
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode, cover)
     geometry = blocks.at(output_size, f"fold of patch matrix shape {tuple(getattr(cols, 'shape', ()))}")
     return fold_with(cols, geometry, normalize, layout=layout, window=window, engine=engine, threads=threads)
 
@@ -282,6 +293,7 @@ def divisor(
     stride: IntOrSeq = 1,
     *,
     padding_mode: str = "zeros",
+    cover: bool = False,
     window: str | None = None,
 ) -> np.ndarray:
     """The divisor map ``fold(unfold(ones))`` for one channel, shape ``spatial_size``.
@@ -291,8 +303,11 @@ def divisor(
 
     >>> divisor((1, 5), kernel_size=(1, 3)).tolist()
     [[1, 2, 3, 2, 1]]
+    >>> divisor((1, 5), kernel_size=(1, 2), stride=2, cover=True).tolist()
+    [[1, 1, 1, 2, 1]]
     """
-    geometry = blocks_of(kernel_size, dilation, padding, stride, padding_mode).at(spatial_size, f"size {spatial_size}")
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode, cover)
+    geometry = blocks.at(spatial_size, f"size {spatial_size}")
     return coverage.divisor_map(geometry, window_weights(geometry, window))
 
 
@@ -308,6 +323,7 @@ def overlap_stats(
     dtype: Any = "float32",
     layout: str = "ncl",
     padding_mode: str = "zeros",
+    cover: bool = False,
 ) -> dict[str, Any]:
     """Overlap statistics, exact and in O(sum of sizes) time and memory.
 
@@ -322,7 +338,8 @@ def overlap_stats(
     channels, batch = as_int(channels, "channels"), as_int(batch, "batch")
     if channels < 1 or batch < 1:
         raise PatchfoldError(f"channels and batch must be positive, got channels={channels} batch={batch}")
-    geometry = blocks_of(kernel_size, dilation, padding, stride, padding_mode).at(spatial_size, f"size {spatial_size}")
+    blocks = blocks_of(kernel_size, dilation, padding, stride, padding_mode, cover)
+    geometry = blocks.at(spatial_size, f"size {spatial_size}")
     return stats_with(geometry, channels=channels, batch=batch, dtype=dtype, layout=layout)
 
 

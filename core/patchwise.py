@@ -59,19 +59,18 @@ class AxisGrid:
 
 
 def axis_grid(size: int, kernel: int, stride: int, padding: int, dilation: int, cover: bool) -> AxisGrid:
-    """Block starts along one dim: PyTorch's (``padding`` on both sides, every ``stride``), or with
-    ``cover`` the same grid without padding plus, where it falls short, a last block that ends at
-    the image's end (a dim shorter than one block gets one block, centred, over padding)."""
-    span = (kernel - 1) * dilation + 1
-    if not cover:
-        count = (size + 2 * padding - span) // stride + 1
-        return AxisGrid(np.arange(count, dtype=np.int64) * stride - padding, span, size)
-    if size <= span:
-        return AxisGrid(np.array([-((span - size) // 2)], dtype=np.int64), span, size)
-    starts = np.arange(0, size - span + 1, stride, dtype=np.int64)
-    if starts[-1] + span < size:
-        starts = np.append(starts, size - span)
-    return AxisGrid(starts, span, size)
+    """Block starts along one dim, as :class:`~patchfold.geometry.Geometry` places them: PyTorch's
+    (``padding`` on both sides, every ``stride``), or with ``cover`` the same grid without padding
+    plus, where it falls short, a last block that ends at the image's end (a dim shorter than one
+    block gets one block, centred, over padding)."""
+    geometry = Blocks(kernel, stride=stride, padding=padding, dilation=dilation, cover=cover).at((size,))
+    return grid_of(geometry, 0)
+
+
+def grid_of(geometry: Geometry, dim: int) -> AxisGrid:
+    """The :class:`AxisGrid` of one dim of a geometry (starts in image coordinates)."""
+    starts = geometry.block_starts(dim) - geometry.pad_widths[dim][0]
+    return AxisGrid(starts, geometry.span[dim], geometry.spatial_size[dim])
 
 
 @dataclass(frozen=True)
@@ -134,22 +133,9 @@ def plan_apply(
 ) -> ApplyPlan:
     """The :class:`ApplyPlan` for images of ``spatial_size``, validated before any work."""
     ndim = len(spatial_size)
-    fitted = spatial_size
-    if cover:  # a dim shorter than one block gets one block over padding: validate as if it fitted
-        from patchfold.blocks import to_tuple
-
-        kernel, dilation = (
-            to_tuple(blocks.kernel_size, ndim, "kernel_size"),
-            to_tuple(blocks.dilation, ndim, "dilation"),
-        )
-        fitted = tuple(max(n, (k - 1) * d + 1) for n, k, d in zip(spatial_size, kernel, dilation))
-    geometry = blocks.at(fitted, f"apply to size {list(spatial_size)}")  # validates as unfold would
-    if cover and any(geometry.padding):
-        raise PatchfoldError(
-            "cover=True places the blocks inside the image (only a dim shorter than one block is padded); "
-            f"padding must be 0, got {list(geometry.padding)}",
-            param="padding",
-        )
+    if cover:
+        blocks = blocks.merged({"cover": True})  # refuses padding, naming it
+    geometry = blocks.at(spatial_size, f"apply to size {list(spatial_size)}")  # validates as unfold would
     parse_window(window)
     margins = blocks_tuple(margin, ndim, "margin")
     for m, k, s, d in zip(margins, geometry.kernel_size, geometry.stride, geometry.dilation):
@@ -163,12 +149,7 @@ def plan_apply(
                 f"the kept parts would have no value (need stride <= kernel_size - 2*margin)",
                 param="margin",
             )
-    grids = tuple(
-        axis_grid(n, k, s, p, d, cover)
-        for n, k, s, p, d in zip(
-            spatial_size, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
-        )
-    )
+    grids = tuple(grid_of(geometry, d) for d in range(ndim))
     return ApplyPlan(blocks, geometry, cover, window, margins, grids)
 
 

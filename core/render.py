@@ -140,7 +140,7 @@ def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12)
 
     if geometry.ndim != 2:
         raise PatchfoldError("grid pictures are drawn for 2-D images only")
-    (pad_y, pad_x), (height, width) = geometry.padding, geometry.spatial_size
+    ((pad_y, _), (pad_x, _)), (height, width) = geometry.pad_widths, geometry.spatial_size
     zoom = _zoom_for(*geometry.padded_size)
     canvas = np.full((*geometry.padded_size, 3), 0, dtype=np.uint8)
     yy, xx = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]

@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 import numpy as np
+from patchfold import cover
 from patchfold.coverage import NUMPY_PAD_MODE, coverage_vectors, divisor_map, unpad_adjoint
 from patchfold.dtypes import accumulator_dtype
 from patchfold.engines import compiled, is_tensor
@@ -143,6 +144,10 @@ def unfold_into(
     ``out.dtype``. Calls for many bands should pass the result of :func:`prepare_input`, so any
     padding is copied once."""
     check_layout(layout)
+    if cover.needs_parts(geometry):
+        _unfold_cover(x, geometry, out, layout, rows, threads)
+        return
+    geometry = cover.plain(geometry)
     source, source_geometry = prepare_input(x, geometry, out.dtype)
     first, last = rows or (0, geometry.blocks_per_dim[0])
     compiled = _compiled_unfold(source, source_geometry, out, layout, (first, last))
@@ -174,9 +179,26 @@ def _splits_evenly(count: int, threads: int | None) -> bool:
     return count > 1 and (count % threads == 0 or count >= 8 * threads)
 
 
+def _unfold_cover(
+    x: np.ndarray, geometry: Geometry, out: np.ndarray, layout: str, rows: tuple[int, int] | None, threads: int | None
+) -> None:
+    """:func:`unfold_into` of a cover grid that moved blocks inward: part by part (whole matrices
+    only: a band of such a grid is cut from its own slab, whose grid is a cover grid again)."""
+    if rows not in (None, (0, geometry.blocks_per_dim[0])):
+        raise PatchfoldError(f"a cover grid is unfolded whole or slab by slab, not by block rows {rows}")
+    compiled.check_unfold_out(x, geometry, out, layout, (0, geometry.blocks_per_dim[0]))
+
+    def unfold_part(region: np.ndarray, part: Geometry) -> np.ndarray:
+        piece = np.empty(part.unfold_shape(*region.shape[:2], layout), dtype=out.dtype)
+        unfold_into(np.ascontiguousarray(region), part, piece, layout, threads=threads)
+        return piece
+
+    cover.unfold_parts(pad_input(x, geometry), geometry, out, layout, unfold_part)
+
+
 def pad_input(x: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Pad the spatial dims of ``(N, C, *spatial)`` as the geometry says (a copy only if padded)."""
-    return pad_spatial(x, [(p, p) for p in geometry.padding], geometry.padding_mode, lead=2)
+    return pad_spatial(x, list(geometry.pad_widths), geometry.padding_mode, lead=2)
 
 
 def pad_spatial(x: np.ndarray, widths: list[tuple[int, int]], mode: str, lead: int) -> np.ndarray:
@@ -261,6 +283,9 @@ def fold_padded(
     (float64 when weighted or ``exact``).
     """
     check_layout(layout)
+    if cover.needs_parts(geometry):
+        return _fold_cover(cols, geometry, layout, weights, rows, out, threads, exact)
+    geometry = cover.plain(geometry)
     blocks = blocks_view(cols, geometry, layout)
     lo, hi = rows or (0, geometry.padded_size[0])
     fresh = out is None
@@ -284,6 +309,30 @@ def fold_padded(
 
     run_parallel(task, lo, hi, cols.nbytes, threads, recordable=True)
     return out
+
+
+def _fold_cover(
+    cols: np.ndarray,
+    geometry: Geometry,
+    layout: str,
+    weights: list[np.ndarray] | None,
+    rows: tuple[int, int] | None,
+    out: np.ndarray | None,
+    threads: int | None,
+    exact: bool,
+) -> np.ndarray:
+    """:func:`fold_padded` of a cover grid that moved blocks inward: part by part, whole."""
+    if rows not in (None, (0, geometry.padded_size[0])) or out is not None:
+        raise PatchfoldError("a cover grid is folded whole, not band by band")
+    channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
+    dtype = accumulator_dtype(cols.dtype, exact=exact, weighted=weights is not None)
+    values = cols.shape[0] * channels * math.prod(geometry.padded_size)
+    check_fits(values * dtype.itemsize * 2, "the fold's accumulator")  # the sums and one part's
+
+    def fold_part(part_cols: np.ndarray, part: Geometry, part_weights: list[np.ndarray] | None) -> np.ndarray:
+        return fold_padded(part_cols, part, layout, part_weights, threads=threads, exact=exact)
+
+    return cover.fold_parts(cols, geometry, layout, weights, fold_part)
 
 
 def _compiled_fold(
@@ -391,6 +440,9 @@ def fold_normalised(
     windowed 64-bit integers) or a sum was not finite: the caller then takes that two-step path, which
     handles overflow."""
     check_layout(layout)
+    if cover.needs_parts(geometry):  # summed part by part, then divided
+        return None
+    geometry = cover.plain(geometry)
     if any(geometry.padding) and geometry.padding_mode != "zeros":
         return None
     if not (cols.flags.c_contiguous and cols.flags.aligned and cols.dtype.isnative):

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from patchfold import cover
 from patchfold.coverage import divisor_map, source_index, unpad_adjoint
 from patchfold.dtypes import accumulator_dtype
 from patchfold.engines.strided import band_view, fold_rows
@@ -22,15 +23,16 @@ def _native_ok(x: torch.Tensor, geometry: Geometry) -> bool:
 
 
 def pad(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Pad the spatial dims of ``(N, C, *spatial)`` by the geometry's mode, for any dtype."""
-    if not any(geometry.padding):
+    """Pad the spatial dims of ``(N, C, *spatial)`` by the geometry's widths and mode, for any dtype."""
+    widths = geometry.pad_widths
+    if not any(a or b for a, b in widths):
         return x
     if geometry.padding_mode == "zeros":
         padded = x.new_zeros((*x.shape[:2], *geometry.padded_size))
-        inner = (slice(None), slice(None), *(slice(p, p + s) for p, s in zip(geometry.padding, geometry.spatial_size)))
+        inner = (slice(None), slice(None), *(slice(a, a + s) for (a, _), s in zip(widths, geometry.spatial_size)))
         padded[inner] = x
         return padded
-    for dim, (size, p) in enumerate(zip(geometry.spatial_size, geometry.padding)):
+    for dim, (size, p) in enumerate(zip(geometry.spatial_size, widths)):
         index = torch.from_numpy(source_index(size, p, geometry.padding_mode)).to(x.device)
         x = x.index_select(2 + dim, index)
     return x
@@ -66,6 +68,10 @@ def unfold(
     check_layout(layout)
     if out is not None:
         raise PatchfoldError("out= is for the CPU engine (numpy input)", param="engine")
+    if cover.needs_parts(geometry):  # blocks moved inward: each evenly spaced part on its own
+        result = x.new_empty(geometry.unfold_shape(*x.shape[:2], layout))
+        return cover.unfold_parts(pad(x, geometry), geometry, result, layout, lambda part, g: unfold(part, g, layout))
+    geometry = cover.plain(geometry)
     if _native_ok(x, geometry) and layout == "ncl":
         return F.unfold(x, geometry.kernel_size, geometry.dilation, geometry.padding, geometry.stride)
     windows = pad(x, geometry)
@@ -96,6 +102,14 @@ def fold(
     check_layout(layout)
     if exact and cols.is_floating_point():
         cols = cols.to(torch.float64)
+    if cover.needs_parts(geometry):  # blocks moved inward: each evenly spaced part on its own
+
+        def fold_part(part: torch.Tensor, g: Geometry, w: list[np.ndarray] | None) -> torch.Tensor:
+            return fold(part, g, layout, w, exact=exact)
+
+        geometry.check_fold_input(*matrix_dims(cols.shape, layout))
+        return unpad_adjoint(cover.fold_parts(cols, geometry, layout, weights, fold_part), geometry, axis_offset=2)
+    geometry = cover.plain(geometry)
     channels = geometry.check_fold_input(*matrix_dims(cols.shape, layout))
     single_or_double = cols.dtype in (torch.float32, torch.float64)  # halves accumulate in float32 below
     if _native_ok(cols, geometry) and single_or_double and layout == "ncl" and weights is None:

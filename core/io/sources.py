@@ -141,24 +141,26 @@ class RegionSource:
         return info
 
 
-def padded_slab(source: RegionSource, padding: tuple[int, ...], mode: str, top: int, height: int) -> np.ndarray:
-    """Rows ``[top, top + height)`` of the image padded on every spatial dim by ``padding`` in
-    ``mode``, reading only the source rows they come from."""
-    size, pad = source.shape[2], padding[0]
+def padded_slab(
+    source: RegionSource, widths: tuple[tuple[int, int], ...], mode: str, top: int, height: int
+) -> np.ndarray:
+    """Rows ``[top, top + height)`` of the image padded on every spatial dim by ``widths``
+    (before, after) in ``mode``, reading only the source rows they come from."""
+    size, (pad, after) = source.shape[2], widths[0]
     positions = np.arange(top, top + height) - pad
     if mode == "zeros":
         inside = (positions >= 0) & (positions < size)
         index = positions.clip(0, size - 1)
     else:  # where each padded row comes from in reflect, replicate or circular padding
-        index = np.pad(np.arange(size), pad, mode=NUMPY_PAD_MODE[mode])[top : top + height]  # type: ignore[call-overload]
+        index = np.pad(np.arange(size), (pad, after), mode=NUMPY_PAD_MODE[mode])[top : top + height]  # type: ignore[call-overload]
         inside = np.ones(height, dtype=bool)
-    shape = (*source.shape[:2], height, *(n + 2 * p for n, p in zip(source.shape[3:], padding[1:])))
+    shape = (*source.shape[:2], height, *(n + a + b for n, (a, b) in zip(source.shape[3:], widths[1:])))
     lo, hi = int(index.min()), int(index.max()) + 1
     check_fits((hi - lo + height) * source.nbytes // size + int(np.prod(shape)) * source.dtype.itemsize, "a band")
     slab = source.rows(lo, hi)[:, :, index - lo]
     slab[:, :, ~inside] = 0
-    rest = [(0, 0)] * 3 + [(p, p) for p in padding[1:]]
-    if any(padding[1:]):
+    rest = [(0, 0)] * 3 + list(widths[1:])
+    if any(a or b for a, b in widths[1:]):
         slab = np.pad(slab, rest) if mode == "zeros" else np.pad(slab, rest, mode=NUMPY_PAD_MODE[mode])  # type: ignore[call-overload]
     return np.ascontiguousarray(slab)
 

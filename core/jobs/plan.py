@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from patchfold.cover import needs_parts
 from patchfold.geometry import Geometry, check_layout
 from patchfold.memory import available_memory
 
@@ -129,4 +130,6 @@ def plan_fold(
     rows = max(1, budget // max(1, row_values * (_FOLD_BYTES_PER_VALUE + dtype.itemsize)))
     if geometry.padding_mode != "zeros" and geometry.padding[0] > 0:
         rows = geometry.spatial_size[0]  # padding folds back across the first dim: one band
+    if needs_parts(geometry):
+        rows = geometry.spatial_size[0]  # a cover grid with a moved block is folded whole, part by part
     return FoldPlan(geometry, output_shape, dtype, min(rows, geometry.spatial_size[0]), budget, check_layout(layout))

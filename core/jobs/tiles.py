@@ -111,7 +111,7 @@ def _cut(padded: np.ndarray, geometry: Geometry, index: Sequence[int]) -> np.nda
     """The block at ``index`` of a padded ``(C, *padded_size)`` image: ``(C, *kernel_size)``."""
     window = tuple(
         slice(start + p, stop + p, d)
-        for (start, stop), p, d in zip(geometry.block_box(index), geometry.padding, geometry.dilation)
+        for (start, stop), (p, _), d in zip(geometry.block_box(index), geometry.pad_widths, geometry.dilation)
     )
     return padded[(slice(None), *window)]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from patchfold import cover
 from patchfold.blocks import Blocks
 from patchfold.dtypes import target_dtype
 from patchfold.engines import resolve
@@ -145,11 +146,12 @@ def _bands_of(
 
         def read_rows(first: int, last: int) -> tuple[np.ndarray, Geometry]:
             top, height = slab_extent(geometry, first, last)
-            slab = padded_slab(array, geometry.padding, geometry.padding_mode, top, height)
+            slab = padded_slab(array, geometry.pad_widths, geometry.padding_mode, top, height)
             return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
         return _band_computer(None, None, plan, device, engine, threads, factor, read_rows), None
     direct = device == "cpu" and engine != "torch" and array.flags.c_contiguous and array.dtype == plan.dtype
+    direct = direct and not cover.needs_parts(geometry)  # a cover grid's bands are cut from their slabs
     if direct and factor is None:  # blocks straight from the input (padded once if it must be)
         source, source_geometry = prepare_input(array, geometry)
     else:  # via contiguous slabs in the output dtype
@@ -225,8 +227,15 @@ def _band_computer(
 
 
 def slab_extent(geometry: Geometry, first: int, last: int) -> tuple[int, int]:
-    """The first padded row and the row count that block rows ``[first, last)`` read."""
-    return first * geometry.stride[0], (last - first - 1) * geometry.stride[0] + geometry.span[0]
+    """The first padded row and the row count that block rows ``[first, last)`` read (with
+    ``cover``, the last block row may have been moved inward: its slab's grid is a cover grid)."""
+    count, moved = geometry.even_grid[0]
+
+    def start(row: int) -> int:
+        return moved if moved is not None and row >= count else row * geometry.stride[0]
+
+    top = start(first)
+    return top, start(last - 1) + geometry.span[0] - top
 
 
 def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> tuple[np.ndarray, Geometry]:
