@@ -15,11 +15,13 @@ from patchfold.cli.options import (
     block_options,
     dtype_option,
     json_option,
+    keep_options,
     max_pixels_option,
     progress_option,
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track_images
+from patchfold.keep import KeepRules
 
 
 def _common(command):
@@ -107,6 +109,7 @@ def batch_unfold(
 @_common
 @block_options()
 @tile_format_option
+@keep_options
 @verbosity_options
 @handle_errors
 def batch_tiles(
@@ -122,9 +125,11 @@ def batch_tiles(
     as_json: bool,
     blocks: Blocks,
     fmt: str,
+    keep: KeepRules | None,
 ) -> None:
     """Write the tiles of every image of SOURCES into its own directory under OUTPUT (as
     `patchfold tiles` does for one image), with a top-level manifest.json. Resumable.
+    --min-foreground/--max-blank skip blank blocks, each image with its own threshold.
 
     \b
     Example:
@@ -135,7 +140,7 @@ def batch_tiles(
 
     job = tile_dataset(
         sources, output, blocks, recursive=recursive, tile_format=fmt, channels=channels, workers=workers,
-        scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
+        scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels, keep=keep,
     )  # fmt: skip
     _report("batch tiles", output, track_images(job, not no_progress, "tiles"), as_json)
 

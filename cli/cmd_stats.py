@@ -14,6 +14,7 @@ from patchfold.cli.options import (
     block_options,
     dtype_option,
     json_option,
+    keep_options,
     layout_option,
     level_option,
     max_memory_option,
@@ -24,7 +25,8 @@ from patchfold.cli.options import (
     stack_option,
     verbosity_options,
 )
-from patchfold.cli.present import divisor_preview, emit_summary, human_bytes, verbosity
+from patchfold.cli.present import divisor_preview, emit_summary, human_bytes, kept_row, verbosity
+from patchfold.keep import KeepRules
 
 
 def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -62,6 +64,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @click.option("--batch", type=click.IntRange(1), default=None, help="Batch size N (default: the inputs', or 1).")
 @dtype_option("Output dtype for the memory estimate (keep: the input's; float32 with --size).")
 @layout_option("Layout of the patch matrix whose shape is estimated: ncl (N, C·∏k, L) or nlc (N, L, C·∏k).")
+@keep_options
 @spatial_dims_option
 @stack_option
 @level_option
@@ -79,6 +82,7 @@ def stats(
     batch: int | None,
     dtype: str,
     layout: str,
+    keep: KeepRules | None,
     spatial_dims: int | None,
     stack: bool,
     level: int | None,
@@ -88,19 +92,21 @@ def stats(
 ) -> None:
     """Print overlap statistics for INPUT (or --size) without unfolding anything.
 
-    Exact, and instant even for huge sizes: coverage is computed per axis.
+    Exact, and instant even for huge sizes: coverage is computed per axis. With --min-foreground
+    or --max-blank, also how many blocks tiles would keep (this reads the pixels).
 
     \b
     Example:
       patchfold stats --size 512,512 -k 16 -s 8
       patchfold sample -o scene.png
       patchfold stats scene.png -k 32 -s 16 --json
+      patchfold stats scene.png -k 32 -s 32 --min-foreground 0.5
     """
     from patchfold.jobs.estimate import estimate
 
     result = estimate(
         inputs, blocks, size=spatial_size, channels=channels, batch=batch, dtype=dtype, layout=layout,
-        spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory, level=level,
+        spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, max_memory=max_memory, level=level, keep=keep,
     )  # fmt: skip
     plan = result.plan
     streaming = (
@@ -110,6 +116,7 @@ def stats(
     )
     rows = [
         *stats_rows(result.stats),
+        *([("kept blocks", kept_row(result.keep))] if result.keep is not None else []),
         ("unfold would stream", streaming),
         ("unfold peak memory", f"≈ {human_bytes(result.peak_memory)} (input, padding, bands)"),
     ]

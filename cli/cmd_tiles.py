@@ -12,6 +12,7 @@ from patchfold.cli.options import (
     block_options,
     fold_output_options,
     json_option,
+    keep_options,
     level_option,
     max_pixels_option,
     progress_option,
@@ -20,8 +21,9 @@ from patchfold.cli.options import (
     stack_option,
     verbosity_options,
 )
-from patchfold.cli.present import emit_summary, track
+from patchfold.cli.present import emit_summary, kept_row, track
 from patchfold.jobs.tiles import TILE_FORMATS
+from patchfold.keep import KeepRules
 
 #: ``--format`` of tiles and batch tiles.
 tile_format_option = click.option(
@@ -39,6 +41,7 @@ tile_format_option = click.option(
 @click.option("-o", "--output", required=True, type=PATH, help="Directory to create.")
 @block_options(cover=True)
 @tile_format_option
+@keep_options
 @spatial_dims_option
 @stack_option
 @level_option
@@ -53,6 +56,7 @@ def tiles(
     output: Path,
     blocks: Blocks,
     fmt: str,
+    keep: KeepRules | None,
     spatial_dims: int | None,
     stack: bool,
     level: int | None,
@@ -64,6 +68,8 @@ def tiles(
     and manifest.csv listing each tile's file, image, block row/column and pixel box.
 
     Process the files with any program (keeping their size), then fold them back with untile.
+    --min-foreground/--max-blank skip blank blocks (background: the light side of the image's
+    Otsu threshold); untile leaves the pixels no kept tile covers at 0.
 
     \b
     Example:
@@ -71,15 +77,18 @@ def tiles(
       patchfold tiles scene.png -k 64 -s 48 -o out/tiles
       mogrify -blur 0x2 out/tiles/*.png            # any per-tile processing
       patchfold untile out/tiles --window hann -o out/blended.png
+      patchfold tiles scene.png -k 64 -s 64 --min-foreground 0.5 -o out/kept
     """
     from patchfold.jobs.tiles import tiles_file
 
     job = tiles_file(
         inputs, output, blocks, tile_format=fmt, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels,
-        level=level,
+        level=level, keep=keep,
     )  # fmt: skip
     result = track(job, "tiles", not no_progress)
-    emit_summary(f"tiles → {output}", result.summary(), as_json)
+    summary = result.summary()
+    rows = [(key, kept_row(value) if key == "keep" else value) for key, value in summary.items()]
+    emit_summary(f"tiles → {output}", summary, as_json, rows)
 
 
 @click.command()

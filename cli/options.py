@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
 from patchfold.io.read import DEFAULT_MAX_PIXELS
 from patchfold.io.streams import is_stdio, named_for_user
+from patchfold.keep import KeepRules
 from patchfold.units import parse_bytes
 
 
@@ -81,6 +83,9 @@ OPTION_NAMES = {
     "reduce": "'--reduce'",
     "batch_size": "'--batch-size'",
     "compression": "'--compression'",
+    "min_foreground": "'--min-foreground'",
+    "max_blank": "'--max-blank'",
+    "background": "'--background'",
 }
 
 #: Library parameters as flags, where a message gives them as advice (``stack=True`` → ``--stack``).
@@ -96,6 +101,9 @@ FLAGS = {
     "format": "--format",
     "engine": "--engine",
     "scheduler": "--scheduler",
+    "min_foreground": "--min-foreground",
+    "max_blank": "--max-blank",
+    "background": "--background",
 }
 
 
@@ -206,6 +214,81 @@ def block_options(required: bool = True, cover: bool = False) -> Callable[[Calla
         return apply_options(wrapper, options)
 
     return decorate
+
+
+class FractionType(click.ParamType):
+    """A number in [0, 1] (``0.25``); NaN and infinities are refused."""
+
+    name = "FRACTION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            self.fail(f"expected a fraction in [0, 1] such as 0.25, got {value!r}", param, ctx)
+        if not 0 <= number <= 1:  # NaN fails too
+            self.fail(f"expected a fraction in [0, 1], got {value!r}", param, ctx)
+        return number
+
+
+class BackgroundType(click.ParamType):
+    """``auto`` (None) or a finite grey level."""
+
+    name = "auto|LEVEL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            self.fail(f"expected auto or a grey level such as 255 or 0, got {value!r}", param, ctx)
+        return number
+
+
+def keep_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--min-foreground``, ``--max-blank`` and ``--background``, gathered into one ``keep``
+    argument: a :class:`~patchfold.keep.KeepRules`, or None when no rule is given."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in ("min_foreground", "max_blank", "background")}
+        try:
+            kwargs["keep"] = None if given == dict.fromkeys(given) else KeepRules(**given)
+        except PatchfoldError as error:
+            raise as_click_error(error) from None
+        return command(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--min-foreground",
+            type=FractionType(),
+            default=None,
+            help="Keep only blocks with at least this fraction of foreground pixels (0-1; padding is background).",
+        ),
+        click.option(
+            "--max-blank",
+            type=FractionType(),
+            default=None,
+            help="Keep only blocks with at most this fraction of background (blank) pixels (0-1).",
+        ),
+        click.option(
+            "--background",
+            type=BackgroundType(),
+            default=None,
+            show_default="auto",
+            help="The background's side of the image's Otsu threshold: auto (the light side, as on a slide) or the "
+            "side a grey level falls on (0 for a dark background).",
+        ),
+    ]
+    return apply_options(wrapper, options)
 
 
 def device_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -136,6 +136,15 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def kept_row(keep: dict[str, Any]) -> str:
+    """``12 of 48 (min foreground 0.5; 36 skipped)``: what keep rules keep (or would keep)."""
+    named = ("min_foreground", "max_blank")
+    rules = [f"{name.replace('_', ' ')} {keep[name]:g}" for name in named if keep[name] is not None]
+    background = "" if keep["background"] == "auto" else f", background {keep['background']:g}"
+    total = keep["kept"] + keep["skipped"]
+    return f"{keep['kept']:,} of {total:,} ({'; '.join(rules)}{background}; {keep['skipped']:,} skipped)"
+
+
 def track(events: Iterator[Any], label: str, enabled: bool) -> Any:
     """Drain a job's progress events, drawing a bar on stderr once the job has run for a second
     (not with ``-q``); with ``-v``, print the time each stage took.

@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -46,6 +46,7 @@ from patchfold.io.formats import (
 from patchfold.io.read import convert_channels
 from patchfold.io.write import allocate_npy, check_free_space, save_npy, write_at, write_npy_header
 from patchfold.jobs.plan import Progress
+from patchfold.keep import KeepRules
 from patchfold.ops import unfold
 from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
 
@@ -424,14 +425,21 @@ class TilesTask:
     channels: int | None
     blocks: Blocks
     max_pixels: int
+    keep: KeepRules | None = None
 
 
 def plan_tiles(
-    sources: Sequence[Path], directory: Path, blocks: Blocks, fmt: str, channels: int | None, max_pixels: int
+    sources: Sequence[Path],
+    directory: Path,
+    blocks: Blocks,
+    fmt: str,
+    channels: int | None,
+    max_pixels: int,
+    keep: KeepRules | None = None,
 ) -> list[TilesTask]:
     stems = [f"{i:06d}_{path.stem}" for i, path in enumerate(sources)]
     return [
-        TilesTask(i, str(path), str(directory / stem), fmt, channels, blocks, max_pixels)
+        TilesTask(i, str(path), str(directory / stem), fmt, channels, blocks, max_pixels, keep)
         for i, (path, stem) in enumerate(zip(sources, stems))
     ]
 
@@ -446,11 +454,19 @@ def process_tiles(task: TilesTask) -> ImageResult:
     try:
         array = convert_channels(read.read_input(Path(task.source), None, task.max_pixels), task.channels, task.source)
         geometry = task.blocks.at(array.shape[2:])
-        for _ in write_tiles(array, geometry, target, [task.source], task.fmt):
-            pass
-        return ImageResult(task.image_id, task.source, geometry.num_blocks)
+        record = _returned(write_tiles(array, geometry, target, [task.source], task.fmt, task.keep))
+        return ImageResult(task.image_id, task.source, geometry.num_blocks if record is None else record["kept"])
     except IMAGE_ERRORS as error:
         return failure(task.image_id, task.source, error)
+
+
+def _returned(job: Generator[Any, None, Any]) -> Any:
+    """Run a job's generator to its end, passing over its progress; what it returns."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as finished:
+            return finished.value
 
 
 def run_tiles(
@@ -490,6 +506,8 @@ def run_tiles(
         ]
         complete = all((Path(t.directory) / "manifest.json").exists() for t in tasks)
         manifest = {"format": TILE_DATASET_FORMAT, "version": 1, "images": images, "complete": complete}
+        if tasks and tasks[0].keep is not None:  # the rules; each image's directory has its counts
+            manifest["keep"] = tasks[0].keep.to_dict()
         write_json(directory / "manifest.json", manifest)
 
 
@@ -566,13 +584,16 @@ def tile_dataset(
     scheduler: str | None = None,
     fail_fast: bool = False,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
+    keep: KeepRules | None = None,
 ) -> Iterator[Progress | ImageResult | DatasetResult]:
     """Write the tiles of every image of ``sources`` into its own directory under ``output`` (as
-    :func:`patchfold.jobs.tiles.tiles_file` does for one), with a top-level manifest; resumable."""
+    :func:`patchfold.jobs.tiles.tiles_file` does for one), with a top-level manifest; resumable.
+    ``keep`` writes only the blocks its rules keep, each image with its own threshold (the
+    summary's ``tiles`` counts those written)."""
     started = time.perf_counter()
     output = Path(output)
     paths = read.find_inputs(sources, recursive=recursive, unique=True)
-    tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels)
+    tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels, keep)
     workers = _workers(workers, len(tasks))
     runner = run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
     yield from _run(output, len(paths), len(tasks), runner, {"tiles": None}, [], scheduler or workers, started)

@@ -256,6 +256,9 @@ class TileManifest:
     dtype: np.dtype
     tiles: list[dict[str, Any]]
     images: list[dict[str, Any]]
+    #: the keep rules the tiles were written with (``tiles --min-foreground``...): blocks they
+    #: skipped have no tile, which a manifest without rules does not allow
+    keep: dict[str, Any] | None = None
 
     @property
     def sources(self) -> list[str]:
@@ -297,7 +300,10 @@ def read_tile_manifest(directory: Path) -> TileManifest:
         raise PatchfoldError(f'{where}: "images" must be a list of objects')
     string_list([image.get("source", "") for image in images], where, "the images' sources")
     dtype = dtype_field(data.get("dtype", "uint8"), where, "dtype")
-    return TileManifest(geometry, shape, dtype, tiles, images)
+    keep = data.get("keep")
+    if keep is not None and not isinstance(keep, dict):
+        raise PatchfoldError(f'{where}: "keep" must be an object (the keep rules the tiles were written with)')
+    return TileManifest(geometry, shape, dtype, tiles, images, keep)
 
 
 # ----- the dataset manifest ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from patchfold.geometry import Geometry
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, probe_shape
 from patchfold.io.write import check_output_path, save_npy
 from patchfold.jobs.plan import UnfoldPlan, plan_unfold
+from patchfold.keep import KeepRules, keep_record, select_blocks
 from patchfold.ops import stats_with
 
 
@@ -52,15 +53,18 @@ class Estimate:
     stats: dict[str, Any]
     plan: UnfoldPlan
     input_bytes: int
+    #: with keep rules: the rules and how many blocks they would keep (:func:`patchfold.keep.keep_record`)
+    keep: dict[str, Any] | None = None
 
     @property
     def peak_memory(self) -> int:
         return self.plan.peak_memory(self.input_bytes)
 
     def summary(self) -> dict[str, Any]:
-        """The statistics and ``cpu_engine``: the CPU engine an unfold here would run on (compiled
-        loops or numpy fallback, and why)."""
-        return {**self.stats, "cpu_engine": engine_line(cpu_engine())}
+        """The statistics, ``keep`` where keep rules were given, and ``cpu_engine``: the CPU engine
+        an unfold here would run on (compiled loops or numpy fallback, and why)."""
+        keep = {"keep": self.keep} if self.keep is not None else {}
+        return {**self.stats, **keep, "cpu_engine": engine_line(cpu_engine())}
 
 
 def estimate(
@@ -77,14 +81,20 @@ def estimate(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int | None = None,
     level: int | None = None,
+    keep: KeepRules | None = None,
 ) -> Estimate:
     """The overlap statistics (:func:`patchfold.overlap_stats`) of ``inputs`` or ``size``, and how an
     unfold to ``dtype`` would run within ``max_memory`` (bands, peak memory). ``channels`` and
     ``batch`` replace the inputs' (default 1 with a bare size); ``dtype`` ``keep`` is the input's
     dtype (float32 for a bare size). ``level`` picks the resolution of pyramidal TIFF and Zarr
-    inputs (only their metadata is read)."""
+    inputs (only their metadata is read). ``keep`` also counts the blocks of the inputs that its
+    rules would keep (as ``tiles`` would write them): that reads the pixels."""
     if blocks is None:
         raise PatchfoldError("give the block parameters (kernel_size)", param="kernel_size")
+    if keep is not None and size is not None:
+        raise PatchfoldError(
+            "keep rules measure the pixels of inputs: give inputs instead of spatial_size=", param="spatial_size"
+        )
     shape, input_dtype = input_shape(
         inputs, size, blocks, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels, level=level
     )
@@ -95,7 +105,23 @@ def estimate(
     geometry = blocks.at(shape[2:], f"input shape {list(shape)}")
     stats = stats_with(geometry, channels=shape[1], batch=shape[0], dtype=out_dtype, layout=layout)
     plan = plan_unfold(shape, out_dtype, geometry, layout, max_memory)
-    return Estimate(geometry, stats, plan, math.prod(shape) * (input_dtype or out_dtype).itemsize)
+    counted = None if keep is None else kept_blocks(inputs, blocks, keep, spatial_dims, stack, max_pixels, level)
+    return Estimate(geometry, stats, plan, math.prod(shape) * (input_dtype or out_dtype).itemsize, counted)
+
+
+def kept_blocks(
+    inputs: Sequence[str | Path],
+    blocks: Blocks,
+    keep: KeepRules,
+    spatial_dims: int | None,
+    stack: bool,
+    max_pixels: int,
+    level: int | None,
+) -> dict[str, Any]:
+    """How many blocks of ``inputs`` (read as ``tiles`` reads them) the rules ``keep`` keep."""
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
+    geometry = blocks.at(batch.spatial_size)
+    return keep_record(keep, [select_blocks(np.asarray(image), geometry, keep) for image in batch.array])
 
 
 @dataclass(frozen=True)

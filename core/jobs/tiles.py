@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from patchfold.blocks import Blocks
+from patchfold.dtypes import finish_fold
 from patchfold.engines.cpu import pad_input
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
@@ -39,7 +40,9 @@ from patchfold.io.write import (
 )
 from patchfold.jobs.fold import FoldResult
 from patchfold.jobs.plan import Progress
+from patchfold.keep import KeepRules, Selection, keep_record, select_blocks
 from patchfold.ops import fold_with
+from patchfold.windows import window_weights
 
 #: Tile file formats: ``png`` (uint8 with 1-4 channels, or one 16-bit channel), ``tif`` (also one
 #: channel of float32/int32, and volumes), ``npy`` (anything, exact).
@@ -51,10 +54,18 @@ _AXIS_LETTERS = "zrc"
 
 @dataclass(frozen=True)
 class TileSet:
-    """A tile directory read back: the patch matrix ``(N, C·∏k, L)`` (ncl) and its manifest."""
+    """A tile directory read back: the patch matrix ``(N, C·∏k, L)`` (ncl) and its manifest.
+    ``present`` ``(N, L)`` says which blocks had a tile (all of them unless keep rules skipped
+    some; the columns of the others are zeros)."""
 
     cols: np.ndarray
     manifest: TileManifest
+    present: np.ndarray
+
+    @property
+    def missing(self) -> int:
+        """Blocks without a tile (skipped by keep rules)."""
+        return int(self.present.size - np.count_nonzero(self.present))
 
     @property
     def geometry(self) -> Geometry:
@@ -85,26 +96,47 @@ def check_tile_format(fmt: str, dtype: np.dtype, channels: int, ndim: int) -> No
 
 
 def write_tiles(
-    array: np.ndarray, geometry: Geometry, directory: Path, sources: Sequence[str], fmt: str = "png"
-) -> Iterator[Progress]:
+    array: np.ndarray,
+    geometry: Geometry,
+    directory: Path,
+    sources: Sequence[str],
+    fmt: str = "png",
+    keep: KeepRules | None = None,
+) -> Generator[Progress, None, dict[str, Any] | None]:
     """Write every block of ``array`` ``(N, C, *spatial)`` as a file under ``directory``, one image
-    at a time, yielding progress per image. The directory must not exist or be empty."""
+    at a time, yielding progress per image. The directory must not exist or be empty. With
+    ``keep``, only the blocks its rules keep are written (see :mod:`patchfold.keep`); the manifest
+    then lists those, each with its ``foreground`` fraction, and records the rules under ``"keep"``
+    and each image's threshold and counts under its ``"keep"``. Returns that ``"keep"`` record
+    (None without rules)."""
     check_tile_format(fmt, array.dtype, array.shape[1], geometry.ndim)
     stems = _unique_stems(sources, array.shape[0])
     with _atomic_directory(directory) as staging:
         tiles: list[dict[str, Any]] = []
+        selections: list[Selection] = []
+        images = [{"index": i, "source": s, "stem": stem} for i, (s, stem) in enumerate(zip(sources, stems))]
         per_image = geometry.num_blocks
         for item in range(array.shape[0]):
-            padded = pad_input(np.asarray(array[item : item + 1]), geometry)[0]
-            for index in product(*(range(n) for n in geometry.blocks_per_dim)):
+            image = np.asarray(array[item])
+            chosen = select_blocks(image, geometry, keep) if keep is not None else None
+            padded = pad_input(image[None], geometry)[0]
+            for column, index in enumerate(product(*(range(n) for n in geometry.blocks_per_dim))):
+                if chosen is not None and not chosen.keep[column]:
+                    continue
                 name = tile_name(stems[item], index, fmt)
                 _save_tile(staging / name, _cut(padded, geometry, index), fmt)
-                tiles.append(_tile_record(name, item, index, geometry))
+                tiles.append(_tile_record(name, item, index, geometry, chosen, column))
+            if chosen is not None:
+                selections.append(chosen)
+                if item < len(images):  # a caller may name fewer sources than images
+                    images[item]["keep"] = chosen.summary()
             yield Progress(item + 1, array.shape[0], (item + 1) * per_image, array.shape[0] * per_image)
-        images = [{"index": i, "source": s, "stem": stem} for i, (s, stem) in enumerate(zip(sources, stems))]
         manifest = tile_manifest(geometry, array.shape, array.dtype, fmt, images, tiles)
+        if keep is not None:
+            manifest["keep"] = keep_record(keep, selections)
         (staging / "manifest.json").write_text(dumps(manifest), encoding="utf-8")
-        _write_csv(staging / "manifest.csv", tiles, geometry.ndim)
+        _write_csv(staging / "manifest.csv", tiles, geometry.ndim, keep is not None)
+    return manifest.get("keep")
 
 
 def _cut(padded: np.ndarray, geometry: Geometry, index: Sequence[int]) -> np.ndarray:
@@ -116,18 +148,23 @@ def _cut(padded: np.ndarray, geometry: Geometry, index: Sequence[int]) -> np.nda
     return padded[(slice(None), *window)]
 
 
-def _tile_record(name: str, item: int, index: Sequence[int], geometry: Geometry) -> dict[str, Any]:
+def _tile_record(
+    name: str, item: int, index: Sequence[int], geometry: Geometry, chosen: Selection | None = None, column: int = 0
+) -> dict[str, Any]:
     box = geometry.block_box(index)
-    return {
+    record = {
         "file": name,
         "image": item,
         "index": list(index),
         "start": [b[0] for b in box],
         "stop": [b[1] for b in box],
     }
+    if chosen is not None:
+        record["foreground"] = float(chosen.fractions[column])
+    return record
 
 
-def _write_csv(path: Path, tiles: list[dict[str, Any]], ndim: int) -> None:
+def _write_csv(path: Path, tiles: list[dict[str, Any]], ndim: int, foreground: bool = False) -> None:
     axes = ["row", "col"] if ndim == 2 else [f"block_{d}" for d in range(ndim)]
     box = (
         ["y0", "x0", "y1", "x1"]
@@ -136,9 +173,10 @@ def _write_csv(path: Path, tiles: list[dict[str, Any]], ndim: int) -> None:
     )
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "image", *axes, *box])
+        writer.writerow(["file", "image", *axes, *box, *(["foreground"] if foreground else [])])
         for tile in tiles:
-            writer.writerow([tile["file"], tile["image"], *tile["index"], *tile["start"], *tile["stop"]])
+            extra = [tile["foreground"]] if foreground else []
+            writer.writerow([tile["file"], tile["image"], *tile["index"], *tile["start"], *tile["stop"], *extra])
 
 
 def _unique_stems(sources: Sequence[str], count: int) -> list[str]:
@@ -196,9 +234,10 @@ def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
     """Read a tile directory back into a patch matrix ``(N, C·∏k, L)`` (ncl), yielding progress
     and finally the :class:`TileSet`. Each tile goes to the block its manifest entry records
     (``image`` and ``index``), whatever the order of the entries; every block needs exactly one
-    tile. Tiles may have been rewritten by other programs, in another dtype than the original, but
-    all in one dtype and each of its original shape. Only regular files inside ``directory`` are
-    read (a symbolic link must point inside it too)."""
+    tile, except where the manifest records keep rules: there a block has at most one, and the
+    columns of the blocks without one are zeros. Tiles may have been rewritten by other programs,
+    in another dtype than the original, but all in one dtype and each of its original shape. Only
+    regular files inside ``directory`` are read (a symbolic link must point inside it too)."""
     manifest = read_tile_manifest(directory)
     geometry = manifest.geometry
     batch, channels = manifest.input_shape[:2]
@@ -208,11 +247,13 @@ def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
     if len(set(columns)) != len(columns):
         duplicate = next(c for c in columns if columns.count(c) > 1)
         raise PatchfoldError(f"{where} lists block {duplicate[1]} of image {duplicate[0]} more than once")
-    if len(columns) != batch * geometry.num_blocks:
+    if len(columns) != batch * geometry.num_blocks and manifest.keep is None:
         raise PatchfoldError(
             f"{where} lists {len(columns)} tiles but {batch} image(s) × {geometry.num_blocks} blocks are expected"
         )
+    shape = (batch, channels * geometry.kernel_volume, geometry.num_blocks)
     cols: np.ndarray | None = None
+    present = np.zeros((batch, geometry.num_blocks), dtype=bool)
     first_path = None
     inside = directory.resolve()
     for done, (tile, (item, column)) in enumerate(zip(manifest.tiles, columns), start=1):
@@ -220,8 +261,8 @@ def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
         pixels = _load_tile(path, len(expected) - 1)
         if pixels.shape != expected:
             raise PatchfoldError(f"tile '{path}' has shape {list(pixels.shape)}; expected {list(expected)}")
-        if cols is None:
-            cols = np.empty((batch, channels * geometry.kernel_volume, geometry.num_blocks), dtype=pixels.dtype)
+        if cols is None:  # zeros: the columns of skipped blocks stay so
+            cols = np.zeros(shape, dtype=pixels.dtype)
             first_path = path
         elif pixels.dtype != cols.dtype:
             raise PatchfoldError(
@@ -229,10 +270,10 @@ def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
                 "tiles must share one dtype to be folded together"
             )
         cols[item, :, column] = pixels.reshape(-1)
-        if done % geometry.num_blocks == 0:
-            yield Progress(done // geometry.num_blocks, batch, done, len(columns))
-    assert cols is not None
-    yield TileSet(cols, manifest)
+        present[item, column] = True
+        if done % geometry.num_blocks == 0 or done == len(columns):
+            yield Progress(min(batch, -(-done // geometry.num_blocks)), batch, done, len(columns))
+    yield TileSet(cols if cols is not None else np.zeros(shape, dtype=manifest.dtype), manifest, present)
 
 
 def _tile_position(tile: dict[str, Any], batch: int, geometry: Geometry, where: str) -> tuple[int, int]:
@@ -282,11 +323,15 @@ class TilesResult:
     channels: int
     tile_format: str
     seconds: float
+    #: the manifest's ``"keep"`` record (rules and counts) where keep rules chose the tiles
+    keep: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
+        blocks = self.images * self.geometry.num_blocks
         return {
             "output": str(self.output),
-            "tiles": self.images * self.geometry.num_blocks,
+            "tiles": self.keep["kept"] if self.keep is not None else blocks,
+            **({"keep": self.keep} if self.keep is not None else {}),
             "images": self.images,
             "format": self.tile_format,
             "tile_shape": [self.channels, *self.geometry.kernel_size],
@@ -306,28 +351,35 @@ def tiles_file(
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     level: int | None = None,
+    keep: KeepRules | None = None,
 ) -> Iterator[Progress | TilesResult]:
     """Write every block of ``inputs`` as its own file in the new directory ``output`` (see
     :func:`write_tiles`); yields :class:`Progress` per image, then the :class:`TilesResult`.
     ``level`` picks the resolution of pyramidal TIFF and Zarr inputs (read whole, within the
-    memory budget)."""
+    memory budget). ``keep`` writes only the blocks its rules keep (the threshold is found on the
+    level read)."""
     started = time.perf_counter()
     output = Path(output)
     batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
     geometry = blocks.at(batch.spatial_size)
-    yield from write_tiles(batch.array, geometry, output, batch.sources, tile_format)
+    record = yield from write_tiles(batch.array, geometry, output, batch.sources, tile_format, keep)
     shape = batch.array.shape
-    yield TilesResult(output, geometry, shape[0], shape[1], tile_format, time.perf_counter() - started)
+    yield TilesResult(output, geometry, shape[0], shape[1], tile_format, time.perf_counter() - started, record)
 
 
+@dataclass(frozen=True)
 class UntileResult(FoldResult):
-    """What :func:`untile_dir` wrote (``source`` is the tile directory)."""
+    """What :func:`untile_dir` wrote (``source`` is the tile directory; ``missing``: blocks without
+    a tile, skipped by keep rules)."""
+
+    missing: int = 0
 
     def summary(self) -> dict[str, Any]:
         summary = super().summary()
         return {
             "output": summary["output"],
-            "tiles": self.source_shape[0] * self.source_shape[2],
+            "tiles": self.source_shape[0] * self.source_shape[2] - self.missing,
+            "missing_blocks": self.missing,
             **{key: summary[key] for key in ("output_shape", "output_dtype", "window", "normalize", "seconds")},
         }
 
@@ -336,7 +388,9 @@ def untile_dir(
     directory: str | Path, output: str | Path, *, normalize: bool = True, window: str | None = None
 ) -> Iterator[Progress | UntileResult]:
     """Fold a tile directory (see :func:`read_tiles`) back into images at ``output`` (as
-    :func:`patchfold.jobs.fold.fold_file` writes them); yields :class:`Progress`, then the result."""
+    :func:`patchfold.jobs.fold.fold_file` writes them); yields :class:`Progress`, then the result.
+    Where keep rules skipped blocks, the kept tiles are folded alone: normalised by the (weighted)
+    count of kept blocks over each pixel, and pixels no kept block covers are 0."""
     started = time.perf_counter()
     directory, output = Path(directory), Path(output)
     tileset: TileSet | None = None
@@ -347,9 +401,32 @@ def untile_dir(
             yield event
     assert tileset is not None
     targets = image_targets(output, tileset.cols.shape[0], tileset.manifest.sources)
-    images = fold_with(tileset.cols, tileset.geometry, normalize, window=window)
+    if tileset.missing and normalize:
+        images = fold_kept(tileset.cols, tileset.present, tileset.geometry, window)
+    else:  # a plain sum needs no divisor: skipped blocks' zero columns add nothing
+        images = fold_with(tileset.cols, tileset.geometry, normalize, window=window)
     write_images(output, targets, images)
     yield UntileResult(
         targets if targets is not None else output, directory, tuple(tileset.cols.shape), tuple(images.shape),
         images.dtype, tileset.geometry, "ncl", normalize, window, "cpu", "cpu", 1, time.perf_counter() - started,
+        tileset.missing,
     )  # fmt: skip
+
+
+def fold_kept(cols: np.ndarray, present: np.ndarray, geometry: Geometry, window: str | None = None) -> np.ndarray:
+    """The normalised fold of the blocks ``present`` ``(N, L)`` marks, the others left out: each
+    pixel is the (weighted) mean of the kept blocks over it, 0 where none is. The columns of
+    absent blocks must be zeros (as :func:`read_tiles` leaves them).
+
+    Args:
+        cols: ``(N, C·∏k, L)`` patch matrix.
+        present: ``(N, L)`` bool.
+        geometry: the blocks.
+        window: a blending window, as :func:`patchfold.fold` takes it.
+    Returns:
+        ``(N, C, *spatial_size)`` in the dtype a normalised fold of ``cols`` gives.
+    """
+    summed = fold_with(cols, geometry, window=window)
+    ones = np.broadcast_to(present[:, None, :], (present.shape[0], geometry.kernel_volume, present.shape[1]))
+    kept = fold_with(np.ascontiguousarray(ones, dtype=np.uint8), geometry, window=window)  # (N, 1, *spatial)
+    return finish_fold(summed, kept, cols.dtype, window_weights(geometry, window) is not None)
