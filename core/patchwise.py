@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -415,23 +416,35 @@ def _apply_one(
     windows = windows[(..., *(slice(None, None, d) for d in dilation))]  # (C, *positions, *k)
     windows = np.moveaxis(windows, 0, plan.ndim)  # (*positions, C, *k): a patch is windows[position]
     sink: _Sink | None = None
-    for coords in _batches(plan, batch_size):
-        index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)
-        patches = np.empty((len(coords), *windows.shape[plan.ndim :]), dtype=windows.dtype)
-        positions = index.tolist()
-
-        def gather(lo: int, hi: int, positions: list = positions, patches: np.ndarray = patches) -> None:
-            for row in range(lo, hi):  # one strided copy per patch: faster than a fancy index
-                np.copyto(patches[row], windows[tuple(positions[row])])
-
-        run_parallel(gather, 0, len(positions), patches.nbytes, None)
-        outputs = runner(patches, batch_size)
-        if sink is None:
-            sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0], rows_out)
-        sink.add(outputs, coords)
-        yield int(np.ravel_multi_index(tuple(coords[-1]), plan.blocks_per_dim)) + 1
+    adding: Future[None] | None = None  # the previous batch's blend, while fn runs on this one
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-blend") as blender:
+        for coords in _batches(plan, batch_size):
+            patches = _gather(windows, plan, widths, coords)
+            outputs = runner(patches, batch_size)
+            if adding is not None:
+                adding.result()
+            if sink is None:
+                sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0], rows_out)
+            adding = blender.submit(sink.add, outputs, coords)
+            yield int(np.ravel_multi_index(tuple(coords[-1]), plan.blocks_per_dim)) + 1
+        if adding is not None:
+            adding.result()
     assert sink is not None  # an image has at least one block
     return sink.finish()
+
+
+def _gather(windows: np.ndarray, plan: ApplyPlan, widths: list[tuple[int, int]], coords: np.ndarray) -> np.ndarray:
+    """The patches of the blocks at grid ``coords`` ``(B, ndim)``, as one contiguous batch."""
+    index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)
+    patches = np.empty((len(coords), *windows.shape[plan.ndim :]), dtype=windows.dtype)
+    positions = index.tolist()
+
+    def gather(lo: int, hi: int) -> None:
+        for row in range(lo, hi):  # one strided copy per patch: faster than a fancy index
+            np.copyto(patches[row], windows[tuple(positions[row])])
+
+    run_parallel(gather, 0, len(positions), patches.nbytes, None)
+    return patches
 
 
 def _drain(steps: Generator[int, None, Any]) -> Any:
