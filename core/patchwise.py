@@ -326,8 +326,11 @@ class _Runner:
 
             self.target = resolve_device(self.device)
 
-    def image(self, x: Any, n: int) -> np.ndarray:
-        """Image ``n`` of the batch as numpy ``(C, *spatial)`` (patches are cut from it)."""
+    def image(self, x: Any, n: int) -> Any:
+        """Image ``n`` of the batch as numpy ``(C, *spatial)`` (patches are cut from it), or of a
+        region source as the reader of its rows."""
+        if hasattr(x, "rows") and hasattr(x, "describe"):  # a RegionSource: read band by band
+            return _ItemRows(x, n)
         item = x[n]
         return item.detach().cpu().numpy() if is_tensor(item) else np.asarray(item)
 
@@ -405,26 +408,18 @@ def _apply_one(
 ) -> Generator[int, None, np.ndarray | None]:
     """``fn`` over every block of one ``(C, *spatial)`` image, blended back: a generator of the
     blocks done after each batch, returning the image (None when dense rows went to ``rows_out``)."""
-    widths = plan.pad_widths()
-    from patchfold.engines.cpu import pad_spatial  # here: `import patchfold` does not load the engine
-
-    padded = pad_spatial(image, widths, plan.geometry.padding_mode, lead=1)
+    rows = _Rows(image, plan)
     kernel = plan.geometry.kernel_size
-    dilation = plan.geometry.dilation
-    spans = [g.span for g in plan.grids]
-    windows = np.lib.stride_tricks.sliding_window_view(padded, spans, axis=tuple(range(1, plan.ndim + 1)))
-    windows = windows[(..., *(slice(None, None, d) for d in dilation))]  # (C, *positions, *k)
-    windows = np.moveaxis(windows, 0, plan.ndim)  # (*positions, C, *k): a patch is windows[position]
     sink: _Sink | None = None
     adding: Future[None] | None = None  # the previous batch's blend, while fn runs on this one
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-blend") as blender:
         for coords in _batches(plan, batch_size):
-            patches = _gather(windows, plan, widths, coords)
+            patches = rows.gather(coords)
             outputs = runner(patches, batch_size)
             if adding is not None:
                 adding.result()
             if sink is None:
-                sink = _Sink.for_first(outputs, patches, plan, kernel, image.shape[0], rows_out)
+                sink = _Sink.for_first(outputs, patches, plan, kernel, rows.channels, rows_out)
             adding = blender.submit(sink.add, outputs, coords)
             yield int(np.ravel_multi_index(tuple(coords[-1]), plan.blocks_per_dim)) + 1
         if adding is not None:
@@ -433,18 +428,74 @@ def _apply_one(
     return sink.finish()
 
 
-def _gather(windows: np.ndarray, plan: ApplyPlan, widths: list[tuple[int, int]], coords: np.ndarray) -> np.ndarray:
-    """The patches of the blocks at grid ``coords`` ``(B, ndim)``, as one contiguous batch."""
-    index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)
-    patches = np.empty((len(coords), *windows.shape[plan.ndim :]), dtype=windows.dtype)
-    positions = index.tolist()
+class _Rows:
+    """Patches of one image ``(C, *spatial)``, cut from its padded rows: all of them for an array
+    (a padded copy only where the blocks reach outside), or for a :class:`RegionSource` only the
+    rows the current batch reaches, read as the batches move down the image (rows no later block
+    needs are dropped), so a file job holds a band of the input, not the whole image."""
 
-    def gather(lo: int, hi: int) -> None:
-        for row in range(lo, hi):  # one strided copy per patch: faster than a fancy index
-            np.copyto(patches[row], windows[tuple(positions[row])])
+    def __init__(self, image: Any, plan: ApplyPlan) -> None:
+        self.plan, self.widths = plan, plan.pad_widths()
+        self.channels = image.shape[1] if isinstance(image, _ItemRows) else image.shape[0]
+        self.image = image
+        self.top = 0  # padded row of the held slab's first row
+        self.slab: np.ndarray | None = None
+        if not isinstance(image, _ItemRows):
+            from patchfold.engines.cpu import pad_spatial  # here: `import patchfold` does not load the engine
 
-    run_parallel(gather, 0, len(positions), patches.nbytes, None)
-    return patches
+            self.slab = pad_spatial(image, self.widths, plan.geometry.padding_mode, lead=1)
+
+    def _hold(self, lo: int, hi: int) -> np.ndarray:
+        """The padded rows ``[lo, hi)`` of dim 0 (a view of the held slab, read where needed)."""
+        if isinstance(self.image, _ItemRows):
+            held = 0 if self.slab is None else self.slab.shape[1]
+            if self.slab is None or lo < self.top or hi > self.top + held:
+                overlap = self.slab is not None and self.top <= lo < self.top + held  # batches move down
+                keep = self.slab[:, lo - self.top :] if overlap else None
+                start = lo if keep is None else self.top + held
+                fresh = self.image.padded(self.widths, self.plan.geometry.padding_mode, start, hi - start)
+                self.slab = fresh if keep is None or not keep.shape[1] else np.concatenate([keep, fresh], axis=1)
+                self.top = lo
+        assert self.slab is not None
+        return self.slab[:, lo - self.top : hi - self.top]
+
+    def gather(self, coords: np.ndarray) -> np.ndarray:
+        """The patches of the blocks at grid ``coords`` ``(B, ndim)``, as one contiguous batch."""
+        plan, widths = self.plan, self.widths
+        index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)
+        lo, hi = int(index[:, 0].min()), int(index[:, 0].max()) + plan.grids[0].span
+        slab = self._hold(lo, hi)
+        index[:, 0] -= lo
+        spans = [g.span for g in plan.grids]
+        windows = np.lib.stride_tricks.sliding_window_view(slab, spans, axis=tuple(range(1, plan.ndim + 1)))
+        windows = windows[(..., *(slice(None, None, d) for d in plan.geometry.dilation))]  # (C, *positions, *k)
+        windows = np.moveaxis(windows, 0, plan.ndim)  # (*positions, C, *k): a patch is windows[position]
+        patches = np.empty((len(coords), *windows.shape[plan.ndim :]), dtype=windows.dtype)
+        positions = index.tolist()
+
+        def gather(lo: int, hi: int) -> None:
+            for row in range(lo, hi):  # one strided copy per patch: faster than a fancy index
+                np.copyto(patches[row], windows[tuple(positions[row])])
+
+        run_parallel(gather, 0, len(positions), patches.nbytes, None)
+        return patches
+
+
+@dataclass(frozen=True)
+class _ItemRows:
+    """Item ``n`` of a :class:`~patchfold.io.sources.RegionSource`, read band by band of padded rows."""
+
+    source: Any
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+    def padded(self, widths: list[tuple[int, int]], mode: str, top: int, height: int) -> np.ndarray:
+        from patchfold.io.sources import padded_slab  # here: only file jobs read region sources
+
+        return padded_slab(self.source, tuple(widths), mode, top, height)[self.n]
 
 
 def _drain(steps: Generator[int, None, Any]) -> Any:

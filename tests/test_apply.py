@@ -347,3 +347,39 @@ def test_the_compiled_blending_refuses_a_patch_outside_the_band() -> None:
         loop(outputs, band, np.zeros((2, 2), np.int64), [np.ones((2, 4)), np.ones((2, 3))], (1, 1))
     with pytest.raises(PatchfoldError, match="band must be"):
         loop(outputs, np.zeros((1, 10, 10), np.float32), np.zeros((2, 2), np.int64), weights, (1, 1))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--cover", "--margin", "2"], ["-p", "3", "--padding-mode", "reflect"], ["--cover", "--window", "hann"]],
+    ids=["cover-margin", "reflect-padding", "cover-hann"],
+)
+def test_a_tiled_tiff_is_read_band_by_band_and_gives_the_in_memory_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("zarr")
+    from patchfold.io.sources import RegionSource
+
+    pixels = RNG.integers(0, 256, (150, 70, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "tiled.tif", pixels, tile=(32, 32), photometric="rgb")
+    Image.fromarray(pixels).save(tmp_path / "same.png")
+    (tmp_path / "halve.py").write_text("def f(p):\n    return p * 0.5 + p[:, ::-1] * 0.25\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    heights: list[int] = []
+    read_rows = RegionSource.rows
+
+    def rows(self: RegionSource, lo: int, hi: int) -> np.ndarray:
+        heights.append(hi - lo)
+        return read_rows(self, lo, hi)
+
+    def whole(self: RegionSource) -> np.ndarray:
+        raise AssertionError("the tiled TIFF was read whole")
+
+    common = ["--function", "halve:f", "-k", "16", "-s", "10", "--batch-size", "4", *options, "-q"]
+    ok("apply", tmp_path / "same.png", *common, "-o", tmp_path / "memory.npy")
+    monkeypatch.setattr(RegionSource, "rows", rows)
+    monkeypatch.setattr(RegionSource, "load", whole)
+    ok("apply", tmp_path / "tiled.tif", *common, "-o", tmp_path / "streamed.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "streamed.npy"), np.load(tmp_path / "memory.npy"))
+    assert heights and max(heights) < 150 / 2  # bands of rows, never the whole image

@@ -426,6 +426,19 @@ def read_input(
     return _image_item(image, path, spatial_dims, stack)
 
 
+def is_tiled_image_tiff(path: Path) -> bool:
+    """Whether ``path`` is a one-page tiled TIFF (which can be read tile row by tile row)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff") or not Path(path).is_file():
+        return False
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tiff:
+            return len(tiff.pages) == 1 and bool(tiff.pages[0].is_tiled)
+    except Exception:  # not a TIFF tifffile can open: the ordinary readers say why
+        return False
+
+
 def open_region(path: Path, level: int | None = None) -> RegionSource | None:
     """The input at ``path`` as a :class:`RegionSource` where it is read region by region: a Zarr
     store, or a TIFF when a pyramid ``level`` is asked for; None for every other input."""

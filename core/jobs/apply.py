@@ -21,7 +21,7 @@ import numpy as np
 from patchfold.blocks import Blocks
 from patchfold.dtypes import cast_scaled, restore_dtype, target_dtype
 from patchfold.errors import PatchfoldError
-from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_npy_array, require_file
+from patchfold.io.read import DEFAULT_MAX_PIXELS, is_tiled_image_tiff, load_inputs, read_npy_array, require_file
 from patchfold.io.write import (
     allocate_npy,
     atomic_paths,
@@ -248,13 +248,16 @@ def apply_file(
     written as they are. A ``.npy`` output is written band by band of finished rows, so only the
     input, a float64 band and a batch of patches are held. Yields :class:`Progress` (blocks done)
     after each batch, then the :class:`ApplyResult`. ``level`` picks the resolution of pyramidal
-    TIFF and Zarr inputs (read whole, within the memory budget).
+    TIFF and Zarr inputs; a single Zarr, pyramid level or tiled TIFF input is read band by band of
+    rows as the blocks move down it, never whole.
     """
     started = time.perf_counter()
     output = Path(output)
     check_compression(output, compression)
     to_zarr = is_zarr_output(output)
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
+    if level is None and len(inputs) == 1 and is_tiled_image_tiff(Path(inputs[0])):
+        level = 0  # a tiled TIFF is read tile row by tile row as the blocks move down, not whole
+    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level, regions=True)
     source = batch.array
     given, scale = target_dtype(source.dtype, dtype)
     read = [Path(s) for s in batch.sources]
