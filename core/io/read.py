@@ -59,8 +59,44 @@ IMAGE_MODES: dict[str, tuple[str | None, int, type]] = {
 }
 
 
+#: PNG colour types with several channels (grey + alpha, RGB, RGBA) and their channel counts:
+#: Pillow reads such a PNG of 16 bits per sample as 8-bit, so patchfold reads it itself.
+_DEEP_PNG_CHANNELS = {4: 2, 2: 3, 6: 4}
+
+
+def deep_png_channels(image: Any, path: Path) -> int | None:
+    """The channel count of a 16-bit grey+alpha, RGB or RGBA PNG (from its IHDR), else None."""
+    if image.format != "PNG":
+        return None
+    with open(path, "rb") as handle:
+        header = handle.read(26)  # signature, IHDR length and type, width, height, depth, colour type
+    if len(header) < 26 or header[24] != 16:
+        return None
+    return _DEEP_PNG_CHANNELS.get(header[25])
+
+
+def read_deep_png(path: Path, channels: int, width: int, height: int) -> np.ndarray:
+    """A 16-bit multi-channel PNG as ``(H, W, C)`` uint16, through imagecodecs (never 8-bit)."""
+    check_fits(channels * width * height * 2 * 2 + path.stat().st_size, f"decoding '{path}'")
+    try:
+        import imagecodecs
+    except ImportError:
+        raise PatchfoldError(
+            f"'{path}' is a 16-bit {channels}-channel PNG: reading it without losing 8 bits needs imagecodecs "
+            "(pip install 'patchfold[tiff]')"
+        ) from None
+    try:
+        pixels = imagecodecs.png_decode(path.read_bytes())
+    except Exception as error:  # imagecodecs raises its own error types
+        raise PatchfoldError(f"'{path}' is not a readable PNG: {error}") from None
+    return pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
+
+
 def image_mode(image: Any, path: Path) -> tuple[str | None, int, type]:
     """How an opened image is read: :data:`IMAGE_MODES`' row for its mode (from its header)."""
+    deep = deep_png_channels(image, path)
+    if deep is not None:
+        return None, deep, np.uint16
     mode = image.mode
     if mode == "P" and "transparency" in image.info:
         return "RGBA", 4, np.uint8
@@ -170,6 +206,9 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                 "(pip install 'patchfold[tiff]'); only its first page would be read otherwise"
             )
         convert_to, channels, dtype = image_mode(image, path)
+        if deep_png_channels(image, path):
+            pixels = read_deep_png(path, channels, image.width, image.height)
+            return np.moveaxis(pixels, -1, 0)
         check_fits(channels * image.width * image.height * np.dtype(dtype).itemsize * 2, f"decoding '{path}'")
         pixels = np.asarray(image if convert_to is None else image.convert(convert_to))
     if pixels.dtype == np.bool_:

@@ -307,9 +307,33 @@ def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
         return pixels[0]
     raise PatchfoldError(
         f"'{path}': cannot write {channels} channel(s) of {pixels.dtype} as an image "
-        "(uint8 with 1-4 channels, or one channel of uint16/int32/float32; any as .tif with tifffile); "
-        "write .npy instead"
+        "(uint8 with 1-4 channels, uint16 with 1-4 as .png, or one channel of int32/float32; any as .tif "
+        "with tifffile); write .npy instead"
     )
+
+
+def deep_png(pixels: np.ndarray, target: Path) -> bool:
+    """Whether ``(C, H, W)`` is 2-4 channels of uint16 for a ``.png`` (Pillow writes them as 8-bit
+    or not at all; imagecodecs writes 16-bit PNG)."""
+    return (
+        target.suffix.lower() == ".png" and pixels.ndim == 3 and 2 <= pixels.shape[0] <= 4 and pixels.dtype == np.uint16
+    )
+
+
+def deep_png_writer(pixels: np.ndarray, target: Path) -> Any:
+    try:
+        import imagecodecs
+    except ImportError:
+        raise PatchfoldError(
+            f"'{target}': writing {pixels.shape[0]} channels of uint16 as PNG needs imagecodecs "
+            "(pip install 'patchfold[tiff]'), or write .tif / .npy"
+        ) from None
+    data = np.ascontiguousarray(np.moveaxis(pixels, 0, -1).astype(np.uint16, copy=False))
+
+    def write(temporary: Path) -> None:
+        Path(temporary).write_bytes(imagecodecs.png_encode(data))
+
+    return write
 
 
 def _usable_stem(stem: str) -> bool:
@@ -374,6 +398,8 @@ def save_images(targets: Sequence[Path], images: np.ndarray) -> None:
 def _image_writer(pixels: np.ndarray, target: Path) -> Any:
     from PIL import Image
 
+    if deep_png(pixels, target):  # 16 bits per sample kept, as a 16-bit PNG
+        return deep_png_writer(pixels, target)
     if _tifffile_image(pixels, target):  # several channels of uint16/float32..., which Pillow cannot write
         import tifffile
 

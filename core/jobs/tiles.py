@@ -31,6 +31,8 @@ from patchfold.io.formats import TileManifest, dumps, read_tile_manifest, tile_m
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_image, read_npy, read_tiff
 from patchfold.io.write import (
     check_parent,
+    deep_png,
+    deep_png_writer,
     image_targets,
     made_parents,
     remove_stale_temporaries,
@@ -86,12 +88,12 @@ def check_tile_format(fmt: str, dtype: np.dtype, channels: int, ndim: int) -> No
         return
     if ndim != 2 and not (fmt == "tif" and ndim == 3):
         raise PatchfoldError(f"{ndim}-D tiles are written as npy (or tif for 3-D), not {fmt}", param="format")
-    image_ok = (dtype == np.uint8 and channels <= 4) or (channels == 1 and dtype == np.uint16)
-    tif_ok = image_ok or (channels == 1 and dtype in (np.float32, np.int32))
-    if not (image_ok if fmt == "png" else tif_ok):
+    png_ok = dtype in (np.uint8, np.uint16) and channels <= 4  # 16-bit colour through imagecodecs
+    tif_ok = np.dtype(dtype).kind in "biuf" and np.dtype(dtype).itemsize <= 8  # tifffile writes every one
+    if not (png_ok if fmt == "png" else tif_ok):
         raise PatchfoldError(
-            f"{channels}-channel {dtype} tiles cannot be written as {fmt} (png: uint8 with 1-4 channels or one "
-            "uint16 channel; tif also one float32/int32 channel); use format=npy",
+            f"{channels}-channel {dtype} tiles cannot be written as {fmt} (png: uint8 or uint16 with 1-4 "
+            "channels; tif: any integer or float dtype); use format=npy",
         )
 
 
@@ -193,7 +195,12 @@ def _save_tile(path: Path, tile: np.ndarray, fmt: str) -> None:
         import tifffile
 
         pages = tile[0] if tile.shape[0] == 1 else np.moveaxis(tile, 0, -1)
-        tifffile.imwrite(path, np.ascontiguousarray(pages))
+        options = {}
+        if tile.ndim == 3 and tile.shape[0] > 1:  # say how the samples are laid out (tifffile would guess)
+            options = {"photometric": "rgb" if tile.shape[0] in (3, 4) else "minisblack", "planarconfig": "contig"}
+        tifffile.imwrite(path, np.ascontiguousarray(pages), **options)
+    elif deep_png(tile, path):
+        deep_png_writer(tile, path)(path)
     else:
         from PIL import Image
 
