@@ -15,7 +15,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 if ! "$PY" -c "import patchfold.cli, pytest, hypothesis" >/dev/null 2>&1 || [ pyproject.toml -nt "$VENV/.patchfold-installed" ]; then
   echo "installing patchfold and its test tools..." >&2
-  "$PY" -m pip install -q --disable-pip-version-check -e ".[dev,tiff,distributed,zarr,onnx]"
+  "$PY" -m pip install -q --disable-pip-version-check -e ".[dev,tiff,distributed,zarr,onnx,slide]"
   touch "$VENV/.patchfold-installed"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

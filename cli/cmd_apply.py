@@ -15,7 +15,7 @@ from patchfold.cli.options import (
     complete_window,
     compression_option,
     json_option,
-    level_option,
+    level_options,
     max_pixels_option,
     progress_option,
     recursive_option,
@@ -24,6 +24,7 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track
+from patchfold.io.levels import Level
 
 
 @click.command()
@@ -69,7 +70,7 @@ from patchfold.cli.present import emit_summary, track
 )
 @spatial_dims_option
 @stack_option
-@level_option
+@level_options
 @recursive_option
 @max_pixels_option
 @progress_option
@@ -94,7 +95,7 @@ def apply(
     dtype: str,
     spatial_dims: int | None,
     stack: bool,
-    level: int | None,
+    level: Level,
     max_pixels: int,
     no_progress: bool,
     as_json: bool,

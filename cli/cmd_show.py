@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 from patchfold.blocks import Blocks
 from patchfold.cli.errors import handle_errors
-from patchfold.cli.options import PATH, block_options, level_option, max_pixels_option, verbosity_options
+from patchfold.cli.options import PATH, block_options, level_options, max_pixels_option, verbosity_options
 from patchfold.cli.present import note
+from patchfold.io.levels import Level
 
 _OUTPUT = click.option("-o", "--output", required=True, type=PATH, help="PNG to write.")
 
@@ -31,11 +32,11 @@ def show() -> None:
 @click.argument("image", type=PATH)
 @block_options(cover=True)
 @_OUTPUT
-@level_option
+@level_options
 @max_pixels_option
 @verbosity_options
 @handle_errors
-def grid(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixels: int) -> None:
+def grid(image: Path, blocks: Blocks, output: Path, level: Level, max_pixels: int) -> None:
     """Draw the block grid over IMAGE: outlines of every n-th block (the first one in blue) and the
     padding area hatched.
 
@@ -73,11 +74,11 @@ def mosaic(patches: Path, count: int, spread: bool, output: Path) -> None:
 @click.argument("image", type=PATH)
 @block_options(cover=True)
 @_OUTPUT
-@level_option
+@level_options
 @max_pixels_option
 @verbosity_options
 @handle_errors
-def divisor_picture(image: Path, blocks: Blocks, output: Path, level: int | None, max_pixels: int) -> None:
+def divisor_picture(image: Path, blocks: Blocks, output: Path, level: Level, max_pixels: int) -> None:
     """IMAGE and its divisor map (blocks per pixel, with a legend) side by side.
 
     \b

@@ -16,7 +16,7 @@ from patchfold.cli.options import (
     json_option,
     keep_options,
     layout_option,
-    level_option,
+    level_options,
     max_memory_option,
     max_pixels_option,
     recursive_option,
@@ -26,6 +26,7 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes, kept_row, verbosity
+from patchfold.io.levels import Level
 from patchfold.keep import KeepRules
 
 
@@ -67,7 +68,7 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:
 @keep_options
 @spatial_dims_option
 @stack_option
-@level_option
+@level_options
 @recursive_option
 @max_pixels_option
 @max_memory_option
@@ -85,7 +86,7 @@ def stats(
     keep: KeepRules | None,
     spatial_dims: int | None,
     stack: bool,
-    level: int | None,
+    level: Level,
     max_pixels: int,
     max_memory: int | None,
     as_json: bool,
@@ -140,7 +141,7 @@ def stats(
 @click.option("--png", "png_path", type=PATH, default=None, hidden=True, help="Old spelling of -o MAP.png.")
 @spatial_dims_option
 @stack_option
-@level_option
+@level_options
 @recursive_option
 @max_pixels_option
 @json_option
@@ -155,7 +156,7 @@ def divisor(
     png_path: Path | None,
     spatial_dims: int | None,
     stack: bool,
-    level: int | None,
+    level: Level,
     max_pixels: int,
     as_json: bool,
 ) -> None:

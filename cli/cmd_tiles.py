@@ -13,7 +13,7 @@ from patchfold.cli.options import (
     fold_output_options,
     json_option,
     keep_options,
-    level_option,
+    level_options,
     max_pixels_option,
     progress_option,
     recursive_option,
@@ -22,6 +22,7 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, kept_row, track
+from patchfold.io.levels import Level
 from patchfold.jobs.tiles import TILE_FORMATS
 from patchfold.keep import KeepRules
 
@@ -44,7 +45,7 @@ tile_format_option = click.option(
 @keep_options
 @spatial_dims_option
 @stack_option
-@level_option
+@level_options
 @recursive_option
 @max_pixels_option
 @progress_option
@@ -59,7 +60,7 @@ def tiles(
     keep: KeepRules | None,
     spatial_dims: int | None,
     stack: bool,
-    level: int | None,
+    level: Level,
     max_pixels: int,
     no_progress: bool,
     as_json: bool,

@@ -17,7 +17,7 @@ from patchfold.cli.options import (
     dtype_option,
     json_option,
     layout_option,
-    level_option,
+    level_options,
     max_memory_option,
     max_pixels_option,
     progress_option,
@@ -27,6 +27,7 @@ from patchfold.cli.options import (
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, fold_flags, human_bytes, note, track
+from patchfold.io.levels import Level
 from patchfold.io.streams import is_stdio
 
 
@@ -46,7 +47,7 @@ from patchfold.io.streams import is_stdio
 @device_options
 @spatial_dims_option
 @stack_option
-@level_option
+@level_options
 @recursive_option
 @max_pixels_option
 @max_memory_option
@@ -65,18 +66,20 @@ def unfold(
     engine: str,
     spatial_dims: int | None,
     stack: bool,
-    level: int | None,
+    level: Level,
     max_pixels: int,
     max_memory: int | None,
     no_progress: bool,
     as_json: bool,
 ) -> None:
     """Extract the sliding blocks of INPUTS (images, directories of images, .npy arrays, Zarr or
-    OME-Zarr stores, pyramidal TIFFs) into a patch matrix: OUTPUT.npy with its parameters in
-    OUTPUT.json beside it, or OUTPUT.zarr with them in its attributes.
+    OME-Zarr stores, pyramidal TIFFs, whole-slide images such as .svs) into a patch matrix:
+    OUTPUT.npy with its parameters in OUTPUT.json beside it, or OUTPUT.zarr with them in its
+    attributes.
 
-    Several inputs stack into the batch N and must agree in size and channels. Zarr inputs and
-    pyramid levels (--level) are read band by band, so a level larger than memory streams through.
+    Several inputs stack into the batch N and must agree in size and channels. Zarr inputs, slides
+    and pyramid levels (--level, or --mpp / --magnification from the file's resolution) are read
+    band by band, so a level larger than memory streams through.
 
     \b
     Example:
@@ -84,6 +87,7 @@ def unfold(
       patchfold unfold scene.png -k 16 -s 8 -o patches.npy
       patchfold unfold my_scans/ -k 32,16 --layout nlc --dtype float32 -o all.npy
       patchfold unfold slide.ome.tif --level 1 -k 256 -s 256 -o patches.zarr
+      patchfold unfold slide.ome.tif --mpp 1 -k 256 -s 256 -o coarse.npy
       cat scene.png | patchfold unfold - -k 16 -s 8 -o - > piped.npy
     """
     from patchfold.jobs.unfold import unfold_file

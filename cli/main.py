@@ -42,8 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unfold": (
         "patchfold.cli.cmd_unfold",
         "Extract the sliding blocks of INPUTS (images, directories of images, .npy arrays, Zarr or OME-Zarr "
-        "stores, pyramidal TIFFs) into a patch matrix: OUTPUT.npy with its parameters in OUTPUT.json beside it, "
-        "or OUTPUT.zarr with them in its attributes.",
+        "stores, pyramidal TIFFs, whole-slide images such as .svs) into a patch matrix: OUTPUT.npy with its "
+        "parameters in OUTPUT.json beside it, or OUTPUT.zarr with them in its attributes.",
     ),
     "untile": (
         "patchfold.cli.cmd_tiles",

@@ -427,13 +427,68 @@ def recursive_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(wrapper)
 
 
-def level_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--level",
-        type=click.IntRange(0),
-        default=None,
-        help="Resolution level of a pyramidal TIFF or OME-Zarr input (0: full resolution), read region by region.",
-    )(command)
+class PositiveNumber(click.ParamType):
+    """A positive finite number (``0.5``); with ``suffix``, that letter may follow it (``20x``)."""
+
+    def __init__(self, name: str, suffix: str = "") -> None:
+        self.name, self.suffix = name, suffix
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        if self.suffix and text.lower().endswith(self.suffix):
+            text = text[: -len(self.suffix)]
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"expected a positive number such as {'20' if self.suffix else '0.5'}, got {value!r}", param, ctx)
+        return number
+
+
+def level_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--level``, ``--mpp`` and ``--magnification`` (at most one), gathered into one ``level``
+    argument: a level number, a :class:`~patchfold.io.levels.LevelRequest`, or None."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from patchfold.io.levels import LevelRequest
+
+        mpp, magnification = kwargs.pop("mpp"), kwargs.pop("magnification")
+        named = {"--level": kwargs["level"], "--mpp": mpp, "--magnification": magnification}
+        given = [name for name, value in named.items() if value is not None]
+        if len(given) > 1:
+            raise click.UsageError(f"{' and '.join(given)} each pick the resolution level: give one of them")
+        if mpp is not None or magnification is not None:
+            kwargs["level"] = LevelRequest(mpp=mpp, magnification=magnification)
+        return command(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--level",
+            type=click.IntRange(0),
+            default=None,
+            help="Resolution level of a pyramidal TIFF, OME-Zarr or slide input (0: full resolution), read region "
+            "by region.",
+        ),
+        click.option(
+            "--mpp",
+            type=PositiveNumber("MICRONS"),
+            default=None,
+            help="Pick the level by pixel size: the coarsest at or finer than this many micrometres per pixel "
+            "(from the file's resolution).",
+        ),
+        click.option(
+            "--magnification",
+            type=PositiveNumber("MAG", suffix="x"),
+            default=None,
+            help="Pick the level by magnification (20 or 20x): the lowest at or above it (objective power, or "
+            "10 µm over the pixel size).",
+        ),
+    ]
+    return apply_options(wrapper, options)
 
 
 def max_pixels_option(command: Callable[..., Any]) -> Callable[..., Any]:

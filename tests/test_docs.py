@@ -2,12 +2,14 @@
 every option of every command, is in the README (found by walking the click group, so a new or
 renamed option fails here until the README says it); (b) every shell block of the README runs, line
 by line, in a scratch directory this module prepares (the sample images, and placeholders for the
-files and directories the README names: my_slices/, slide.tif, photos/, model.pt, ...). Lines that
-cannot run here are skipped by name in :data:`SKIPPED`, each with its reason; any other line that
-does not exit 0 fails. (The README's Python blocks run in test_readme.py.)"""
+files and directories the README names: my_slices/, slide.tif, scan.svs, photos/, model.pt, ...).
+Lines that cannot run here are skipped by name in :data:`SKIPPED`, each with its reason (and the
+lines that read scan.svs where OpenSlide is not installed); any other line that does not exit 0
+fails. (The README's Python blocks run in test_readme.py.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -24,6 +26,8 @@ from cli_fixtures import COMMAND, HAS_COMMAND, all_commands, command_env
 from patchfold.cli.main import main
 from PIL import Image
 
+from tests.slide_files import tissue, write_svs
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8")
@@ -34,6 +38,7 @@ SKIPPED = {
     "./run.sh": "sets up a .venv and runs the demo: the repository's own script, not an installed command",
     "./run.sh test": "runs this test suite",
     "pip install 'patchfold[distributed]'": "needs the network",
+    "pip install 'patchfold[slide]'": "needs the network",
     "dask scheduler &": "starts a Dask cluster",
     "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False": "configures the Dask cluster's workers",
     "dask worker tcp://127.0.0.1:8786 --no-nanny --nthreads 1 &": "starts a Dask worker",
@@ -99,6 +104,18 @@ def readme_lines() -> list[str]:
 
 LINES = readme_lines()
 
+#: The README's slide (scan.svs, an Aperio-style tiled TIFF here) is read through OpenSlide.
+HAS_OPENSLIDE = importlib.util.find_spec("openslide") is not None
+
+
+def _skipped(line: str) -> str | None:
+    """Why ``line`` is not run here, or None."""
+    if line in SKIPPED:
+        return SKIPPED[line]
+    if "scan.svs" in line and not HAS_OPENSLIDE:
+        return "reads a slide through OpenSlide, which is not installed (pip install 'patchfold[slide]')"
+    return None
+
 
 def _pyramid(path: Path) -> None:
     """A tiled RGB pyramidal TIFF, 1024² with levels of 512² and 256² (slide.tif)."""
@@ -123,6 +140,7 @@ def _prepare(directory: Path) -> None:
     for index in range(6):
         Image.fromarray(rng.integers(0, 256, (32, 40), dtype=np.uint8)).save(slices / f"slice_{index:02d}.png")
     _pyramid(directory / "slide.tif")
+    write_svs(directory / "scan.svs", tissue(2048, 1536), levels=3, mpp=0.25, objective=40, tile=128)
     photos = directory / "photos"  # a dataset: RGB photos of different sizes, one in a subfolder
     (photos / "trip").mkdir(parents=True)
     for name, (h, w) in {"a.png": (160, 200), "b.jpg": (130, 170), "trip/c.png": (200, 150)}.items():
@@ -155,7 +173,7 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert shutil.which("patchfold", path=env["PATH"]) == str(COMMAND)
     results: dict[str, Any] = {}
     for line in LINES:
-        if line in SKIPPED:
+        if _skipped(line):
             continue
         started = time.perf_counter()
         results[line] = subprocess.run(
@@ -173,7 +191,7 @@ def test_the_readme_has_shell_blocks() -> None:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the README's blocks are bash")
 @pytest.mark.parametrize("line", LINES)
 def test_readme_line_runs(line: str, readme_runs: dict[str, Any]) -> None:
-    if line in SKIPPED:
-        pytest.skip(SKIPPED[line])
+    if _skipped(line):
+        pytest.skip(_skipped(line))
     done = readme_runs[line]
     assert done.returncode == 0, f"{line}\nexit {done.returncode}\n{done.stderr[-2000:]}"

@@ -41,7 +41,7 @@ def _slide(work: Path) -> None:
     tifffile = pytest.importorskip("tifffile")
     full = np.random.default_rng(1).integers(0, 255, (1024, 512, 3), np.uint8)
     with tifffile.TiffWriter(work / "slide.ome.tif") as tif:
-        tif.write(full, tile=(256, 256), subifds=1, metadata={"axes": "YXS"})
+        tif.write(full, tile=(256, 256), subifds=1, metadata={"axes": "YXS"}, resolution=(2e4, 2e4), resolutionunit=3)
         tif.write(full[::2, ::2], tile=(256, 256), subfiletype=1)
 
 

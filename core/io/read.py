@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from patchfold.errors import PatchfoldError
 from patchfold.io import leases
+from patchfold.io.levels import Level
+from patchfold.io.slides import is_slide, open_slide
 from patchfold.io.sources import RegionSource, is_zarr, open_pyramid_tiff, open_zarr
 from patchfold.io.streams import is_stdio, stdin_file
 from patchfold.memory import check_fits
@@ -443,11 +445,11 @@ def read_input(
     spatial_dims: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stack: bool = False,
-    level: int | None = None,
+    level: Level = None,
 ) -> np.ndarray | RegionSource:
     """One input file as ``(N, C, *spatial)``; a multi-page TIFF is a volume ``(1, C, D, H, W)``
-    and needs ``stack=True``. Zarr inputs, and TIFFs read at a pyramid ``level``, come back as
-    a :class:`RegionSource` (nothing read yet)."""
+    and needs ``stack=True``. Zarr inputs, whole-slide images, and TIFFs read at a pyramid
+    ``level``, come back as a :class:`RegionSource` (nothing read yet)."""
     region = open_region(path, level)
     if region is not None:
         if spatial_dims not in (None, region.ndim - 2):
@@ -478,17 +480,23 @@ def is_tiled_image_tiff(path: Path) -> bool:
         return False
 
 
-def open_region(path: Path, level: int | None = None) -> RegionSource | None:
+def open_region(path: Path, level: Level = None) -> RegionSource | None:
     """The input at ``path`` as a :class:`RegionSource` where it is read region by region: a Zarr
-    store, or a TIFF when a pyramid ``level`` is asked for; None for every other input."""
+    store, a whole-slide image (OpenSlide, by suffix), or a TIFF when a pyramid ``level`` (a
+    number or a :class:`~patchfold.io.levels.LevelRequest`) is asked for; None for every other
+    input."""
     if is_zarr(path):
         return open_zarr(path, level)
+    if is_slide(path):
+        return open_slide(path, level)
     if level is None:
         return None
     if path.suffix.lower() in (".tif", ".tiff"):
         return open_pyramid_tiff(path, level)
+    option = "--level" if isinstance(level, int) else level.option.split()[0]
     raise PatchfoldError(
-        f"'{path}' has one resolution; --level applies to pyramidal TIFF and Zarr inputs", param="level"
+        f"'{path}' has one resolution; {option} applies to pyramidal TIFF and Zarr inputs and to slides",
+        param="level",
     )
 
 
@@ -510,14 +518,15 @@ def load_inputs(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stack: bool = False,
     *,
-    level: int | None = None,
+    level: Level = None,
     regions: bool = False,
 ) -> Batch:
     """Load inputs into one batch; sizes and channel counts must agree.
 
     With ``stack``, 2-D images (a directory of slices, or several files) become the slices of one
     3-D volume ``(1, C, D, H, W)`` in the order given, and multi-page TIFFs are volumes. ``level``
-    picks the resolution of pyramidal TIFF and Zarr inputs. With ``regions``, a single Zarr or
+    picks the resolution of pyramidal TIFF, Zarr and slide inputs (a number, or a
+    :class:`~patchfold.io.levels.LevelRequest`). With ``regions``, a single Zarr, slide or
     pyramid input stays a :class:`RegionSource` for the caller to read band by band; otherwise it
     is read whole (within the memory budget).
     """
@@ -553,7 +562,7 @@ def probe_shape(
     inputs: Sequence[str | Path],
     spatial_dims: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
 ) -> tuple[tuple[int, ...], np.dtype]:
     """Shape ``(N, C, *spatial)`` and dtype the inputs would load as, reading headers only where
     the format allows (``.npy``, Zarr, pyramid levels, and images whose mode needs no conversion)."""

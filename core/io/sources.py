@@ -1,5 +1,6 @@
-"""Inputs read region by region: Zarr arrays (v2 and v3), OME-Zarr images and the levels of
-pyramidal TIFFs (through tifffile's Zarr view of the file).
+"""Inputs read region by region: Zarr arrays (v2 and v3), OME-Zarr images, the levels of
+pyramidal TIFFs (through tifffile's Zarr view of the file) and whole-slide images (OpenSlide, in
+:mod:`patchfold.io.slides`).
 
 A :class:`RegionSource` looks like the ``(N, C, *spatial)`` array the other readers return
 (``shape``, ``dtype``, ``ndim``, ``nbytes``) but holds no pixels: the unfold job asks it for the
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from patchfold.coverage import NUMPY_PAD_MODE
 from patchfold.errors import PatchfoldError
+from patchfold.io.levels import Level, LevelRequest, LevelScale, pick_level
 from patchfold.memory import check_fits
 
 #: Where a Zarr node keeps its metadata: v3 (``zarr.json``) or v2 (``.zarray`` / ``.zgroup``).
@@ -57,6 +59,10 @@ class RegionSource:
     levels: int = 1
     #: micrometres per pixel along each spatial dim, where the file records it
     resolution: tuple[float, ...] | None = None
+    #: the level's magnification, where the file records an objective power
+    magnification: float | None = None
+    #: the request by resolution (``--mpp``, ``--magnification``) that picked the level, if any
+    asked: LevelRequest | None = None
     _order: list[int] = field(init=False, repr=False)
     _shape: tuple[int, ...] = field(init=False, repr=False)
     _first: int = field(init=False, repr=False)
@@ -138,6 +144,10 @@ class RegionSource:
         info: dict[str, Any] = {"path": self.path, "level": self.level, "levels": self.levels}
         if self.resolution is not None:
             info["mpp"] = [round(r, 6) for r in self.resolution]
+        if self.magnification is not None:
+            info["magnification"] = round(self.magnification, 6)
+        if self.asked is not None:
+            info["asked"] = self.asked.to_dict()
         return info
 
 
@@ -168,22 +178,25 @@ def padded_slab(
 # ----- openers ------------------------------------------------------------------------------------
 
 
-def open_zarr(path: Path, level: int | None = None) -> RegionSource:
+def open_zarr(path: Path, level: Level = None) -> RegionSource:
     """A Zarr array, an OME-Zarr image (a group with ``multiscales``: ``level`` picks the
-    resolution, 0 the full one) or a group holding one array, as a :class:`RegionSource`."""
+    resolution, 0 the full one, or a :class:`~patchfold.io.levels.LevelRequest` the level nearest
+    its scale) or a group holding one array, as a :class:`RegionSource`."""
     zarr = zarr_module()
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:
         raise PatchfoldError(f"'{path}' is not a readable Zarr store: {error}") from None
     if hasattr(node, "shape"):  # an array
-        _check_level(path, level, 1)
+        pick_level(path, level, 1, lambda: [LevelScale()])
         return RegionSource(node, _plain_axes(node, path), str(path))
     multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
     if multiscales:
         image, datasets = _ome_image(path, multiscales)
-        chosen = _check_level(path, level, len(datasets))
         axes = "".join(_axis_name(a) for a in image.get("axes", [])) or None
+        chosen = pick_level(
+            path, level, len(datasets), lambda: [LevelScale.of(_ome_resolution(image, d, axes)) for d in datasets]
+        )
         try:
             array = node[datasets[chosen]["path"]]
         except (KeyError, FileNotFoundError):
@@ -200,6 +213,7 @@ def open_zarr(path: Path, level: int | None = None) -> RegionSource:
             level=chosen,
             levels=len(datasets),
             resolution=_ome_resolution(image, datasets[chosen], axes),
+            asked=_asked(level),
         )
     arrays = list(node.array_keys())
     if len(arrays) != 1:
@@ -207,13 +221,14 @@ def open_zarr(path: Path, level: int | None = None) -> RegionSource:
             f"'{path}' is a Zarr group with {len(arrays)} arrays and no OME multiscales; give one of them as "
             f"'{path}/NAME' ({', '.join(arrays[:5]) or 'none'})"
         )
-    _check_level(path, level, 1)
+    pick_level(path, level, 1, lambda: [LevelScale()])
     return RegionSource(node[arrays[0]], _plain_axes(node[arrays[0]], path), f"{path}/{arrays[0]}")
 
 
-def open_pyramid_tiff(path: Path, level: int) -> RegionSource:
+def open_pyramid_tiff(path: Path, level: Level) -> RegionSource:
     """Level ``level`` of a pyramidal (tiled, multi-resolution) TIFF, read tile by tile through
-    tifffile's Zarr view of the file."""
+    tifffile's Zarr view of the file (a :class:`~patchfold.io.levels.LevelRequest` picks the level
+    from the resolution tags)."""
     zarr = zarr_module()
     import tifffile
 
@@ -221,7 +236,9 @@ def open_pyramid_tiff(path: Path, level: int) -> RegionSource:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
             levels = len(series.levels)
-            chosen = _check_level(path, level, levels)
+            chosen = pick_level(
+                path, level, levels, lambda: [LevelScale.of(_tiff_resolution(tiff, series, i)) for i in range(levels)]
+            )
             axes = series.levels[chosen].axes
             resolution = _tiff_resolution(tiff, series, chosen)
         store = tifffile.imread(path, aszarr=True, series=0, level=chosen)
@@ -230,7 +247,11 @@ def open_pyramid_tiff(path: Path, level: int) -> RegionSource:
         raise
     except Exception as error:
         raise PatchfoldError(f"'{path}' is not a readable TIFF: {error}") from None
-    return RegionSource(array, axes, str(path), level=chosen, levels=levels, resolution=resolution)
+    return RegionSource(array, axes, str(path), level=chosen, levels=levels, resolution=resolution, asked=_asked(level))
+
+
+def _asked(level: Level) -> LevelRequest | None:
+    return level if isinstance(level, LevelRequest) else None
 
 
 def _ome_image(path: Path, multiscales: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -249,16 +270,6 @@ def _ome_image(path: Path, multiscales: Any) -> tuple[dict[str, Any], list[dict[
             "(and axes as a list): it does not follow the OME-Zarr layout"
         )
     return image, datasets
-
-
-def _check_level(path: Path, level: int | None, levels: int) -> int:
-    chosen = 0 if level is None else level
-    if not 0 <= chosen < levels:
-        raise PatchfoldError(
-            f"'{path}' has {levels} resolution level(s) (0 to {levels - 1}); --level {chosen} is not one of them",
-            param="level",
-        )
-    return chosen
 
 
 def _plain_axes(array: Any, path: Path) -> str:

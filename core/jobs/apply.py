@@ -21,6 +21,7 @@ import numpy as np
 from patchfold.blocks import Blocks
 from patchfold.dtypes import cast_scaled, restore_dtype, target_dtype
 from patchfold.errors import PatchfoldError
+from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, is_tiled_image_tiff, load_inputs, read_npy_array, require_file
 from patchfold.io.write import (
     allocate_npy,
@@ -237,7 +238,7 @@ def apply_file(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
     compression: str = "default",
 ) -> Iterator[Progress | ApplyResult]:
     """Run ``spec``'s function on every patch of the images ``inputs`` and write the blended

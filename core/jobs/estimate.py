@@ -16,6 +16,7 @@ from patchfold.coverage import divisor_map
 from patchfold.dtypes import target_dtype
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
+from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, probe_shape
 from patchfold.io.write import check_output_path, save_npy
 from patchfold.jobs.plan import UnfoldPlan, plan_unfold
@@ -31,7 +32,7 @@ def input_shape(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
 ) -> tuple[tuple[int, ...], np.dtype | None]:
     """``(N, C, *spatial)`` and dtype of ``inputs`` (headers only where the format allows), or
     ``(1, 1, *size)`` and None for a bare ``size`` (one value: every dim of the parameters)."""
@@ -80,7 +81,7 @@ def estimate(
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int | None = None,
-    level: int | None = None,
+    level: Level = None,
     keep: KeepRules | None = None,
 ) -> Estimate:
     """The overlap statistics (:func:`patchfold.overlap_stats`) of ``inputs`` or ``size``, and how an
@@ -116,7 +117,7 @@ def kept_blocks(
     spatial_dims: int | None,
     stack: bool,
     max_pixels: int,
-    level: int | None,
+    level: Level,
 ) -> dict[str, Any]:
     """How many blocks of ``inputs`` (read as ``tiles`` reads them) the rules ``keep`` keep."""
     batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
@@ -143,7 +144,7 @@ def divisor_files(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
     outputs: Sequence[str | Path] = (),
 ) -> DivisorResult:
     """The divisor map ``fold(unfold(ones))`` of ``inputs``' size (or ``size``) written as ``npy``

@@ -13,6 +13,7 @@ from patchfold.blocks import Blocks
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
+from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_patch_matrix
 from patchfold.io.write import check_output_path, image_targets, save_images, save_npy
 
@@ -30,7 +31,7 @@ def grid_picture_file(
     output: str | Path,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
 ) -> Path:
     """Draw the block grid of ``blocks`` over ``image`` (at pyramid ``level``) into the PNG ``output``."""
     return _picture_of_image(render.grid_picture, image, blocks, output, max_pixels, level)
@@ -38,7 +39,7 @@ def grid_picture_file(
 
 def _picture_of_image(
     draw: Callable[[np.ndarray, Geometry], np.ndarray], image: str | Path, blocks: Blocks, output: str | Path,
-    max_pixels: int, level: int | None = None,
+    max_pixels: int, level: Level = None,
 ) -> Path:  # fmt: skip
     """``draw(pixels, geometry)`` of the first image of ``image`` (at pyramid ``level``), saved as
     the PNG ``output``."""
@@ -68,7 +69,7 @@ def divisor_picture_file(
     output: str | Path,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
 ) -> Path:
     """``image`` (at pyramid ``level``) and its divisor map side by side, as the PNG ``output``."""
     return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels, level)

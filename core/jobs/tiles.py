@@ -28,6 +28,7 @@ from patchfold.engines.cpu import pad_input
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import TileManifest, dumps, read_tile_manifest, tile_manifest
+from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_image, read_npy, read_tiff
 from patchfold.io.write import (
     check_parent,
@@ -357,7 +358,7 @@ def tiles_file(
     spatial_dims: int | None = None,
     stack: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    level: int | None = None,
+    level: Level = None,
     keep: KeepRules | None = None,
 ) -> Iterator[Progress | TilesResult]:
     """Write every block of ``inputs`` as its own file in the new directory ``output`` (see

@@ -25,6 +25,7 @@ from patchfold.engines.cpu import pad_input, prepare_input, unfold_into
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.formats import ZARR_SIDECAR_KEY, Sidecar, sidecar_path
+from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, find_inputs, load_inputs
 from patchfold.io.sources import RegionSource, padded_slab, zarr_module
 from patchfold.io.streams import STDIO, is_stdio, source_name, stdout_file
@@ -346,7 +347,7 @@ def unfold_to_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int | None = None,
     threads: int | None = None,
-    level: int | None = None,
+    level: Level = None,
     compression: str = "default",
 ) -> Generator[Progress, None, UnfoldResult]:
     """Unfold image files, directories, ``.npy`` arrays or Zarr stores into the patch matrix
