@@ -80,28 +80,28 @@ static inline int PF_F(adds_runs_directly)(const pf_fold2d g) {
 }
 
 /* Whether an nlc fold sums overlapping patches chunk by chunk (see fold2d_nlc_chunk_band):
- * integer patches (widened into 64-bit sums, whose traffic dominates), undilated and unweighted,
- * kernel rows that a stride dividing them splits into R = K1/s1 >= 2 chunks of at least 32 bytes
- * of sums. A/B in one process, one thread, fastest of 15, equal results: uint8 1024² k8 s4
- * 7.2 -> 5.2 ms (ncl 4.2), int16 9.9 -> 8.0, uint8 2048² k16 s8 30.7 -> 20.4 (ncl 24.9); float
- * patches were slower this way (float32 k16 s8 34.2 -> 37.1, float64 k8 s4 13.9 -> 16.1), so they
- * keep the straight runs. */
+ * undilated, unweighted half-overlapping kernel rows (K1 = 2*s1, s1 = 2, 4, 8 or 16, chunks of at
+ * least 8 bytes of sums), the common "stride half the block". A/B in one process, one thread,
+ * fastest of 15, equal results (ms, before -> after, ncl): uint8 1024² k8 s4 7.2 -> 4.4 (4.7),
+ * k4 s2 6.9 -> 5.7 (3.1); float32 1024² k8 s4 11.3 -> 6.5 (5.5), k4 s2 9.6 -> 7.4 (3.4), 2048²
+ * k16 s8 37.0 -> 24.7 (24.7); float64 k8 s4 16.2 -> 12.9 (8.7). Other overlaps (three or more
+ * patches on a chunk, or odd strides) were slower this way (float32 k6 s2 20 -> 56) and keep the
+ * straight runs or the tiles. */
 static inline int PF_F(adds_chunks)(const pf_fold2d g) {
-  const int integer = (PF_SOURCE)0.5 == 0;
-  return integer && g.a == 1 && g.wc == NULL && g.d1 == 1 && g.s1 < g.K1 && g.K1 % g.s1 == 0 &&
-         g.s1 * (int64_t)sizeof(PF_ACC) >= 32;
+  const int half = g.K1 == 2 * g.s1 && (g.s1 == 2 || g.s1 == 4 || g.s1 == 8 || g.s1 == 16);
+  return half && g.a == 1 && g.wc == NULL && g.d1 == 1 && g.s1 * (int64_t)sizeof(PF_ACC) >= 8;
 }
 
 /* nlc, output rows [top, bottom) of a band, chunk by chunk: along a kernel row, output columns
- * [J*s1, (J+1)*s1) receive chunk q of patch J - q for q < R = K1/s1, so each chunk of output is
- * read and written once per kernel row with the R chunks summed first, where adding every
- * patch's run would touch each output value R times (uint8 patches into int64 sums: the output
- * traffic is most of the work). A block row's patches (L1*b values) stay in cache meanwhile. */
+ * [J*s1, (J+1)*s1) receive chunk q of patch J - q for q < R = K1/s1 (here 2), so each chunk of
+ * output is read and written once per kernel row with the R chunks summed first, where adding
+ * every patch's run would touch each output value R times. A block row's patches (L1*b values)
+ * stay in cache meanwhile; the interior's constant trip counts let the compiler vectorise. */
 static void PF_F(fold2d_nlc_chunk_band)(const PF_SOURCE *src, PF_ACC *acc, const pf_fold2d g, int64_t top,
                                         int64_t bottom) {
   const int64_t C = g.C, K0 = g.K0, K1 = g.K1, L0 = g.L0, L1 = g.L1, s0 = g.s0, s1 = g.s1;
   const int64_t d0 = g.d0, W = g.W, lo = g.lo, b = g.b, cs = g.cs, R = K1 / s1;
-  assert(PF_F(adds_chunks)(g) && C * K0 * K1 <= b && (L1 - 1 + R) * s1 <= W);
+  assert(PF_F(adds_chunks)(g) && R == 2 && C * K0 * K1 <= b && (L1 - 1 + R) * s1 <= W);
   int64_t i0 = ceil_div(top - (K0 - 1) * d0, s0), i1 = ceil_div(bottom, s0);
   if (i0 < 0) i0 = 0;
   if (i1 > L0) i1 = L0;
@@ -116,9 +116,18 @@ static void PF_F(fold2d_nlc_chunk_band)(const PF_SOURCE *src, PF_ACC *acc, const
         for (int64_t J = 0; J < L1 - 1 + R; J++) {
           const int64_t qlo = J - (L1 - 1) > 0 ? J - (L1 - 1) : 0, qhi = J < R - 1 ? J : R - 1;
           PF_ACC *out = row + J * s1;
-          if (qlo == 0 && qhi == R - 1 && R == 2) { /* the interior of the usual half-overlap */
+          if (qlo == 0 && qhi == R - 1) { /* the interior: both patches */
             const PF_SOURCE *p0 = run + J * b, *p1 = run + (J - 1) * b + s1;
-            for (int64_t u = 0; u < s1; u++) out[u] += (PF_ACC)p0[u] + (PF_ACC)p1[u];
+            if (s1 == 2) { /* constant trip counts vectorise */
+              for (int64_t u = 0; u < 2; u++) out[u] += (PF_ACC)p0[u] + (PF_ACC)p1[u];
+            } else if (s1 == 4) {
+              for (int64_t u = 0; u < 4; u++) out[u] += (PF_ACC)p0[u] + (PF_ACC)p1[u];
+            } else if (s1 == 8) {
+              for (int64_t u = 0; u < 8; u++) out[u] += (PF_ACC)p0[u] + (PF_ACC)p1[u];
+            } else {
+              assert(s1 == 16);
+              for (int64_t u = 0; u < 16; u++) out[u] += (PF_ACC)p0[u] + (PF_ACC)p1[u];
+            }
             continue;
           }
           for (int64_t q = qlo; q <= qhi; q++) {

@@ -449,12 +449,14 @@ def test_compiled_loops_match_the_numpy_loops(problem, layout, dtype, threads) -
         (2, (6, 20, 24), dict(kernel_size=(2, 3, 8), stride=(2, 2, 2))),
         (3, (11, 30, 33), dict(kernel_size=(3, 2, 9), stride=(2, 3, 4), dilation=(2, 1, 1), padding=(1, 0, 2))),
         (1, (9, 12, 40), dict(kernel_size=(2, 2, 8), dilation=(1, 1, 3))),
-        # integer patches whose stride divides the kernel row: chunk by chunk (R = 2, 3 and 4
-        # patches meet on each chunk), with padding and across bands of output rows
+        # half-overlapping kernel rows (stride half the row: 2, 4, 8, 16): chunk by chunk, with
+        # padding and across bands of output rows; other overlaps (3 or 4 patches on a chunk) not
         (3, (70, 61), dict(kernel_size=(5, 8), stride=(3, 4))),
+        (2, (45, 80), dict(kernel_size=(4, 4), stride=2, padding=(0, 3))),
+        (4, (33, 52), dict(kernel_size=(8, 16), stride=8)),
+        (1, (40, 99), dict(kernel_size=(2, 32), stride=(1, 16), padding=(1, 5))),
         (2, (45, 80), dict(kernel_size=12, stride=4, padding=(0, 3))),
         (1, (90, 70), dict(kernel_size=(3, 16), stride=(2, 4))),
-        (4, (33, 52), dict(kernel_size=(8, 16), stride=8)),
     ],
 )
 def test_nlc_loops_match_the_numpy_loops_across_tiles(dtype, channels: int, size, params) -> None:
