@@ -412,7 +412,7 @@ def _apply_one(
     kernel = plan.geometry.kernel_size
     sink: _Sink | None = None
     adding: Future[None] | None = None  # the previous batch's blend, while fn runs on this one
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-blend") as blender:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-blend", initializer=_yielding) as blender:
         for coords in _batches(plan, batch_size):
             patches = rows.gather(coords)
             outputs = runner(patches, batch_size)
@@ -496,6 +496,23 @@ class _ItemRows:
         from patchfold.io.sources import padded_slab  # here: only file jobs read region sources
 
         return padded_slab(self.source, tuple(widths), mode, top, height)[self.n]
+
+
+#: The blend runs on one thread of its own, beside the model: on the cores fn leaves idle.
+BLEND_THREADS = 1
+
+
+def _yielding() -> None:
+    """Lower the blend thread's priority (Linux: per thread), so it takes the cores only where
+    ``fn`` leaves them idle: a model's threads that wait on a straggler core cost more than the
+    blend saves by running at once (it is waited for before the next batch's blend anyway)."""
+    import os
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # no per-thread priorities here: the blend runs as it is
+        pass
 
 
 def _drain(steps: Generator[int, None, Any]) -> Any:
@@ -619,7 +636,7 @@ class _Sink:
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
 
             def split(add_rows: Callable[[int, int], None], lo: int, hi: int) -> None:  # threads share the rows
-                run_parallel(add_rows, lo, hi, outputs.nbytes * 2, None)
+                run_parallel(add_rows, lo, hi, outputs.nbytes * 2, BLEND_THREADS)
 
             self.place(outputs, self.buffer, firsts, per_dim, dilation, split)  # the compiled loop, checked
             return
@@ -679,7 +696,7 @@ class _Sink:
                 divisor = outer([totals[0][lo:hi], *totals[1:]])
                 np.divide(sums[:, lo:hi], divisor, out=values[:, lo:hi], casting="same_kind")
 
-            run_parallel(divide, 0, last - first, sums.nbytes, None)
+            run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
         self.start += stop - self.base
