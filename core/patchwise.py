@@ -506,13 +506,12 @@ def _yielding() -> None:
     """Lower the blend thread's priority (Linux: per thread), so it takes the cores only where
     ``fn`` leaves them idle: a model's threads that wait on a straggler core cost more than the
     blend saves by running at once (it is waited for before the next batch's blend anyway)."""
+    import contextlib
     import os
     import threading
 
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # no per-thread priorities: the blend runs as it is
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # no per-thread priorities here: the blend runs as it is
-        pass
 
 
 def _drain(steps: Generator[int, None, Any]) -> Any:
