@@ -13,6 +13,7 @@ from patchfold.cli.options import (
     ByteSize,
     apply_options,
     block_options,
+    compression_option,
     dtype_option,
     json_option,
     keep_options,
@@ -24,11 +25,11 @@ from patchfold.cli.present import emit_summary, track_images
 from patchfold.keep import KeepRules
 
 
-def _common(command):
-    """Options shared by batch commands: sources, parallelism, resumption."""
+def _common(output_help: str):
+    """Options shared by batch commands: sources, parallelism, resumption (``output_help``: what -o is)."""
     decorators = [
         click.argument("sources", nargs=-1, required=True),
-        click.option("-o", "--output", required=True, type=PATH, help="Dataset directory."),
+        click.option("-o", "--output", required=True, type=PATH, help=output_help),
         click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories (and ** in globs)."),
         click.option("--workers", type=click.IntRange(1), default=None, help="Local worker processes [all cores]."),
         click.option(
@@ -48,7 +49,7 @@ def _common(command):
         progress_option,
         json_option,
     ]
-    return apply_options(command, decorators)
+    return lambda command: apply_options(command, decorators)
 
 
 @click.group()
@@ -64,10 +65,13 @@ def batch() -> None:
 
 
 @batch.command("unfold")
-@_common
+@_common("Dataset directory of .npy shards, or NAME.zarr: one Zarr v3 store.")
 @block_options()
 @dtype_option("Dataset dtype; floats scale integer images to [0, 1] (keep: the images' common dtype).")
-@click.option("--shard-size", type=ByteSize(), default="1GB", show_default=True, help="Largest shard file.")
+@click.option(
+    "--shard-size", type=ByteSize(), default=None, show_default="1GB", help="Largest shard file (not for .zarr)."
+)
+@compression_option
 @verbosity_options
 @handle_errors
 def batch_unfold(
@@ -83,30 +87,34 @@ def batch_unfold(
     as_json: bool,
     blocks: Blocks,
     dtype: str,
-    shard_size: int,
+    shard_size: int | None,
+    compression: str,
 ) -> None:
     """Unfold every image of SOURCES (files, directories, globs) into a sharded patch dataset in
-    OUTPUT: shard-NNNNN.npy (one patch per row), index.npy and manifest.json. Images may differ in
-    size. A re-run of the same command skips images already done; failed images are reported and
-    do not stop the others.
+    OUTPUT: shard-NNNNN.npy (one patch per row), index.npy and manifest.json; or, for OUTPUT
+    NAME.zarr, one Zarr v3 group (patches, index, done; the manifest in its attributes) that
+    zarr and dask read as it is. Images may differ in size. A re-run of the same command skips
+    images already done; failed images are reported and do not stop the others.
 
     \b
     Example:
       patchfold sample -o scans/a.png && patchfold sample --channels 1 --size 200,300 -o scans/b.png
       patchfold batch unfold 'scans/*.png' -k 16 -s 8 --channels 3 -o out/dataset
       python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
+      patchfold batch unfold 'scans/*.png' -k 16 -s 8 --channels 3 -o out/dataset.zarr
+      python -c "import dask.array as da; print(da.from_zarr('out/dataset.zarr', component='patches'))"
     """
     from patchfold.datasets.build import unfold_dataset
 
     job = unfold_dataset(
         sources, output, blocks, recursive=recursive, dtype=dtype, channels=channels, shard_size=shard_size,
-        workers=workers, scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
+        compression=compression, workers=workers, scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
     )  # fmt: skip
     _report("batch unfold", output, track_images(job, not no_progress, "patches"), as_json)
 
 
 @batch.command("tiles")
-@_common
+@_common("Dataset directory.")
 @block_options()
 @tile_format_option
 @keep_options

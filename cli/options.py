@@ -83,6 +83,7 @@ OPTION_NAMES = {
     "reduce": "'--reduce'",
     "batch_size": "'--batch-size'",
     "compression": "'--compression'",
+    "shard_size": "'--shard-size'",
     "min_foreground": "'--min-foreground'",
     "max_blank": "'--max-blank'",
     "background": "'--background'",

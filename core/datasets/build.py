@@ -25,7 +25,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from patchfold import dtypes
@@ -49,6 +49,9 @@ from patchfold.jobs.plan import Progress
 from patchfold.keep import KeepRules
 from patchfold.ops import unfold
 from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
+
+if TYPE_CHECKING:
+    from patchfold.datasets.zarr_store import ZarrTask
 
 DONE_DIR = ".done"
 
@@ -339,20 +342,26 @@ def _marker(task: ImageTask) -> str | None:
         return None
 
 
+def image_patches(task: ImageTask | ZarrTask) -> np.ndarray:
+    """One image's patches ``(rows, C·∏k)`` as the plan has them (the shard and the Zarr worker's part)."""
+    array = read.read_input(Path(task.source), None, task.max_pixels)
+    array = convert_channels(array, task.channels, task.source)
+    # the dataset's one scale (from the common dtype of all its images), as the manifest records
+    values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
+    patches = unfold(np.ascontiguousarray(values), task.blocks, layout="nlc", threads=1)[0]
+    if patches.shape != (task.rows, task.patch_length):
+        raise PatchfoldError(
+            f"'{task.source}' changed since the dataset was planned: {patches.shape[0]} "
+            f"patches of {patches.shape[1]} values, expected {task.rows} of {task.patch_length}"
+        )
+    return patches
+
+
 def process_image(task: ImageTask) -> ImageResult:
     """Unfold one image into its rows of its shard (runs in a worker process)."""
 
     try:
-        array = read.read_input(Path(task.source), None, task.max_pixels)
-        array = convert_channels(array, task.channels, task.source)
-        # the dataset's one scale (from the common dtype of all its images), as the manifest records
-        values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
-        patches = unfold(np.ascontiguousarray(values), task.blocks, layout="nlc", threads=1)[0]
-        if patches.shape != (task.rows, task.patch_length):
-            raise PatchfoldError(
-                f"'{task.source}' changed since the dataset was planned: {patches.shape[0]} "
-                f"patches of {patches.shape[1]} values, expected {task.rows} of {task.patch_length}"
-            )
+        patches = image_patches(task)
         offset = task.header + task.first_row * task.patch_length * patches.itemsize
         # O_BINARY: Windows opens descriptors in text mode by default, turning \n bytes into \r\n
         descriptor = os.open(task.shard_path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
@@ -545,31 +554,67 @@ def unfold_dataset(
     recursive: bool = False,
     dtype: str = "keep",
     channels: int | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
+    compression: str = "default",
+    chunk_size: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     fail_fast: bool = False,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
 ) -> Iterator[Progress | ImageResult | DatasetResult]:
-    """Unfold every image of ``sources`` (files, directories, globs) into the sharded dataset
-    ``output``, on ``workers`` local processes (default: the cores) or a Dask ``scheduler``.
+    """Unfold every image of ``sources`` (files, directories, globs) into the dataset ``output``:
+    a directory of ``.npy`` shards of at most ``shard_size`` bytes (default 1 GB), or, for a
+    ``.zarr`` path, one Zarr v3 store (see :mod:`patchfold.datasets.zarr_store`) whose chunks of
+    rows are about ``chunk_size`` bytes (default 8 MiB), compressed as ``compression`` says; on
+    ``workers`` local processes (default: the cores) or a Dask ``scheduler``.
     Yields :class:`Progress` once the work is planned (its ``total`` is the images to do), one
     :class:`ImageResult` per image as it finishes, then the :class:`DatasetResult`."""
     started = time.perf_counter()
     output = Path(output)
+    to_zarr = _check_layout(output, shard_size, compression, chunk_size)
     paths = read.find_inputs(sources, recursive=recursive, unique=True)
-    plan = plan_dataset(
-        paths, output, blocks, dtype=dtype, channels=channels, shard_size=shard_size, max_pixels=max_pixels
-    )
-    extra = {
-        "patches": plan.total_rows,
-        "shards": len(plan.manifest["shards"]),
-        "patch_length": plan.manifest["patch_length"],
-        "dtype": plan.manifest["dtype"],
-    }
-    workers = _workers(workers, len(plan.tasks))
-    runner = run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
-    yield from _run(output, len(paths), len(plan.tasks), runner, extra, plan.failed, scheduler or workers, started)
+    if to_zarr:
+        from patchfold.datasets import zarr_store
+
+        store = zarr_store.plan_store(
+            paths, output, blocks, dtype=dtype, channels=channels, compression=compression,
+            chunk_size=chunk_size, max_pixels=max_pixels,
+        )  # fmt: skip
+        tasks, failed, extra = store.tasks, store.failed, store.summary()
+        workers = _workers(workers, len(tasks))
+        runner = zarr_store.run_store(store, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
+    else:
+        size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
+        plan = plan_dataset(
+            paths, output, blocks, dtype=dtype, channels=channels, shard_size=size, max_pixels=max_pixels
+        )
+        tasks, failed = plan.tasks, plan.failed
+        extra = {
+            "patches": plan.total_rows,
+            "shards": len(plan.manifest["shards"]),
+            "patch_length": plan.manifest["patch_length"],
+            "dtype": plan.manifest["dtype"],
+        }
+        workers = _workers(workers, len(tasks))
+        runner = run_dataset(plan, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
+    yield from _run(output, len(paths), len(tasks), runner, extra, failed, scheduler or workers, started)
+
+
+def _check_layout(output: Path, shard_size: int | None, compression: str, chunk_size: int | None) -> bool:
+    """Whether ``output`` is a Zarr store; the options of the other layout are refused, not ignored."""
+    from patchfold.io.zarr_out import check_compression, is_zarr_output
+
+    check_compression(output, compression)
+    to_zarr = is_zarr_output(output)
+    if to_zarr and shard_size is not None:
+        raise PatchfoldError(
+            f"shard_size is for a directory of .npy shards; '{output}' is a .zarr store, chunked by rows "
+            "(drop shard_size, or give a directory)",
+            param="shard_size",
+        )
+    if not to_zarr and chunk_size is not None:
+        raise PatchfoldError(f"chunk_size is for a .zarr store; '{output}' is not one", param="chunk_size")
+    return to_zarr
 
 
 def tile_dataset(

@@ -24,6 +24,7 @@ from patchfold.blocks import to_tuple
 from patchfold.errors import PatchfoldError
 from patchfold.io.formats import read_dataset_manifest, source_max_value
 from patchfold.io.read import require_file
+from patchfold.io.sources import is_zarr
 
 try:
     import torch
@@ -39,7 +40,8 @@ _OPTIONS = ("allow_incomplete", "to_float", "with_position", "as_tensor")
 
 
 class PatchDataset(_Base):  # type: ignore[misc,valid-type]
-    """A patch dataset opened for reading: memory-mapped shards and the index.
+    """A patch dataset opened for reading: memory-mapped shards and the index, or the arrays of a
+    ``.zarr`` store (see :mod:`patchfold.datasets.zarr_store`), with the same items and options.
 
     Items. ``dataset[i]`` is patch ``i``, an array ``(C, *kernel_size)``; ``i`` may be negative,
     and ``i >= len(dataset)`` raises ``IndexError`` (so ``for patch in dataset`` works). A slice, a
@@ -75,10 +77,12 @@ class PatchDataset(_Base):  # type: ignore[misc,valid-type]
     ``spawn`` workers start without copying shards.
 
     Attributes:
-        directory: The dataset's directory.
-        manifest: Its ``manifest.json``, validated.
-        index: ``(len, columns)`` int64, memory-mapped: one row per patch (``manifest["index_columns"]``).
-        shards: The memory-mapped shards, ``(rows, C·∏k)`` each (read-only).
+        directory: The dataset's directory (a shard directory or a ``.zarr`` store).
+        manifest: Its ``manifest.json`` (a store's: in its attributes), validated.
+        index: ``(len, columns)`` int64, memory-mapped (a store's: read whole): one row per patch
+            (``manifest["index_columns"]``).
+        shards: The memory-mapped shards, ``(rows, C·∏k)`` each (read-only); a store's one
+            ``patches`` Zarr array.
         patch_shape: ``(C, *kernel_size)``.
         dtype: What patches come back as (the stored dtype, or float32 / float64 with ``to_float``).
     """
@@ -92,10 +96,10 @@ class PatchDataset(_Base):  # type: ignore[misc,valid-type]
         with_position: bool = False,
         as_tensor: bool = False,
     ) -> None:
-        """Open (memory-map) the dataset in ``directory``; nothing is read yet.
+        """Open (memory-map) the dataset in ``directory``; nothing is read yet (but a store's index).
 
         Args:
-            directory: A dataset written by ``patchfold batch unfold``.
+            directory: A dataset written by ``patchfold batch unfold``: a shard directory or a ``.zarr`` store.
             allow_incomplete: Open a dataset a failed or stopped run left (its images written so far).
             to_float: Patches as floats in [0, 1], each scaled by its source's maximum.
             with_position: Items ``(patch, image_id, block_index)`` instead of the patch alone.
@@ -123,7 +127,7 @@ class PatchDataset(_Base):  # type: ignore[misc,valid-type]
         self.to_float = bool(to_float)
         self.with_position = bool(with_position)
         self.as_tensor = bool(as_tensor)
-        self.manifest = read_dataset_manifest(self.directory)
+        self.manifest = _read_manifest(self.directory)
         self._open()
 
     # ----- opening, and pickling for worker processes -----------------------------------------------
@@ -140,19 +144,28 @@ class PatchDataset(_Base):  # type: ignore[misc,valid-type]
         kernel = to_tuple(manifest["kernel_size"], columns - 3, "kernel_size")
         self.patch_shape = (manifest["channels"], *kernel)
         length = math.prod(self.patch_shape)
-        self.shards = [_open_npy(self.directory / s["file"], (s["rows"], length), stored) for s in manifest["shards"]]
-        self._arrays = [np.asarray(shard) for shard in self.shards]  # plain views: no memmap overhead per read
-        self.index = np.asarray(_open_npy(self.directory / "index.npy", None, np.dtype(np.int64)))
+        if manifest.get("store") == "zarr":  # one `patches` array, read a chunk at a time
+            from patchfold.datasets.zarr_store import ChunkedRows, open_store
+
+            patches, self.index = open_store(self.directory, (manifest["shards"][0]["rows"], length), stored)
+            self.shards = [patches]
+            self._arrays = [ChunkedRows(patches, self.directory / "patches")]
+            index_name = self.directory / "index"
+        else:
+            self.shards = [
+                _open_npy(self.directory / s["file"], (s["rows"], length), stored) for s in manifest["shards"]
+            ]
+            self._arrays = [np.asarray(shard) for shard in self.shards]  # plain views: no memmap overhead per read
+            index_name = self.directory / "index.npy"
+            self.index = np.asarray(_open_npy(index_name, None, np.dtype(np.int64)))
         if self.index.ndim != 2 or self.index.shape[1] != columns:
-            raise PatchfoldError(
-                f"'{self.directory / 'index.npy'}' has shape {list(self.index.shape)}; expected (rows, {columns})"
-            )
+            raise PatchfoldError(f"'{index_name}' has shape {list(self.index.shape)}; expected (rows, {columns})")
         shard, row = self.index[:, -2], self.index[:, -1]
         rows = np.array([s["rows"] for s in manifest["shards"]], dtype=np.int64)
         if len(self.index) and (
             shard.min() < 0 or shard.max() >= len(rows) or row.min() < 0 or (row >= rows[shard]).any()
         ):
-            raise PatchfoldError(f"'{self.directory / 'index.npy'}' points at rows its shards do not have")
+            raise PatchfoldError(f"'{index_name}' points at rows its shards do not have")
         self._length = len(self.index)
         floats = np.dtype(np.float64 if stored == np.float64 else np.float32)
         self.dtype = floats if self.to_float else stored  # what patches come back as
@@ -386,7 +399,8 @@ def load_dataset(
     """Open a dataset written by ``patchfold batch unfold`` (memory-mapped; nothing is read yet).
 
     Args:
-        directory: The dataset's directory (its ``manifest.json``, ``index.npy`` and shards).
+        directory: The dataset's directory (its ``manifest.json``, ``index.npy`` and shards), or
+            its ``.zarr`` store (``patches``, ``index``, ``done``; the manifest in its attributes).
         allow_incomplete: Open a dataset a failed or stopped run left.
         to_float: Patches as floats in [0, 1], each scaled by its own source's maximum.
         with_position: Items ``(patch, image_id, block_index)``.
@@ -398,6 +412,15 @@ def load_dataset(
     return PatchDataset(
         directory, allow_incomplete, to_float=to_float, with_position=with_position, as_tensor=as_tensor
     )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a dataset: a Zarr store's attributes, or a shard directory's manifest.json."""
+    if is_zarr(path):
+        from patchfold.datasets.zarr_store import read_store_manifest
+
+        return read_store_manifest(path)
+    return read_dataset_manifest(path)
 
 
 def _in_range(i: int, n: int) -> int:

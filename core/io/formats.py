@@ -332,10 +332,19 @@ def dataset_identity(manifest: dict[str, Any]) -> str:
 def read_dataset_manifest(directory: Path) -> dict[str, Any]:
     """A dataset's ``manifest.json``, validated enough to open its shards and index."""
     data, where = read_manifest(
-        directory, "dataset manifest", DATASET_FORMAT, DATASET_VERSION,
-        "kernel_size", "channels", "dtype", "index_columns", "shards", "images",
-        absent="is not a patchfold dataset",
-    )  # fmt: skip
+        directory, "dataset manifest", DATASET_FORMAT, DATASET_VERSION, absent="is not a patchfold dataset"
+    )
+    return check_dataset_manifest(data, where)
+
+
+def check_dataset_manifest(data: dict[str, Any], where: str, zarr: bool = False) -> dict[str, Any]:
+    """A dataset manifest (a shard directory's ``manifest.json``, or with ``zarr`` the one in a Zarr
+    store's attributes, whose one "shard" is its ``patches`` array), validated enough to open it."""
+    check_format(data, where, DATASET_FORMAT, DATASET_VERSION, "dataset manifest")
+    require(data, where, "kernel_size", "channels", "dtype", "index_columns", "shards", "images")
+    expected = "zarr" if zarr else "npy"
+    if data.get("store", "npy") != expected:
+        raise PatchfoldError(f"{where}: store is {data.get('store')!r}, expected {expected!r}"[:300])
     Blocks.from_dict(data, where)
     if type(data["channels"]) is not int or data["channels"] < 1:
         raise PatchfoldError(f"{where}: channels must be a positive int, got {data['channels']!r}")
@@ -343,14 +352,7 @@ def read_dataset_manifest(directory: Path) -> dict[str, Any]:
     columns = data["index_columns"]
     if not (isinstance(columns, list) and len(columns) >= 4 and all(isinstance(c, str) for c in columns)):
         raise PatchfoldError(f"{where}: index_columns must be a list of at least 4 names, got {columns!r}"[:300])
-    shards = data["shards"]
-    if not isinstance(shards, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("file"), str) and type(s.get("rows")) is int for s in shards
-    ):
-        raise PatchfoldError(f'{where}: "shards" must be a list of objects with a "file" name and "rows"')
-    for shard in shards:
-        if Path(shard["file"]).name != shard["file"] or not shard["file"].endswith(".npy"):
-            raise PatchfoldError(f"{where}: shard file {shard['file']!r} must be a .npy name inside the dataset")
+    (_check_zarr_shards if zarr else _check_shards)(data["shards"], where)
     images = data["images"]
     if not isinstance(images, list) or not all(
         isinstance(i, dict) and type(i.get("id")) is int and isinstance(i.get("source"), str) for i in images
@@ -366,6 +368,23 @@ def read_dataset_manifest(directory: Path) -> dict[str, Any]:
                 f"(its source dtype's maximum), got {image['max_value']!r}"[:300]
             )
     return data
+
+
+def _check_shards(shards: Any, where: str) -> None:
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) and type(s.get("rows")) is int for s in shards
+    ):
+        raise PatchfoldError(f'{where}: "shards" must be a list of objects with a "file" name and "rows"')
+    for shard in shards:
+        if Path(shard["file"]).name != shard["file"] or not shard["file"].endswith(".npy"):
+            raise PatchfoldError(f"{where}: shard file {shard['file']!r} must be a .npy name inside the dataset")
+
+
+def _check_zarr_shards(shards: Any, where: str) -> None:
+    """A Zarr store's one "shard" is its ``patches`` array."""
+    one = shards[0] if isinstance(shards, list) and len(shards) == 1 and isinstance(shards[0], dict) else {}
+    if set(one) != {"array", "rows"} or one["array"] != "patches" or type(one["rows"]) is not int:
+        raise PatchfoldError(f'{where}: "shards" must be one object naming the "patches" array and its "rows"')
 
 
 def _number_in(value: Any, most: float) -> bool:
