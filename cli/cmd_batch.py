@@ -17,11 +17,13 @@ from patchfold.cli.options import (
     dtype_option,
     json_option,
     keep_options,
+    level_options,
     max_pixels_option,
     progress_option,
     verbosity_options,
 )
 from patchfold.cli.present import emit_summary, track_images
+from patchfold.io.levels import Level
 from patchfold.keep import KeepRules
 
 
@@ -72,6 +74,7 @@ def batch() -> None:
     "--shard-size", type=ByteSize(), default=None, show_default="1GB", help="Largest shard file (not for .zarr)."
 )
 @compression_option
+@level_options
 @verbosity_options
 @handle_errors
 def batch_unfold(
@@ -89,6 +92,7 @@ def batch_unfold(
     dtype: str,
     shard_size: int | None,
     compression: str,
+    level: Level,
 ) -> None:
     """Unfold every image of SOURCES (files, directories, globs) into a sharded patch dataset in
     OUTPUT: shard-NNNNN.npy (one patch per row), index.npy and manifest.json; or, for OUTPUT
@@ -109,6 +113,7 @@ def batch_unfold(
     job = unfold_dataset(
         sources, output, blocks, recursive=recursive, dtype=dtype, channels=channels, shard_size=shard_size,
         compression=compression, workers=workers, scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
+        level=level,
     )  # fmt: skip
     _report("batch unfold", output, track_images(job, not no_progress, "patches"), as_json)
 
@@ -118,6 +123,7 @@ def batch_unfold(
 @block_options()
 @tile_format_option
 @keep_options
+@level_options
 @verbosity_options
 @handle_errors
 def batch_tiles(
@@ -134,6 +140,7 @@ def batch_tiles(
     blocks: Blocks,
     fmt: str,
     keep: KeepRules | None,
+    level: Level,
 ) -> None:
     """Write the tiles of every image of SOURCES into its own directory under OUTPUT (as
     `patchfold tiles` does for one image), with a top-level manifest.json. Resumable.
@@ -148,7 +155,7 @@ def batch_tiles(
 
     job = tile_dataset(
         sources, output, blocks, recursive=recursive, tile_format=fmt, channels=channels, workers=workers,
-        scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels, keep=keep,
+        scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels, keep=keep, level=level,
     )  # fmt: skip
     _report("batch tiles", output, track_images(job, not no_progress, "tiles"), as_json)
 

@@ -43,7 +43,9 @@ from patchfold.io.formats import (
     source_max_value,
     write_json,
 )
+from patchfold.io.levels import Level
 from patchfold.io.read import convert_channels
+from patchfold.io.sources import RegionSource
 from patchfold.io.write import allocate_npy, check_free_space, save_npy, write_at, write_npy_header
 from patchfold.jobs.plan import Progress
 from patchfold.keep import KeepRules
@@ -76,6 +78,7 @@ class ImageTask:
     blocks: Blocks
     marker: str
     max_pixels: int
+    level: Level = None  # the pyramid level (or resolution) read of every image
 
 
 @dataclass
@@ -100,13 +103,15 @@ def plan_dataset(
     channels: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
+    level: Level = None,
 ) -> DatasetPlan:
-    """Read every image's header, check geometry and channels, and assign rows in shards."""
+    """Read every image's header, check geometry and channels, and assign rows in shards
+    (``level``: the pyramid level, or resolution, of each image that is read)."""
     shapes: list[tuple[Path, tuple[int, ...], np.dtype]] = []
     failed: list[ImageResult] = []
     for image_id, path in enumerate(sources):
         try:
-            shape, image_dtype = read.probe_shape([path], None, max_pixels)
+            shape, image_dtype = read.probe_shape([path], None, max_pixels, level=level)
             shapes.append((path, shape, image_dtype))
         except PatchfoldError as error:
             failed.append(ImageResult(image_id, str(path), 0, str(error)))
@@ -171,6 +176,7 @@ def plan_dataset(
         "dtype": str(out_dtype),
         "scale": scale,
         "patch_length": patch_length,
+        **({} if level is None else {"level": describe_level(level)}),
         "layout": "nlc",
         "index_columns": ["image", *(f"block_{d}" for d in range(ndim)), "shard", "row"],
         "images": images,
@@ -193,6 +199,7 @@ def plan_dataset(
             blocks,
             str(directory / DONE_DIR / f"{image_id:08d}"),
             max_pixels,
+            level,
         )
         for image_id, shard, first, path in placements
     ]
@@ -344,7 +351,7 @@ def _marker(task: ImageTask) -> str | None:
 
 def image_patches(task: ImageTask | ZarrTask) -> np.ndarray:
     """One image's patches ``(rows, C·∏k)`` as the plan has them (the shard and the Zarr worker's part)."""
-    array = read.read_input(Path(task.source), None, task.max_pixels)
+    array = read_level(task.source, task.max_pixels, task.level)
     array = convert_channels(array, task.channels, task.source)
     # the dataset's one scale (from the common dtype of all its images), as the manifest records
     values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
@@ -435,6 +442,7 @@ class TilesTask:
     blocks: Blocks
     max_pixels: int
     keep: KeepRules | None = None
+    level: Level = None
 
 
 def plan_tiles(
@@ -445,12 +453,25 @@ def plan_tiles(
     channels: int | None,
     max_pixels: int,
     keep: KeepRules | None = None,
+    level: Level = None,
 ) -> list[TilesTask]:
     stems = [f"{i:06d}_{path.stem}" for i, path in enumerate(sources)]
     return [
-        TilesTask(i, str(path), str(directory / stem), fmt, channels, blocks, max_pixels, keep)
+        TilesTask(i, str(path), str(directory / stem), fmt, channels, blocks, max_pixels, keep, level)
         for i, (path, stem) in enumerate(zip(sources, stems))
     ]
+
+
+def read_level(source: str, max_pixels: int, level: Level) -> np.ndarray:
+    """One image as ``(N, C, *spatial)``: at ``level`` (a pyramid level or resolution) where given,
+    read whole within the memory budget."""
+    array = read.read_input(Path(source), None, max_pixels, level=level)
+    return array.load() if isinstance(array, RegionSource) else array
+
+
+def describe_level(level: Level) -> Any:
+    """What a manifest records of a level request: the number, or the resolution asked for."""
+    return level if isinstance(level, int) else level.to_dict()
 
 
 def process_tiles(task: TilesTask) -> ImageResult:
@@ -461,7 +482,7 @@ def process_tiles(task: TilesTask) -> ImageResult:
     if (target / "manifest.json").exists():
         return ImageResult(task.image_id, task.source, 0, skipped=True)
     try:
-        array = convert_channels(read.read_input(Path(task.source), None, task.max_pixels), task.channels, task.source)
+        array = convert_channels(read_level(task.source, task.max_pixels, task.level), task.channels, task.source)
         geometry = task.blocks.at(array.shape[2:])
         record = _returned(write_tiles(array, geometry, target, [task.source], task.fmt, task.keep))
         return ImageResult(task.image_id, task.source, geometry.num_blocks if record is None else record["kept"])
@@ -561,6 +582,7 @@ def unfold_dataset(
     scheduler: str | None = None,
     fail_fast: bool = False,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
+    level: Level = None,
 ) -> Iterator[Progress | ImageResult | DatasetResult]:
     """Unfold every image of ``sources`` (files, directories, globs) into the dataset ``output``:
     a directory of ``.npy`` shards of at most ``shard_size`` bytes (default 1 GB), or, for a
@@ -578,7 +600,7 @@ def unfold_dataset(
 
         store = zarr_store.plan_store(
             paths, output, blocks, dtype=dtype, channels=channels, compression=compression,
-            chunk_size=chunk_size, max_pixels=max_pixels,
+            chunk_size=chunk_size, max_pixels=max_pixels, level=level,
         )  # fmt: skip
         tasks, failed, extra = store.tasks, store.failed, store.summary()
         workers = _workers(workers, len(tasks))
@@ -586,7 +608,7 @@ def unfold_dataset(
     else:
         size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
         plan = plan_dataset(
-            paths, output, blocks, dtype=dtype, channels=channels, shard_size=size, max_pixels=max_pixels
+            paths, output, blocks, dtype=dtype, channels=channels, shard_size=size, max_pixels=max_pixels, level=level
         )
         tasks, failed = plan.tasks, plan.failed
         extra = {
@@ -630,6 +652,7 @@ def tile_dataset(
     fail_fast: bool = False,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
     keep: KeepRules | None = None,
+    level: Level = None,
 ) -> Iterator[Progress | ImageResult | DatasetResult]:
     """Write the tiles of every image of ``sources`` into its own directory under ``output`` (as
     :func:`patchfold.jobs.tiles.tiles_file` does for one), with a top-level manifest; resumable.
@@ -638,7 +661,7 @@ def tile_dataset(
     started = time.perf_counter()
     output = Path(output)
     paths = read.find_inputs(sources, recursive=recursive, unique=True)
-    tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels, keep)
+    tasks = plan_tiles(paths, output, blocks, tile_format, channels, max_pixels, keep, level)
     workers = _workers(workers, len(tasks))
     runner = run_tiles(tasks, output, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
     yield from _run(output, len(paths), len(tasks), runner, {"tiles": None}, [], scheduler or workers, started)

@@ -39,6 +39,7 @@ from patchfold.datasets.build import ImageTask, Preparation, fingerprint, image_
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
 from patchfold.io.formats import ZARR_SIDECAR_KEY, check_dataset_manifest, dataset_identity
+from patchfold.io.levels import Level
 from patchfold.io.sources import zarr_module
 from patchfold.io.write import atomic_directory, check_store_apart, check_store_path
 from patchfold.io.zarr_out import ZARR_CHUNK_BYTES, compressors
@@ -78,6 +79,7 @@ class ZarrTask:
     max_pixels: int
     chunk_rows: int
     total_rows: int
+    level: Level = None  # the pyramid level (or resolution) read of every image
 
     @property
     def stop(self) -> int:
@@ -148,6 +150,7 @@ def plan_store(
     compression: str = "default",
     chunk_size: int | None = None,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
+    level: Level = None,
 ) -> StorePlan:
     """Plan the store as the shard format plans its shards (from the headers), in one run of rows."""
     zarr_module()
@@ -158,8 +161,9 @@ def plan_store(
     check_store_path(path)
     check_store_apart(path, [p for p in sources if p.exists()])
     base = plan_dataset(
-        sources, path, blocks, dtype=dtype, channels=channels, shard_size=1 << 62, max_pixels=max_pixels
-    )  # one shard: every image's rows in one run
+        sources, path, blocks, dtype=dtype, channels=channels, shard_size=1 << 62, max_pixels=max_pixels,
+        level=level,
+    )  # fmt: skip  # one shard: every image's rows in one run
     manifest = base.manifest
     total = base.total_rows
     chunk_rows = max(1, chunk_bytes // (manifest["patch_length"] * np.dtype(manifest["dtype"]).itemsize))
@@ -180,7 +184,7 @@ def _task(task: ImageTask, store: str, chunk_rows: int, total_rows: int) -> Zarr
     """The shard planner's task as the store's: the same rows, in one array."""
     return ZarrTask(
         task.image_id, task.source, store, task.first_row, task.rows, task.patch_length, task.dtype, task.scale,
-        task.channels, task.blocks, task.max_pixels, chunk_rows, total_rows,
+        task.channels, task.blocks, task.max_pixels, chunk_rows, total_rows, task.level,
     )  # fmt: skip
 
 
