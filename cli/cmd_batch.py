@@ -74,6 +74,7 @@ def batch() -> None:
     "--shard-size", type=ByteSize(), default=None, show_default="1GB", help="Largest shard file (not for .zarr)."
 )
 @compression_option
+@keep_options
 @level_options
 @verbosity_options
 @handle_errors
@@ -92,6 +93,7 @@ def batch_unfold(
     dtype: str,
     shard_size: int | None,
     compression: str,
+    keep: KeepRules | None,
     level: Level,
 ) -> None:
     """Unfold every image of SOURCES (files, directories, globs) into a sharded patch dataset in
@@ -113,7 +115,7 @@ def batch_unfold(
     job = unfold_dataset(
         sources, output, blocks, recursive=recursive, dtype=dtype, channels=channels, shard_size=shard_size,
         compression=compression, workers=workers, scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
-        level=level,
+        level=level, keep=keep,
     )  # fmt: skip
     _report("batch unfold", output, track_images(job, not no_progress, "patches"), as_json)
 

@@ -48,7 +48,7 @@ from patchfold.io.read import convert_channels
 from patchfold.io.sources import RegionSource
 from patchfold.io.write import allocate_npy, check_free_space, save_npy, write_at, write_npy_header
 from patchfold.jobs.plan import Progress
-from patchfold.keep import KeepRules
+from patchfold.keep import KeepRules, Selection, keep_record, select_blocks
 from patchfold.ops import unfold
 from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
 
@@ -79,6 +79,8 @@ class ImageTask:
     marker: str
     max_pixels: int
     level: Level = None  # the pyramid level (or resolution) read of every image
+    #: with keep rules: the blocks (row-major indices) whose patches are kept, in order
+    kept: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -104,9 +106,11 @@ def plan_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
     level: Level = None,
+    keep: KeepRules | None = None,
 ) -> DatasetPlan:
     """Read every image's header, check geometry and channels, and assign rows in shards
-    (``level``: the pyramid level, or resolution, of each image that is read)."""
+    (``level``: the pyramid level, or resolution, of each image that is read). With ``keep``,
+    each image's pixels are read here once to choose its blocks (its rows are the kept ones)."""
     shapes: list[tuple[Path, tuple[int, ...], np.dtype]] = []
     failed: list[ImageResult] = []
     for image_id, path in enumerate(sources):
@@ -132,7 +136,8 @@ def plan_dataset(
     images: list[dict[str, Any]] = []
     shard_rows: list[int] = []
     index_parts: list[np.ndarray] = []
-    placements: list[tuple[int, int, int, Path]] = []  # image id, shard, first row, path
+    placements: list[tuple[int, int, int, Path, np.ndarray | None]] = []  # id, shard, first row, path, kept
+    selections: list[Selection] = []
     failed_ids = {f.image_id for f in failed}
     for image_id, (path, shape, image_dtype) in enumerate(shapes):
         record: dict[str, Any] = {"id": image_id, "source": str(path), "shape": list(shape[1:]) if shape else None}
@@ -151,14 +156,27 @@ def plan_dataset(
             failed.append(ImageResult(image_id, str(path), 0, str(error)))
             failed_ids.add(image_id)
             continue
-        rows = geometry.num_blocks
+        chosen = None
+        if keep is not None:
+            try:
+                chosen = _kept_blocks(path, geometry, keep, channels, max_pixels, level)
+            except IMAGE_ERRORS as error:
+                failed.append(failure(image_id, str(path), error))
+                failed_ids.add(image_id)
+                continue
+            selections.append(chosen)
+            record["keep"] = chosen.summary()
+        kept_blocks = None if chosen is None else np.flatnonzero(chosen.keep)
+        rows = geometry.num_blocks if kept_blocks is None else len(kept_blocks)
         if not shard_rows or (shard_rows[-1] and shard_rows[-1] + rows > capacity):
             shard_rows.append(0)
         shard, first = len(shard_rows) - 1, shard_rows[-1]
         shard_rows[-1] += rows
         record.update(blocks_per_dim=list(geometry.blocks_per_dim), shard=shard, first_row=first, rows=rows)
-        placements.append((image_id, shard, first, path))
+        placements.append((image_id, shard, first, path, kept_blocks))
         positions = np.indices(geometry.blocks_per_dim).reshape(geometry.ndim, -1).T
+        if kept_blocks is not None:  # the index lists the kept blocks only
+            positions = positions[kept_blocks]
         index_parts.append(
             np.column_stack(
                 [np.full(rows, image_id), positions, np.full(rows, shard), np.arange(first, first + rows)]
@@ -177,6 +195,7 @@ def plan_dataset(
         "scale": scale,
         "patch_length": patch_length,
         **({} if level is None else {"level": describe_level(level)}),
+        **({} if keep is None else {"keep": keep_record(keep, selections)}),
         "layout": "nlc",
         "index_columns": ["image", *(f"block_{d}" for d in range(ndim)), "shard", "row"],
         "images": images,
@@ -200,8 +219,9 @@ def plan_dataset(
             str(directory / DONE_DIR / f"{image_id:08d}"),
             max_pixels,
             level,
+            kept,
         )
-        for image_id, shard, first, path in placements
+        for image_id, shard, first, path, kept in placements
     ]
     columns = 3 + ndim
     index = np.concatenate(index_parts) if index_parts else np.empty((0, columns), np.int64)
@@ -356,6 +376,8 @@ def image_patches(task: ImageTask | ZarrTask) -> np.ndarray:
     # the dataset's one scale (from the common dtype of all its images), as the manifest records
     values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
     patches = unfold(np.ascontiguousarray(values), task.blocks, layout="nlc", threads=1)[0]
+    if task.kept is not None and int(task.kept.max(initial=-1)) < len(patches):
+        patches = patches[task.kept]  # the blocks the keep rules chose when the dataset was planned
     if patches.shape != (task.rows, task.patch_length):
         raise PatchfoldError(
             f"'{task.source}' changed since the dataset was planned: {patches.shape[0]} "
@@ -460,6 +482,16 @@ def plan_tiles(
         TilesTask(i, str(path), str(directory / stem), fmt, channels, blocks, max_pixels, keep, level)
         for i, (path, stem) in enumerate(zip(sources, stems))
     ]
+
+
+def _kept_blocks(
+    path: Path, geometry: Any, keep: KeepRules, channels: int | None, max_pixels: int, level: Level
+) -> Selection:
+    """The keep rules' choice of an image's blocks (its pixels read as a worker will read them)."""
+    array = convert_channels(read_level(str(path), max_pixels, level), channels, str(path))
+    if array.shape[0] != 1:
+        raise PatchfoldError(f"'{path}' holds {array.shape[0]} images; keep rules choose the blocks of one")
+    return select_blocks(array[0], geometry, keep)
 
 
 def read_level(source: str, max_pixels: int, level: Level) -> np.ndarray:
@@ -583,6 +615,7 @@ def unfold_dataset(
     fail_fast: bool = False,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
     level: Level = None,
+    keep: KeepRules | None = None,
 ) -> Iterator[Progress | ImageResult | DatasetResult]:
     """Unfold every image of ``sources`` (files, directories, globs) into the dataset ``output``:
     a directory of ``.npy`` shards of at most ``shard_size`` bytes (default 1 GB), or, for a
@@ -600,7 +633,7 @@ def unfold_dataset(
 
         store = zarr_store.plan_store(
             paths, output, blocks, dtype=dtype, channels=channels, compression=compression,
-            chunk_size=chunk_size, max_pixels=max_pixels, level=level,
+            chunk_size=chunk_size, max_pixels=max_pixels, level=level, keep=keep,
         )  # fmt: skip
         tasks, failed, extra = store.tasks, store.failed, store.summary()
         workers = _workers(workers, len(tasks))
@@ -608,8 +641,9 @@ def unfold_dataset(
     else:
         size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
         plan = plan_dataset(
-            paths, output, blocks, dtype=dtype, channels=channels, shard_size=size, max_pixels=max_pixels, level=level
-        )
+            paths, output, blocks, dtype=dtype, channels=channels, shard_size=size, max_pixels=max_pixels,
+            level=level, keep=keep,
+        )  # fmt: skip
         tasks, failed = plan.tasks, plan.failed
         extra = {
             "patches": plan.total_rows,

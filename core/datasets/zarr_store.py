@@ -43,6 +43,7 @@ from patchfold.io.levels import Level
 from patchfold.io.sources import zarr_module
 from patchfold.io.write import atomic_directory, check_store_apart, check_store_path
 from patchfold.io.zarr_out import ZARR_CHUNK_BYTES, compressors
+from patchfold.keep import KeepRules
 from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
 
 #: Chunks of ``patches`` are about this many bytes (whole rows: at least one).
@@ -80,6 +81,7 @@ class ZarrTask:
     chunk_rows: int
     total_rows: int
     level: Level = None  # the pyramid level (or resolution) read of every image
+    kept: np.ndarray | None = field(default=None, compare=False)  # with keep rules: the blocks kept
 
     @property
     def stop(self) -> int:
@@ -151,6 +153,7 @@ def plan_store(
     chunk_size: int | None = None,
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
     level: Level = None,
+    keep: KeepRules | None = None,
 ) -> StorePlan:
     """Plan the store as the shard format plans its shards (from the headers), in one run of rows."""
     zarr_module()
@@ -162,7 +165,7 @@ def plan_store(
     check_store_apart(path, [p for p in sources if p.exists()])
     base = plan_dataset(
         sources, path, blocks, dtype=dtype, channels=channels, shard_size=1 << 62, max_pixels=max_pixels,
-        level=level,
+        level=level, keep=keep,
     )  # fmt: skip  # one shard: every image's rows in one run
     manifest = base.manifest
     total = base.total_rows
@@ -184,7 +187,7 @@ def _task(task: ImageTask, store: str, chunk_rows: int, total_rows: int) -> Zarr
     """The shard planner's task as the store's: the same rows, in one array."""
     return ZarrTask(
         task.image_id, task.source, store, task.first_row, task.rows, task.patch_length, task.dtype, task.scale,
-        task.channels, task.blocks, task.max_pixels, chunk_rows, total_rows, task.level,
+        task.channels, task.blocks, task.max_pixels, chunk_rows, total_rows, task.level, task.kept,
     )  # fmt: skip
 
 

@@ -323,7 +323,18 @@ def dataset_identity(manifest: dict[str, Any]) -> str:
     """What two runs must share to write the same dataset: parameters, shards and images (an
     image's ``max_value`` aside: datasets written before it was recorded stay resumable, and a
     source whose bit depth changed is redone by its fingerprint)."""
-    keys = ("kernel_size", "stride", "padding", "dilation", "padding_mode", "channels", "dtype", "shards", "level")
+    keys = (
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "padding_mode",
+        "channels",
+        "dtype",
+        "shards",
+        "level",
+        "keep",
+    )
     unshared = ("error", "fingerprint", "max_value")
     images = [{k: v for k, v in image.items() if k not in unshared} for image in manifest["images"]]
     return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
