@@ -187,13 +187,20 @@ def otsu_threshold(grey: np.ndarray, bins: int = OTSU_BINS) -> float:
     return float((edges[last + 1] + edges[upper]) / 2)
 
 
-def subsample(image: np.ndarray, most: int = OTSU_SAMPLES) -> np.ndarray:
-    """``image`` ``(C, *spatial)`` with every spatial axis strided by one step, so at most about
-    ``most`` pixels remain (the whole image when it is that small)."""
-    pixels = math.prod(image.shape[1:])
-    step = max(1, math.ceil((pixels / most) ** (1 / max(1, image.ndim - 1))))
-    while math.prod(-(-n // step) for n in image.shape[1:]) > most:  # the root may round down
+def subsample_step(spatial: Sequence[int], most: int = OTSU_SAMPLES) -> int:
+    """The one stride of every spatial axis that leaves at most ``most`` of ``spatial``'s pixels
+    (1 when there are no more than that)."""
+    step = max(1, math.ceil((math.prod(spatial) / most) ** (1 / max(1, len(spatial)))))
+    while math.prod(-(-n // step) for n in spatial) > most:  # the root may round down
         step += 1
+    return step
+
+
+def subsample(image: np.ndarray, most: int = OTSU_SAMPLES) -> np.ndarray:
+    """``image`` ``(C, *spatial)`` with every spatial axis strided by one step
+    (:func:`subsample_step`), so at most about ``most`` pixels remain (the whole image when it is
+    that small): the pixels at multiples of the step along every axis."""
+    step = subsample_step(image.shape[1:], most)
     return image[(slice(None), *(slice(None, None, step) for _ in image.shape[1:]))]
 
 
@@ -217,10 +224,33 @@ def foreground_mask(image: np.ndarray, threshold: Threshold) -> np.ndarray:
     mask = np.empty(image.shape[1:], dtype=bool)
     if mask.ndim == 0 or mask.size == 0:
         return mask
+    table = _foreground_table(image.dtype, image.shape[0], threshold)
     rows = max(1, _BAND_PIXELS // max(1, math.prod(image.shape[2:])))
     for start in range(0, mask.shape[0], rows):
-        mask[start : start + rows] = threshold.foreground(grey_levels(image[:, start : start + rows]))
+        part, out = image[:, start : start + rows], mask[start : start + rows]
+        if table is None:
+            out[...] = threshold.foreground(grey_levels(part))
+        else:  # each channel sum looks its answer up: the same float64 sum / C as grey_levels
+            np.take(table[0], np.add.reduce(part, axis=0, dtype=table[1]), out=out, mode="clip")
     return mask
+
+
+#: Most entries of the table of :func:`_foreground_table` (one per channel sum an image can have).
+_TABLE_ENTRIES = 1 << 20
+
+
+def _foreground_table(dtype: np.dtype, channels: int, threshold: Threshold) -> tuple[np.ndarray, type] | None:
+    """Whether each channel sum ``s`` of an unsigned-integer (or bool) image is foreground, from
+    the grey level ``float64(s) / channels`` exactly as :func:`grey_levels` makes it, and the
+    dtype the sums fit in; None where the dtype is another or the sums are too many to tabulate."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "bu" or dtype.itemsize > 2:
+        return None
+    entries = channels * (1 if dtype.kind == "b" else int(np.iinfo(dtype).max)) + 1
+    if entries > _TABLE_ENTRIES:
+        return None
+    table = threshold.foreground(np.arange(entries, dtype=np.float64) / channels)
+    return table, np.uint16 if entries <= 1 << 16 else np.uint32
 
 
 def block_counts(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -247,6 +277,51 @@ def block_counts(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
         starts = geometry.block_starts(axis)  # a cover grid's last block may sit closer than stride
         counts = _window_sums(counts, axis, starts, geometry.kernel_size[axis], geometry.dilation[axis])
     return counts.astype(np.int64)
+
+
+def band_mask(band: np.ndarray, geometry: Geometry, top: int, threshold: Threshold) -> np.ndarray:
+    """The foreground of a band of the padded image: padding pixels are background.
+
+    Args:
+        band: ``(C, height, *padded_size[1:])``, padded rows ``[top, top + height)`` of one image
+            padded by ``geometry.pad_widths`` (in any padding mode).
+        geometry: the blocks.
+        top: the band's first row, in padded coordinates.
+        threshold: from :func:`find_threshold`.
+    Returns:
+        ``(height, *padded_size[1:])`` bool.
+    """
+    (before, _), size = geometry.pad_widths[0], geometry.spatial_size[0]
+    lo, hi = max(top, before) - top, min(top + band.shape[1], before + size) - top
+    inside = (
+        slice(max(0, lo), max(0, hi)),
+        *(slice(a, a + n) for (a, _), n in zip(geometry.pad_widths[1:], geometry.spatial_size[1:])),
+    )
+    mask = np.zeros(band.shape[1:], dtype=bool)
+    mask[inside] = foreground_mask(band[(slice(None), *inside)], threshold)
+    return mask
+
+
+def band_counts(mask: np.ndarray, geometry: Geometry, top: int, first: int, last: int) -> np.ndarray:
+    """Foreground pixels of the blocks of block rows ``[first, last)`` (along dim 0) from the mask
+    of the padded band they read, the same counts :func:`block_counts` gives those rows.
+
+    Args:
+        mask: ``(height, *padded_size[1:])`` bool from :func:`band_mask`, padded rows from ``top``.
+        geometry: the blocks.
+        top: the band's first row, in padded coordinates.
+        first: the first block row.
+        last: one past the last block row; every block of them must lie in the band.
+    Returns:
+        ``(last - first, *blocks_per_dim[1:])`` int64 counts.
+    """
+    span, dilation = geometry.span[0], geometry.dilation[0]
+    starts = geometry.block_starts(0)[first:last] - top
+    counts = np.stack([np.add.reduce(mask[s : s + span : dilation], axis=0, dtype=np.int64) for s in starts])
+    for axis in range(1, geometry.ndim):
+        starts = geometry.block_starts(axis)
+        counts = _window_sums(counts, axis, starts, geometry.kernel_size[axis], geometry.dilation[axis])
+    return counts
 
 
 def _window_sums(values: np.ndarray, axis: int, starts: np.ndarray, kernel: int, dilation: int) -> np.ndarray:

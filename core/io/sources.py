@@ -167,7 +167,9 @@ def padded_slab(
     shape = (*source.shape[:2], height, *(n + a + b for n, (a, b) in zip(source.shape[3:], widths[1:])))
     lo, hi = int(index.min()), int(index.max()) + 1
     check_fits((hi - lo + height) * source.nbytes // size + int(np.prod(shape)) * source.dtype.itemsize, "a band")
-    slab = source.rows(lo, hi)[:, :, index - lo]
+    rows = source.rows(lo, hi)
+    run = inside.all() and np.array_equal(index, np.arange(lo, hi))  # rows as they come: one copy, no gather
+    slab = np.array(rows, order="C") if run else rows[:, :, index - lo]
     slab[:, :, ~inside] = 0
     rest = [(0, 0)] * 3 + list(widths[1:])
     if any(a or b for a, b in widths[1:]):

@@ -18,6 +18,7 @@ from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, probe_shape
+from patchfold.io.sources import RegionSource
 from patchfold.io.write import check_output_path, save_npy
 from patchfold.jobs.plan import UnfoldPlan, plan_unfold
 from patchfold.keep import KeepRules, keep_record, select_blocks
@@ -119,9 +120,16 @@ def kept_blocks(
     max_pixels: int,
     level: Level,
 ) -> dict[str, Any]:
-    """How many blocks of ``inputs`` (read as ``tiles`` reads them) the rules ``keep`` keep."""
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
+    """How many blocks of ``inputs`` (read as ``tiles`` reads them: a single Zarr, pyramid level or
+    tiled TIFF band by band, never whole) the rules ``keep`` keep."""
+    from patchfold.jobs import tile_rows  # here: only stats with keep rules reads the pixels
+
+    batch = load_inputs(
+        inputs, spatial_dims, max_pixels, stack, level=tile_rows.read_level(inputs, level, stack), regions=True
+    )
     geometry = blocks.at(batch.spatial_size)
+    if isinstance(batch.array, RegionSource):
+        return keep_record(keep, tile_rows.streamed_selections(batch.array, geometry, keep)[0])
     return keep_record(keep, [select_blocks(np.asarray(image), geometry, keep) for image in batch.array])
 
 

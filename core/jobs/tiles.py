@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -30,6 +32,7 @@ from patchfold.geometry import Geometry
 from patchfold.io.formats import TileManifest, dumps, read_tile_manifest, tile_manifest
 from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_image, read_npy, read_tiff
+from patchfold.io.sources import RegionSource
 from patchfold.io.write import (
     check_parent,
     deep_png,
@@ -41,6 +44,7 @@ from patchfold.io.write import (
     to_image_array,
     write_images,
 )
+from patchfold.jobs import tile_rows
 from patchfold.jobs.fold import FoldResult
 from patchfold.jobs.plan import Progress
 from patchfold.keep import KeepRules, Selection, keep_record, select_blocks
@@ -98,43 +102,46 @@ def check_tile_format(fmt: str, dtype: np.dtype, channels: int, ndim: int) -> No
         )
 
 
+def tile_stems(sources: Sequence[str], count: int, level: int | None = None) -> list[str]:
+    """The file stem of each image's tiles: its source's name (numbered where names repeat), and
+    ``_L{level}`` after it where a pyramid level was read (``slide_L1`` → ``slide_L1_r000_c003.png``)."""
+    stems = _unique_stems(sources, count)
+    return stems if level is None else [f"{stem}_L{level}" for stem in stems]
+
+
 def write_tiles(
-    array: np.ndarray,
+    array: np.ndarray | RegionSource,
     geometry: Geometry,
     directory: Path,
     sources: Sequence[str],
     fmt: str = "png",
     keep: KeepRules | None = None,
+    *,
+    level: int | None = None,
+    source_level: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, dict[str, Any] | None]:
-    """Write every block of ``array`` ``(N, C, *spatial)`` as a file under ``directory``, one image
-    at a time, yielding progress per image. The directory must not exist or be empty. With
-    ``keep``, only the blocks its rules keep are written (see :mod:`patchfold.keep`); the manifest
-    then lists those, each with its ``foreground`` fraction, and records the rules under ``"keep"``
-    and each image's threshold and counts under its ``"keep"``. Returns that ``"keep"`` record
-    (None without rules)."""
+    """Write every block of ``array`` ``(N, C, *spatial)`` as a file under ``directory``, yielding
+    progress per image (an array) or per band of block rows (a :class:`RegionSource`, read band
+    by band, never whole: see :mod:`patchfold.jobs.tile_rows`). The directory must not exist or be
+    empty. With ``keep``, only the blocks its rules keep are written (see :mod:`patchfold.keep`);
+    the manifest then lists those, each with its ``foreground`` fraction, and records the rules
+    under ``"keep"`` and each image's threshold and counts under its ``"keep"``. ``level`` goes
+    into the file names (:func:`tile_stems`), ``source_level`` into the manifest. Files are
+    saved by a few threads; names, contents and manifest do not depend on their order. Returns
+    the ``"keep"`` record (None without rules)."""
     check_tile_format(fmt, array.dtype, array.shape[1], geometry.ndim)
-    stems = _unique_stems(sources, array.shape[0])
+    stems = tile_stems(sources, array.shape[0], level)
     with _atomic_directory(directory) as staging:
-        tiles: list[dict[str, Any]] = []
-        selections: list[Selection] = []
         images = [{"index": i, "source": s, "stem": stem} for i, (s, stem) in enumerate(zip(sources, stems))]
-        per_image = geometry.num_blocks
-        for item in range(array.shape[0]):
-            image = np.asarray(array[item])
-            chosen = select_blocks(image, geometry, keep) if keep is not None else None
-            padded = pad_input(image[None], geometry)[0]
-            for column, index in enumerate(product(*(range(n) for n in geometry.blocks_per_dim))):
-                if chosen is not None and not chosen.keep[column]:
-                    continue
-                name = tile_name(stems[item], index, fmt)
-                _save_tile(staging / name, _cut(padded, geometry, index), fmt)
-                tiles.append(_tile_record(name, item, index, geometry, chosen, column))
-            if chosen is not None:
-                selections.append(chosen)
-                if item < len(images):  # a caller may name fewer sources than images
-                    images[item]["keep"] = chosen.summary()
-            yield Progress(item + 1, array.shape[0], (item + 1) * per_image, array.shape[0] * per_image)
+        with _TileWriter(staging, geometry, stems, fmt) as writer:
+            if isinstance(array, RegionSource):
+                selections = yield from _streamed(array, geometry, keep, writer, images)
+            else:
+                selections = yield from _in_memory(array, geometry, keep, writer, images)
+        tiles = [record for records in writer.records for record in records]
         manifest = tile_manifest(geometry, array.shape, array.dtype, fmt, images, tiles)
+        if source_level is not None:
+            manifest["source_level"] = source_level
         if keep is not None:
             manifest["keep"] = keep_record(keep, selections)
         (staging / "manifest.json").write_text(dumps(manifest), encoding="utf-8")
@@ -142,17 +149,123 @@ def write_tiles(
     return manifest.get("keep")
 
 
-def _cut(padded: np.ndarray, geometry: Geometry, index: Sequence[int]) -> np.ndarray:
-    """The block at ``index`` of a padded ``(C, *padded_size)`` image: ``(C, *kernel_size)``."""
-    window = tuple(
+def _in_memory(
+    array: np.ndarray, geometry: Geometry, keep: KeepRules | None, writer: _TileWriter, images: list[dict[str, Any]]
+) -> Generator[Progress, None, list[Selection]]:
+    """The tiles of an array in memory, one image at a time."""
+    selections: list[Selection] = []
+    per_image, per_row = geometry.num_blocks, geometry.blocks_per_row
+    for item in range(array.shape[0]):
+        image = np.asarray(array[item])
+        chosen = select_blocks(image, geometry, keep) if keep is not None else None
+        padded = pad_input(image[None], geometry)[0]
+        for row in range(geometry.blocks_per_dim[0]):
+            columns = slice(row * per_row, (row + 1) * per_row)
+            counts = chosen.counts[columns] if chosen is not None else None
+            writer.row(item, row, padded, 0, counts, chosen.keep[columns] if chosen is not None else None)
+        if chosen is not None:
+            selections.append(chosen)
+            if item < len(images):  # a caller may name fewer sources than images
+                images[item]["keep"] = chosen.summary()
+        yield Progress(item + 1, array.shape[0], (item + 1) * per_image, array.shape[0] * per_image)
+    return selections
+
+
+def _streamed(
+    source: RegionSource, geometry: Geometry, keep: KeepRules | None, writer: _TileWriter, images: list[dict[str, Any]]
+) -> Generator[Progress, None, list[Selection]]:
+    """The tiles of a region source, band by band of block rows (each read while the one before
+    is cut), the keep rules' counts taken of each band."""
+    thresholds, sampled = tile_rows.source_thresholds(source, keep.background) if keep is not None else (None, 0)
+    counted: list[list[np.ndarray]] = [[] for _ in range(source.shape[0])]
+    rows, per_row = geometry.blocks_per_dim[0], geometry.blocks_per_row
+    total = source.shape[0] * geometry.num_blocks
+    for band in tile_rows.walk_bands(source, geometry, thresholds):
+        for item, pixels in enumerate(band.pixels):
+            for row in range(band.first, band.last):
+                counts = band.counts[item][row - band.first].reshape(-1) if band.counts is not None else None
+                chosen = keep.keeps(counts, geometry.kernel_volume) if keep is not None else None
+                writer.row(item, row, pixels, band.top, counts, chosen)
+                if counts is not None:
+                    counted[item].append(counts)
+        done = band.last
+        del band  # the next band is read meanwhile: hold at most two
+        yield Progress(done, rows, done * per_row * source.shape[0], total)
+    if keep is None or thresholds is None:
+        return []
+    selections = [tile_rows.selection(keep, t, np.concatenate(c), geometry) for t, c in zip(thresholds, counted)]
+    for item, chosen in enumerate(selections):
+        if item < len(images):
+            images[item]["keep"] = chosen.summary() | ({"sampled_level": sampled} if sampled != source.level else {})
+    return selections
+
+
+#: Threads that save tiles (PNG and TIFF encoders release the GIL), and tiles queued per thread.
+TILE_WRITERS = min(4, os.cpu_count() or 1)
+_QUEUED_PER_WRITER = 4
+
+
+class _TileWriter:
+    """Tiles cut from the rows of blocks of padded images, saved into ``staging`` by
+    :data:`TILE_WRITERS` threads; the manifest entries gathered per image, in block order."""
+
+    def __init__(self, staging: Path, geometry: Geometry, stems: Sequence[str], fmt: str) -> None:
+        self.staging, self.geometry, self.stems, self.fmt = staging, geometry, stems, fmt
+        self.records: list[list[dict[str, Any]]] = [[] for _ in stems]
+        self.rest = list(product(*(range(n) for n in geometry.blocks_per_dim[1:])))
+        self.pool = ThreadPoolExecutor(max_workers=TILE_WRITERS, thread_name_prefix="patchfold-tiles")
+        self.pending: deque[Future[None]] = deque()
+
+    def row(
+        self,
+        item: int,
+        row: int,
+        padded: np.ndarray,
+        top: int,
+        counts: np.ndarray | None = None,
+        keep: np.ndarray | None = None,
+    ) -> None:
+        """Save the blocks of block row ``row`` of image ``item`` that ``keep`` keeps (all without),
+        cut from ``padded`` ``(C, rows, *padded_size[1:])``, the padded image's rows from ``top``;
+        ``counts`` are their foreground pixels."""
+        volume = self.geometry.kernel_volume
+        for column, rest in enumerate(self.rest):
+            if keep is not None and not keep[column]:
+                continue
+            index = (row, *rest)
+            name = tile_name(self.stems[item], index, self.fmt)
+            tile = np.array(_cut(padded, self.geometry, index, top))  # a copy: the band may go
+            while len(self.pending) >= TILE_WRITERS * _QUEUED_PER_WRITER:
+                self.pending.popleft().result()
+            self.pending.append(self.pool.submit(_save_tile, self.staging / name, tile, self.fmt))
+            fraction = None if counts is None else float(counts[column] / volume)
+            self.records[item].append(_tile_record(name, item, index, self.geometry, fraction))
+
+    def __enter__(self) -> _TileWriter:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        try:
+            if kind is None:
+                while self.pending:
+                    self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cut(padded: np.ndarray, geometry: Geometry, index: Sequence[int], top: int = 0) -> np.ndarray:
+    """The block at ``index`` of a padded ``(C, *padded_size)`` image, or of its rows from padded
+    row ``top`` on: ``(C, *kernel_size)``."""
+    window = [
         slice(start + p, stop + p, d)
         for (start, stop), (p, _), d in zip(geometry.block_box(index), geometry.pad_widths, geometry.dilation)
-    )
+    ]
+    window[0] = slice(window[0].start - top, window[0].stop - top, window[0].step)
     return padded[(slice(None), *window)]
 
 
 def _tile_record(
-    name: str, item: int, index: Sequence[int], geometry: Geometry, chosen: Selection | None = None, column: int = 0
+    name: str, item: int, index: Sequence[int], geometry: Geometry, fraction: float | None = None
 ) -> dict[str, Any]:
     box = geometry.block_box(index)
     record = {
@@ -162,8 +275,8 @@ def _tile_record(
         "start": [b[0] for b in box],
         "stop": [b[1] for b in box],
     }
-    if chosen is not None:
-        record["foreground"] = float(chosen.fractions[column])
+    if fraction is not None:
+        record["foreground"] = fraction
     return record
 
 
@@ -333,6 +446,8 @@ class TilesResult:
     seconds: float
     #: the manifest's ``"keep"`` record (rules and counts) where keep rules chose the tiles
     keep: dict[str, Any] | None = None
+    #: the level read of a region source (``RegionSource.describe()``), where one was
+    source_level: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         blocks = self.images * self.geometry.num_blocks
@@ -341,6 +456,7 @@ class TilesResult:
             "tiles": self.keep["kept"] if self.keep is not None else blocks,
             **({"keep": self.keep} if self.keep is not None else {}),
             "images": self.images,
+            **({"source_level": self.source_level} if self.source_level is not None else {}),
             "format": self.tile_format,
             "tile_shape": [self.channels, *self.geometry.kernel_size],
             "blocks_per_dim": list(self.geometry.blocks_per_dim),
@@ -362,17 +478,35 @@ def tiles_file(
     keep: KeepRules | None = None,
 ) -> Iterator[Progress | TilesResult]:
     """Write every block of ``inputs`` as its own file in the new directory ``output`` (see
-    :func:`write_tiles`); yields :class:`Progress` per image, then the :class:`TilesResult`.
-    ``level`` picks the resolution of pyramidal TIFF and Zarr inputs (read whole, within the
-    memory budget). ``keep`` writes only the blocks its rules keep (the threshold is found on the
-    level read)."""
+    :func:`write_tiles`); yields :class:`Progress` per image or band of block rows, then the
+    :class:`TilesResult`. ``level`` picks the resolution of pyramidal TIFF and Zarr inputs. A
+    single Zarr, pyramid level or tiled TIFF input is read band by band of block rows, never whole
+    (:mod:`patchfold.jobs.tile_rows`, which also says where the keep rules' threshold comes from);
+    other inputs are read whole. Where a level was asked for, or the input is a level of a
+    pyramid, the tile names carry it (``slide_L1_r000_c003.png``) and the manifest records the
+    level read (``source_level``: level, levels, micrometres per pixel)."""
     started = time.perf_counter()
     output = Path(output)
-    batch = load_inputs(inputs, spatial_dims, max_pixels, stack, level=level)
+    batch = load_inputs(
+        inputs, spatial_dims, max_pixels, stack, level=tile_rows.read_level(inputs, level, stack), regions=True
+    )
+    source = batch.array
     geometry = blocks.at(batch.spatial_size)
-    record = yield from write_tiles(batch.array, geometry, output, batch.sources, tile_format, keep)
-    shape = batch.array.shape
-    yield TilesResult(output, geometry, shape[0], shape[1], tile_format, time.perf_counter() - started, record)
+    named = _name_level(source, level)
+    described = source.describe() if isinstance(source, RegionSource) and named is not None else None
+    job = write_tiles(source, geometry, output, batch.sources, tile_format, keep, level=named, source_level=described)
+    record = yield from job
+    shape = source.shape
+    seconds = time.perf_counter() - started
+    yield TilesResult(output, geometry, shape[0], shape[1], tile_format, seconds, record, described)
+
+
+def _name_level(source: np.ndarray | RegionSource, level: Any) -> int | None:
+    """The level tile names carry: a region source's where one was asked for or it has several,
+    else a level number asked for (inputs read whole), else none."""
+    if isinstance(source, RegionSource):
+        return source.level if level is not None or source.levels > 1 else None
+    return level if isinstance(level, int) and not isinstance(level, bool) else None
 
 
 @dataclass(frozen=True)
