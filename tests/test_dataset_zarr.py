@@ -132,7 +132,9 @@ def test_any_worker_count_and_result_order_give_the_same_bytes(
         early.extend([chunk] if self.pending.get(chunk) else [])
         store_chunk(self, chunk)
 
-    monkeypatch.setattr(zarr_store, "run_local", evens_then_odds)
+    from patchfold.datasets import build
+
+    monkeypatch.setattr(build, "run_local", evens_then_odds)  # run_tasks, which both layouts share, calls it
     monkeypatch.setattr(zarr_store, "SHARED_BYTES", 1)
     monkeypatch.setattr(zarr_store.SharedChunks, "_store", counted)
     unfold(paths, tmp_path / "early.zarr")

@@ -424,6 +424,23 @@ def finish(plan: DatasetPlan, failures: Sequence[ImageResult]) -> dict[str, Any]
     return manifest
 
 
+def skipped_results(tasks: Sequence[Any], remaining: Sequence[Any]) -> Iterator[ImageResult]:
+    """One ``skipped`` result for each task an earlier run finished (those not ``remaining``)."""
+    todo = {task.image_id for task in remaining}
+    for task in tasks:
+        if task.image_id not in todo:
+            yield ImageResult(task.image_id, task.source, task.rows, skipped=True)
+
+
+def run_tasks(
+    tasks: Sequence[Any], process: Any, workers: int, scheduler: str | None, fail_fast: bool
+) -> Iterator[ImageResult]:
+    """``process`` over ``tasks`` on a Dask ``scheduler`` where one is named, else local workers."""
+    if scheduler:
+        return run_dask(tasks, process, scheduler, fail_fast)
+    return run_local(tasks, process, workers, fail_fast)
+
+
 def run_dataset(
     plan: DatasetPlan, *, workers: int = 1, scheduler: str | None = None, fail_fast: bool = False
 ) -> Iterator[ImageResult]:
@@ -431,16 +448,9 @@ def run_dataset(
     (skipped ones first, marked ``skipped``)."""
     preparation = prepare_directory(plan)
     remaining = preparation.tasks
-    todo = {task.image_id for task in remaining}
-    for task in plan.tasks:
-        if task.image_id not in todo:
-            yield ImageResult(task.image_id, task.source, task.rows, skipped=True)
+    yield from skipped_results(plan.tasks, remaining)
     failures: list[ImageResult] = []
-    runner = (
-        run_dask(remaining, process_image, scheduler, fail_fast)
-        if scheduler
-        else run_local(remaining, process_image, workers, fail_fast)
-    )
+    runner = run_tasks(remaining, process_image, workers, scheduler, fail_fast)
     if preparation.unchanged:  # complete and sound: leave every byte as it is
         return
     try:
@@ -545,11 +555,7 @@ def run_tiles(
         raise PatchfoldError(f"'{top}' is not a patchfold tile dataset's manifest; write to a new directory")
     directory.mkdir(parents=True, exist_ok=True)
     results: dict[int, ImageResult] = {}
-    runner = (
-        run_dask(tasks, process_tiles, scheduler, fail_fast)
-        if scheduler
-        else run_local(tasks, process_tiles, workers, fail_fast)
-    )
+    runner = run_tasks(tasks, process_tiles, workers, scheduler, fail_fast)
     try:
         for result in runner:
             results[result.image_id] = result

@@ -35,7 +35,15 @@ from typing import Any
 
 import numpy as np
 from patchfold.blocks import Blocks
-from patchfold.datasets.build import ImageTask, Preparation, fingerprint, image_patches, plan_dataset
+from patchfold.datasets.build import (
+    ImageTask,
+    Preparation,
+    fingerprint,
+    image_patches,
+    plan_dataset,
+    run_tasks,
+    skipped_results,
+)
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
 from patchfold.io.formats import ZARR_SIDECAR_KEY, check_dataset_manifest, dataset_identity
@@ -44,7 +52,7 @@ from patchfold.io.sources import zarr_module
 from patchfold.io.write import atomic_directory, check_store_apart, check_store_path
 from patchfold.io.zarr_out import ZARR_CHUNK_BYTES, compressors
 from patchfold.keep import KeepRules
-from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
+from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure
 
 #: Chunks of ``patches`` are about this many bytes (whole rows: at least one).
 DATASET_CHUNK_BYTES = ZARR_CHUNK_BYTES
@@ -463,17 +471,11 @@ def run_store(
     (skipped ones first, marked ``skipped``)."""
     preparation = prepare_store(plan)
     todo = {task.image_id for task in preparation.tasks}
-    for task in plan.tasks:
-        if task.image_id not in todo:
-            yield ImageResult(task.image_id, task.source, task.rows, skipped=True)
+    yield from skipped_results(plan.tasks, preparation.tasks)
     if preparation.unchanged:  # complete and sound: leave every byte as it is
         return
     shared = SharedChunks(plan, open_array(plan.path / "patches", "r+"), open_array(plan.path / "done", "r+"), todo)
-    runner = (
-        run_dask(preparation.tasks, process_store_image, scheduler, fail_fast)
-        if scheduler
-        else run_local(preparation.tasks, process_store_image, workers, fail_fast)
-    )
+    runner = run_tasks(preparation.tasks, process_store_image, workers, scheduler, fail_fast)
     failures: list[ImageResult] = []
     try:
         for result in runner:
