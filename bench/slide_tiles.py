@@ -134,15 +134,19 @@ def _tiles(field: np.ndarray, shape: tuple[int, ...], tile: int, factor: int) ->
             yield render_tile(field, r * tile * factor, c * tile * factor, tile, factor, (factor << 40) + r * cols + c)
 
 
-def timed(argv: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in bytes and stdout of one command under /usr/bin/time -v."""
+def timed(argv: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS in bytes and CPU seconds (user + system) of one command under
+    /usr/bin/time -v."""
     started = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"command failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-3000:]}")
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return seconds, peak_kb * 1024, done.stdout
+    cpu = sum(
+        float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", done.stderr).group(1)) for kind in ("User", "System")
+    )
+    return seconds, peak_kb * 1024, cpu
 
 
 #: The OpenSlide loop, run as its own process: argv = slide, output dir, kernel, threshold, min foreground.
@@ -188,15 +192,16 @@ def run_both(slide: Path, work: Path, kernel: int, fraction: float) -> dict:
     k = str(kernel)
     command = [sys.executable, "-m", "patchfold", "tiles", str(slide), "--level", "0", "-k", k, "-s", k,
                "--min-foreground", str(fraction), "-o", str(ours), "--no-progress", "--json"]  # fmt: skip
-    seconds, peak, _ = timed(command)
+    seconds, peak, cpu = timed(command)
     manifest = json.loads((ours / "manifest.json").read_text())
     threshold = manifest["images"][0]["keep"]["threshold"]
     loop = [sys.executable, "-c", OPENSLIDE_LOOP, str(slide), str(theirs), k, repr(threshold), str(fraction)]
-    loop_seconds, loop_peak, _ = timed(loop)
+    loop_seconds, loop_peak, loop_cpu = timed(loop)
     mine, other = kept_tiles(ours), kept_tiles(theirs)
     indices = {tuple(t["index"]) for t in manifest["tiles"]}
     return {
-        "seconds": seconds, "peak": peak, "loop_seconds": loop_seconds, "loop_peak": loop_peak,
+        "seconds": seconds, "peak": peak, "cpu": cpu, "loop_seconds": loop_seconds, "loop_peak": loop_peak,
+        "loop_cpu": loop_cpu,
         "threshold": threshold, "sampled_level": manifest["images"][0]["keep"].get("sampled_level"),
         "kept": len(indices), "same_blocks": indices == set(mine) == set(other),
         "same_bytes": mine == other,
@@ -234,12 +239,15 @@ def main() -> None:
         "same_blocks_kept": all(r["same_blocks"] for r in runs), "same_png_bytes": all(r["same_bytes"] for r in runs),
         "runs": len(runs),
         "patchfold": {"seconds": [round(r["seconds"], 1) for r in runs],
+                      "cpu_seconds": [round(r["cpu"], 1) for r in runs],
                       "peak_rss_gib": round(max(r["peak"] for r in runs) / 2**30, 3),
                       "megapixels_per_s": round(pixels / seconds / 1e6, 1)},
         "openslide_loop": {"seconds": [round(r["loop_seconds"], 1) for r in runs],
+                           "cpu_seconds": [round(r["loop_cpu"], 1) for r in runs],
                            "peak_rss_gib": round(max(r["loop_peak"] for r in runs) / 2**30, 3),
                            "megapixels_per_s": round(pixels / loop_seconds / 1e6, 1)},
         "throughput_ratio": round(loop_seconds / seconds, 2),
+        "best_run_ratio": round(min(r["loop_seconds"] for r in runs) / min(r["seconds"] for r in runs), 2),
     }, indent=1))  # fmt: skip
 
 
