@@ -37,6 +37,9 @@ VIRIDIS = np.array(
 UNCOVERED = (255, 64, 64)
 MAX_SIDE = 1024
 MIN_SIDE = 256
+#: Pixels of an image drawn at most (``show grid``, ``show divisor``); a larger one is drawn at
+#: every n-th pixel (:func:`picture_step`).
+PICTURE_PIXELS = 2048 * 2048
 
 
 def colormap(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -133,19 +136,24 @@ def _zoom_for(height: int, width: int, target: int = 512) -> int:
     return max(1, min(8, target // max(height, width, 1)))
 
 
-def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12) -> np.ndarray:
+def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12, step: int = 1) -> np.ndarray:
     """The image with its padding shaded and block outlines drawn over it (every n-th block along
-    each dim, so the grid stays readable; the first block is drawn in a second colour)."""
+    each dim, so the grid stays readable; the first block is drawn in a second colour).
+
+    ``pixels`` is the image at every ``step``-th pixel of each dim (:func:`picture_step`: a large
+    image is drawn smaller); pixel ``y`` of the padded image is drawn at ``y // step``."""
     from PIL import Image, ImageDraw
 
     if geometry.ndim != 2:
         raise PatchfoldError("grid pictures are drawn for 2-D images only")
-    ((pad_y, _), (pad_x, _)), (height, width) = geometry.pad_widths, geometry.spatial_size
-    zoom = _zoom_for(*geometry.padded_size)
-    canvas = np.full((*geometry.padded_size, 3), 0, dtype=np.uint8)
+    (pad_y, _), (pad_x, _) = geometry.pad_widths
+    canvas_size = tuple(-(-n // step) for n in geometry.padded_size)
+    zoom = _zoom_for(*canvas_size)
+    canvas = np.full((*canvas_size, 3), 0, dtype=np.uint8)
     yy, xx = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]
     canvas[:] = np.where(((yy + xx) // 4 % 2 == 0)[..., None], 150, 110)  # hatched padding
-    canvas[pad_y : pad_y + height, pad_x : pad_x + width] = display_rgb(pixels)
+    top, left = pad_y // step, pad_x // step
+    canvas[top : top + pixels.shape[1], left : left + pixels.shape[2]] = display_rgb(pixels)
     picture = Image.fromarray(canvas).resize((canvas.shape[1] * zoom, canvas.shape[0] * zoom), Image.NEAREST)
     draw = ImageDraw.Draw(picture)
     steps = [max(1, -(-count // max_outlines)) for count in geometry.blocks_per_dim]
@@ -156,11 +164,19 @@ def grid_picture(pixels: np.ndarray, geometry: Geometry, max_outlines: int = 12)
     ]
     for row, col in [*outlines[1:], outlines[0]]:  # the first block last, in its own colour, on top
         (y0, y1), (x0, x1) = geometry.block_box((row, col))  # unpadded: shift onto the padded canvas
-        top, left = (y0 + pad_y) * zoom, (x0 + pad_x) * zoom
-        bottom, right = (y1 + pad_y) * zoom - 1, (x1 + pad_x) * zoom - 1
+        first_row, first_col = (y0 + pad_y) // step * zoom, (x0 + pad_x) // step * zoom
+        last_row, last_col = ((y1 - 1 + pad_y) // step + 1) * zoom - 1, ((x1 - 1 + pad_x) // step + 1) * zoom - 1
         colour = (0, 220, 255) if (row, col) == (0, 0) else (255, 230, 0)
-        draw.rectangle((left, top, right, bottom), outline=colour, width=max(2, zoom // 2))
+        draw.rectangle((first_col, first_row, last_col, last_row), outline=colour, width=max(2, zoom // 2))
     return np.asarray(picture)
+
+
+def picture_step(spatial: Sequence[int], most: int | None = None) -> int:
+    """The step at which an image of ``spatial`` size is drawn: every pixel up to
+    :data:`PICTURE_PIXELS` pixels (or ``most``), every ``step``-th of each dim beyond."""
+    from patchfold.keep import subsample_step
+
+    return subsample_step(spatial, PICTURE_PIXELS if most is None else most)
 
 
 def mosaic_picture(
@@ -187,15 +203,15 @@ def mosaic_picture(
     return sheet.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 
-def divisor_beside_image(pixels: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """The image and its divisor heatmap (with legend) side by side, at the same scale."""
+def divisor_beside_image(pixels: np.ndarray, geometry: Geometry, step: int = 1) -> np.ndarray:
+    """The image and its divisor heatmap (with legend) side by side, at the same scale (``pixels``
+    and the map both at every ``step``-th pixel of each dim, as in :func:`grid_picture`)."""
     if geometry.ndim != 2:
         raise PatchfoldError("divisor pictures beside the image are drawn for 2-D images only")
-    height, width = geometry.spatial_size
-    zoom = _zoom_for(height, width, 384)
+    zoom = _zoom_for(*pixels.shape[1:], 384)
     image = display_rgb(pixels).repeat(zoom, axis=0).repeat(zoom, axis=1)
     vectors = coverage_vectors(geometry)
-    heat = heatmap_image(outer([vector.repeat(zoom) for vector in vectors]))
+    heat = heatmap_image(outer([vector[::step].repeat(zoom) for vector in vectors]))
     out = np.full((max(image.shape[0], heat.shape[0]), image.shape[1] + 8 + heat.shape[1], 3), 255, np.uint8)
     out[: image.shape[0], : image.shape[1]] = image
     out[: heat.shape[0], image.shape[1] + 8 :] = heat

@@ -11,11 +11,12 @@ import numpy as np
 from patchfold import render
 from patchfold.blocks import Blocks
 from patchfold.errors import PatchfoldError
-from patchfold.geometry import Geometry
 from patchfold.io.formats import check_against_sidecar, read_sidecar, sidecar_path
 from patchfold.io.levels import Level
 from patchfold.io.read import DEFAULT_MAX_PIXELS, load_inputs, read_patch_matrix
+from patchfold.io.sources import RegionSource
 from patchfold.io.write import check_output_path, image_targets, save_images, save_npy
+from patchfold.jobs import tile_rows
 
 
 def _check_png(output: Path) -> Path:
@@ -38,15 +39,43 @@ def grid_picture_file(
 
 
 def _picture_of_image(
-    draw: Callable[[np.ndarray, Geometry], np.ndarray], image: str | Path, blocks: Blocks, output: str | Path,
-    max_pixels: int, level: Level = None,
+    draw: Callable[..., np.ndarray], image: str | Path, blocks: Blocks, output: str | Path,
+    max_pixels: int, level: Level = None, most: int | None = None,
 ) -> Path:  # fmt: skip
-    """``draw(pixels, geometry)`` of the first image of ``image`` (at pyramid ``level``), saved as
-    the PNG ``output``."""
+    """``draw(pixels, geometry, step)`` of the first image of ``image`` (at pyramid ``level``),
+    saved as the PNG ``output``: the image at every ``step``-th pixel (:func:`picture_pixels`,
+    at most ``most`` pixels)."""
     output = _check_png(Path(output))
-    pixels = load_inputs([image], max_pixels=max_pixels, level=level).array[0]
-    render.save_png(output, draw(pixels, blocks.at(pixels.shape[1:])))
+    inputs = [image]
+    batch = load_inputs(inputs, max_pixels=max_pixels, level=tile_rows.read_level(inputs, level), regions=True)
+    geometry = blocks.at(batch.array.shape[2:])
+    pixels, step = picture_pixels(batch.array, most) if geometry.ndim == 2 else (np.asarray(batch.array)[0], 1)
+    render.save_png(output, draw(pixels, geometry, step=step))
     return output
+
+
+def picture_pixels(source: np.ndarray | RegionSource, most: int | None = None) -> tuple[np.ndarray, int]:
+    """The first image of a 2-D ``source`` at every ``step``-th pixel of each dim (``(C, h, w)``,
+    ``h = ceil(H / step)``), at most ``most`` (:data:`~patchfold.render.PICTURE_PIXELS`) pixels,
+    and ``step``. A region source is never read whole: its pixels come from the smallest level of
+    its pyramid that still has ``most`` pixels (nearest, the source itself where none does), read
+    band by band (:func:`~patchfold.jobs.tile_rows.sample_source`)."""
+    most = render.PICTURE_PIXELS if most is None else most
+    step = render.picture_step(source.shape[2:], most)
+    if not isinstance(source, RegionSource):
+        return np.ascontiguousarray(source[0, :, ::step, ::step]), step
+    drawn = tile_rows.threshold_level(source, most)
+    sample = tile_rows.sample_source(drawn, most)[0]
+    if drawn is source:
+        return sample, step
+    # picture row i is row i*step of the source, row i*step*n'/n of the level drawn, and row
+    # (that)/step' of its sample (every step'-th row of that level)
+    drawn_step = render.picture_step(drawn.shape[2:], most)
+    taken = [
+        np.minimum(np.arange(-(-n // step)) * step * drawn_n // (n * drawn_step), got - 1)
+        for n, drawn_n, got in zip(source.shape[2:], drawn.shape[2:], sample.shape[1:])
+    ]
+    return np.ascontiguousarray(sample[:, taken[0]][:, :, taken[1]]), step
 
 
 def mosaic_file(patches: str | Path, output: str | Path, *, count: int = 64, spread: bool = False) -> Path:
@@ -72,7 +101,9 @@ def divisor_picture_file(
     level: Level = None,
 ) -> Path:
     """``image`` (at pyramid ``level``) and its divisor map side by side, as the PNG ``output``."""
-    return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels, level)
+    # two pictures side by side, each of a quarter of the pixels of a grid picture
+    most = render.PICTURE_PIXELS // 4
+    return _picture_of_image(render.divisor_beside_image, image, blocks, output, max_pixels, level, most)
 
 
 def sample_file(output: str | Path, *, size: Any = (240, 320), channels: int = 3, dtype: str = "uint8") -> Path:
