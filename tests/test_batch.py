@@ -15,7 +15,8 @@ import pytest
 from cli_fixtures import COMMAND
 from patchfold.blocks import Blocks
 from patchfold.datasets.build import DONE_DIR, DatasetPlan, plan_dataset, plan_tiles, run_dataset, run_tiles
-from patchfold.io.read import convert_channels, read_input
+from patchfold.io.read import read_input
+from patchfold.io.sources import convert_channels
 from PIL import Image
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import patchfold
 import pytest
-from patchfold.io.read import convert_channels, load_inputs, read_npy
+from patchfold.io.read import load_inputs, read_npy
+from patchfold.io.sources import convert_channels
 from PIL import Image
 
 tifffile = pytest.importorskip("tifffile")

@@ -14,7 +14,6 @@ killed job resumes by skipping the images whose rows are already complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,11 +24,12 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from patchfold import dtypes
 from patchfold.blocks import Blocks, to_tuple
+from patchfold.datasets.images import choose_blocks, fingerprint, open_source, patch_bands
 from patchfold.engines.cpu import cpu_count
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
@@ -44,16 +44,11 @@ from patchfold.io.formats import (
     write_json,
 )
 from patchfold.io.levels import Level
-from patchfold.io.read import convert_channels
 from patchfold.io.sources import RegionSource
 from patchfold.io.write import allocate_npy, check_free_space, save_npy, write_at, write_npy_header
 from patchfold.jobs.plan import Progress
-from patchfold.keep import KeepRules, Selection, keep_record, select_blocks
-from patchfold.ops import unfold
+from patchfold.keep import KeepRules, Selection, keep_record
 from patchfold.scheduling import IMAGE_ERRORS, ImageResult, failure, run_dask, run_local
-
-if TYPE_CHECKING:
-    from patchfold.datasets.zarr_store import ZarrTask
 
 DONE_DIR = ".done"
 
@@ -159,13 +154,13 @@ def plan_dataset(
         chosen = None
         if keep is not None:
             try:
-                chosen = _kept_blocks(path, geometry, keep, channels, max_pixels, level)
+                chosen, sampled = choose_blocks(path, geometry, keep, channels, max_pixels, level)
             except IMAGE_ERRORS as error:
                 failed.append(failure(image_id, str(path), error))
                 failed_ids.add(image_id)
                 continue
             selections.append(chosen)
-            record["keep"] = chosen.summary()
+            record["keep"] = chosen.summary() | ({} if sampled is None else {"sampled_level": sampled})
         kept_blocks = None if chosen is None else np.flatnonzero(chosen.keep)
         rows = geometry.num_blocks if kept_blocks is None else len(kept_blocks)
         if not shard_rows or (shard_rows[-1] and shard_rows[-1] + rows > capacity):
@@ -350,18 +345,6 @@ def _remove_partial(directory: Path, created: bool) -> None:
         path.unlink(missing_ok=True)
 
 
-def fingerprint(source: str | Path) -> str:
-    """A digest of a source file's bytes: a changed image is redone on resume."""
-    digest = hashlib.blake2b(digest_size=16)
-    try:
-        with open(source, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError:
-        return ""
-    return digest.hexdigest()
-
-
 def _marker(task: ImageTask) -> str | None:
     try:
         return Path(task.marker).read_text(encoding="ascii").strip() or None
@@ -369,33 +352,15 @@ def _marker(task: ImageTask) -> str | None:
         return None
 
 
-def image_patches(task: ImageTask | ZarrTask) -> np.ndarray:
-    """One image's patches ``(rows, C·∏k)`` as the plan has them (the shard and the Zarr worker's part)."""
-    array = read_level(task.source, task.max_pixels, task.level)
-    array = convert_channels(array, task.channels, task.source)
-    # the dataset's one scale (from the common dtype of all its images), as the manifest records
-    values = dtypes.cast_scaled(array, np.dtype(task.dtype), task.scale)
-    patches = unfold(np.ascontiguousarray(values), task.blocks, layout="nlc", threads=1)[0]
-    if task.kept is not None and int(task.kept.max(initial=-1)) < len(patches):
-        patches = patches[task.kept]  # the blocks the keep rules chose when the dataset was planned
-    if patches.shape != (task.rows, task.patch_length):
-        raise PatchfoldError(
-            f"'{task.source}' changed since the dataset was planned: {patches.shape[0]} "
-            f"patches of {patches.shape[1]} values, expected {task.rows} of {task.patch_length}"
-        )
-    return patches
-
-
 def process_image(task: ImageTask) -> ImageResult:
-    """Unfold one image into its rows of its shard (runs in a worker process)."""
-
+    """Unfold one image into its rows of its shard, band by band (runs in a worker process)."""
     try:
-        patches = image_patches(task)
-        offset = task.header + task.first_row * task.patch_length * patches.itemsize
+        row_bytes = task.patch_length * np.dtype(task.dtype).itemsize
         # O_BINARY: Windows opens descriptors in text mode by default, turning \n bytes into \r\n
         descriptor = os.open(task.shard_path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
         try:
-            write_at(descriptor, patches, offset)
+            for done, patches in patch_bands(task):
+                write_at(descriptor, patches, task.header + (task.first_row + done) * row_bytes)
         finally:
             os.close(descriptor)
         # the digest of the bytes as read now: a later run redoes the image if its source changes
@@ -494,39 +459,29 @@ def plan_tiles(
     ]
 
 
-def _kept_blocks(
-    path: Path, geometry: Any, keep: KeepRules, channels: int | None, max_pixels: int, level: Level
-) -> Selection:
-    """The keep rules' choice of an image's blocks (its pixels read as a worker will read them)."""
-    array = convert_channels(read_level(str(path), max_pixels, level), channels, str(path))
-    if array.shape[0] != 1:
-        raise PatchfoldError(f"'{path}' holds {array.shape[0]} images; keep rules choose the blocks of one")
-    return select_blocks(array[0], geometry, keep)
-
-
-def read_level(source: str, max_pixels: int, level: Level) -> np.ndarray:
-    """One image as ``(N, C, *spatial)``: at ``level`` (a pyramid level or resolution) where given,
-    read whole within the memory budget."""
-    array = read.read_input(Path(source), None, max_pixels, level=level)
-    return array.load() if isinstance(array, RegionSource) else array
-
-
 def describe_level(level: Level) -> Any:
     """What a manifest records of a level request: the number, or the resolution asked for."""
     return level if isinstance(level, int) else level.to_dict()
 
 
 def process_tiles(task: TilesTask) -> ImageResult:
-    """Write one image's tiles (runs in a worker process); an existing complete directory is kept."""
-    from patchfold.jobs.tiles import write_tiles
+    """Write one image's tiles (runs in a worker process); an existing complete directory is kept.
+    A region source is read band by band, never whole, and its tile names carry its level (as
+    ``patchfold tiles`` names them)."""
+    from patchfold.jobs.tiles import name_level, write_tiles
 
     target = Path(task.directory)
     if (target / "manifest.json").exists():
         return ImageResult(task.image_id, task.source, 0, skipped=True)
     try:
-        array = convert_channels(read_level(task.source, task.max_pixels, task.level), task.channels, task.source)
+        array = open_source(task.source, task.max_pixels, task.level, task.channels)
         geometry = task.blocks.at(array.shape[2:])
-        record = _returned(write_tiles(array, geometry, target, [task.source], task.fmt, task.keep))
+        named = name_level(array, task.level)
+        described = array.describe() if isinstance(array, RegionSource) and named is not None else None
+        job = write_tiles(
+            array, geometry, target, [task.source], task.fmt, task.keep, level=named, source_level=described
+        )
+        record = _returned(job)
         return ImageResult(task.image_id, task.source, geometry.num_blocks if record is None else record["kept"])
     except IMAGE_ERRORS as error:
         return failure(task.image_id, task.source, error)

@@ -38,12 +38,11 @@ from patchfold.blocks import Blocks
 from patchfold.datasets.build import (
     ImageTask,
     Preparation,
-    fingerprint,
-    image_patches,
     plan_dataset,
     run_tasks,
     skipped_results,
 )
+from patchfold.datasets.images import fingerprint, patch_bands
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
 from patchfold.io.formats import ZARR_SIDECAR_KEY, check_dataset_manifest, dataset_identity
@@ -63,7 +62,7 @@ SHARED_BYTES = 256 << 20
 #: Decoded chunks a reader keeps, in bytes (at least one chunk).
 READ_CACHE_BYTES = 64 << 20
 
-#: The length of a source digest (:func:`patchfold.datasets.build.fingerprint`) in ``done``.
+#: The length of a source digest (:func:`patchfold.datasets.images.fingerprint`) in ``done``.
 DIGEST_BYTES = 16
 
 #: Every chunk is stored, all-zero ones too (Zarr skips those by default): a missing chunk file of
@@ -344,20 +343,51 @@ def read_store_manifest(path: Path, what: str = "dataset") -> dict[str, Any]:
 
 # ----- the work -----------------------------------------------------------------------------------------
 def process_store_image(task: ZarrTask) -> ImageResult:
-    """Unfold one image (in a worker process): store the chunks it owns, return its other rows."""
+    """Unfold one image band by band (in a worker process): store the chunks it owns as they fill,
+    return its other rows (those in chunks it shares with its neighbours)."""
     try:
-        patches = image_patches(task)
         start, end = task.owned()
-        if end > start:
-            open_array(Path(task.store), "r+")[start:end] = patches[start - task.first_row : end - task.first_row]
-            edges = [(task.first_row, patches[: start - task.first_row]), (end, patches[end - task.first_row :])]
-        else:
-            edges = [(task.first_row, patches)]
-        edges = [(first, values.copy()) for first, values in edges if len(values)]  # not views of the whole
+        owned = _OwnedChunks(open_array(Path(task.store), "r+") if end > start else None, start, task.chunk_rows)
+        edges: list[tuple[int, np.ndarray]] = []
+        for done, values in patch_bands(task):
+            first = task.first_row + done
+            last = first + len(values)
+            for lo, hi in ((first, min(last, start)), (max(first, end), last)):
+                if hi > lo:  # rows in a shared chunk: copied, not views of the band
+                    edges.append((lo, values[lo - first : hi - first].copy()))
+            if min(last, end) > max(first, start):
+                owned.add(values[max(first, start) - first : min(last, end) - first])
+        owned.close()
         # the digest of the bytes as read now: a later run redoes the image if its source changes
         return StoredImage(task.image_id, task.source, task.rows, digest=fingerprint(task.source), edges=edges)
     except IMAGE_ERRORS as error:
         return failure(task.image_id, task.source, error)
+
+
+class _OwnedChunks:
+    """The rows of the chunks an image owns, from row ``start`` on (chunk-aligned) in order: each
+    chunk stored once whole (the last one at the store's end may be short)."""
+
+    def __init__(self, patches: Any, start: int, size: int) -> None:
+        self.patches, self.next, self.size = patches, start, size
+        self.held: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
+        self.held.append(values)
+        count = sum(len(part) for part in self.held)
+        whole = count // self.size * self.size
+        if whole:
+            rows = self.held[0] if len(self.held) == 1 else np.concatenate(self.held)
+            self.patches[self.next : self.next + whole] = rows[:whole]
+            self.next += whole
+            self.held = [rows[whole:]] if whole < count else []
+
+    def close(self) -> None:
+        if self.held:
+            rows = np.concatenate(self.held)
+            self.patches[self.next : self.next + len(rows)] = rows
+            self.next += len(rows)
+            self.held = []
 
 
 class SharedChunks:

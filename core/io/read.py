@@ -615,21 +615,3 @@ def read_patch_matrix(path: Path) -> np.ndarray:
         return shape_array(values, path, spatial_dims=1)
     require_file(path, "patch matrix")
     return read_npy(path, spatial_dims=1)  # one spatial dim: always (N, rows, cols)
-
-
-def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
-    """``(1, C, H, W)`` to ``channels``: grey↔RGB, alpha dropped; None keeps what there is."""
-    have = array.shape[1]
-    if channels is None or channels == have:
-        return array
-    if channels == 3 and have in (1, 2):
-        return np.repeat(array[:, :1], 3, axis=1)
-    if channels == 3 and have == 4:
-        return array[:, :3]
-    if channels == 1 and have in (3, 4):
-        weights = np.array([0.299, 0.587, 0.114])
-        grey = np.tensordot(weights, array[0, :3].astype(np.float64), axes=1)[None, None]
-        return np.rint(grey).astype(array.dtype) if array.dtype.kind in "iu" else grey.astype(array.dtype)
-    if channels == 1 and have == 2:
-        return array[:, :1]
-    raise PatchfoldError(f"'{source}' has {have} channel(s); cannot convert to {channels}")

@@ -31,6 +31,26 @@ CHANNEL_AXES = "CS"
 SPATIAL_AXES = "ZYX"
 
 
+def convert_channels(array: np.ndarray, channels: int | None, source: str) -> np.ndarray:
+    """``(N, C, *spatial)`` to ``channels``: grey↔RGB, alpha dropped; None keeps what there is.
+    Grey is ``0.299 R + 0.587 G + 0.114 B`` (ITU-R 601), rounded for integers, computed pixel by
+    pixel so that a band of rows converts exactly as the whole image does."""
+    have = array.shape[1]
+    if channels is None or channels == have:
+        return array
+    if channels == 3 and have in (1, 2):
+        return np.repeat(array[:, :1], 3, axis=1)
+    if channels == 3 and have == 4:
+        return array[:, :3]
+    if channels == 1 and have in (3, 4):
+        red, green, blue = (array[:, i : i + 1].astype(np.float64) for i in range(3))
+        grey = red * 0.299 + green * 0.587 + blue * 0.114
+        return np.rint(grey).astype(array.dtype) if array.dtype.kind in "iu" else grey.astype(array.dtype)
+    if channels == 1 and have == 2:
+        return array[:, :1]
+    raise PatchfoldError(f"'{source}' has {have} channel(s); cannot convert to {channels}")
+
+
 def is_zarr(path: Path) -> bool:
     """Whether ``path`` is a Zarr array or group (a directory with Zarr metadata)."""
     return path.is_dir() and any((path / marker).is_file() for marker in ZARR_MARKERS)
@@ -63,6 +83,8 @@ class RegionSource:
     magnification: float | None = None
     #: the request by resolution (``--mpp``, ``--magnification``) that picked the level, if any
     asked: LevelRequest | None = None
+    #: the channel count read (:func:`convert_channels` of every region), or None for the file's own
+    channels: int | None = None
     _order: list[int] = field(init=False, repr=False)
     _shape: tuple[int, ...] = field(init=False, repr=False)
     _first: int = field(init=False, repr=False)
@@ -97,10 +119,15 @@ class RegionSource:
         )
         if 0 in self._shape:
             raise PatchfoldError(f"'{self.path}' is empty (shape {shape})")
+        if self.channels is not None:  # checked now: the first read would fail otherwise
+            convert_channels(np.zeros((1, self._shape[1], 1), self.dtype), self.channels, self.path)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self._shape
+        """``(N, C, *spatial)`` as read: ``C`` is :attr:`channels` where that is set."""
+        if self.channels is None:
+            return self._shape
+        return (self._shape[0], self.channels, *self._shape[2:])
 
     @property
     def dtype(self) -> np.dtype:
@@ -113,7 +140,7 @@ class RegionSource:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self._shape)) * self.dtype.itemsize
+        return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``[lo, hi)`` of the first spatial dim, all items and channels: ``(N, C, hi-lo, ...)``."""
@@ -124,7 +151,8 @@ class RegionSource:
             raise PatchfoldError(f"cannot read rows {lo}..{hi} of '{self.path}': {error}") from None
         kept = [axis for axis in range(self.array.ndim) if not isinstance(self._kept(axis), int)]
         region = region.transpose([kept.index(axis) for axis in self._order]).astype(self.dtype, copy=False)
-        return region.reshape((*self._shape[:2], hi - lo, *self._shape[3:]))
+        region = region.reshape((*self._shape[:2], hi - lo, *self._shape[3:]))
+        return convert_channels(region, self.channels, self.path)
 
     def _kept(self, axis: int) -> slice | int:
         """The index of a source axis when reading: all of it, or 0 for a dropped single Z plane."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -131,12 +131,14 @@ def sample_source(source: RegionSource, most: int | None = None) -> np.ndarray:
 def threshold_level(source: RegionSource, most: int | None = None) -> RegionSource:
     """The level the threshold is sampled from: the smallest level of the source's pyramid that
     holds at least ``most`` pixels (:data:`~patchfold.keep.OTSU_SAMPLES` by default) and has the
-    source's items, channels, rank and dtype, or the source itself (a single level, or no coarser
-    level large enough)."""
+    source's items, channels (converted as the source's are), rank and dtype, or the source
+    itself (a single level, or no coarser level large enough)."""
     most = OTSU_SAMPLES if most is None else most
     for level in range(source.levels - 1, source.level, -1):
         try:
             candidate = open_region(Path(source.path), level)
+            if candidate is not None and source.channels is not None:  # read as the source is
+                candidate = replace(candidate, channels=source.channels)
         except PatchfoldError:
             continue
         same = candidate is not None and candidate.shape[:2] == source.shape[:2] and candidate.ndim == source.ndim

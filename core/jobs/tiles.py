@@ -492,7 +492,7 @@ def tiles_file(
     )
     source = batch.array
     geometry = blocks.at(batch.spatial_size)
-    named = _name_level(source, level)
+    named = name_level(source, level)
     described = source.describe() if isinstance(source, RegionSource) and named is not None else None
     job = write_tiles(source, geometry, output, batch.sources, tile_format, keep, level=named, source_level=described)
     record = yield from job
@@ -501,7 +501,7 @@ def tiles_file(
     yield TilesResult(output, geometry, shape[0], shape[1], tile_format, seconds, record, described)
 
 
-def _name_level(source: np.ndarray | RegionSource, level: Any) -> int | None:
+def name_level(source: np.ndarray | RegionSource, level: Any) -> int | None:
     """The level tile names carry: a region source's where one was asked for or it has several,
     else a level number asked for (inputs read whole), else none."""
     if isinstance(source, RegionSource):
