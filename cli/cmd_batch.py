@@ -74,6 +74,11 @@ def batch() -> None:
     "--shard-size", type=ByteSize(), default=None, show_default="1GB", help="Largest shard file (not for .zarr)."
 )
 @compression_option
+@click.option(
+    "--append",
+    is_flag=True,
+    help="Add the images to the .zarr dataset store OUTPUT (same options; the images it holds are kept).",
+)
 @keep_options
 @level_options
 @verbosity_options
@@ -93,6 +98,7 @@ def batch_unfold(
     dtype: str,
     shard_size: int | None,
     compression: str,
+    append: bool,
     keep: KeepRules | None,
     level: Level,
 ) -> None:
@@ -100,7 +106,8 @@ def batch_unfold(
     OUTPUT: shard-NNNNN.npy (one patch per row), index.npy and manifest.json; or, for OUTPUT
     NAME.zarr, one Zarr v3 group (patches, index, done; the manifest in its attributes) that
     zarr and dask read as it is. Images may differ in size. A re-run of the same command skips
-    images already done; failed images are reported and do not stop the others.
+    images already done; failed images are reported and do not stop the others. --append adds
+    images to a .zarr store, after those it holds.
 
     \b
     Example:
@@ -109,13 +116,15 @@ def batch_unfold(
       python -c "import patchfold; d = patchfold.load_dataset('out/dataset'); print(len(d), d[0].shape)"
       patchfold batch unfold 'scans/*.png' -k 16 -s 8 --channels 3 -o out/dataset.zarr
       python -c "import dask.array as da; print(da.from_zarr('out/dataset.zarr', component='patches'))"
+      patchfold sample --size 120,160 -o scans/c.png
+      patchfold batch unfold scans/c.png -k 16 -s 8 --channels 3 -o out/dataset.zarr --append
     """
     from patchfold.datasets.build import unfold_dataset
 
     job = unfold_dataset(
         sources, output, blocks, recursive=recursive, dtype=dtype, channels=channels, shard_size=shard_size,
         compression=compression, workers=workers, scheduler=scheduler, fail_fast=fail_fast, max_pixels=max_pixels,
-        level=level, keep=keep,
+        level=level, keep=keep, append=append,
     )  # fmt: skip
     _report("batch unfold", output, track_images(job, not no_progress, "patches"), as_json)
 

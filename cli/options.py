@@ -84,6 +84,7 @@ OPTION_NAMES = {
     "batch_size": "'--batch-size'",
     "compression": "'--compression'",
     "shard_size": "'--shard-size'",
+    "append": "'--append'",
     "min_foreground": "'--min-foreground'",
     "max_blank": "'--max-blank'",
     "background": "'--background'",

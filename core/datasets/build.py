@@ -577,26 +577,37 @@ def unfold_dataset(
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
     level: Level = None,
     keep: KeepRules | None = None,
+    append: bool = False,
 ) -> Iterator[Progress | ImageResult | DatasetResult]:
     """Unfold every image of ``sources`` (files, directories, globs) into the dataset ``output``:
     a directory of ``.npy`` shards of at most ``shard_size`` bytes (default 1 GB), or, for a
     ``.zarr`` path, one Zarr v3 store (see :mod:`patchfold.datasets.zarr_store`) whose chunks of
     rows are about ``chunk_size`` bytes (default 8 MiB), compressed as ``compression`` says; on
     ``workers`` local processes (default: the cores) or a Dask ``scheduler``.
+    With ``append`` (a ``.zarr`` store only), the images are added to those the store holds, whose
+    rows stay as they are (the same parameters are needed; the images it holds must still be
+    there: they are checked as a resumed run checks them, and redone only where they changed).
     Yields :class:`Progress` once the work is planned (its ``total`` is the images to do), one
     :class:`ImageResult` per image as it finishes, then the :class:`DatasetResult`."""
     started = time.perf_counter()
     output = Path(output)
     to_zarr = _check_layout(output, shard_size, compression, chunk_size)
+    if append and not to_zarr:
+        raise PatchfoldError(
+            f"append adds images to a .zarr dataset store; '{output}' is a directory of shards, which is not "
+            "appended to (write a new dataset, or use NAME.zarr)",
+            param="append",
+        )
     paths = read.find_inputs(sources, recursive=recursive, unique=True)
     if to_zarr:
         from patchfold.datasets import zarr_store
 
         store = zarr_store.plan_store(
             paths, output, blocks, dtype=dtype, channels=channels, compression=compression,
-            chunk_size=chunk_size, max_pixels=max_pixels, level=level, keep=keep,
+            chunk_size=chunk_size, max_pixels=max_pixels, level=level, keep=keep, append=append,
         )  # fmt: skip
         tasks, failed, extra = store.tasks, store.failed, store.summary()
+        paths = [Path(image["source"]) for image in store.manifest["images"]]
         workers = _workers(workers, len(tasks))
         runner = zarr_store.run_store(store, workers=workers, scheduler=scheduler, fail_fast=fail_fast)
     else:

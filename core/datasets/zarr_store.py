@@ -129,6 +129,8 @@ class StorePlan:
     failed: list[ImageResult]
     index: np.ndarray
     chunk_rows: int
+    #: the run adds its images to the store's (see :func:`appended_sources`)
+    append: bool = False
 
     @property
     def total_rows(self) -> int:
@@ -161,8 +163,11 @@ def plan_store(
     max_pixels: int = read.DEFAULT_MAX_PIXELS,
     level: Level = None,
     keep: KeepRules | None = None,
+    append: bool = False,
 ) -> StorePlan:
-    """Plan the store as the shard format plans its shards (from the headers), in one run of rows."""
+    """Plan the store as the shard format plans its shards (from the headers), in one run of rows.
+    With ``append``, the images of the store at ``path`` come first, then those of ``sources`` it
+    does not hold (:func:`appended_sources`)."""
     zarr_module()
     compressors(compression)
     chunk_bytes = DATASET_CHUNK_BYTES if chunk_size is None else chunk_size
@@ -170,6 +175,8 @@ def plan_store(
         raise PatchfoldError(f"chunk_size must be a positive number of bytes, got {chunk_size!r}", param="chunk_size")
     check_store_path(path)
     check_store_apart(path, [p for p in sources if p.exists()])
+    if append:
+        sources = appended_sources(path, sources)
     base = plan_dataset(
         sources, path, blocks, dtype=dtype, channels=channels, shard_size=1 << 62, max_pixels=max_pixels,
         level=level, keep=keep,
@@ -187,7 +194,24 @@ def plan_store(
     )
     store = str(path / "patches")
     tasks = [_task(t, store, chunk_rows, total) for t in base.tasks]
-    return StorePlan(path, manifest, tasks, base.failed, base.index, chunk_rows)
+    return StorePlan(path, manifest, tasks, base.failed, base.index, chunk_rows, append)
+
+
+def appended_sources(path: Path, sources: Sequence[Path]) -> list[Path]:
+    """The images of an append run: those the store at ``path`` holds, in its order (their rows
+    stay where they are), then those of ``sources`` it does not hold; ``sources`` alone where
+    there is no store yet."""
+    if not os.path.lexists(path):
+        return list(sources)
+    held = [Path(image["source"]) for image in read_store_manifest(path, "output")["images"]]
+    gone = [p for p in held if not os.path.lexists(p)]
+    if gone:
+        raise PatchfoldError(
+            f"'{gone[0]}', an image of the dataset store '{path}', is gone ({len(gone)} of {len(held)} images); "
+            "appending checks every image the store holds, as a resumed run does"
+        )
+    known = {str(p) for p in held}
+    return held + [p for p in sources if str(p) not in known]
 
 
 def _task(task: ImageTask, store: str, chunk_rows: int, total_rows: int) -> ZarrTask:
@@ -205,6 +229,21 @@ def store_identity(manifest: dict[str, Any]) -> str:
     return json.dumps([dataset_identity(manifest), manifest.get("compression"), manifest.get("chunk_rows")])
 
 
+def extends(existing: dict[str, Any], planned: dict[str, Any]) -> bool:
+    """Whether ``planned`` is ``existing`` with more images after its own: the same parameters,
+    codec and chunking, and its first images planned as ``existing`` holds them (the same rows)."""
+    count = len(existing["images"])
+    if len(planned["images"]) <= count:
+        return False
+
+    def shared(manifest: dict[str, Any], images: list[Any]) -> str:
+        keep = manifest.get("keep")
+        rules = None if keep is None else {k: v for k, v in keep.items() if k not in ("kept", "skipped")}
+        return store_identity({**manifest, "images": images, "shards": None, "keep": rules})
+
+    return shared(existing, existing["images"]) == shared(planned, planned["images"][:count])
+
+
 def prepare_store(plan: StorePlan) -> Preparation:
     """Create the store, or check the one an earlier run left: same parameters (else refused, with
     nothing touched), each array's metadata and the index (a damaged one is made again and the
@@ -213,12 +252,18 @@ def prepare_store(plan: StorePlan) -> Preparation:
         _create(plan)
         return Preparation(list(plan.tasks))
     existing = read_store_manifest(plan.path, "output")
-    if store_identity(existing) != store_identity(plan.manifest):
-        raise PatchfoldError(
-            f"'{plan.path}' holds a different dataset (other parameters, images or compression); write to a new store"
-        )
     zarr = zarr_module()
     group = zarr.open_group(str(plan.path), mode="r+")
+    if store_identity(existing) != store_identity(plan.manifest):
+        if not (plan.append and extends(existing, plan.manifest)):
+            hint = "" if plan.append else ", or add images to it with append (--append)"
+            raise PatchfoldError(
+                f"'{plan.path}' holds a different dataset (other parameters, images or compression); write to "
+                f"a new store{hint}"
+            )
+        # the manifest first: a run stopped before the arrays have grown grows them when re-run
+        existing = {**plan.manifest, "complete": False}
+        group.attrs.put({ZARR_SIDECAR_KEY: existing})
     patches, rebuilt = _sound_array(plan, "patches"), []
     if patches is None:
         patches = _new_array(group, plan, "patches")
@@ -287,9 +332,11 @@ def _sound_array(plan: StorePlan, name: str) -> Any:
         array = open_array(plan.path / name, "r+")
     except PatchfoldError:
         return None
-    if tuple(array.shape) != shape or tuple(array.chunks) != chunks or np.dtype(array.dtype) != dtype:
+    if tuple(array.chunks) != chunks or np.dtype(array.dtype) != dtype or tuple(array.shape[1:]) != shape[1:]:
         return None
-    return array
+    if array.shape[0] < shape[0]:  # an appended store's: grown, its chunks kept as they are
+        array.resize(shape)
+    return array if tuple(array.shape) == shape else None
 
 
 def _index_is_sound(plan: StorePlan) -> bool:
