@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from patchfold import dtypes
 from patchfold.blocks import Blocks, to_tuple
-from patchfold.datasets.images import choose_blocks, fingerprint, open_source, patch_bands
+from patchfold.datasets.images import ImagePart, choose_blocks, fingerprint, open_source, patch_bands
 from patchfold.engines.cpu import cpu_count
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
@@ -56,26 +56,13 @@ DONE_DIR = ".done"
 DEFAULT_SHARD_SIZE = 10**9
 
 
-@dataclass(frozen=True)
-class ImageTask:
-    """One image's share of the work: where its patches go. Picklable, sent to workers."""
+@dataclass(frozen=True, kw_only=True)
+class ImageTask(ImagePart):
+    """One image's rows of its shard: the shard file, its header's size and the image's marker."""
 
-    image_id: int
-    source: str
     shard_path: str
     header: int
-    first_row: int
-    rows: int
-    patch_length: int
-    dtype: str
-    scale: float
-    channels: int | None
-    blocks: Blocks
     marker: str
-    max_pixels: int
-    level: Level = None  # the pyramid level (or resolution) read of every image
-    #: with keep rules: the blocks (row-major indices) whose patches are kept, in order
-    kept: np.ndarray | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -200,21 +187,21 @@ def plan_dataset(
     headers = {i: _header_size((s["rows"], patch_length), out_dtype) for i, s in enumerate(shards)}
     tasks = [
         ImageTask(
-            image_id,
-            str(path),
-            str(directory / shards[shard]["file"]),
-            headers[shard],
-            first,
-            images[image_id]["rows"],
-            patch_length,
-            str(out_dtype),
-            scale,
-            channels,
-            blocks,
-            str(directory / DONE_DIR / f"{image_id:08d}"),
-            max_pixels,
-            level,
-            kept,
+            image_id=image_id,
+            source=str(path),
+            first_row=first,
+            rows=images[image_id]["rows"],
+            patch_length=patch_length,
+            dtype=str(out_dtype),
+            scale=scale,
+            channels=channels,
+            blocks=blocks,
+            max_pixels=max_pixels,
+            level=level,
+            kept=kept,
+            shard_path=str(directory / shards[shard]["file"]),
+            header=headers[shard],
+            marker=str(directory / DONE_DIR / f"{image_id:08d}"),
         )
         for image_id, shard, first, path, kept in placements
     ]

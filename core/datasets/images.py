@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from patchfold import dtypes
@@ -30,10 +30,14 @@ from patchfold.keep import KeepRules, Selection, select_blocks
 from patchfold.ops import unfold
 
 
-class ImagePart(Protocol):
-    """What a worker's task says of its image (both dataset layouts' tasks have it)."""
+@dataclass(frozen=True, kw_only=True)
+class ImagePart:
+    """One image's share of a dataset: its rows ``[first_row, first_row + rows)`` and how they are
+    made. Picklable, sent to workers; each layout's task adds where the rows go."""
 
+    image_id: int
     source: str
+    first_row: int
     rows: int
     patch_length: int
     dtype: str
@@ -41,8 +45,13 @@ class ImagePart(Protocol):
     channels: int | None
     blocks: Blocks
     max_pixels: int
-    level: Level
-    kept: np.ndarray | None
+    level: Level = None  # the pyramid level (or resolution) read of every image
+    #: with keep rules: the blocks (row-major indices) whose patches are kept, in order
+    kept: np.ndarray | None = field(default=None, compare=False)
+
+    def part(self) -> dict[str, Any]:
+        """Its fields as :class:`ImagePart`'s, to make another layout's task of the same rows."""
+        return {f.name: getattr(self, f.name) for f in fields(ImagePart)}
 
 
 def open_source(source: str, max_pixels: int, level: Level, channels: int | None) -> np.ndarray | RegionSource:

@@ -42,7 +42,7 @@ from patchfold.datasets.build import (
     run_tasks,
     skipped_results,
 )
-from patchfold.datasets.images import fingerprint, patch_bands
+from patchfold.datasets.images import ImagePart, fingerprint, patch_bands
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
 from patchfold.io.formats import ZARR_SIDECAR_KEY, check_dataset_manifest, dataset_identity
@@ -70,25 +70,13 @@ DIGEST_BYTES = 16
 WRITE_CONFIG = {"write_empty_chunks": True}
 
 
-@dataclass(frozen=True)
-class ZarrTask:
-    """One image's share of the work: its rows of ``patches``. Picklable, sent to workers."""
+@dataclass(frozen=True, kw_only=True)
+class ZarrTask(ImagePart):
+    """One image's rows of ``patches``: the array's directory, its chunk rows and total rows."""
 
-    image_id: int
-    source: str
     store: str  # the ``patches`` array's directory
-    first_row: int
-    rows: int
-    patch_length: int
-    dtype: str
-    scale: float
-    channels: int | None
-    blocks: Blocks
-    max_pixels: int
     chunk_rows: int
     total_rows: int
-    level: Level = None  # the pyramid level (or resolution) read of every image
-    kept: np.ndarray | None = field(default=None, compare=False)  # with keep rules: the blocks kept
 
     @property
     def stop(self) -> int:
@@ -216,10 +204,7 @@ def appended_sources(path: Path, sources: Sequence[Path]) -> list[Path]:
 
 def _task(task: ImageTask, store: str, chunk_rows: int, total_rows: int) -> ZarrTask:
     """The shard planner's task as the store's: the same rows, in one array."""
-    return ZarrTask(
-        task.image_id, task.source, store, task.first_row, task.rows, task.patch_length, task.dtype, task.scale,
-        task.channels, task.blocks, task.max_pixels, chunk_rows, total_rows, task.level, task.kept,
-    )  # fmt: skip
+    return ZarrTask(**task.part(), store=store, chunk_rows=chunk_rows, total_rows=total_rows)
 
 
 # ----- creating and resuming a store -----------------------------------------------------------------
