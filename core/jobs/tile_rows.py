@@ -76,7 +76,8 @@ def row_bands(geometry: Geometry, row_bytes: int, budget: int | None = None) -> 
 
 
 def band_extent(geometry: Geometry, first: int, last: int) -> tuple[int, int]:
-    """The first padded row and the number of rows that block rows ``[first, last)`` read."""
+    """The first padded row and the number of rows that block rows ``[first, last)`` read (with
+    ``cover``, the last block row may have been moved inward: the slab's grid is a cover grid)."""
     starts = geometry.block_starts(0)
     top = int(starts[first])
     return top, int(starts[last - 1]) + geometry.span[0] - top

@@ -48,6 +48,7 @@ from patchfold.io.zarr_out import (
     create_array,
 )
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
+from patchfold.jobs.tile_rows import band_extent
 
 #: How many chunks (of every item) one band of a Zarr patch matrix holds.
 ZARR_CHUNKS_PER_BAND = 4
@@ -152,7 +153,7 @@ def _bands_of(
     if isinstance(array, RegionSource):  # read band by band: only the rows each band needs
 
         def read_rows(first: int, last: int) -> tuple[np.ndarray, Geometry]:
-            top, height = slab_extent(geometry, first, last)
+            top, height = band_extent(geometry, first, last)
             slab = padded_slab(array, geometry.pad_widths, geometry.padding_mode, top, height)
             return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
@@ -233,21 +234,9 @@ def _band_computer(
     return compute_torch
 
 
-def slab_extent(geometry: Geometry, first: int, last: int) -> tuple[int, int]:
-    """The first padded row and the row count that block rows ``[first, last)`` read (with
-    ``cover``, the last block row may have been moved inward: its slab's grid is a cover grid)."""
-    count, moved = geometry.even_grid[0]
-
-    def start(row: int) -> int:
-        return moved if moved is not None and row >= count else row * geometry.stride[0]
-
-    top = start(first)
-    return top, start(last - 1) + geometry.span[0] - top
-
-
 def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> tuple[np.ndarray, Geometry]:
     """The slab of a padded input that block rows ``[first, last)`` read, and its own geometry."""
-    top, height = slab_extent(geometry, first, last)
+    top, height = band_extent(geometry, first, last)
     slab = padded[:, :, top : top + height]
     return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
