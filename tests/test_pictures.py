@@ -85,3 +85,15 @@ def test_the_grid_outlines_fall_on_the_sampled_block_edges() -> None:
     zoom = picture.shape[0] // 20
     first = (picture == (0, 220, 255)).all(axis=-1)  # block (0, 0): pixels 0..9, drawn 0..4
     assert first[0, : 5 * zoom].all() and not first[0, 5 * zoom :].any()
+
+
+def test_a_volume_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.cli_fixtures import assert_runtime_error, invoke
+
+    write_zarr(tmp_path / "v.zarr", RNG.integers(0, 9, (1, 1, 6, 20, 20), dtype=np.uint8), chunks=(1, 1, 2, 8, 8))
+    monkeypatch.setattr(RegionSource, "load", never_whole)
+    monkeypatch.setattr(RegionSource, "rows", never_whole)
+    for command in ("grid", "divisor"):
+        result = invoke("show", command, tmp_path / "v.zarr", "-k", "4", "-o", tmp_path / "v.png")
+        assert_runtime_error(result, "3-D image; pictures are drawn of 2-D images only")
+        assert not (tmp_path / "v.png").exists()

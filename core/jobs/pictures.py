@@ -49,7 +49,9 @@ def _picture_of_image(
     inputs = [image]
     batch = load_inputs(inputs, max_pixels=max_pixels, level=tile_rows.read_level(inputs, level), regions=True)
     geometry = blocks.at(batch.array.shape[2:])
-    pixels, step = picture_pixels(batch.array, most) if geometry.ndim == 2 else (np.asarray(batch.array)[0], 1)
+    if geometry.ndim != 2:  # refused before any pixel is read
+        raise PatchfoldError(f"'{image}' is a {geometry.ndim}-D image; pictures are drawn of 2-D images only")
+    pixels, step = picture_pixels(batch.array, most)
     render.save_png(output, draw(pixels, geometry, step=step))
     return output
 
