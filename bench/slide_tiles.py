@@ -29,13 +29,15 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_timed
 
 #: Level-0 pixels per cell of the coarse field the blobs are drawn from.
 CELL = 32
@@ -137,16 +139,11 @@ def _tiles(field: np.ndarray, shape: tuple[int, ...], tile: int, factor: int) ->
 def timed(argv: list[str]) -> tuple[float, int, float]:
     """Wall seconds, peak RSS in bytes and CPU seconds (user + system) of one command under
     /usr/bin/time -v."""
-    started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"command failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-3000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    seconds, peak, done = run_timed(argv, tail=3000)
     cpu = sum(
         float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", done.stderr).group(1)) for kind in ("User", "System")
     )
-    return seconds, peak_kb * 1024, cpu
+    return seconds, peak, cpu
 
 
 #: The OpenSlide loop, run as its own process: argv = slide, output dir, kernel, threshold, min foreground.

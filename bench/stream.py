@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_timed
 
 
 def make_tiff(path: Path, size: int) -> None:
@@ -39,13 +40,8 @@ def make_tiff(path: Path, size: int) -> None:
 
 def timed(argv: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS in bytes and stdout of one command under /usr/bin/time -v."""
-    started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"command failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-2000:]}")
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return seconds, peak_kb * 1024, done.stdout
+    seconds, peak, done = run_timed(argv)
+    return seconds, peak, done.stdout
 
 
 def sequential_write(path: Path, nbytes: int) -> float:

@@ -25,11 +25,14 @@ from patchfold.geometry import Geometry
 @dataclass(frozen=True)
 class Part:
     """Blocks ``blocks`` (a range per dim of the cover grid) read padded ``region`` (per dim),
-    as the unpadded ``geometry`` over that region places them."""
+    as the unpadded ``geometry`` over that region places them. The regular part (the first
+    blocks of every dim, its region starting at 0) also has ``whole``: the unpadded geometry over
+    the whole padded input, which places those same blocks there (None for the other parts)."""
 
     blocks: tuple[slice, ...]
     region: tuple[slice, ...]
     geometry: Geometry
+    whole: Geometry | None = None
 
 
 def _runs(geometry: Geometry, dim: int) -> list[tuple[slice, slice]]:
@@ -52,7 +55,11 @@ def parts(geometry: Geometry) -> tuple[Part, ...]:
         region = tuple(r for _, r in runs)
         sub = plain.at(tuple(r.stop - r.start for r in region))
         assert sub.blocks_per_dim == tuple(b.stop - b.start for b in blocks)
-        result.append(Part(blocks, region, sub))
+        whole = None
+        if all(r.start == 0 for r in region):  # every dim's count = (padded - span) // stride + 1
+            whole = plain.at(geometry.padded_size)
+            assert whole.blocks_per_dim == sub.blocks_per_dim
+        result.append(Part(blocks, region, sub, whole))
     return tuple(result)
 
 
@@ -88,7 +95,12 @@ def unfold_parts(
     ``geometry.pad_widths``), ``unfold_part(region, geometry)`` cutting each part."""
     grid = out.reshape(_grid_shape(geometry, tuple(out.shape), layout))
     for part in parts(geometry):
-        piece = unfold_part(padded[(slice(None), slice(None), *part.region)], part.geometry)
+        if part.whole is not None:
+            # The regular part, cut from the padded input as it is rather than from the slice of
+            # its region (not contiguous, so the compiled loop would first have copied it whole).
+            piece = unfold_part(padded, part.whole)
+        else:
+            piece = unfold_part(padded[(slice(None), slice(None), *part.region)], part.geometry)
         grid[_select(part, layout)] = piece.reshape(_grid_shape(part.geometry, tuple(piece.shape), layout))
     return out
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import patchfold
 import pytest
 from cli_fixtures import COMMAND
+from dataset_helpers import kill_and_resume_command
 from patchfold.blocks import Blocks
 from patchfold.datasets.build import DONE_DIR, DatasetPlan, plan_dataset, plan_tiles, run_dataset, run_tiles
 from patchfold.io.read import read_input
@@ -168,24 +165,9 @@ def test_killed_run_resumes_and_ends_identical(tmp_path: Path) -> None:
         "20MB",
         "--no-progress",
     ]
-    process = subprocess.Popen([*args, "-o", str(tmp_path / "killed")], stderr=subprocess.PIPE)
-    done = tmp_path / "killed" / DONE_DIR
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (done.exists() and len(os.listdir(done)) >= 3):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    finished_before = len(os.listdir(done))
-    assert 3 <= finished_before < len(paths), "the run should have been killed part-way"
-    with pytest.raises(patchfold.PatchfoldError, match="incomplete"):
-        patchfold.load_dataset(tmp_path / "killed")
-    resumed = subprocess.run([*args, "-o", str(tmp_path / "killed"), "--json"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    summary = json.loads(resumed.stdout)
-    assert summary["skipped"] >= finished_before and summary["done"] + summary["skipped"] == len(paths)
-    fresh = subprocess.run([*args, "-o", str(tmp_path / "fresh")], capture_output=True, text=True)
-    assert fresh.returncode == 0, fresh.stderr
-    assert files(tmp_path / "killed") == files(tmp_path / "fresh")
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    kill_and_resume_command(args, killed, fresh, killed / DONE_DIR, len(paths))
+    assert files(killed) == files(fresh)
 
 
 def test_batch_tiles_writes_one_directory_per_image(tmp_path: Path) -> None:

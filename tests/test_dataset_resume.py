@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import patchfold
 import pytest
+from dataset_helpers import snapshot, stop_after
 from patchfold import Blocks
 from patchfold.datasets import build
 from PIL import Image
@@ -30,10 +31,6 @@ def make_images(directory: Path, count: int, seed: int = 0) -> list[Path]:
 def run(paths: list[Path], out: Path, blocks: Blocks = BLOCKS) -> list:
     """One run of the dataset job (as ``batch unfold`` makes it), returning its events."""
     return list(build.unfold_dataset([str(p) for p in paths], out, blocks, workers=1, shard_size=2000))
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def outcome(events: list) -> build.DatasetResult:
@@ -105,13 +102,7 @@ def test_killed_run_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     """A run stopped after two images (as kill -9 leaves it: markers for those, no final manifest)."""
     paths = make_images(tmp_path / "in", 4)
     events = build.unfold_dataset([str(p) for p in paths], tmp_path / "ds", BLOCKS, workers=1, shard_size=2000)
-    finished = []
-    for event in events:
-        if isinstance(event, build.ImageResult):
-            finished.append(event)
-            if len(finished) == 2:
-                break
-    events.close()  # what an interrupted run records: incomplete
+    stop_after(events, 2)  # what an interrupted run records: incomplete
     assert not json.loads((tmp_path / "ds" / "manifest.json").read_text())["complete"]
     result = outcome(run(paths, tmp_path / "ds"))
     assert result.summary()["skipped"] == 2 and result.summary()["done"] == 2

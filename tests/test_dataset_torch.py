@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
-import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from typing import Any
 import numpy as np
 import patchfold
 import pytest
+from dataset_helpers import dataloader_batches, python
 from patchfold import Blocks
 from patchfold.datasets import build
 from PIL import Image
@@ -50,15 +48,6 @@ def stored(dataset: Any, i: int) -> np.ndarray:
     """Patch ``i`` straight from its shard, as the index places it."""
     shard, row = dataset.index[i, -2], dataset.index[i, -1]
     return np.asarray(dataset.shards[shard][row]).reshape(dataset.patch_shape)
-
-
-def python(code: str) -> str:
-    """Run ``code`` in a fresh interpreter; its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 # ----- torch or not ---------------------------------------------------------------------------------
@@ -324,22 +313,12 @@ def test_with_position_gives_image_id_and_block_index(sharded: Path) -> None:
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_return_every_row_once(sharded: Path, context: str) -> None:
     dataset = patchfold.load_dataset(sharded, with_position=True)
-    where = {(int(r[0]), int(r[1]), int(r[2])): i for i, r in enumerate(dataset.index)}
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=12,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-        num_workers=2,
-        multiprocessing_context=context,
-    )
     seen = []
-    for patches, images, blocks in loader:
+    for patches, rows in dataloader_batches(dataset, context):
         assert patches.dtype == torch.uint8 and patches.shape[1:] == (3, 4, 4)
-        for patch, image, block in zip(patches, images.tolist(), blocks.tolist()):
-            i = where[(image, *block)]
+        for patch, i in zip(patches, rows):
             np.testing.assert_array_equal(patch.numpy(), stored(dataset, i))
-            seen.append(i)
+        seen += rows
     assert sorted(seen) == list(range(len(dataset)))
 
 

@@ -5,14 +5,8 @@ dataset's rows, reads back with zarr and dask alone, resumes after a stop or a k
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +14,7 @@ import numpy as np
 import patchfold
 import pytest
 from cli_fixtures import COMMAND, describe, invoke, ok
+from dataset_helpers import dataloader_batches, kill_and_resume_command, python, snapshot, stop_after
 from patchfold import Blocks
 from patchfold.datasets import build, zarr_store
 from patchfold.io.zarr_out import ZARR_COMPRESSIONS
@@ -55,18 +50,6 @@ def unfold(paths: list[Path], out: Path, **options: Any) -> build.DatasetResult:
     events = list(build.unfold_dataset([str(p) for p in paths], out, options.pop("blocks", BLOCKS), **options))
     assert isinstance(events[-1], build.DatasetResult)
     return events[-1]
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def python(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +194,7 @@ def test_stopped_run_resumes_to_the_same_store(both: tuple[list[Path], Path, Pat
     paths, _, fresh = both
     out = tmp_path / "ds.zarr"
     events = build.unfold_dataset([str(p) for p in paths], out, BLOCKS, workers=1, channels=3, chunk_size=SMALL_CHUNKS)
-    finished = []
-    for event in events:
-        if isinstance(event, build.ImageResult):
-            finished.append(event)
-            if len(finished) == 2:
-                break
-    events.close()
+    stop_after(events, 2)
     assert not zarr.open_group(str(out), mode="r").attrs["patchfold"]["complete"]
     with pytest.raises(patchfold.PatchfoldError, match="incomplete"):
         patchfold.load_dataset(out)
@@ -237,12 +214,7 @@ def test_killed_run_keeps_only_whole_images_and_resumes(
     monkeypatch.setattr(zarr_store.SharedChunks, "close", lambda self: None)  # nothing held is written
     monkeypatch.setattr(zarr_store, "finish_store", lambda plan, failures: None)
     events = build.unfold_dataset([str(p) for p in paths], out, BLOCKS, workers=1, channels=3, chunk_size=SMALL_CHUNKS)
-    results = 0
-    for event in events:
-        results += isinstance(event, build.ImageResult)
-        if results == 4:
-            break
-    events.close()
+    stop_after(events, 4)
     monkeypatch.undo()
     done = zarr.open_array(str(out / "done"), mode="r")[...]
     recorded = int(done.any(axis=1).sum())
@@ -260,24 +232,9 @@ def test_killed_command_resumes_and_ends_identical(tmp_path: Path) -> None:
         Image.open(path).resize((240, 200)).convert("RGB").save(path)
     args = [str(COMMAND), "batch", "unfold", str(tmp_path / "in"), "-k", "8", "-s", "2", "--workers", "1"]
     args.append("--no-progress")
-    process = subprocess.Popen([*args, "-o", str(tmp_path / "killed.zarr")], stderr=subprocess.PIPE)
-    done = tmp_path / "killed.zarr" / "done" / "c"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 3):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    recorded = len(os.listdir(done))
-    assert 3 <= recorded < len(paths), "the run should have been killed part-way"
-    with pytest.raises(patchfold.PatchfoldError, match="incomplete"):
-        patchfold.load_dataset(tmp_path / "killed.zarr")
-    resumed = subprocess.run([*args, "-o", str(tmp_path / "killed.zarr"), "--json"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    summary = json.loads(resumed.stdout)
-    assert summary["skipped"] >= recorded and summary["done"] + summary["skipped"] == len(paths)
-    fresh = subprocess.run([*args, "-o", str(tmp_path / "fresh.zarr")], capture_output=True, text=True)
-    assert fresh.returncode == 0, fresh.stderr
-    assert snapshot(tmp_path / "killed.zarr") == snapshot(tmp_path / "fresh.zarr")
+    killed, fresh = tmp_path / "killed.zarr", tmp_path / "fresh.zarr"
+    kill_and_resume_command(args, killed, fresh, killed / "done" / "c", len(paths))
+    assert snapshot(killed) == snapshot(fresh)
 
 
 def test_changed_source_and_missing_chunk_are_redone(both: tuple[list[Path], Path, Path], tmp_path: Path) -> None:
@@ -398,25 +355,15 @@ def test_items_are_writable_copies_and_pickles_reopen(both: tuple[list[Path], Pa
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_dataloader_workers_read_every_row_once(both: tuple[list[Path], Path, Path], context: str) -> None:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     _, shards, store = both
     dataset = patchfold.load_dataset(store, with_position=True)
     reference = patchfold.load_dataset(shards)
-    where = {(int(r[0]), int(r[1]), int(r[2])): i for i, r in enumerate(dataset.index)}
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=12,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-        num_workers=2,
-        multiprocessing_context=context,
-    )
     seen = []
-    for patches, images, blocks in loader:
-        for patch, image, block in zip(patches, images.tolist(), blocks.tolist()):
-            i = where[(image, *block)]
+    for patches, rows in dataloader_batches(dataset, context):
+        for patch, i in zip(patches, rows):
             np.testing.assert_array_equal(patch.numpy(), reference[i])
-            seen.append(i)
+        seen += rows
     assert sorted(seen) == list(range(len(dataset)))
 
 
