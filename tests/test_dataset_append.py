@@ -16,7 +16,8 @@ from patchfold.errors import PatchfoldError
 from patchfold.keep import KeepRules
 
 from tests.cli_fixtures import assert_runtime_error, invoke, ok
-from tests.test_dataset_zarr import make_images, snapshot, unfold
+from tests.dataset_helpers import snapshot
+from tests.test_dataset_zarr import make_images, unfold
 
 zarr = pytest.importorskip("zarr")
 
