@@ -195,3 +195,17 @@ def test_readme_line_runs(line: str, readme_runs: dict[str, Any]) -> None:
         pytest.skip(_skipped(line))
     done = readme_runs[line]
     assert done.returncode == 0, f"{line}\nexit {done.returncode}\n{done.stderr[-2000:]}"
+
+
+CONFLICT_MARKER = re.compile(r"^(<{7}|={7}|>{7})( |$)", re.M)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [README, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "bench").glob("*.md"))],
+    ids=lambda path: path.name,
+)
+def test_no_merge_conflict_markers(path: Path) -> None:
+    """A merge left unresolved must not land in what users read."""
+    marker = CONFLICT_MARKER.search(path.read_text(encoding="utf-8"))
+    assert marker is None, f"{path.name}: conflict marker at offset {marker.start()}"
