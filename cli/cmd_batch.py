@@ -22,7 +22,7 @@ from patchfold.cli.options import (
     progress_option,
     verbosity_options,
 )
-from patchfold.cli.present import emit_summary, track_images
+from patchfold.cli.present import emit_summary, track_images, verbosity
 from patchfold.io.levels import Level
 from patchfold.keep import KeepRules
 
@@ -175,7 +175,11 @@ def _report(title: str, output: Path, result, as_json: bool) -> None:
     """The summary of a batch run; exit 1 (after the summary) when any image failed."""
     emit_summary(f"{title} → {output}", result.summary(), as_json)
     if result.failed:
+        first, more = result.failed[0], len(result.failed) - 1
+        where = "in the JSON" if as_json else "listed above" if verbosity() >= 0 else "listed without -q"
+        others = f" ({more} more {where})" if more else ""
+        reason = first.error if first.source in first.error else f"'{first.source}': {first.error}"
         raise click.ClickException(
-            f"{len(result.failed)} of {result.images} image(s) failed (listed above); the others are done, and a "
-            "re-run retries only the failed ones"
+            f"{len(result.failed)} of {result.images} image(s) failed: {reason}{others}; the "
+            "others are done, and a re-run retries only the failed ones"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
+        quiet_third_party_logs()
         if os.environ.get("PATCHFOLD_DEBUG") == "1":
             return _timed(command(*args, **kwargs), started)
         try:
@@ -40,6 +42,20 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"{where}{error.strerror or error}".replace("\n", " ")) from None
 
     return wrapper
+
+
+#: Loggers of the readers patchfold uses, whose warnings Python would print on stderr (its
+#: last-resort handler) in the middle of a command's output; the library folds the ones that
+#: explain a failure into its error (``patchfold.io.logs``).
+THIRD_PARTY_LOGGERS = ("tifffile", "zarr", "numcodecs", "imagecodecs")
+
+
+def quiet_third_party_logs() -> None:
+    """Give each of :data:`THIRD_PARTY_LOGGERS` a handler that drops its lines (once)."""
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+            logger.addHandler(logging.NullHandler())
 
 
 def _timed(result: Any, started: float) -> Any:

@@ -18,7 +18,8 @@ step ``dilation``), read at the blocks' positions: no loop over blocks or pixels
 Rules (a block is kept when it satisfies every rule given): ``min_foreground=F`` keeps blocks whose
 foreground fraction is at least ``F``; ``max_blank=B`` keeps blocks whose blank fraction (background
 and padding pixels over all pixels, ``1 - foreground fraction``) is at most ``B``. Both compare
-pixel counts: ``foreground >= F·∏k`` and ``∏k - foreground <= B·∏k``.
+pixel counts: ``foreground >= F·∏k`` and ``∏k - foreground <= B·∏k``, in exact arithmetic on the
+decimal given (``0.55`` of 100 pixels is 55, where ``0.55 * 100`` in floats is just over 55).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,13 @@ OTSU_BINS = 256
 
 #: Pixels turned into grey levels at a time (float64), so a large image needs no float copy of itself.
 _BAND_PIXELS = 1 << 22
+
+
+def _decimal(fraction: float) -> Fraction:
+    """A rule's fraction as the decimal it was written as, exactly: ``0.55`` is 55/100, not the
+    binary float just above it, so a block with exactly 55 of 100 pixels meets ``0.55`` (the
+    shortest repr of a float is the decimal that gave it)."""
+    return Fraction(repr(fraction))
 
 
 def _fraction(value: Any, name: str) -> float | None:
@@ -93,9 +102,9 @@ class KeepRules:
         """
         keep = np.ones(np.shape(counts), dtype=bool)
         if self.min_foreground is not None:
-            keep &= counts >= self.min_foreground * volume
+            keep &= counts >= math.ceil(_decimal(self.min_foreground) * volume)
         if self.max_blank is not None:
-            keep &= volume - counts <= self.max_blank * volume
+            keep &= volume - counts <= math.floor(_decimal(self.max_blank) * volume)
         return keep
 
     def to_dict(self) -> dict[str, Any]:

@@ -203,6 +203,26 @@ def test_max_blank_is_the_complement_of_min_foreground() -> None:
     assert both.sum() == 81 and both[20] and not both[19]
 
 
+@given(
+    hundredths=st.integers(0, 100),
+    volume=st.sampled_from([1, 3, 7, 10, 64, 100, 144, 1000, 4096, 262144]),
+)
+def test_fractions_are_exact_at_the_boundary(hundredths: int, volume: int) -> None:
+    """A block whose fraction is exactly F meets ``min_foreground=F``, and one whose blank share is
+    exactly B meets ``max_blank=B``: reference in integers on the decimal F = hundredths / 100
+    (0.55 * 100 is 55.00000000000001 in floats)."""
+    fraction = float(f"{hundredths / 100:.2f}")
+    counts = np.arange(volume + 1)
+    want_foreground = counts * 100 >= hundredths * volume
+    want_blank = (volume - counts) * 100 <= hundredths * volume
+    np.testing.assert_array_equal(KeepRules(min_foreground=fraction).keeps(counts, volume), want_foreground)
+    np.testing.assert_array_equal(KeepRules(max_blank=fraction).keeps(counts, volume), want_blank)
+    complement = float(f"{(100 - hundredths) / 100:.2f}")  # the README: the two rules say the same
+    np.testing.assert_array_equal(
+        KeepRules(max_blank=complement).keeps(counts, volume), KeepRules(min_foreground=fraction).keeps(counts, volume)
+    )
+
+
 @pytest.mark.parametrize(
     ("arguments", "param"),
     [

@@ -38,6 +38,7 @@ from patchfold.io.formats import (
     DATASET_VERSION,
     TILE_DATASET_FORMAT,
     dataset_identity,
+    identity_difference,
     read_dataset_manifest,
     read_json,
     source_max_value,
@@ -252,7 +253,8 @@ def _resume(plan: DatasetPlan, existing: dict[str, Any]) -> Preparation:
     directory = plan.directory
     if dataset_identity(existing) != dataset_identity(plan.manifest):
         raise PatchfoldError(
-            f"'{directory}' holds a different dataset (other parameters or images); write to a new directory"
+            f"'{directory}' holds a different dataset: {identity_difference(existing, plan.manifest)}; "
+            "write to a new directory"
         )
     recorded = {image["id"]: image.get("fingerprint") for image in existing["images"]} if existing["complete"] else {}
     done = directory / DONE_DIR
@@ -491,10 +493,13 @@ def run_tiles(
     scheduler: str | None = None,
     fail_fast: bool = False,
 ) -> Iterator[ImageResult]:
-    """Write every image's tile directory under ``directory`` and a top-level manifest."""
+    """Write every image's tile directory under ``directory`` and a top-level manifest, which
+    records the request (:func:`tiles_request`): a resumed run must make the same one, or it is
+    refused before anything is written (its finished images would otherwise be skipped as done)."""
     top = directory / "manifest.json"
-    if os.path.lexists(top) and read_json(top, "manifest").get("format") != TILE_DATASET_FORMAT:
-        raise PatchfoldError(f"'{top}' is not a patchfold tile dataset's manifest; write to a new directory")
+    request = tiles_request(tasks)
+    if os.path.lexists(top):
+        _check_tiles_resume(top, read_json(top, "manifest"), request)
     directory.mkdir(parents=True, exist_ok=True)
     results: dict[int, ImageResult] = {}
     runner = run_tasks(tasks, process_tiles, workers, scheduler, fail_fast)
@@ -515,10 +520,54 @@ def run_tiles(
             for t in tasks
         ]
         complete = all((Path(t.directory) / "manifest.json").exists() for t in tasks)
-        manifest = {"format": TILE_DATASET_FORMAT, "version": 1, "images": images, "complete": complete}
+        manifest = {
+            "format": TILE_DATASET_FORMAT,
+            "version": TILE_DATASET_VERSION,
+            "request": request,
+            "images": images,
+            "complete": complete,
+        }
         if tasks and tasks[0].keep is not None:  # the rules; each image's directory has its counts
             manifest["keep"] = tasks[0].keep.to_dict()
         write_json(directory / "manifest.json", manifest)
+
+
+#: Version 2 records the request; a version-1 manifest (which did not) is not resumed.
+TILE_DATASET_VERSION = 2
+
+
+def tiles_request(tasks: Sequence[TilesTask]) -> dict[str, Any] | None:
+    """What every image of a tile dataset is made with, as its manifest records it (JSON-ready)."""
+    if not tasks:
+        return None
+    task = tasks[0]
+    return {
+        **task.blocks.to_dict(),
+        "format": task.fmt,
+        "channels": task.channels,
+        "level": None if task.level is None else describe_level(task.level),
+        "keep": None if task.keep is None else task.keep.to_dict(),
+    }
+
+
+def _check_tiles_resume(top: Path, existing: dict[str, Any], request: dict[str, Any] | None) -> None:
+    """Refuse to resume a tile dataset made with another request (naming what differs), or one
+    that is not a tile dataset's, or one from before requests were recorded."""
+    if existing.get("format") != TILE_DATASET_FORMAT:
+        raise PatchfoldError(f"'{top}' is not a patchfold tile dataset's manifest; write to a new directory")
+    if existing.get("version") != TILE_DATASET_VERSION or "request" not in existing:
+        raise PatchfoldError(
+            f"'{top}' was written by an earlier patchfold, which did not record how its tiles were made; "
+            "write to a new directory"
+        )
+    recorded, asked = existing["request"] or {}, json.loads(json.dumps(request)) or {}
+    differ = [key for key in sorted({*recorded, *asked}) if recorded.get(key) != asked.get(key)]
+    if differ:
+        changes = ", ".join(f"{key} {recorded.get(key)} -> {asked.get(key)}" for key in differ)
+        raise PatchfoldError(
+            f"'{top.parent}' holds tiles made with other parameters ({changes}); write to a new directory, "
+            "or give the same ones to resume"
+        )
 
 
 @dataclass(frozen=True)

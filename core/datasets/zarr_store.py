@@ -45,7 +45,7 @@ from patchfold.datasets.build import (
 from patchfold.datasets.images import ImagePart, fingerprint, patch_bands
 from patchfold.errors import PatchfoldError
 from patchfold.io import read
-from patchfold.io.formats import ZARR_SIDECAR_KEY, check_dataset_manifest, dataset_identity
+from patchfold.io.formats import ZARR_SIDECAR_KEY, check_dataset_manifest, dataset_identity, identity_difference
 from patchfold.io.levels import Level
 from patchfold.io.sources import zarr_module
 from patchfold.io.write import atomic_directory, check_store_apart, check_store_path
@@ -214,6 +214,14 @@ def store_identity(manifest: dict[str, Any]) -> str:
     return json.dumps([dataset_identity(manifest), manifest.get("compression"), manifest.get("chunk_rows")])
 
 
+def _store_difference(existing: dict[str, Any], planned: dict[str, Any]) -> str:
+    """Why ``planned`` is not the store ``existing`` describes, in words."""
+    for key in ("compression", "chunk_rows"):
+        if existing.get(key) != planned.get(key):
+            return f"other {key.replace('_', ' ')} ({existing.get(key)} -> {planned.get(key)})"
+    return identity_difference(existing, planned)
+
+
 def extends(existing: dict[str, Any], planned: dict[str, Any]) -> bool:
     """Whether ``planned`` is ``existing`` with more images after its own: the same parameters,
     codec and chunking, and its first images planned as ``existing`` holds them (the same rows)."""
@@ -241,11 +249,10 @@ def prepare_store(plan: StorePlan) -> Preparation:
     group = zarr.open_group(str(plan.path), mode="r+")
     if store_identity(existing) != store_identity(plan.manifest):
         if not (plan.append and extends(existing, plan.manifest)):
-            hint = "" if plan.append else ", or add images to it with append (--append)"
-            raise PatchfoldError(
-                f"'{plan.path}' holds a different dataset (other parameters, images or compression); write to "
-                f"a new store{hint}"
-            )
+            difference = _store_difference(existing, plan.manifest)
+            more = difference == "other images" and not plan.append
+            hint = ", or add images to it with append (--append)" if more else ""
+            raise PatchfoldError(f"'{plan.path}' holds a different dataset: {difference}; write to a new store{hint}")
         # the manifest first: a run stopped before the arrays have grown grows them when re-run
         existing = {**plan.manifest, "complete": False}
         group.attrs.put({ZARR_SIDECAR_KEY: existing})

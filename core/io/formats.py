@@ -322,7 +322,8 @@ def source_max_value(dtype: Any) -> int | float:
 def dataset_identity(manifest: dict[str, Any]) -> str:
     """What two runs must share to write the same dataset: parameters, shards and images (an
     image's ``max_value`` aside: datasets written before it was recorded stay resumable, and a
-    source whose bit depth changed is redone by its fingerprint)."""
+    source whose bit depth changed is redone by its fingerprint; and its keep record aside, whose
+    threshold follows its pixels: a changed source keeping as many blocks is redone in place)."""
     keys = (
         "kernel_size",
         "stride",
@@ -335,9 +336,39 @@ def dataset_identity(manifest: dict[str, Any]) -> str:
         "level",
         "keep",
     )
-    unshared = ("error", "fingerprint", "max_value")
+    unshared = ("error", "fingerprint", "max_value", "keep")
     images = [{k: v for k, v in image.items() if k not in unshared} for image in manifest["images"]]
     return json.dumps({**{k: manifest.get(k) for k in keys}, "images": images}, sort_keys=True)
+
+
+_KEEP_COUNTS = ("kept", "skipped")
+
+
+def identity_difference(existing: dict[str, Any], planned: dict[str, Any]) -> str:
+    """Why a planned dataset is not the one a manifest holds, in words (for the refusal): the
+    parameters that differ, other images, or images whose kept blocks changed (with keep rules an
+    edited source keeps another number of blocks, which moves every later row)."""
+    recorded, asked = json.loads(dataset_identity(existing)), json.loads(dataset_identity(planned))
+    for manifest in (recorded, asked):  # the rules are parameters; the counts follow the images
+        if manifest.get("keep"):
+            manifest["keep"] = {k: v for k, v in manifest["keep"].items() if k not in _KEEP_COUNTS}
+    differ = [key for key in sorted(recorded) if key not in ("images", "shards") and recorded[key] != asked.get(key)]
+    if differ:
+        return "other parameters (" + ", ".join(f"{key} {recorded[key]} -> {asked.get(key)}" for key in differ) + ")"
+    sources = [image.get("source") for image in recorded["images"]]
+    if sources != [image.get("source") for image in asked["images"]]:
+        return "other images"
+    moved = [
+        f"'{old.get('source')}' {old.get('rows')} -> {new.get('rows')}"
+        for old, new in zip(recorded["images"], asked["images"])
+        if old.get("rows") != new.get("rows")
+    ]
+    if moved:
+        return (
+            "sources whose kept blocks changed (" + ", ".join(moved) + "), which moves every later row; "
+            "only an unchanged row layout is redone in place"
+        )
+    return "other shards"
 
 
 def read_dataset_manifest(directory: Path) -> dict[str, Any]:

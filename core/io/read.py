@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import math
 import os
 import stat
@@ -21,6 +20,8 @@ import numpy as np
 from patchfold.errors import PatchfoldError
 from patchfold.io import leases
 from patchfold.io.levels import Level
+from patchfold.io.logs import tifffile_messages, with_log
+from patchfold.io.png import read_plain_png
 from patchfold.io.slides import is_slide, open_slide
 from patchfold.io.sources import RegionSource, is_zarr, open_pyramid_tiff, open_zarr
 from patchfold.io.streams import is_stdio, stdin_file
@@ -201,6 +202,9 @@ def _noted(caught: list[warnings.WarningMessage]) -> str:
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file into ``(C, H, W)`` in its natural dtype (16-bit stays 16-bit)."""
+    plain = read_plain_png(path, max_pixels)  # most PNGs: decoded without Pillow, the same pixels
+    if plain is not None:
+        return np.moveaxis(plain, -1, 0)
     with open_image(path, max_pixels) as image:
         if getattr(image, "n_frames", 1) > 1 and image.format == "TIFF":
             raise PatchfoldError(
@@ -329,7 +333,7 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
     import tifffile
 
     shape, axes, pages, dtype = header
-    with _tifffile_messages() as messages:
+    with tifffile_messages() as messages:
         try:
             data = tifffile.memmap(path, mode="r", series=0)
             if getattr(data, "_mmap", None) is not None:
@@ -343,7 +347,7 @@ def read_tiff(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | 
             except Exception as error:  # tifffile raises many types for a broken or exotic file
                 if pages == 1:
                     return None  # a single page Pillow may still read (its codecs differ)
-                raise PatchfoldError(f"'{path}' is corrupt or truncated: {_with_log(error, messages)}") from None
+                raise PatchfoldError(f"'{path}' is corrupt or truncated: {with_log(error, messages)}") from None
     if data.dtype.byteorder == ">":
         data = data.astype(data.dtype.newbyteorder("="))
     return _tiff_axes_to_channels_first(data, axes, pages)
@@ -363,36 +367,6 @@ def _decode_tiff(path: Path) -> np.ndarray:
         return tifffile.imread(path, series=0)
 
 
-class _Collected(logging.Handler):
-    """Keeps the messages of a third-party logger instead of letting them reach stderr."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _tifffile_messages() -> Iterator[list[str]]:
-    """While tifffile reads, its log lines (``incorrect StripByteCounts``...) are kept, not printed:
-    a reader of patchfold sees one message, with the first of them folded into its error."""
-    logger = logging.getLogger("tifffile")
-    handler, propagate = _Collected(), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
-def _with_log(error: BaseException, messages: list[str]) -> str:
-    return f"{error} ({messages[0]})" if messages else str(error)
-
-
 def _probe_tiff(path: Path, max_pixels: int) -> np.ndarray | None:
     """A zero-stride stand-in for :func:`read_tiff`'s result (only the header is read)."""
     header = _tiff_header(path, max_pixels)
@@ -409,14 +383,14 @@ def _tiff_header(path: Path, max_pixels: int) -> tuple[tuple[int, ...], str, int
         import tifffile
     except ImportError:
         return None
-    with _tifffile_messages() as messages:
+    with tifffile_messages() as messages:
         try:
             with tifffile.TiffFile(path) as tiff:
                 series = tiff.series[0]
                 shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
                 pages = len(tiff.pages)
         except Exception as error:  # tifffile raises many types for a broken file
-            raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {_with_log(error, messages)}") from None
+            raise PatchfoldError(f"'{path}' is not a TIFF tifffile can read: {with_log(error, messages)}") from None
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
     if height * width > max_pixels:
         raise PatchfoldError(

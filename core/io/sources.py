@@ -19,6 +19,7 @@ import numpy as np
 from patchfold.coverage import NUMPY_PAD_MODE
 from patchfold.errors import PatchfoldError
 from patchfold.io.levels import Level, LevelRequest, LevelScale, pick_level
+from patchfold.io.logs import tifffile_messages, with_log
 from patchfold.memory import check_fits
 
 #: Where a Zarr node keeps its metadata: v3 (``zarr.json``) or v2 (``.zarray`` / ``.zgroup``).
@@ -262,6 +263,11 @@ def open_pyramid_tiff(path: Path, level: Level) -> RegionSource:
     zarr = zarr_module()
     import tifffile
 
+    with tifffile_messages() as messages:
+        return _open_tiff_level(path, level, zarr, tifffile, messages)
+
+
+def _open_tiff_level(path: Path, level: Level, zarr: Any, tifffile: Any, messages: list[str]) -> RegionSource:
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
@@ -276,7 +282,7 @@ def open_pyramid_tiff(path: Path, level: Level) -> RegionSource:
     except PatchfoldError:
         raise
     except Exception as error:
-        raise PatchfoldError(f"'{path}' is not a readable TIFF: {error}") from None
+        raise PatchfoldError(f"'{path}' is not a readable TIFF: {with_log(error, messages)}") from None
     return RegionSource(array, axes, str(path), level=chosen, levels=levels, resolution=resolution, asked=_asked(level))
 
 

@@ -5,6 +5,8 @@ positioned writes for outputs filled band by band; image files and where each im
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import math
 import os
 import re
@@ -450,11 +452,47 @@ def write_npy_header(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> in
 
 
 def allocate_npy(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> int:
-    """Write the header of a C-ordered ``.npy`` and size the file for all its data (sparse where
-    the file system allows, so bands can be written in place); return where the data starts."""
+    """Write the header of a C-ordered ``.npy`` and size the file for all its data, so bands can be
+    written in place; return where the data starts. Its blocks are reserved up front where the
+    file system can (:func:`preallocate`)."""
     header = write_npy_header(handle, shape, dtype)
-    handle.truncate(header + math.prod(shape) * np.dtype(dtype).itemsize)
+    size = header + math.prod(shape) * np.dtype(dtype).itemsize
+    handle.truncate(size)
+    preallocate(handle.fileno(), size)
     return header
+
+
+@functools.cache
+def _fallocate() -> Any:
+    """libc's ``fallocate`` (Linux), or None: the system call itself, never glibc's
+    ``posix_fallocate``, which on a file system without it writes a byte into every block."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Reserve the blocks of the first ``size`` bytes of ``fd`` (keeping its length) where the file
+    system supports it, so that a full disk stops the job here rather than midway, and so that
+    replacing an older file with it costs no forced write-back (ext4 flushes a renamed file's
+    delayed allocations: 55 ms for 200 MB here). A file system without it is left as it is."""
+    function = _fallocate()
+    if function is None or size <= 0:
+        return
+    if function(fd, 0, 0, size) != 0:
+        import ctypes
+
+        code = ctypes.get_errno()
+        if code in (errno.ENOSPC, errno.EFBIG):
+            raise OSError(code, os.strerror(code))
 
 
 def _needs_v2(header: dict[str, Any]) -> bool:

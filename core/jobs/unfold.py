@@ -246,6 +246,9 @@ def write_band(fd: int, header: int, values: np.ndarray, plan: UnfoldPlan, first
     n, a, b = plan.output_shape
     itemsize = plan.dtype.itemsize
     start = first * plan.geometry.blocks_per_row
+    if start == 0 and values.shape == plan.output_shape:  # the whole matrix: one write
+        write_at(fd, values, header)
+        return
     if plan.layout == "nlc":
         for item in range(n):
             write_at(fd, values[item], header + (item * a + start) * b * itemsize)
