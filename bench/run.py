@@ -2,6 +2,7 @@
 
     python bench/run.py            # all cases (a few minutes on 2 cores)
     python bench/run.py --quick    # smaller repeats
+    python bench/run.py --commands # only the whole-command and start-up timings
 
 For each case: patchfold's time, and its speed-up over torch.nn.functional.unfold/fold, numpy's
 sliding_window_view + ascontiguousarray, the peers patchify and empatches where installed, and its
@@ -330,13 +331,39 @@ NUMPY_SCRIPT = (
 )
 
 
+def _bytecode_compiled() -> None:
+    """Compile patchfold's modules to bytecode first, as ``pip install`` does: with
+    ``PYTHONDONTWRITEBYTECODE`` set (these machines set it) an editable checkout otherwise
+    recompiles its sources in every fresh process (50 ms here), which no installed copy does."""
+    import compileall
+
+    for package in ("core", "cli"):
+        compileall.compile_dir(str(Path(__file__).resolve().parent.parent / package), quiet=1)
+
+
+def _interleaved(runs: dict[str, list[str]], repeats: int, clear: list[Path]) -> dict[str, float]:
+    """Median wall time of each command over ``repeats`` rounds, the contenders taking turns in
+    each round (so a slow phase of the machine hits them alike); ``clear`` is deleted before every
+    run (outputs a run would otherwise replace)."""
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, argv in runs.items():
+            for path in clear:
+                path.unlink(missing_ok=True)
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+            times[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 def command_times(repeats: int) -> list[str]:
-    """Whole-command wall times, each the median of ``repeats`` fresh processes: ``patchfold
-    unfold`` against the PIL + numpy script a user would write instead, for uint8 and float32
-    output (the same patch matrix, checked), and the start-up of ``import``, ``--help`` and a
-    ``stats`` call."""
+    """Whole-command wall times, each the median of ``repeats`` fresh processes taking turns:
+    ``patchfold unfold`` against the PIL + numpy script a user would write instead, for uint8 and
+    float32 output (the same patch matrix, checked), writing new files and replacing existing
+    ones; and the start-up of ``import``, ``--help`` and a ``stats`` call."""
     from PIL import Image
 
+    _bytecode_compiled()
     patchfold_cmd = [sys.executable, "-m", "patchfold"]
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "big.png"
@@ -347,22 +374,22 @@ def command_times(repeats: int) -> list[str]:
             scripts[dtype] = Path(tmp) / f"numpy_{dtype}.py"
             scripts[dtype].write_text(NUMPY_SCRIPT.format(cast=cast))
         unfold = [*patchfold_cmd, "unfold", str(image_path), "-k", "16", "-s", "8", "--no-progress", "-o"]
-        stats_args = ["stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"]
-        runs = {
+        contenders = {
             "patchfold unfold 2048² RGB -k 16 -s 8 (uint8)": [*unfold, f"{tmp}/pu8.npy"],
-            "PIL + sliding_window_view + np.save (uint8)": [
-                sys.executable,
-                str(scripts["uint8"]),
-                image_path,
-                f"{tmp}/nu8.npy",
-            ],
+            "PIL + sliding_window_view + np.save (uint8)": [sys.executable, str(scripts["uint8"]), str(image_path),
+                                                             f"{tmp}/nu8.npy"],
             "patchfold unfold … --dtype float32": [*unfold, f"{tmp}/pf32.npy", "--dtype", "float32"],
-            "PIL + sliding_window_view + np.save (float32)": [
-                sys.executable,
-                str(scripts["float32"]),
-                image_path,
-                f"{tmp}/nf32.npy",
-            ],
+            "PIL + sliding_window_view + np.save (float32)": [sys.executable, str(scripts["float32"]),
+                                                               str(image_path), f"{tmp}/nf32.npy"],
+        }  # fmt: skip
+        names = ("pu8", "nu8", "pf32", "nf32")
+        outputs = [Path(tmp) / f"{name}.{suffix}" for name in names for suffix in ("npy", "json")]
+        new = _interleaved(contenders, repeats, outputs)
+        replaced = _interleaved(contenders, repeats, [])
+        for ours, theirs in (("pu8", "nu8"), ("pf32", "nf32")):  # the same matrix, or the comparison means nothing
+            np.testing.assert_allclose(np.load(f"{tmp}/{ours}.npy"), np.load(f"{tmp}/{theirs}.npy"), rtol=1e-6)
+        stats_args = ["stats", "--size", "100000,100000", "-k", "64", "-s", "32", "--json"]
+        start_up = {
             "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
             "python -c 'import patchfold'": [sys.executable, "-c", "import patchfold"],
             "python -c 'import patchfold; patchfold.unfold'": [
@@ -375,30 +402,28 @@ def command_times(repeats: int) -> list[str]:
         }
         exe = Path(sys.executable).parent / "patchfold"
         if exe.exists():  # the installed console script, as users run it
-            runs["patchfold --help (console script)"] = [str(exe), "--help"]
-            runs["patchfold stats … --json (console script)"] = [str(exe), *stats_args]
-        times = {}
-        for label, argv in runs.items():
-            argv = [str(a) for a in argv]
-            times[label] = best(lambda argv=argv: subprocess.run(argv, check=True, capture_output=True), repeats, 1)
-        for ours, theirs in (("pu8", "nu8"), ("pf32", "nf32")):  # the same matrix, or the comparison means nothing
-            np.testing.assert_allclose(np.load(f"{tmp}/{ours}.npy"), np.load(f"{tmp}/{theirs}.npy"), rtol=1e-6)
-    lines = [f"| {label} | {seconds * 1000:.0f} ms |" for label, seconds in times.items()]
-    for dtype, ours, theirs in (
-        ("uint8", "patchfold unfold 2048² RGB -k 16 -s 8 (uint8)", "PIL + sliding_window_view + np.save (uint8)"),
-        ("float32", "patchfold unfold … --dtype float32", "PIL + sliding_window_view + np.save (float32)"),
-    ):
+            start_up["patchfold --help (console script)"] = [str(exe), "--help"]
+            start_up["patchfold stats … --json (console script)"] = [str(exe), *stats_args]
+        started = _interleaved(start_up, repeats, [])
+    lines = [
+        f"| {label} | {1000 * new[label]:.0f} ms new, {1000 * replaced[label]:.0f} ms replacing |" for label in new
+    ]
+    lines += [f"| {label} | {seconds * 1000:.0f} ms |" for label, seconds in started.items()]
+    for dtype, (ours, theirs) in zip(("uint8", "float32"), (list(contenders)[:2], list(contenders)[2:])):
         lines.append(
-            f"| **speed-up of patchfold unfold over the script, {dtype}** | {times[theirs] / times[ours]:.2f}× |"
+            f"| **speed-up of patchfold unfold over the script, {dtype}** | {new[theirs] / new[ours]:.2f}× new "
+            f"file, {replaced[theirs] / replaced[ours]:.2f}× replacing one |"
         )
-    extra = times["python -c 'import patchfold'"] - times["python -c 'import numpy'"]
-    lines.append(f"| **import patchfold beyond import numpy** | {extra * 1000:+.0f} ms |")
+    for label in ("python -c 'import patchfold'", "python -c 'import patchfold; patchfold.unfold'"):
+        extra = started[label] - started["python -c 'import numpy'"]
+        lines.append(f"| **{label.split(' ', 2)[2]} beyond import numpy** | {extra * 1000:+.0f} ms |")
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--commands", action="store_true", help="only the whole-command and start-up table")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--stat",
@@ -424,6 +449,11 @@ def main() -> None:
         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {args.stat} of {repeats} runs, "
         f"best of {args.passes} passes\n"
     )
+    if args.commands:
+        print("| command (median of fresh processes) | wall time |\n|---|---|")
+        for line in command_times(max(7, repeats)):
+            print(line, flush=True)
+        return
     print(
         "| case | op | patchfold | vs torch | vs numpy swv | vs peers "
         "| share of copyto floor (alloc÷fresh / into÷touched) |"

@@ -4,9 +4,12 @@ yielding each item's result as it finishes."""
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -67,7 +70,8 @@ def run_local(
 
     if sys.platform == "win32":  # ProcessPoolExecutor refuses more than 61 workers there
         workers = min(workers, 61)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context(start_method()), initializer=_quiet_worker)
+    context = get_context(start_method())
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker, initargs=(os.getpid(),))
     pending: set[Future[list[ImageResult]]] = set()
     finished_normally = False
     try:
@@ -136,9 +140,41 @@ def _ready() -> None:
     """A task that does nothing: its result says a worker has started."""
 
 
-def _quiet_worker() -> None:
-    """Workers leave Ctrl-C to the parent (which stops them): no traceback from each of them."""
+def _quiet_worker(run: int | None = None) -> None:
+    """Workers leave Ctrl-C to the parent (which stops them): no traceback from each of them. And
+    each ends when the run's process ``run`` does: a run killed outright (SIGKILL, out of memory)
+    cannot stop its pool, whose workers (children of the forkserver, which outlives the run) would
+    otherwise wait for work forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if run is not None and os.name == "posix":  # (os.kill(pid, 0) on Windows sends Ctrl-C)
+        threading.Thread(target=_end_with, args=(run,), name="patchfold-run-watch", daemon=True).start()
+
+
+#: Seconds between checks that the run is alive, where the process cannot be waited on directly.
+_WATCH_INTERVAL = 2.0
+
+
+def _end_with(run: int) -> None:
+    """Return only to end this worker, once process ``run`` has ended: waits on a pidfd (Linux
+    5.3+), else checks every :data:`_WATCH_INTERVAL` seconds."""
+    try:
+        descriptor = os.pidfd_open(run)
+    except (AttributeError, OSError):  # no pidfd here, or the run is already gone
+        while _alive(run):
+            time.sleep(_WATCH_INTERVAL)
+    else:
+        select.select([descriptor], [], [])  # readable once the process has ended
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop(pool: Any, pending: set[Future[Any]], finished_normally: bool) -> None:

@@ -217,3 +217,55 @@ def test_two_tiles_runs_into_an_existing_empty_directory(tile_source: tuple[Path
     check_tiles_race(results)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"], "a staging directory was left behind"
     check_tile_directory(target, pixels)
+
+
+_SLOW_POOL = """
+import os, sys, time
+from pathlib import Path
+from patchfold.scheduling import ImageResult, run_local
+
+
+def task(n: int) -> ImageResult:
+    Path(sys.argv[1], f"{os.getpid()}.pid").write_text("")
+    time.sleep(120)
+    return ImageResult(n, str(n), 0)
+
+
+if __name__ == "__main__":
+    for _ in run_local(list(range(4)), task, 2):
+        pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, not yet reaped by its parent) has ended
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_workers_end_with_a_run_killed_outright(tmp_path: Path) -> None:
+    """A run killed with SIGKILL cannot stop its pool: its workers notice and end by themselves
+    (the red-team found 12 still alive a minute after such runs)."""
+    (tmp_path / "job.py").write_text(_SLOW_POOL)
+    (tmp_path / "pids").mkdir()
+    run = subprocess.Popen([sys.executable, "job.py", "pids"], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "pids").iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [int(p.stem) for p in (tmp_path / "pids").iterdir()]
+    assert len(workers) == 2, "the workers did not start"
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left, f"workers {left} outlived the run"
