@@ -141,3 +141,16 @@ def test_a_quiet_batch_run_says_why_an_image_failed(tmp_path: Path, command: str
                     "-q", "--workers", "1", "--no-progress", "-o", tmp_path / "out3")  # fmt: skip
     line = assert_runtime_error(result, "--level 3", "s.tif")
     assert "listed above" not in line
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32"])
+def test_one_channel_float_or_int32_images_go_to_tiff_only(tmp_path: Path, dtype: str) -> None:
+    values = (np.random.default_rng(1).random((1, 1, 32, 32)) * 1e6 - 5).astype(dtype)
+    np.save(tmp_path / "x.npy", values)
+    ok("unfold", tmp_path / "x.npy", "-k", "16", "-s", "16", "-o", tmp_path / "p.npy", "--no-progress")
+    line = assert_runtime_error(invoke("fold", tmp_path / "p.npy", "-o", tmp_path / "x.png", "--no-progress"), ".tif")
+    assert "mode" not in line and not (tmp_path / "x.png").exists()
+    ok("fold", tmp_path / "p.npy", "-o", tmp_path / "x.tif", "--no-progress")
+    back = np.asarray(Image.open(tmp_path / "x.tif"))
+    assert back.dtype == values.dtype
+    np.testing.assert_array_equal(back, values[0, 0])

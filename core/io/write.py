@@ -305,11 +305,18 @@ def to_image_array(pixels: np.ndarray, path: Path) -> np.ndarray:
         )
     if pixels.dtype == np.uint8 and channels in (1, 2, 3, 4):
         return pixels[0] if channels == 1 else np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
-    if channels == 1 and pixels.dtype in (np.uint16, np.int32, np.float32):
+    if channels == 1 and pixels.dtype == np.uint16:
+        return pixels[0]
+    if channels == 1 and pixels.dtype in (np.int32, np.float32):
+        if path.suffix.lower() not in (".tif", ".tiff"):  # Pillow writes modes I and F as TIFF only
+            raise PatchfoldError(
+                f"'{path}': one channel of {pixels.dtype} can be written as .tif, not {path.suffix or 'this format'}; "
+                "write .tif or .npy instead"
+            )
         return pixels[0]
     raise PatchfoldError(
         f"'{path}': cannot write {channels} channel(s) of {pixels.dtype} as an image "
-        "(uint8 with 1-4 channels, uint16 with 1-4 as .png, or one channel of int32/float32; any as .tif "
+        "(uint8 with 1-4 channels, uint16 with 1-4 as .png, or one channel of int32/float32 as .tif; any as .tif "
         "with tifffile); write .npy instead"
     )
 
