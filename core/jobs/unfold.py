@@ -47,6 +47,7 @@ from patchfold.io.zarr_out import (
     compressors,
     create_array,
 )
+from patchfold.jobs.pieces import unfold_pieces
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
 from patchfold.jobs.tile_rows import band_extent
 
@@ -74,17 +75,40 @@ def unfold_to_npy(
     """
     check_output_path(path)
     check_free_space(path, plan.output_bytes)
-    band, source = _bands_of(array, plan, scale, device, engine, threads)
+    in_pieces = _in_pieces(array, plan, device, engine)
+    if in_pieces:
+        padded = _converted(pad_input(array, plan.geometry), plan.dtype, scale)
+    else:
+        band, source = _bands_of(array, plan, scale, device, engine, threads)
     targets = [path] + ([sidecar_path(path)] if sidecar is not None else [])
     with atomic_paths(*targets) as temporaries:
         with open(temporaries[0], "r+b") as handle:
             header = allocate_npy(handle, plan.output_shape, plan.dtype)
             fd = handle.fileno()
-            yield from _write_bands(
-                band, plan, source, lambda values, first: write_band(fd, header, values, plan, first)
-            )
+            if in_pieces:
+                yield from unfold_pieces(padded, plan.geometry.over_padded(), plan, fd, header, threads)
+            else:
+                yield from _write_bands(
+                    band, plan, source, lambda values, first: write_band(fd, header, values, plan, first)
+                )
         if sidecar is not None:
             temporaries[1].write_text(sidecar, encoding="utf-8")
+
+
+def _in_pieces(array: Any, plan: UnfoldPlan, device: str, engine: str) -> bool:
+    """Whether :func:`~patchfold.jobs.pieces.unfold_pieces` writes this job: a patch matrix within
+    the budget in one band, of an array in memory, on the CPU engine, of plain blocks."""
+    in_memory = isinstance(array, np.ndarray) and not isinstance(array, np.memmap)
+    cpu = device == "cpu" and engine != "torch"
+    return plan.bands == 1 and in_memory and cpu and not cover.needs_parts(plan.geometry)
+
+
+def _converted(padded: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
+    """``padded`` as a C-contiguous array of ``dtype`` (times ``scale``): itself where it is one."""
+    values = np.ascontiguousarray(padded, dtype=dtype)
+    if scale != 1.0:
+        values = values * dtype.type(scale) if values is padded else np.multiply(values, dtype.type(scale), out=values)
+    return values
 
 
 def unfold_to_zarr(
