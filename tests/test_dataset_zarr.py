@@ -229,7 +229,7 @@ def test_killed_command_resumes_and_ends_identical(tmp_path: Path) -> None:
         pytest.skip("the patchfold command is not installed")
     paths = make_images(tmp_path / "in", 24, seed=1)
     for path in paths:  # larger images, so the run lasts long enough to be killed part-way
-        Image.open(path).resize((240, 200)).convert("RGB").save(path)
+        Image.open(path).resize((360, 300)).convert("RGB").save(path)
     args = [str(COMMAND), "batch", "unfold", str(tmp_path / "in"), "-k", "8", "-s", "2", "--workers", "1"]
     args.append("--no-progress")
     killed, fresh = tmp_path / "killed.zarr", tmp_path / "fresh.zarr"
