@@ -269,3 +269,24 @@ def test_workers_end_with_a_run_killed_outright(tmp_path: Path) -> None:
     for pid in left:
         os.kill(pid, 9)
     assert not left, f"workers {left} outlived the run"
+
+
+_POLLING_WATCH = """
+import os, subprocess, threading
+import patchfold.scheduling as scheduling
+
+if hasattr(os, "pidfd_open"):
+    del os.pidfd_open  # as on a system without pidfds: the watch polls
+scheduling._WATCH_INTERVAL = 0.05
+run = subprocess.Popen(["sleep", "0.3"])
+threading.Thread(target=run.wait, daemon=True).start()  # reaped once it ends, as a shell does
+scheduling._end_with(run.pid)
+raise SystemExit(0)  # not reached: the watch ends the process with status 1
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the watch runs on POSIX systems")
+def test_the_run_watch_polls_where_there_are_no_pidfds() -> None:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _POLLING_WATCH], timeout=30)
+    assert done.returncode == 1 and time.monotonic() - started < 20
