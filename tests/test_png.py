@@ -4,6 +4,8 @@ Pillow's path, with its result or its error unchanged."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,7 @@ def test_plain_png_is_pillows_pixels(case, chunks, tmp_path: Path, monkeypatch: 
             info.add(chunk.encode(), (45455).to_bytes(4, "big") if chunk == "gAMA" else b"\x00")
     path = tmp_path / "plain.png"
     Image.fromarray(pixels, mode=mode).save(path, pnginfo=info, **options)
-    assert png.png_header(path).plain
+    assert png.plain_png(path.read_bytes()) is not None
     fast = png.read_plain_png(path, read.DEFAULT_MAX_PIXELS)
     assert fast is not None, "a plain PNG takes the fast path"
     got = read.read_image(path)
@@ -165,5 +167,57 @@ def test_the_pixel_limit_is_pillows(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_not_a_png(tmp_path: Path) -> None:
     path = tmp_path / "scene.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path, format="JPEG")
-    assert png.png_header(path) is None
+    assert png.plain_png(path.read_bytes()) is None
     assert read.read_image(path).shape == (3, 4, 4)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _hand_made(*middle: bytes, after: bytes = b"", tail: bytes | None = None) -> bytes:
+    """An 8x8 RGB PNG with ``middle`` chunks before its pixels and ``after`` chunks after them."""
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    head = png.SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+    idat = _chunk(b"IDAT", zlib.compress(b"".join(b"\0" + row.tobytes() for row in pixels)))
+    return head + b"".join(middle) + idat + after + (_chunk(b"IEND", b"") if tail is None else tail)
+
+
+HAND_MADE = {  # each left to Pillow: damaged, or holding what the fast path does not read
+    "truncated after the pixels": _hand_made(after=_chunk(b"tEXt", b"k\0" + b"v" * 100)[:40], tail=b""),
+    "a short pHYs": _hand_made(_chunk(b"pHYs", b"\0\0")),
+    "a zTXt": _hand_made(_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a"))),
+    "an iCCP profile": _hand_made(_chunk(b"iCCP", b"p\0\0" + zlib.compress(b"\0" * 1000))),
+    "an inflate bomb before the pixels": _hand_made(_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"\0" * 2**22, 9))),
+    "a text keyword too long": _hand_made(_chunk(b"tEXt", b"k" * 80 + b"\0v")),
+    "an unknown chunk": _hand_made(_chunk(b"prVt", b"x")),
+    "data after IEND": _hand_made(tail=_chunk(b"IEND", b"") + b"junk"),
+    "no IEND": _hand_made(tail=b""),
+    "IDAT runs apart": _hand_made(after=_chunk(b"tIME", b"\0" * 7) + _chunk(b"IDAT", zlib.compress(b""))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_MADE))
+def test_hand_made_pngs_go_to_pillow(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's result or its error, unchanged (the red-team's cases: libspng read some of these
+    where Pillow refuses them, and inflated a text bomb)."""
+    path = tmp_path / "hand.png"
+    path.write_bytes(HAND_MADE[name])
+    assert png.plain_png(path.read_bytes()) is None
+    assert png.read_plain_png(path, read.DEFAULT_MAX_PIXELS) is None
+    try:
+        want = pillow_read(path, monkeypatch)
+    except PatchfoldError as error:
+        with pytest.raises(PatchfoldError) as caught:
+            read.read_image(path)
+        assert str(caught.value) == str(error)
+    else:
+        np.testing.assert_array_equal(read.read_image(path), want)
+
+
+def test_a_plain_hand_made_png_takes_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "plain.png"
+    text = _chunk(b"tEXt", b"Software\0patchfold")
+    path.write_bytes(_hand_made(_chunk(b"gAMA", (45455).to_bytes(4, "big")), text, after=text))
+    assert png.read_plain_png(path, read.DEFAULT_MAX_PIXELS) is not None
+    np.testing.assert_array_equal(read.read_image(path), pillow_read(path, monkeypatch))
