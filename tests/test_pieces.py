@@ -84,3 +84,29 @@ def test_pieces_are_the_runs_of_the_file() -> None:
             assert piece.offset == position
             position += int(np.prod(piece.shape)) * 4
         assert position == plan.output_bytes
+
+
+@pytest.mark.parametrize("max_memory", [None, 64], ids=["in pieces", "in bands"])
+@pytest.mark.parametrize("source", ["uint16", "uint8", "int16"])
+def test_half_precision_outputs_are_scaled_before_the_cast(tmp_path: Path, max_memory: int | None, source: str) -> None:
+    """65535 is inf in float16: the job scales in float32 first, as ``dtypes.cast_scaled`` does
+    (the red-team found inf and numpy's overflow warning on stderr), on both write paths."""
+    import warnings
+
+    from patchfold.dtypes import cast_scaled, target_dtype
+
+    info = np.iinfo(source)
+    x = np.linspace(info.min, info.max, 2 * 3 * 9 * 11).astype(source).reshape(2, 3, 9, 11)
+    np.save(tmp_path / "x.npy", x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        events = list(
+            unfold_file([tmp_path / "x.npy"], tmp_path / "p.npy", Blocks(3, stride=2), dtype="float16",
+                        max_memory=max_memory)
+        )  # fmt: skip
+    assert (events[-1].plan.bands > 1) == (max_memory is not None)
+    dtype, scale = target_dtype(x.dtype, "float16")
+    want = patchfold.unfold(cast_scaled(x, dtype, scale), 3, stride=2)
+    got = np.load(tmp_path / "p.npy")
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)

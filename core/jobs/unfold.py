@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from patchfold import cover
 from patchfold.blocks import Blocks
-from patchfold.dtypes import target_dtype
+from patchfold.dtypes import cast_scaled, target_dtype
 from patchfold.engines import resolve
 from patchfold.engines.cpu import pad_input, prepare_input, unfold_into
 from patchfold.errors import PatchfoldError
@@ -77,7 +77,7 @@ def unfold_to_npy(
     check_free_space(path, plan.output_bytes)
     in_pieces = _in_pieces(array, plan, device, engine)
     if in_pieces:
-        padded = _converted(pad_input(array, plan.geometry), plan.dtype, scale)
+        padded = np.ascontiguousarray(cast_scaled(pad_input(array, plan.geometry), plan.dtype, scale))
     else:
         band, source = _bands_of(array, plan, scale, device, engine, threads)
     targets = [path] + ([sidecar_path(path)] if sidecar is not None else [])
@@ -101,14 +101,6 @@ def _in_pieces(array: Any, plan: UnfoldPlan, device: str, engine: str) -> bool:
     in_memory = isinstance(array, np.ndarray) and not isinstance(array, np.memmap)
     cpu = device == "cpu" and engine != "torch"
     return plan.bands == 1 and in_memory and cpu and not cover.needs_parts(plan.geometry)
-
-
-def _converted(padded: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
-    """``padded`` as a C-contiguous array of ``dtype`` (times ``scale``): itself where it is one."""
-    values = np.ascontiguousarray(padded, dtype=dtype)
-    if scale != 1.0:
-        values = values * dtype.type(scale) if values is padded else np.multiply(values, dtype.type(scale), out=values)
-    return values
 
 
 def unfold_to_zarr(
@@ -173,7 +165,6 @@ def _bands_of(
 ) -> tuple[Any, Any]:
     """The band function of an unfold job over ``array``, and the array its pages come from."""
     geometry = plan.geometry
-    factor = plan.dtype.type(scale) if scale != 1.0 else None
     if isinstance(array, RegionSource):  # read band by band: only the rows each band needs
 
         def read_rows(first: int, last: int) -> tuple[np.ndarray, Geometry]:
@@ -181,14 +172,14 @@ def _bands_of(
             slab = padded_slab(array, geometry.pad_widths, geometry.padding_mode, top, height)
             return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
-        return _band_computer(None, None, plan, device, engine, threads, factor, read_rows), None
+        return _band_computer(None, None, plan, device, engine, threads, scale, read_rows), None
     direct = device == "cpu" and engine != "torch" and array.flags.c_contiguous and array.dtype == plan.dtype
     direct = direct and not cover.needs_parts(geometry)  # a cover grid's bands are cut from their slabs
-    if direct and factor is None:  # blocks straight from the input (padded once if it must be)
+    if direct and scale == 1.0:  # blocks straight from the input (padded once if it must be)
         source, source_geometry = prepare_input(array, geometry)
     else:  # via contiguous slabs in the output dtype
         source, source_geometry = pad_input(array, geometry), None
-    return _band_computer(source, source_geometry, plan, device, engine, threads, factor), source
+    return _band_computer(source, source_geometry, plan, device, engine, threads, scale), source
 
 
 def _band_computer(
@@ -198,16 +189,17 @@ def _band_computer(
     device: str,
     engine: str,
     threads: int | None,
-    factor: Any,
+    scale: float,
     read_rows: Any = None,
 ) -> Any:
     """A function ``(first, last, slot) -> band`` that unfolds block rows into a contiguous array,
     alternating between two buffers (``slot`` 0 or 1) so one can be written while the other fills.
 
     With ``direct_geometry`` blocks are cut from ``padded`` (the input as :func:`prepare_input`
-    gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype,
-    or, with ``read_rows(first, last) -> (slab, its geometry)``, each band's slab is read from a
-    region source.
+    gave it) directly; without, ``padded`` is the padded input, cut into slabs of the output dtype
+    (times ``scale``, as :func:`~patchfold.dtypes.cast_scaled` makes them), or, with
+    ``read_rows(first, last) -> (slab, its geometry)``, each band's slab is read from a region
+    source.
     """
     geometry, layout = plan.geometry, plan.layout
     if read_rows is None:
@@ -232,9 +224,7 @@ def _band_computer(
                 unfold_into(padded, direct_geometry, out, layout, rows=(first, last), threads=threads)
             else:  # a contiguous slab in the output dtype first: strided or casting copies are slow
                 slab, slab_geometry = read_rows(first, last)
-                slab = np.ascontiguousarray(slab, dtype=plan.dtype)
-                if factor is not None:
-                    slab *= factor
+                slab = np.ascontiguousarray(cast_scaled(slab, plan.dtype, scale))
                 unfold_into(slab, slab_geometry, out, layout, threads=threads)
             return out
 
@@ -250,9 +240,7 @@ def _band_computer(
         result = torch_engine.unfold(torch_engine.take(np.ascontiguousarray(slab), device), slab_geometry, layout)
         shape = shape_of(last - first)
         out = buffers[slot][: math.prod(shape)].reshape(shape)
-        out[...] = result.cpu().numpy()
-        if factor is not None:
-            out *= factor
+        out[...] = cast_scaled(result.cpu().numpy(), plan.dtype, scale)
         return out
 
     return compute_torch
