@@ -81,6 +81,17 @@ def test_batch_tiles_refuses_to_resume_with_another_request(tmp_path: Path, chan
     assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 1
 
 
+def test_batch_tiles_resumes_the_same_blocks_spelled_per_dim(tmp_path: Path) -> None:
+    """``-k 32 -s 32`` and ``-k 32,32 -s 32,32`` are the same blocks on an image (the second
+    red-team pass: the request was compared as typed)."""
+    pyramid(tmp_path / "s.tif")
+    assert _batch_tiles(tmp_path, "-k", "32", "-s", "32", "--level", "1").exit_code == 0
+    again = _batch_tiles(tmp_path, "-k", "32,32", "-s", "32,32", "--level", "1", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["skipped"] == 1
+    assert_runtime_error(_batch_tiles(tmp_path, "-k", "32,16", "-s", "32", "--level", "1"), "kernel_size")
+
+
 def test_batch_tiles_refuses_a_manifest_without_a_request(tmp_path: Path) -> None:
     pyramid(tmp_path / "s.tif")
     assert _batch_tiles(tmp_path, "-k", "32", "-s", "32").exit_code == 0

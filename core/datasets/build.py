@@ -542,11 +542,20 @@ def tiles_request(tasks: Sequence[TilesTask]) -> dict[str, Any] | None:
         return None
     task = tasks[0]
     return {
-        **task.blocks.to_dict(),
+        **_uniform(task.blocks.to_dict()),
         "format": task.fmt,
         "channels": task.channels,
         "level": None if task.level is None else describe_level(task.level),
         "keep": None if task.keep is None else task.keep.to_dict(),
+    }
+
+
+def _uniform(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Block parameters with a per-dim list of one value written as that value alone: ``-k 64``
+    and ``-k 64,64`` make the same blocks wherever both apply, so a resume must not tell them apart."""
+    return {
+        key: value[:1] if isinstance(value, list) and value and all(v == value[0] for v in value) else value
+        for key, value in recorded.items()
     }
 
 
@@ -560,7 +569,7 @@ def _check_tiles_resume(top: Path, existing: dict[str, Any], request: dict[str, 
             f"'{top}' was written by an earlier patchfold, which did not record how its tiles were made; "
             "write to a new directory"
         )
-    recorded, asked = existing["request"] or {}, json.loads(json.dumps(request)) or {}
+    recorded, asked = _uniform(existing["request"] or {}), json.loads(json.dumps(request)) or {}
     differ = [key for key in sorted({*recorded, *asked}) if recorded.get(key) != asked.get(key)]
     if differ:
         changes = ", ".join(f"{key} {recorded.get(key)} -> {asked.get(key)}" for key in differ)
