@@ -59,6 +59,13 @@ from patchfold.io.levels import Level
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Patches per call.")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="Where a model runs.")
 @click.option(
+    "--memory-format",
+    type=click.Choice(["auto", "contiguous", "channels-last"]),
+    default="auto",
+    show_default=True,
+    help="Layout of a torch model's batches; auto: channels-last where the model gives the same values.",
+)
+@click.option(
     "--reduce", type=click.Choice(["none", "argmax", "max"]), default="none", show_default=True, help="Over channels."
 )
 @click.option(
@@ -91,6 +98,7 @@ def apply(
     margin: int,
     batch_size: int,
     device: str,
+    memory_format: str,
     reduce: str,
     dtype: str,
     spatial_dims: int | None,
@@ -119,7 +127,7 @@ def apply(
     job = apply_file(
         list(inputs), output, blocks, spec, cover=cover, window=window, margin=margin, batch_size=batch_size,
         device=device, reduce=reduce, dtype=dtype, spatial_dims=spatial_dims, stack=stack, max_pixels=max_pixels,
-        level=level, compression=compression,
+        level=level, compression=compression, memory_format=memory_format.replace("-", "_"),
     )  # fmt: skip
     result = track(job, "apply", not no_progress)
     emit_summary(f"apply → {output}", result.summary(), as_json)

@@ -42,6 +42,20 @@ def test_identity_round_trip_is_exact(kernel, extras, window) -> None:
     np.testing.assert_array_equal(y, x)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 29), (1, 2, 11, 9, 10), (1, 1, 6, 5, 7, 6)], ids=["1d", "3d", "4d"])
+def test_identity_round_trip_is_exact_in_every_dimension(shape, dtype) -> None:
+    """1-D and N-d outputs go through the numpy blend (the compiled one takes 2-D and 3-D)."""
+    x = RNG.random(shape).astype(dtype)
+    ndim = len(shape) - 2
+    y = apply(x, identity, 4, stride=3, cover=True, window="hann", spatial_dims=ndim)
+    assert y.dtype == dtype
+    if dtype == np.float32:  # summed in float64: exact
+        np.testing.assert_array_equal(y, x)
+    else:  # float64 sums have no wider type: within a few rounding steps (as the README says)
+        np.testing.assert_allclose(y, x, rtol=8 * np.finfo(np.float64).eps, atol=0)
+
+
 def test_identity_of_integer_pixels_through_the_cli(tmp_path: Path) -> None:
     pixels = RNG.integers(0, 256, (37, 29, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "img.png")
@@ -220,6 +234,7 @@ def test_output_shape_that_changes_between_batches_is_refused() -> None:
         ({"cover": True, "padding": 1}, "padding"),
         ({"reduce": "mean"}, "reduce"),
         ({"batch_size": 0}, "batch_size"),
+        ({"memory_format": "nhwc"}, "memory_format"),
     ],
 )
 def test_bad_parameters_are_refused_before_any_call(kwargs, match) -> None:

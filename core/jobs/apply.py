@@ -34,7 +34,7 @@ from patchfold.io.write import (
 )
 from patchfold.io.zarr_out import check_compression, check_zarr_output, image_attributes, is_zarr_output, zarr_images
 from patchfold.jobs.plan import Progress
-from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, mapped, plan_apply
+from patchfold.patchwise import DEFAULT_BATCH, apply_streamed, check_memory_format, mapped, plan_apply
 
 #: Suffixes of the model files ``--model`` reads.
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".pt2", ".onnx")
@@ -240,6 +240,7 @@ def apply_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     level: Level = None,
     compression: str = "default",
+    memory_format: str = "auto",
 ) -> Iterator[Progress | ApplyResult]:
     """Run ``spec``'s function on every patch of the images ``inputs`` and write the blended
     results to ``output`` (as ``fold`` writes: ``.npy``, image files, ``{i}`` names, a directory).
@@ -254,6 +255,7 @@ def apply_file(
     """
     started = time.perf_counter()
     output = Path(output)
+    check_memory_format(memory_format)
     check_compression(output, compression)
     to_zarr = is_zarr_output(output)
     if level is None and len(inputs) == 1 and is_tiled_image_tiff(Path(inputs[0])):
@@ -277,7 +279,7 @@ def apply_file(
     device = None if onnx or (device in (None, "auto", "cpu") and spec.model is None) else device
     if device == "auto":
         device = _auto_device()
-    options = {"batch_size": batch_size, "device": device, "reduce": reduce}
+    options = {"batch_size": batch_size, "device": device, "reduce": reduce, "memory_format": memory_format}
 
     def prepare(patches: np.ndarray) -> np.ndarray:  # pixels converted a batch at a time
         return cast_scaled(patches, given, scale)
