@@ -8,10 +8,13 @@
  *                      foldx_<src>_<acc>(src, dst, dims, const pf_fold_extra *): the same with
  *                      window weights, or normalised in one pass into the patches' dtype
  *   _kernels_place.h   place_<src>(outputs, band, const pf_place_dims *): weighted patches added
- *                      at their own starts (apply's blending)
+ *                      at their own starts (apply's blending); divide_<src>(sums, out, const
+ *                      pf_divide_dims *): finished rows divided by their total weight
  *   _kernels_unfold.h  unfold_<bits>(x, out, const pf_unfold_dims *): block copy
  *   _kernels_transpose.h  transpose_<bits>: the 4 x 4-tiled transposition the nlc loops share
  *                      (included by _kernels_unfold.h, once per item size with it)
+ *   _kernels_gather.h  gather_cl_<bits>(src, dst, const pf_gather_dims *): patches cut into a
+ *                      channels-last batch (apply; included by _kernels_unfold.h likewise)
  * Dims, strides and ranges travel in the two structs below (mirrored field for field by ctypes
  * Structures in patchfold/engines/compiled.py, whose checked wrappers are the only callers: they
  * verify dtypes, alignment, contiguity, writeability, overlap and every extent the loops touch
@@ -104,9 +107,38 @@ typedef struct {
   const int64_t *starts;             /* count x ndim: each patch's first band position per dim */
   const double *weights[PF_MAX_DIMS]; /* per dim: count x kernel[d], each patch's weights */
   int64_t row_lo, row_hi;            /* only band positions [lo, hi) of dim 0 are added (a thread's share) */
+  int64_t in_strides[2 + PF_MAX_DIMS]; /* the outputs' element strides: patch, channel, each dim
+                                          (C-contiguous or channels-last, as the model gave them) */
 } pf_place_dims;
 
 int64_t pf_place_dims_size(void) { return (int64_t)sizeof(pf_place_dims); }
+
+/* One call of divide_<dst>: finished band rows divided by the outer product of per-dim totals
+ * (patchfold.apply's normalisation). */
+typedef struct {
+  int64_t ndim;                          /* spatial dims: 2 or 3 (rows are dim 0) */
+  int64_t channels;
+  int64_t size[PF_MAX_DIMS];             /* rows, then the extent of each other dim */
+  int64_t sums_strides[1 + PF_MAX_DIMS]; /* element strides: channel, then each spatial dim */
+  int64_t out_strides[1 + PF_MAX_DIMS];
+  const double *totals[PF_MAX_DIMS];     /* per dim: size[d] total weights (inf: uncovered) */
+} pf_divide_dims;
+
+int64_t pf_divide_dims_size(void) { return (int64_t)sizeof(pf_divide_dims); }
+
+/* One call of gather_cl_<bits>: a batch of patches cut from an image of any strides into a
+ * channels-last batch (patchfold.apply's batches for torch models). */
+typedef struct {
+  int64_t ndim;                          /* spatial dims: 2 or 3 */
+  int64_t count;                         /* patches */
+  int64_t channels;                      /* C */
+  int64_t kernel[PF_MAX_DIMS];           /* points per patch per dim */
+  int64_t dilation[PF_MAX_DIMS];
+  int64_t src_strides[1 + PF_MAX_DIMS];  /* src's element strides: channel, then each spatial dim */
+  const int64_t *starts;                 /* count x ndim: each patch's first point in src */
+} pf_gather_dims;
+
+int64_t pf_gather_dims_size(void) { return (int64_t)sizeof(pf_gather_dims); }
 
 /* The 2-D unfold loop's own arguments: plane (H, W), block rows [i0, i1), kernel rows [q0, q1),
  * rs the ncl row stride, P = the matrix's row length in nlc. */

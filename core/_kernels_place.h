@@ -3,7 +3,8 @@
  *   PF_SUFFIX   its name suffix (place_<suffix> is the exported entry point)
  * and included by _kernels.c once per type; the macros are undefined again at the end.
  *
- * place_<suffix>(outputs, band, dims): add each of dims->count output patches (C, *k), weighted,
+ * place_<suffix>(outputs, band, dims): add each of dims->count output patches (C, *k) (at the element
+ * strides dims->in_strides: C-contiguous or channels-last), weighted,
  * into the float64 band (C, *band_size) at its own start, for blocks at any positions (the
  * per-axis grid of patchfold.apply, whose last block per dim may sit closer than the stride):
  *   band[c][y0 + ki*d0][x0 + kj*d1] += (w0[b][ki] * w1[b][kj]) * outputs[b][c][ki][kj]
@@ -15,6 +16,29 @@
 
 #define PF_P(name) PF_JOIN(name, PF_SUFFIX)
 
+/* one row of a channels-last patch (K2 points of C interleaved values) into the C planes cs apart;
+   inlined with a constant C in the switch below */
+static inline __attribute__((always_inline)) void PF_P(add_interleaved_c)(double *out, int64_t cs,
+                                                                          const PF_SOURCE *values,
+                                                                          const double *cols, double row,
+                                                                          int64_t K2, int64_t d2, int64_t C) {
+  for (int64_t kj = 0; kj < K2; kj++) {
+    const double weight = row * cols[kj];
+    for (int64_t c = 0; c < C; c++) out[c * cs + kj * d2] += weight * (double)values[kj * C + c];
+  }
+}
+
+static void PF_P(add_interleaved)(double *out, int64_t cs, const PF_SOURCE *values, const double *cols, double row,
+                                  int64_t K2, int64_t d2, int64_t C) {
+  switch (C) {
+    case 1: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 1); return;
+    case 2: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 2); return;
+    case 3: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 3); return;
+    case 4: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 4); return;
+    default: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, C);
+  }
+}
+
 void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p) {
   assert(p->ndim == 2 || p->ndim == 3);
   const int64_t nd = p->ndim, C = p->channels, count = p->count;
@@ -22,16 +46,32 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
   const int64_t K0 = nd == 3 ? p->kernel[0] : 1, K1 = p->kernel[nd - 2], K2 = p->kernel[nd - 1];
   const int64_t d0 = nd == 3 ? p->dilation[0] : 1, d1 = p->dilation[nd - 2], d2 = p->dilation[nd - 1];
   const int64_t S1 = p->band_size[nd - 2], S2 = p->band_size[nd - 1];
-  const int64_t plane = S1 * S2, cs = (nd == 3 ? p->band_size[0] : 1) * plane, patch = K0 * K1 * K2;
+  const int64_t plane = S1 * S2, cs = (nd == 3 ? p->band_size[0] : 1) * plane;
   const double *wa = nd == 3 ? p->weights[0] : NULL, *wb = p->weights[nd - 2], *wc = p->weights[nd - 1];
   const int64_t lo = p->row_lo, hi = p->row_hi;
+  /* the outputs' strides: C-contiguous, or channels-last as a model may give them */
+  const int64_t sb = p->in_strides[0], sc = p->in_strides[1], sa = nd == 3 ? p->in_strides[2] : 0;
+  const int64_t sk1 = p->in_strides[nd], sk2 = p->in_strides[nd + 1];
   for (int64_t b = 0; b < count; b++) {
     const int64_t *start = p->starts + b * nd;
     const int64_t z0 = nd == 3 ? start[0] : 0, y0 = start[nd - 2], x0 = start[nd - 1];
     assert(z0 >= 0 && y0 >= 0 && x0 >= 0 && y0 + (K1 - 1) * d1 < S1 && x0 + (K2 - 1) * d2 < S2);
     const double *rows = wb + b * K1, *cols = wc + b * K2;
+    if (sc == 1 && sk2 == C && C > 1) { /* channels-last: each point's C values read together */
+      for (int64_t a = 0; a < K0; a++) {
+        if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
+        const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
+        for (int64_t ki = 0; ki < K1; ki++) {
+          if (nd == 2 && (y0 + ki * d1 < lo || y0 + ki * d1 >= hi)) continue;
+          const double row = wa != NULL ? depth * rows[ki] : rows[ki];
+          PF_P(add_interleaved)(band + (z0 + a * d0) * plane + (y0 + ki * d1) * S2 + x0, cs,
+                                outputs + b * sb + a * sa + ki * sk1, cols, row, K2, d2, C);
+        }
+      }
+      continue;
+    }
     for (int64_t c = 0; c < C; c++) {
-      const PF_SOURCE *in = outputs + (b * C + c) * patch;
+      const PF_SOURCE *in = outputs + b * sb + c * sc;
       for (int64_t a = 0; a < K0; a++) {
         if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
         const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
@@ -41,16 +81,43 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
           /* 2-D: w0*w1 exactly as numpy's product; 3-D: (w0*w1)*w2 */
           const double row = wa != NULL ? depth * rows[ki] : rows[ki];
           double *out = target + ki * d1 * S2;
-          const PF_SOURCE *values = in + (a * K1 + ki) * K2;
-          if (d2 == 1) {
+          const PF_SOURCE *values = in + a * sa + ki * sk1;
+          if (d2 == 1 && sk2 == 1) { /* the vectorised case */
             for (int64_t kj = 0; kj < K2; kj++) out[kj] += (row * cols[kj]) * (double)values[kj];
           } else {
-            for (int64_t kj = 0; kj < K2; kj++) out[kj * d2] += (row * cols[kj]) * (double)values[kj];
+            for (int64_t kj = 0; kj < K2; kj++) out[kj * d2] += (row * cols[kj]) * (double)values[kj * sk2];
           }
         }
       }
     }
   }
+}
+
+/* divide_<suffix>(sums, out, dims): finished rows of the band divided by their total weight, the
+ * outer product of the per-dim totals, into the output dtype:
+ *   out[c][r][x] = (PF_SOURCE)(sums[c][r][x] / (t0[r] * t1[x]))   (3-D: (t0[r] * t1[y]) * t2[x])
+ * exactly numpy's divide of sums by the outer product, one pass instead of three; a point no block
+ * covers has total inf and comes out 0. Both arrays at any element strides (checked by the caller). */
+void PF_P(divide)(const double *sums, PF_SOURCE *out, const pf_divide_dims *p) {
+  assert(p->ndim == 2 || p->ndim == 3);
+  const int64_t nd = p->ndim, C = p->channels, R = p->size[0];
+  const int64_t Y = nd == 3 ? p->size[1] : 1, X = p->size[nd - 1];
+  const double *t0 = p->totals[0], *ty = nd == 3 ? p->totals[1] : NULL, *tx = p->totals[nd - 1];
+  const int64_t ic = p->sums_strides[0], ir = p->sums_strides[1], iy = nd == 3 ? p->sums_strides[2] : 0;
+  const int64_t ix = p->sums_strides[nd], oc = p->out_strides[0], orow = p->out_strides[1];
+  const int64_t oy = nd == 3 ? p->out_strides[2] : 0, ox = p->out_strides[nd];
+  for (int64_t c = 0; c < C; c++)
+    for (int64_t r = 0; r < R; r++)
+      for (int64_t y = 0; y < Y; y++) {
+        const double row = ty != NULL ? t0[r] * ty[y] : t0[r];
+        const double *in = sums + c * ic + r * ir + y * iy;
+        PF_SOURCE *dst = out + c * oc + r * orow + y * oy;
+        if (ix == 1 && ox == 1) { /* the vectorised case */
+          for (int64_t x = 0; x < X; x++) dst[x] = (PF_SOURCE)(in[x] / (row * tx[x]));
+        } else {
+          for (int64_t x = 0; x < X; x++) dst[x * ox] = (PF_SOURCE)(in[x * ix] / (row * tx[x]));
+        }
+      }
 }
 
 #undef PF_P

@@ -23,6 +23,7 @@
  */
 
 #include "_kernels_transpose.h" /* transpose_<bits>, for the nlc loop that cuts ncl rows */
+#include "_kernels_gather.h"    /* gather_cl_<bits>, apply's channels-last batches */
 
 #define PF_U(name) PF_JOIN(name, PF_BITS)
 

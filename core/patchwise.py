@@ -36,9 +36,10 @@ REDUCTIONS = ("none", "argmax", "max")
 #: How many patches go to ``fn`` at once by default.
 DEFAULT_BATCH = 64
 #: How a batch of 2-D or 3-D patches is laid out in memory for a torch ``fn`` (``memory_format``):
-#: ``auto`` gives channels-last batches (``torch.channels_last``, ``channels_last_3d``) where ``fn``
-#: takes them and returns the same values as for contiguous ones (checked on the first batch),
-#: else contiguous; the other two force one. The values do not depend on it (to float rounding);
+#: ``auto`` gives a ``torch.nn.Module`` (TorchScript and exported programs too) channels-last
+#: batches (``torch.channels_last``, ``channels_last_3d``) where it takes them and returns the same
+#: values as for contiguous ones (checked on the first batch, which runs both ways), else, and to
+#: other callables, contiguous ones; the other two force one. The values do not depend on it (to float rounding);
 #: the speed does: PyTorch's CPU convolutions run 1.5-3x faster on channels-last input.
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
@@ -208,8 +209,8 @@ def apply(
         reduce: ``argmax`` (labels in the smallest unsigned dtype) or ``max`` over output channels.
         spatial_dims: as for :func:`unfold`.
         memory_format: the layout of the batches a torch ``fn`` gets (see :data:`MEMORY_FORMATS`):
-            ``auto`` (channels-last where ``fn`` gives the same values for it), ``contiguous`` or
-            ``channels_last``.
+            ``auto`` (channels-last for a ``torch.nn.Module`` that gives the same values for it),
+            ``contiguous`` or ``channels_last``.
 
     Returns:
         Dense: ``(N, C', *spatial·scale)`` in ``fn``'s output dtype (float64 sums, divided by the
@@ -343,6 +344,7 @@ class _Runner:
         check_memory_format(memory_format)
         self.fn, self.prepare = fn, prepare
         self.layout = memory_format  # "auto" until the first batch of 2-D or 3-D patches decides
+        self.channels_last = False  # whether batches should be cut channels-last already
         module = type(fn).__module__.split(".")[0] == "torch"
         self.torch = is_tensor(x) or module or device is not None
         self.device = device if device is not None else (str(x.device) if is_tensor(x) else "cpu")
@@ -350,6 +352,12 @@ class _Runner:
             from patchfold.engines.torch_engine import resolve_device
 
             self.target = resolve_device(self.device)
+            self.channels_last = memory_format == "channels_last"
+            import torch
+
+            # auto tries channels-last for models only: the first batch runs twice, which a plain
+            # function that counts or records its calls would see
+            self.model = isinstance(fn, torch.nn.Module)
 
     def image(self, x: Any, n: int) -> Any:
         """Image ``n`` of the batch as numpy ``(C, *spatial)`` (patches are cut from it), or of a
@@ -382,7 +390,7 @@ class _Runner:
         takes it and gives the same values (a model may reshape in ways that need contiguous
         input, or fail on it)."""
         layout = channels_last_format(batch.ndim)
-        if layout is None or self.layout == "contiguous":
+        if layout is None or self.layout == "contiguous" or (self.layout == "auto" and not self.model):
             return _as_array(self._called(batch, shape))
         if self.layout == "channels_last":
             return _as_array(self._called(batch.contiguous(memory_format=layout), shape))
@@ -394,6 +402,7 @@ class _Runner:
             return result
         if same_values(result, other):
             self.layout = "channels_last"
+            self.channels_last = True
         return result
 
     def _called(self, patches: Any, shape: tuple[int, ...]) -> Any:
@@ -412,8 +421,8 @@ class _Runner:
 
 
 def _as_array(result: Any) -> np.ndarray:
-    if is_tensor(result):  # contiguous where it is (a channels-last result), so the blend's loop takes it
-        return result.detach().contiguous().cpu().numpy()
+    if is_tensor(result):  # in the model's layout: the blend's loop reads channels-last outputs as they are
+        return result.detach().cpu().numpy()
     if isinstance(result, tuple | list) and len(result) == 1:  # an exported program's outputs
         return _as_array(result[0])
     array = np.asarray(result)
@@ -443,6 +452,23 @@ def same_values(first: np.ndarray, second: np.ndarray) -> bool:
     scale = float(np.abs(first[finite]).max(initial=0.0))
     tolerance = min(256 * float(np.finfo(first.dtype).eps), 1 / 64) * scale
     return bool(np.all(np.abs(first[finite] - second[finite]) <= tolerance))
+
+
+def compiled_gather(image: np.ndarray) -> Any:
+    """The checked C loop that cuts a channels-last batch out of ``image`` ``(C, *size)``, or None
+    (no compiled loops, not 2-D or 3-D, or strides or alignment it does not take)."""
+    from patchfold.engines import compiled  # here: `import patchfold` does not load the loops
+
+    if image.ndim not in (3, 4) or not image.flags.aligned or min(image.strides) < 0 or image.dtype.hasobject:
+        return None
+    return compiled.gather_cl(image.itemsize) if compiled.available() else None
+
+
+def compiled_divide(dtype: np.dtype) -> Any:
+    """The checked C loop that divides finished rows into ``dtype``, or None (numpy then does it)."""
+    from patchfold.engines import compiled  # here: `import patchfold` does not load the loops
+
+    return compiled.divide(np.dtype(dtype).name)
 
 
 def compiled_place(dtype: np.dtype) -> Any:
@@ -482,7 +508,7 @@ def _apply_one(
     adding: Future[None] | None = None  # the previous batch's blend, while fn runs on this one
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-blend", initializer=_yielding) as blender:
         for coords in _batches(plan, batch_size):
-            patches = rows.gather(coords)
+            patches = rows.gather(coords, runner.channels_last)
             outputs = runner(patches, batch_size)
             if adding is not None:
                 adding.result()
@@ -527,13 +553,26 @@ class _Rows:
         assert self.slab is not None
         return self.slab[:, lo - self.top : hi - self.top]
 
-    def gather(self, coords: np.ndarray) -> np.ndarray:
-        """The patches of the blocks at grid ``coords`` ``(B, ndim)``, as one contiguous batch."""
+    def gather(self, coords: np.ndarray, channels_last: bool = False) -> np.ndarray:
+        """The patches of the blocks at grid ``coords`` ``(B, ndim)``, as one batch ``(B, C, *k)``:
+        contiguous, or with ``channels_last`` in channels-last memory where the compiled gather
+        takes the image (else contiguous: the runner converts)."""
         plan, widths = self.plan, self.widths
         index = np.stack([plan.grids[d].starts[coords[:, d]] + widths[d][0] for d in range(plan.ndim)], axis=1)
         lo, hi = int(index[:, 0].min()), int(index[:, 0].max()) + plan.grids[0].span
         slab = self._hold(lo, hi)
         index[:, 0] -= lo
+        loop = compiled_gather(slab) if channels_last else None
+        if loop is not None:
+            kernel, dilation = plan.geometry.kernel_size, plan.geometry.dilation
+            batch = np.empty((len(index), *kernel, slab.shape[0]), dtype=slab.dtype)
+            starts = index.astype(np.int64)
+
+            def cut(lo: int, hi: int) -> None:  # threads take disjoint patches
+                loop(slab, starts[lo:hi], kernel, dilation, out=batch[lo:hi])
+
+            run_parallel(cut, 0, len(starts), batch.nbytes, None)
+            return np.moveaxis(batch, -1, 1)
         spans = [g.span for g in plan.grids]
         windows = np.lib.stride_tricks.sliding_window_view(slab, spans, axis=tuple(range(1, plan.ndim + 1)))
         windows = windows[(..., *(slice(None, None, d) for d in plan.geometry.dilation))]  # (C, *positions, *k)
@@ -628,11 +667,12 @@ class _Sink:
         self.totals = self._totals()
         self.weighted = np.empty(shape, dtype=np.float64)  # one block's weighted output (stays in cache)
         # the band: padded output rows [base, base + held) live in buffer rows [start, start + held);
-        # rows after them are zero. Finished rows are left behind (start moves on), and the live
-        # rows move back to the top only when the buffer's end is reached.
+        # every other row is zero. Finished rows are cleared and left behind (start moves on), and
+        # the live rows move back to the top only when the buffer's end is reached.
         self.buffer = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
         self.base = self.start = self.held = 0
-        self.place = compiled_place(dtype) if plan.ndim in (2, 3) else None  # the C loop's dims
+        self.place = compiled_place(dtype) if plan.ndim in (2, 3) else None  # the C loops' dims
+        self.divide = compiled_divide(dtype) if plan.ndim in (2, 3) else None
 
     def _totals(self) -> list[np.ndarray]:
         """The total weight at each output point, per dim (the blocks form a grid, so the total is
@@ -699,7 +739,7 @@ class _Sink:
         self._flush(int(starts[0].min()))
         self._hold(int(starts[0].max()) + reach)
         per_dim = [np.ascontiguousarray(self.weights[d][coords[:, d]]) for d in range(ndim)]  # (B, k_d)
-        if self.place is not None and outputs.dtype == self.place.source and outputs.flags.c_contiguous:
+        if self.place is not None and outputs.dtype == self.place.source and min(outputs.strides) >= 0:
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
 
             def split(add_rows: Callable[[int, int], None], lo: int, hi: int) -> None:  # threads share the rows
@@ -736,9 +776,10 @@ class _Sink:
                 grown = np.zeros((self.buffer.shape[0], capacity, *self.buffer.shape[2:]), dtype=np.float64)
                 grown[:, : self.held] = self.buffer[:, self.start : self.start + self.held]
                 self.buffer = grown
-            else:  # back to the top (numpy copies overlapping rows safely), the rest zeroed
+            else:  # back to the top (numpy copies overlapping rows safely); finished rows are
+                # zero already (see _flush), so only the moved rows' old place is cleared
                 self.buffer[:, : self.held] = self.buffer[:, self.start : self.start + self.held]
-                self.buffer[:, self.held :] = 0
+                self.buffer[:, max(self.held, self.start) : self.start + self.held] = 0
             self.start = 0
         self.held = rows
 
@@ -759,13 +800,20 @@ class _Sink:
             else:
                 values = self.result[:, first - self.lead[0] : last - self.lead[0]]
 
+            loop = self.divide
+
             def divide(lo: int, hi: int) -> None:  # threads share the rows; uncovered points: x / inf = 0
+                if loop is not None:  # the compiled loop: the same values in one pass
+                    loop(sums[:, lo:hi], [totals[0][lo:hi], *totals[1:]], values[:, lo:hi])
+                    return
                 divisor = outer([totals[0][lo:hi], *totals[1:]])
                 np.divide(sums[:, lo:hi], divisor, out=values[:, lo:hi], casting="same_kind")
 
             run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
+        # finished rows are cleared now, while in cache, so the rows the band reuses are zero
+        self.buffer[:, self.start : self.start + stop - self.base] = 0
         self.start += stop - self.base
         self.held -= stop - self.base
         self.base = stop

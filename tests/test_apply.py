@@ -328,17 +328,29 @@ def test_a_model_on_cuda_gives_the_cpu_result() -> None:
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
 
 
+def channels_last(array: np.ndarray) -> np.ndarray:
+    """``array`` ``(B, C, *k)`` with the same values in channels-last memory."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(array, 1, -1)), -1, 1)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("spatial, window", [((37, 45), "gaussian"), ((11, 14, 12), "hann"), ((30, 33), "none")])
-def test_the_compiled_blending_equals_the_numpy_blending(monkeypatch, dtype, spatial, window) -> None:
-    """The C loop that adds a batch of weighted outputs into the band gives the numpy loop's sums
-    bit for bit (the same products, in the same order), on a grid whose last blocks sit closer."""
+def test_the_compiled_blending_equals_the_numpy_blending(monkeypatch, dtype, spatial, window, layout) -> None:
+    """The C loops that add a batch of weighted outputs into the band (read contiguous or
+    channels-last) and divide the finished rows give the numpy loops' values bit for bit (the same
+    products, in the same order), on a grid whose last blocks sit closer."""
     from patchfold import patchwise
 
-    x = RNG.standard_normal((2, 2, *spatial)).astype(dtype)
-    twice = lambda patches: patches * 2 - 1  # noqa: E731 - a dense model that changes the values
+    x = RNG.standard_normal((2, 3, *spatial)).astype(dtype)
+
+    def twice(patches: np.ndarray) -> np.ndarray:  # a dense model that changes the values
+        result = patches * 2 - 1
+        return channels_last(result) if layout == "channels_last" else result
+
     compiled = apply(x, twice, 8, stride=5, cover=True, window=window, margin=1, batch_size=3)
     monkeypatch.setattr(patchwise, "compiled_place", lambda dtype: None)
+    monkeypatch.setattr(patchwise, "compiled_divide", lambda dtype: None)
     numpy_only = apply(x, twice, 8, stride=5, cover=True, window=window, margin=1, batch_size=3)
     np.testing.assert_array_equal(compiled, numpy_only)
     np.testing.assert_allclose(compiled, x * 2 - 1, rtol=1e-6, atol=1e-6)

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 from cli_fixtures import invoke, ok
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from patchfold import PatchfoldError
+from patchfold.engines import compiled
 from patchfold.patchwise import _Runner, apply, same_values
 
 
@@ -32,10 +35,15 @@ class Flattens(torch.nn.Module):
         return self.linear(x.view(x.shape[0], -1))
 
 
-def misreads(patches: torch.Tensor) -> torch.Tensor:
-    """A function that reads its input's memory as if it were contiguous: wrong values for a
+class Misreads(torch.nn.Module):
+    """A model that reads its input's memory as if it were contiguous: wrong values for a
     channels-last batch (the probe must see that and keep contiguous batches)."""
-    return patches.as_strided(patches.shape, patches.contiguous().stride()) * 1.0
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return patches.as_strided(patches.shape, patches.contiguous().stride()) * 1.0
+
+
+misreads = Misreads()
 
 
 def chosen(fn, patches: np.ndarray, memory_format: str = "auto") -> tuple[np.ndarray, str]:
@@ -127,3 +135,93 @@ def test_the_command_gives_the_same_image_in_every_memory_format(tmp_path: Path)
     result = invoke("apply", tmp_path / "x.npy", "--function", "numpy:sqrt", "-k", 8, "--memory-format", "nhwc",
                     "-o", tmp_path / "bad.npy")  # fmt: skip
     assert result.exit_code == 2 and "--memory-format" in result.stderr and not (tmp_path / "bad.npy").exists()
+
+
+# ----- the compiled loops behind the channels-last batches ---------------------------------------
+LOOPS = pytest.mark.skipif(not compiled.available(), reason="the optional C loops were not built here")
+
+
+@LOOPS
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([np.uint8, np.uint16, np.float32, np.float64]),
+    st.integers(1, 5),
+    st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3)), min_size=2, max_size=3),
+    st.integers(1, 2),
+    st.integers(0, 2**32 - 1),
+)
+def test_the_channels_last_gather_cuts_the_patches_numpy_cuts(dtype, channels, dims, step, seed) -> None:
+    """``gather_cl`` on an image of any strides equals slicing each patch, in channels-last memory."""
+    rng = np.random.default_rng(seed)
+    kernel, dilation = [k for k, _ in dims], [d for _, d in dims]
+    spans = [(k - 1) * d + 1 for k, d in dims]
+    size = [s + int(rng.integers(0, 4)) for s in spans]
+    image = (rng.random((channels, *[n * step for n in size])) * 200).astype(dtype)[
+        (slice(None), *[slice(None, None, step)] * len(size))
+    ]
+    starts = np.stack([rng.integers(0, n - s + 1, 4) for n, s in zip(size, spans)], axis=1).astype(np.int64)
+    got = compiled.gather_cl(image.itemsize)(image, starts, kernel, dilation)
+    expected = np.stack([image[(slice(None), *[slice(a, a + s, d) for a, s, d in zip(start, spans, dilation)])]
+                         for start in starts])  # fmt: skip
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert np.moveaxis(got, 1, -1).flags.c_contiguous
+
+
+@LOOPS
+def test_the_channels_last_gather_refuses_a_patch_outside_the_image() -> None:
+    loop, image = compiled.gather_cl(4), np.zeros((3, 10, 12), np.float32)
+    for starts in ([[0, 0], [7, 0]], [[0, -1]], [[0, 9]]):
+        with pytest.raises(PatchfoldError, match="inside the image"):
+            loop(image, np.array(starts, np.int64), (4, 4), (1, 1))
+    with pytest.raises(PatchfoldError, match="out must"):
+        loop(image, np.zeros((2, 2), np.int64), (4, 4), (1, 1), out=np.zeros((2, 4, 4, 2), np.float32))
+
+
+@LOOPS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [(5, 37), (3, 6, 11)], ids=["2d", "3d"])
+def test_the_compiled_divide_equals_numpys_divide_by_the_outer_product(dtype, size) -> None:
+    from patchfold.coverage import outer
+
+    rng = np.random.default_rng(4)
+    band = rng.standard_normal((2, size[0] + 3, *[n + 4 for n in size[1:]]))
+    sums = band[(slice(None), slice(1, 1 + size[0]), *[slice(2, 2 + n) for n in size[1:]])]
+    totals = [rng.random(n) + 0.5 for n in size]
+    totals[-1][3] = np.inf  # a point no block covers: 0
+    out = np.empty((2, *size), dtype)[(slice(None), slice(None), *[slice(None)] * (len(size) - 1))]
+    compiled.divide(np.dtype(dtype).name)(sums, totals, out)
+    expected = np.empty_like(out)
+    np.divide(sums, outer(totals), out=expected, casting="same_kind")
+    assert np.array_equal(out, expected) and (out[..., 3] == 0).all()
+    with pytest.raises(PatchfoldError, match="must not overlap"):
+        flat = np.zeros((1, 4, 3))
+        compiled.divide("float64")(flat[:, :2], [np.ones(2), np.ones(3)], flat[:, 1:3])
+
+
+def test_a_streamed_tiled_tiff_gives_the_same_image_in_every_memory_format(tmp_path: Path) -> None:
+    """Band-by-band reading cuts channels-last batches from uint8 rows (converted a batch at a
+    time, the layout kept): the same output as contiguous batches of the image in memory."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("zarr")
+    pixels = np.random.default_rng(5).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "tiled.tif", pixels, tile=(32, 32), photometric="rgb")
+    np.save(tmp_path / "same.npy", np.moveaxis(pixels, -1, 0)[None])
+    torch.jit.script(convolutions(2)).save(str(tmp_path / "model.pt"))
+    common = ["--model", tmp_path / "model.pt", "-k", 16, "-s", 12, "--cover", "--window", "hann", "-q"]
+    ok("apply", tmp_path / "tiled.tif", *common, "-o", tmp_path / "streamed.npy")
+    ok("apply", tmp_path / "same.npy", *common, "--memory-format", "contiguous", "-o", tmp_path / "memory.npy")
+    streamed, memory = np.load(tmp_path / "streamed.npy"), np.load(tmp_path / "memory.npy")
+    assert streamed.shape == memory.shape and np.abs(streamed - memory).max() <= 1e-6
+
+
+def test_auto_calls_a_plain_torch_function_once_per_batch_with_contiguous_batches() -> None:
+    """Only models are probed (the first batch runs twice); a function sees each batch once."""
+    seen: list[bool] = []
+
+    def record(patches: torch.Tensor) -> torch.Tensor:
+        seen.append(patches.is_contiguous())
+        return patches * 2
+
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(apply(x, record, 8, stride=4, batch_size=3), x * 2)
+    assert len(seen) == 3 and all(seen)  # 9 blocks in batches of 3

@@ -23,8 +23,10 @@ import numpy as np
 from patchfold.engines import native
 from patchfold.engines.native import (
     _MAX_DIMS,
+    DivideDims,
     FoldDims,
     FoldExtra,
+    GatherDims,
     PlaceDims,
     UnfoldDims,
     _BatchStruct,
@@ -76,6 +78,8 @@ def _structs() -> tuple[tuple[str, type[ctypes.Structure]], ...]:
         ("pf_unfold_dims_size", UnfoldDims),
         ("pf_fold_extra_size", FoldExtra),
         ("pf_place_dims_size", PlaceDims),
+        ("pf_gather_dims_size", GatherDims),
+        ("pf_divide_dims_size", DivideDims),
         ("pf_batch_size", _BatchStruct),
     )
 
@@ -225,20 +229,15 @@ class PlaceLoop:
         _check_memory(outputs, "outputs", writeable=False)
         _check_memory(band, "band", writeable=True)
         count, channels, kernel = outputs.shape[0], outputs.shape[1], tuple(outputs.shape[2:])
-        if outputs.dtype != self.source or not outputs.flags.c_contiguous:
-            raise PatchfoldError(f"outputs must be C-contiguous {self.source}, got {outputs.dtype} {outputs.shape}")
+        if outputs.dtype != self.source:
+            raise PatchfoldError(f"outputs must be {self.source}, got {outputs.dtype} {outputs.shape}")
+        in_strides = element_strides(outputs, "outputs")  # any layout: the loop reads by these
         if not band.flags.c_contiguous or band.shape[0] != channels:
             raise PatchfoldError(f"band must be C-contiguous with {channels} channels, got shape {band.shape}")
         dilation = tuple(int(d) for d in dilation)
         if len(dilation) != ndim or min(dilation) < 1:
             raise PatchfoldError(f"dilation must give {ndim} values >= 1, got {dilation}")
-        if not isinstance(starts, np.ndarray) or starts.dtype != np.int64 or starts.shape != (count, ndim):
-            got = getattr(starts, "shape", starts)
-            raise PatchfoldError(f"starts must be int64 of shape {(count, ndim)}, got {got}")
-        starts = np.ascontiguousarray(starts)
-        reach = np.array([(k - 1) * d for k, d in zip(kernel, dilation)], dtype=np.int64)
-        if count and ((starts < 0).any() or (starts.max(axis=0) + reach >= np.array(band.shape[1:])).any()):
-            raise PatchfoldError(f"every patch must lie inside the band {band.shape[1:]}, got starts {starts.tolist()}")
+        starts, reach = _checked_starts(starts, count, kernel, dilation, band.shape[1:], "band")
         if len(weights) != ndim:
             raise PatchfoldError(f"weights must give {ndim} per-dim arrays, got {len(weights)}")
         for dim, per_dim in enumerate(weights):
@@ -247,6 +246,7 @@ class PlaceLoop:
         if count == 0 or channels == 0:
             return
         dims = PlaceDims(ndim, count, channels, _padded(kernel), _padded(dilation), _padded(band.shape[1:]))
+        dims.in_strides[: len(in_strides)] = in_strides
         dims.starts = starts.ctypes.data
         for dim, per_dim in enumerate(weights):
             dims.weights[dim] = per_dim.ctypes.data
@@ -261,6 +261,131 @@ class PlaceLoop:
             add_rows(first, last)
         else:
             split(add_rows, first, last)
+
+
+@cache
+def divide(dtype_name: str) -> DivideLoop | None:
+    """The checked C division of finished band rows by their total weight (``divide_f32`` /
+    ``divide_f64``), or None."""
+    suffix = {"float32": "f32", "float64": "f64"}.get(dtype_name)
+    function = None if suffix is None else _bind(f"divide_{suffix}", DivideDims)
+    return None if function is None else DivideLoop(function, np.dtype(dtype_name))
+
+
+class DivideLoop:
+    """``divide_<dst>`` behind its checks: ``loop(sums, totals, out)``."""
+
+    def __init__(self, function: Any, target: np.dtype) -> None:
+        self._function = function
+        self.target = target
+
+    def __call__(self, sums: np.ndarray, totals: Sequence[np.ndarray], out: np.ndarray) -> None:
+        """``out[c, r, ...] = sums[c, r, ...] / outer(totals)[r, ...]`` for float64 ``sums`` and
+        ``out`` of this loop's dtype, both ``(C, *size)`` of 2 or 3 spatial dims at any
+        non-negative strides, ``totals[d]`` float64 of ``size[d]`` values."""
+        _check_memory(sums, "sums", writeable=False)
+        _check_memory(out, "out", writeable=True)
+        ndim = sums.ndim - 1
+        if ndim not in (2, 3) or sums.dtype != np.float64 or out.dtype != self.target or out.shape != sums.shape:
+            raise PatchfoldError(f"sums (C, *size) float64 of 2 or 3 dims and out {self.target} of its shape, got "
+                                 f"{sums.dtype} {sums.shape} and {out.dtype} {out.shape}")  # fmt: skip
+        if len(totals) != ndim:
+            raise PatchfoldError(f"totals must give {ndim} per-dim vectors, got {len(totals)}")
+        totals = [np.ascontiguousarray(t, dtype=np.float64) for t in totals]
+        for dim, total in enumerate(totals):
+            _check_vector(total, (sums.shape[1 + dim],), f"totals of dim {dim}")
+        _check_apart(sums, "sums", out)
+        if not sums.size:
+            return
+        dims = DivideDims(ndim, sums.shape[0], _padded(sums.shape[1:]))
+        for field, array, name in (("sums_strides", sums, "sums"), ("out_strides", out, "out")):
+            strides = element_strides(array, name)
+            getattr(dims, field)[: len(strides)] = strides
+        for dim, total in enumerate(totals):
+            dims.totals[dim] = total.ctypes.data
+        self._function(sums.ctypes.data, out.ctypes.data, ctypes.byref(dims))
+
+
+def _checked_starts(
+    starts: Any, count: int, kernel: Sequence[int], dilation: Sequence[int], extent: Sequence[int], inside: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``starts`` ``(count, ndim)`` int64 (contiguous), every patch from there lying inside
+    ``extent``; with the reach of a patch per dim."""
+    ndim = len(extent)
+    if not isinstance(starts, np.ndarray) or starts.dtype != np.int64 or starts.shape != (count, ndim):
+        raise PatchfoldError(
+            f"starts must be int64 of shape {(max(count, 0), ndim)}, got {getattr(starts, 'shape', starts)}"
+        )
+    starts = np.ascontiguousarray(starts)
+    reach = np.array([(k - 1) * d for k, d in zip(kernel, dilation)], dtype=np.int64)
+    if count and ((starts < 0).any() or (starts.max(axis=0) + reach >= np.array(extent)).any()):
+        raise PatchfoldError(f"every patch must lie inside the {inside} {tuple(extent)}, got starts {starts.tolist()}")
+    return starts, reach
+
+
+def element_strides(array: np.ndarray, name: str) -> list[int]:
+    """``array``'s strides in elements (numpy's own, so every element they reach is the array's),
+    refused where one is not a whole number of items or is negative."""
+    strides = [s // array.itemsize for s in array.strides]
+    if any(s % array.itemsize or s < 0 for s in array.strides):
+        raise PatchfoldError(f"{name} must have non-negative strides of whole items, got {array.strides}")
+    return strides
+
+
+@cache
+def gather_cl(itemsize: int) -> GatherLoop | None:
+    """The checked C gather of patches into a channels-last batch, for items of this many bytes, or None."""
+    if itemsize not in (1, 2, 4, 8):
+        return None
+    function = _bind(f"gather_cl_{itemsize * 8}", GatherDims)
+    return None if function is None else GatherLoop(function, itemsize)
+
+
+class GatherLoop:
+    """``gather_cl_<bits>`` behind its checks: ``loop(image, starts, kernel, dilation)``."""
+
+    def __init__(self, function: Any, itemsize: int) -> None:
+        self._function = function
+        self.itemsize = itemsize
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        starts: np.ndarray,
+        kernel: Sequence[int],
+        dilation: Sequence[int],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The patches of ``image`` ``(C, *size)`` (2 or 3 spatial dims, any strides) whose first
+        points are ``starts`` ``(B, ndim)``, each ``kernel`` points ``dilation`` apart per dim, as
+        ``(B, C, *kernel)`` in channels-last memory (a transposed view of a contiguous
+        ``(B, *kernel, C)``: ``out`` where given, else a new one). Every point is checked to lie
+        inside ``image`` before the call."""
+        _check_memory(image, "image", writeable=False)
+        ndim = image.ndim - 1
+        if ndim not in (2, 3) or image.itemsize != self.itemsize:
+            raise PatchfoldError(f"image must be (C, *size) of 2 or 3 dims and {self.itemsize}-byte items, "
+                                 f"got {image.dtype} {image.shape}")  # fmt: skip
+        kernel, dilation = tuple(int(k) for k in kernel), tuple(int(d) for d in dilation)
+        if len(kernel) != ndim or len(dilation) != ndim or min(kernel) < 1 or min(dilation) < 1:
+            raise PatchfoldError(f"kernel and dilation must give {ndim} values >= 1, got {kernel}, {dilation}")
+        count = len(starts) if isinstance(starts, np.ndarray) and starts.ndim == 2 else -1
+        starts, _ = _checked_starts(starts, count, kernel, dilation, image.shape[1:], "image")
+        shape = (len(starts), *kernel, image.shape[0])
+        batch = np.empty(shape, dtype=image.dtype) if out is None else out
+        if not isinstance(batch, np.ndarray) or batch.shape != shape or batch.dtype != image.dtype:
+            raise PatchfoldError(f"out must be {image.dtype} of shape {shape}, got {getattr(batch, 'shape', batch)}")
+        _check_memory(batch, "out", writeable=True)
+        if not batch.flags.c_contiguous:
+            raise PatchfoldError(f"out must be C-contiguous, got strides {batch.strides}")
+        _check_apart(image, "image", batch)
+        if batch.size:
+            dims = GatherDims(ndim, len(starts), image.shape[0], _padded(kernel), _padded(dilation))
+            strides = element_strides(image, "image")
+            dims.src_strides[: len(strides)] = strides
+            dims.starts = starts.ctypes.data
+            self._function(image.ctypes.data, batch.ctypes.data, ctypes.byref(dims))
+        return np.moveaxis(batch, -1, 1)
 
 
 @cache

@@ -92,6 +92,34 @@ class PlaceDims(ctypes.Structure):
         ("weights", ctypes.c_void_p * _MAX_DIMS),
         ("row_lo", ctypes.c_int64),
         ("row_hi", ctypes.c_int64),
+        ("in_strides", ctypes.c_int64 * (2 + _MAX_DIMS)),
+    ]
+
+
+class DivideDims(ctypes.Structure):
+    """Mirror of ``pf_divide_dims`` in ``_kernels.c``: one call of ``divide_<dst>``."""
+
+    _fields_ = [
+        ("ndim", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("size", _Dims),
+        ("sums_strides", ctypes.c_int64 * (1 + _MAX_DIMS)),
+        ("out_strides", ctypes.c_int64 * (1 + _MAX_DIMS)),
+        ("totals", ctypes.c_void_p * _MAX_DIMS),
+    ]
+
+
+class GatherDims(ctypes.Structure):
+    """Mirror of ``pf_gather_dims`` in ``_kernels.c``: one call of ``gather_cl_<bits>``."""
+
+    _fields_ = [
+        ("ndim", ctypes.c_int64),
+        ("count", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("kernel", _Dims),
+        ("dilation", _Dims),
+        ("src_strides", ctypes.c_int64 * (1 + _MAX_DIMS)),
+        ("starts", ctypes.c_void_p),
     ]
 
 
@@ -123,6 +151,8 @@ STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
     ("pf_unfold_dims_size", UnfoldDims),
     ("pf_fold_extra_size", FoldExtra),
     ("pf_place_dims_size", PlaceDims),
+    ("pf_gather_dims_size", GatherDims),
+    ("pf_divide_dims_size", DivideDims),
     ("pf_batch_size", _BatchStruct),
 )
 
