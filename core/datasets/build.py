@@ -454,13 +454,15 @@ def describe_level(level: Level) -> Any:
 
 
 def process_tiles(task: TilesTask) -> ImageResult:
-    """Write one image's tiles (runs in a worker process); an existing complete directory is kept.
-    A region source is read band by band, never whole, and its tile names carry its level (as
-    ``patchfold tiles`` names them)."""
-    from patchfold.jobs.tiles import name_level, write_tiles
+    """Write one image's tiles (runs in a worker process); an existing complete directory is kept,
+    one whose manifest is unreadable or lists a tile that is not there is written again and
+    replaces it. A region source is read band by band, never whole, and its tile names carry its
+    level (as ``patchfold tiles`` names them)."""
+    from patchfold.jobs.tiles import name_level, tiles_present, write_tiles
 
     target = Path(task.directory)
-    if (target / "manifest.json").exists():
+    finished = (target / "manifest.json").exists()
+    if finished and tiles_present(target):
         return ImageResult(task.image_id, task.source, 0, skipped=True)
     try:
         array = open_source(task.source, task.max_pixels, task.level, task.channels)
@@ -468,8 +470,9 @@ def process_tiles(task: TilesTask) -> ImageResult:
         named = name_level(array, task.level)
         described = array.describe() if isinstance(array, RegionSource) and named is not None else None
         job = write_tiles(
-            array, geometry, target, [task.source], task.fmt, task.keep, level=named, source_level=described
-        )
+            array, geometry, target, [task.source], task.fmt, task.keep, level=named, source_level=described,
+            replace=finished,
+        )  # fmt: skip
         record = _returned(job)
         return ImageResult(task.image_id, task.source, geometry.num_blocks if record is None else record["kept"])
     except IMAGE_ERRORS as error:

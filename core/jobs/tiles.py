@@ -119,19 +119,21 @@ def write_tiles(
     *,
     level: int | None = None,
     source_level: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> Generator[Progress, None, dict[str, Any] | None]:
     """Write every block of ``array`` ``(N, C, *spatial)`` as a file under ``directory``, yielding
     progress per image (an array) or per band of block rows (a :class:`RegionSource`, read band
     by band, never whole: see :mod:`patchfold.jobs.tile_rows`). The directory must not exist or be
-    empty. With ``keep``, only the blocks its rules keep are written (see :mod:`patchfold.keep`);
-    the manifest then lists those, each with its ``foreground`` fraction, and records the rules
+    empty, unless ``replace`` (the new one then takes its place once complete). With ``keep``,
+    only the blocks its rules keep are written (see :mod:`patchfold.keep`); the manifest then
+    lists those, each with its ``foreground`` fraction, and records the rules
     under ``"keep"`` and each image's threshold and counts under its ``"keep"``. ``level`` goes
     into the file names (:func:`tile_stems`), ``source_level`` into the manifest. Files are
     saved by a few threads; names, contents and manifest do not depend on their order. Returns
     the ``"keep"`` record (None without rules)."""
     check_tile_format(fmt, array.dtype, array.shape[1], geometry.ndim)
     stems = tile_stems(sources, array.shape[0], level)
-    with _atomic_directory(directory) as staging:
+    with _atomic_directory(directory, replace) as staging:
         images = [{"index": i, "source": s, "stem": stem} for i, (s, stem) in enumerate(zip(sources, stems))]
         with _TileWriter(staging, geometry, stems, fmt) as writer:
             if isinstance(array, RegionSource):
@@ -322,33 +324,52 @@ def _save_tile(path: Path, tile: np.ndarray, fmt: str) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_directory(directory: Path) -> Iterator[Path]:
-    """Stage files in a hidden sibling directory and move it into place at the end."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+def _atomic_directory(directory: Path, replace: bool = False) -> Iterator[Path]:
+    """Stage files in a hidden sibling directory and move it into place at the end (with
+    ``replace``, in place of the directory there, which is kept until the new one is complete)."""
+    if not replace and directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise PatchfoldError(f"output directory '{directory}' already exists and is not empty")
     check_parent(directory, "output directory's parent")
-    with made_parents(directory), _staged(directory) as staging:
+    with made_parents(directory), _staged(directory, replace) as staging:
         yield staging
 
 
+def tiles_present(directory: Path) -> bool:
+    """Whether ``directory`` is a finished tile directory: its manifest reads and every tile file
+    it lists is there (a run that finds one missing redoes the directory)."""
+    try:
+        listed = read_tile_manifest(directory).tiles
+    except PatchfoldError:
+        return False
+    return all(os.path.isfile(directory / tile["file"]) for tile in listed)
+
+
 @contextlib.contextmanager
-def _staged(directory: Path) -> Iterator[Path]:
+def _staged(directory: Path, replace: bool = False) -> Iterator[Path]:
     parent = directory.parent
     remove_stale_temporaries(parent)
     staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".part", dir=parent))
+    old: Path | None = None
     try:
         try:
             yield staging
         except OSError as error:
             raise PatchfoldError(f"cannot write tiles into '{directory}': {error.strerror or error}") from None
         try:
-            if directory.exists():
+            if replace and directory.is_dir() and any(directory.iterdir()):  # moved aside, deleted once replaced
+                old = Path(tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".bak", dir=parent))
+                os.replace(directory, old / "old")
+            elif directory.exists():
                 directory.rmdir()
             os.replace(staging, directory)
         except OSError:
+            if old is not None and not directory.exists():
+                os.replace(old / "old", directory)  # as it was
             raise PatchfoldError(f"output directory '{directory}' was filled by another run meanwhile") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
