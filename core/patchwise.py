@@ -17,6 +17,7 @@ The mode and scale are found from the first batch and every later batch must agr
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,9 +39,10 @@ DEFAULT_BATCH = 64
 #: How a batch of 2-D or 3-D patches is laid out in memory for a torch ``fn`` (``memory_format``):
 #: ``auto`` gives a ``torch.nn.Module`` (TorchScript and exported programs too) channels-last
 #: batches (``torch.channels_last``, ``channels_last_3d``) where it takes them and returns the same
-#: values as for contiguous ones (checked on the first batch, which runs both ways), else, and to
-#: other callables, contiguous ones; the other two force one. The values do not depend on it (to float rounding);
-#: the speed does: PyTorch's CPU convolutions run 1.5-3x faster on channels-last input.
+#: values as for contiguous ones (checked with the first batch: a batch of random values runs both
+#: ways), else, and to other callables, contiguous ones; the other two force one. The values do
+#: not depend on it (to float rounding); the speed does: PyTorch's CPU convolutions ran 1.7-3x
+#: faster on channels-last batches here (bench/apply.py).
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
@@ -344,8 +346,11 @@ class _Runner:
         check_memory_format(memory_format)
         self.fn, self.prepare = fn, prepare
         self.layout = memory_format  # "auto" until the first batch of 2-D or 3-D patches decides
+        self.forced = memory_format == "channels_last"
         self.channels_last = False  # whether batches should be cut channels-last already
-        module = type(fn).__module__.split(".")[0] == "torch"
+        torch_module = sys.modules.get("torch")  # a torch model exists only where torch is loaded
+        self.model = torch_module is not None and isinstance(fn, torch_module.nn.Module)
+        module = self.model or type(fn).__module__.split(".")[0] == "torch"
         self.torch = is_tensor(x) or module or device is not None
         self.device = device if device is not None else (str(x.device) if is_tensor(x) else "cpu")
         if self.torch:
@@ -353,11 +358,6 @@ class _Runner:
 
             self.target = resolve_device(self.device)
             self.channels_last = memory_format == "channels_last"
-            import torch
-
-            # auto tries channels-last for models only: the first batch runs twice, which a plain
-            # function that counts or records its calls would see
-            self.model = isinstance(fn, torch.nn.Module)
 
     def image(self, x: Any, n: int) -> Any:
         """Image ``n`` of the batch as numpy ``(C, *spatial)`` (patches are cut from it), or of a
@@ -374,6 +374,8 @@ class _Runner:
             return _as_array(self._called(patches, patches.shape))
         import torch
 
+        if not patches.dtype.isnative:  # torch takes native byte order only (a big-endian .npy)
+            patches = patches.astype(patches.dtype.newbyteorder("="))
         count = len(patches)
         if count < batch_size:  # the last batch, filled up for models exported with a fixed batch size
             patches = np.concatenate([patches, np.repeat(patches[-1:], batch_size - count, axis=0)])
@@ -385,22 +387,31 @@ class _Runner:
         return result[:count] if result.ndim and len(result) == len(patches) else result
 
     def _in_layout(self, batch: Any, shape: tuple[int, ...]) -> np.ndarray:
-        """``fn`` on the batch in the chosen memory layout; the first batch decides ``auto``: it
-        runs contiguous (the result given), then channels-last, which is kept only where ``fn``
-        takes it and gives the same values (a model may reshape in ways that need contiguous
-        input, or fail on it)."""
+        """``fn`` on the batch in the chosen memory layout. The first batch decides ``auto``: it
+        runs contiguous (the result given); then a probe batch of random values (the first batch
+        may be uniform, a blank background, where a misread layout goes unseen) runs both ways,
+        and channels-last is kept only where ``fn`` takes it and gives the same values (a model
+        may reshape in ways that need contiguous input, or fail on it)."""
         layout = channels_last_format(batch.ndim)
         if layout is None or self.layout == "contiguous" or (self.layout == "auto" and not self.model):
             return _as_array(self._called(batch, shape))
-        if self.layout == "channels_last":
+        if self.layout == "channels_last" and self.forced:
             return _as_array(self._called(batch.contiguous(memory_format=layout), shape))
+        if self.layout == "channels_last":  # chosen by auto: a later batch it fails on goes contiguous
+            try:
+                return _as_array(self.fn(batch.contiguous(memory_format=layout)))
+            except Exception:  # a user's model: any type
+                self.layout, self.channels_last = "contiguous", False
+                return _as_array(self._called(batch.contiguous(), shape))  # cut channels-last: copied
         result = _as_array(self._called(batch, shape))
         self.layout = "contiguous"
-        try:
-            other = _as_array(self.fn(batch.contiguous(memory_format=layout)))
+        probe = probe_batch(batch)
+        try:  # copies, never views: a model that changes its input in place changes only its own
+            first = _as_array(self.fn(probe.clone())).copy()
+            other = _as_array(self.fn(probe.clone(memory_format=layout)))
         except Exception:  # a user's model: any type; contiguous batches it takes
             return result
-        if same_values(result, other):
+        if same_values(first, other):
             self.layout = "channels_last"
             self.channels_last = True
         return result
@@ -438,10 +449,25 @@ def channels_last_format(ndim: int) -> Any:
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim)
 
 
+def probe_batch(batch: Any) -> Any:
+    """A batch like ``batch`` (shape, dtype, device) of seeded random values, distinct almost
+    everywhere, so that ``fn`` reading it in another order shows (floats in [0, 1), integers in
+    [0, 255])."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    if batch.dtype.is_floating_point:
+        values = torch.rand(batch.shape, generator=generator, dtype=torch.float64)
+    else:
+        values = torch.randint(0, 256, batch.shape, generator=generator)
+    return values.to(dtype=batch.dtype, device=batch.device)
+
+
 def same_values(first: np.ndarray, second: np.ndarray) -> bool:
     """Whether two results of ``fn`` on the same batch agree: same shape and dtype, equal integers,
-    floats within a few hundred rounding steps of the larger magnitude (convolutions on another
-    layout add in another order; a layout ``fn`` misreads differs by whole values)."""
+    floats within a few hundred rounding steps of the largest magnitude of their channel (axis 1;
+    convolutions on another layout add in another order; a layout ``fn`` misreads differs by
+    whole values, also in a channel of small values beside one of large)."""
     if first.shape != second.shape or first.dtype != second.dtype:
         return False
     if first.dtype.kind != "f":
@@ -449,9 +475,23 @@ def same_values(first: np.ndarray, second: np.ndarray) -> bool:
     finite = np.isfinite(first)
     if not np.array_equal(finite, np.isfinite(second)) or not np.array_equal(first[~finite], second[~finite], True):
         return False
-    scale = float(np.abs(first[finite]).max(initial=0.0))
+    magnitude = np.where(finite, np.abs(first), 0)
+    if first.ndim >= 2:  # per channel, over the patches and points
+        scale = magnitude.max(axis=tuple(d for d in range(first.ndim) if d != 1), keepdims=True, initial=0.0)
+    else:
+        scale = magnitude.max(initial=0.0)
     tolerance = min(256 * float(np.finfo(first.dtype).eps), 1 / 64) * scale
-    return bool(np.all(np.abs(first[finite] - second[finite]) <= tolerance))
+    difference = np.abs(np.where(finite, first, 0) - np.where(finite, second, 0))
+    return bool(np.all(difference <= tolerance))
+
+
+def loop_takes(array: np.ndarray) -> bool:
+    """Whether the compiled loops read ``array`` where it is: plain native values, aligned, at
+    non-negative strides of whole items (else the numpy loops do the work)."""
+    dtype = array.dtype
+    if dtype.hasobject or dtype.fields is not None or not dtype.isnative or not array.flags.aligned:
+        return False
+    return all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
 
 
 def compiled_gather(image: np.ndarray) -> Any:
@@ -459,7 +499,7 @@ def compiled_gather(image: np.ndarray) -> Any:
     (no compiled loops, not 2-D or 3-D, or strides or alignment it does not take)."""
     from patchfold.engines import compiled  # here: `import patchfold` does not load the loops
 
-    if image.ndim not in (3, 4) or not image.flags.aligned or min(image.strides) < 0 or image.dtype.hasobject:
+    if image.ndim not in (3, 4) or not loop_takes(image):
         return None
     return compiled.gather_cl(image.itemsize) if compiled.available() else None
 
@@ -739,7 +779,7 @@ class _Sink:
         self._flush(int(starts[0].min()))
         self._hold(int(starts[0].max()) + reach)
         per_dim = [np.ascontiguousarray(self.weights[d][coords[:, d]]) for d in range(ndim)]  # (B, k_d)
-        if self.place is not None and outputs.dtype == self.place.source and min(outputs.strides) >= 0:
+        if self.place is not None and outputs.dtype == self.place.source and loop_takes(outputs):
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
 
             def split(add_rows: Callable[[int, int], None], lo: int, hi: int) -> None:  # threads share the rows

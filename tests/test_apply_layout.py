@@ -1,6 +1,8 @@
 """The memory layout of the batches a torch ``fn`` gets in ``apply`` (``memory_format``): ``auto``
 gives channels-last batches only where ``fn`` takes them and gives the same values; the result
-never depends on the layout beyond float rounding."""
+never depends on the layout beyond float rounding. The last part keeps the red-team pass's
+findings: in-place models, blank first batches, channels of other scales, big-endian inputs,
+unaligned outputs and starts whose reach would wrap around int64."""
 
 from __future__ import annotations
 
@@ -225,3 +227,104 @@ def test_auto_calls_a_plain_torch_function_once_per_batch_with_contiguous_batche
     x = torch.rand(1, 3, 16, 16)
     assert torch.equal(apply(x, record, 8, stride=4, batch_size=3), x * 2)
     assert len(seen) == 3 and all(seen)  # 9 blocks in batches of 3
+
+
+# ----- the red-team pass over the layout probe and its loops ------------------------------------
+class DoublesInPlace(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(2)
+
+
+@pytest.mark.parametrize(("channels", "kernel"), [(1, 8), (3, 1)], ids=["one-channel", "1x1-kernel"])
+def test_a_model_that_changes_its_input_in_place_gives_the_same_result_in_every_format(channels, kernel) -> None:
+    """Where channels-last is the same memory (one channel, 1×1 patches) the probe must still run
+    on copies: the in-place model doubled the first batch twice (4×)."""
+    x = np.random.default_rng(6).random((1, channels, 16, 16), dtype=np.float32)
+    for memory_format in ("auto", "contiguous", "channels_last"):
+        y = apply(x, DoublesInPlace(), kernel, stride=kernel, device="cpu", memory_format=memory_format)
+        assert np.array_equal(y, 2 * x), memory_format
+
+
+def test_a_misreading_model_is_caught_even_when_the_first_batch_is_uniform() -> None:
+    """A blank first batch (background) reads the same in any order: the probe runs on random values."""
+    x = np.random.default_rng(7).random((1, 3, 64, 64), dtype=np.float32)
+    x[:, :, :32] = 0.5
+    auto = apply(x, misreads, 8, stride=8, device="cpu", batch_size=8)
+    assert np.array_equal(auto, x)
+
+
+def test_same_values_compares_each_channel_at_its_own_scale() -> None:
+    first = np.stack([np.full((4, 5, 5), 65535.0), np.random.default_rng(8).random((4, 5, 5))], axis=1)
+    second = first.copy()
+    second[:, 1] = second[:, 1, ::-1]  # a misread small channel beside a large one
+    assert not same_values(first.astype(np.float32), second.astype(np.float32))
+    assert same_values(first.astype(np.float32), first.astype(np.float32))
+
+
+def test_a_big_endian_input_goes_through_a_torch_model(tmp_path: Path) -> None:
+    x = np.random.default_rng(9).random((3, 40, 36)).astype(">f4")
+    np.save(tmp_path / "be.npy", x)
+    torch.jit.script(convolutions(2)).save(str(tmp_path / "model.pt"))
+    outputs = {}
+    for fmt in ("auto", "contiguous"):
+        ok("apply", tmp_path / "be.npy", "--model", tmp_path / "model.pt", "-k", 16, "-s", 12, "--cover",
+           "--memory-format", fmt, "-o", tmp_path / f"{fmt}.npy", "-q")  # fmt: skip
+        outputs[fmt] = np.load(tmp_path / f"{fmt}.npy")
+    assert np.abs(outputs["auto"] - outputs["contiguous"]).max() <= 1e-6
+    library = apply(x[None], convolutions(2), 16, stride=12, cover=True, device="cpu")
+    assert np.abs(library[0] - outputs["contiguous"]).max() <= 1e-6
+
+
+def test_a_module_of_the_users_own_gets_tensors_for_numpy_input() -> None:
+    class Checks(torch.nn.Module):
+        def forward(self, p: torch.Tensor) -> torch.Tensor:
+            assert isinstance(p, torch.Tensor)
+            return p + 1
+
+    x = np.random.default_rng(10).random((1, 3, 20, 20), dtype=np.float32)
+    y = apply(x, Checks(), 8, stride=4, cover=True)
+    assert isinstance(y, np.ndarray) and np.allclose(y, x + 1)
+
+
+def test_unaligned_outputs_of_a_plain_function_take_the_numpy_blend() -> None:
+    def field(p: np.ndarray) -> np.ndarray:
+        packed = np.zeros(p.shape, [("a", "f4"), ("b", "u1")])
+        packed["a"] = p
+        return packed["a"]  # a view at 5-byte strides: not aligned
+
+    x = np.random.default_rng(11).random((1, 3, 20, 20), dtype=np.float32)
+    assert np.array_equal(apply(x, field, 5, stride=3, cover=True), x)
+
+
+@LOOPS
+def test_the_loops_refuse_starts_whose_reach_would_wrap_around() -> None:
+    image = np.zeros((1, 16, 16), np.uint8)
+    for starts, dilation in (([[0, 2**63 - 1]], (1, 1)), ([[0, 1]], (1, 2**63 - 1)), ([[0, 1]], (1, 2**62))):
+        with pytest.raises(PatchfoldError, match="inside the image"):
+            compiled.gather_cl(1)(image, np.array(starts, np.int64), (1, 3), dilation)
+    with pytest.raises(PatchfoldError, match="inside the band"):
+        compiled.place("float32")(np.ones((1, 1, 2, 2), np.float32), np.zeros((1, 8, 8)),
+                                  np.array([[0, 2**63 - 1]], np.int64), [np.ones((1, 2))] * 2, (1, 1))  # fmt: skip
+    with pytest.raises(PatchfoldError, match="numpy array"):
+        compiled.gather_cl(1)([[1]], np.zeros((1, 2), np.int64), (1, 1), (1, 1))
+    with pytest.raises(PatchfoldError, match="numpy array"):
+        compiled.divide("float32")([1.0], [np.ones(1)], np.zeros((1, 1, 1), np.float32))
+
+
+class FlattensBeyondOne(torch.nn.Module):
+    """Views its input flat only where it holds a value over 1.5: neither the first batch nor the
+    probe's values in [0, 1) do, so auto chooses channels-last and meets the view later."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x > 1.5).any()):
+            x = x.view(x.shape[0], -1).view(x.shape)
+        return x * 2
+
+
+def test_auto_goes_contiguous_where_a_later_batch_fails_on_channels_last() -> None:
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    x[:, :, 16:] = 2.0
+    y = apply(x, FlattensBeyondOne(), 8, stride=8, device="cpu", batch_size=4)
+    assert np.array_equal(y, 2 * x)
+    with pytest.raises(PatchfoldError, match="failed on a batch"):
+        apply(x, FlattensBeyondOne(), 8, stride=8, device="cpu", batch_size=4, memory_format="channels_last")

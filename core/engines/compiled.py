@@ -317,10 +317,13 @@ def _checked_starts(
             f"starts must be int64 of shape {(max(count, 0), ndim)}, got {getattr(starts, 'shape', starts)}"
         )
     starts = np.ascontiguousarray(starts)
-    reach = np.array([(k - 1) * d for k, d in zip(kernel, dilation)], dtype=np.int64)
-    if count and ((starts < 0).any() or (starts.max(axis=0) + reach >= np.array(extent)).any()):
+    reach = [(int(k) - 1) * int(d) for k, d in zip(kernel, dilation)]  # Python ints: no wrap-around
+    # the last start a patch may have per dim, formed without overflow (a start plus its reach
+    # could pass int64 and wrap around to a small number)
+    last = [int(n) - 1 - r for n, r in zip(extent, reach)]
+    if count and (min(last) < 0 or (starts < 0).any() or (starts > np.array(last, dtype=np.int64)).any()):
         raise PatchfoldError(f"every patch must lie inside the {inside} {tuple(extent)}, got starts {starts.tolist()}")
-    return starts, reach
+    return starts, np.array(reach if count else [0] * ndim, dtype=np.int64)
 
 
 def element_strides(array: np.ndarray, name: str) -> list[int]:
@@ -809,6 +812,8 @@ def _check_array(array: Any, name: str, ndim: int) -> None:
 
 def _check_memory(array: np.ndarray, name: str, writeable: bool) -> None:
     """Plain native words at aligned addresses (and writeable, for a destination)."""
+    if not isinstance(array, np.ndarray):
+        raise PatchfoldError(f"{name} must be a numpy array, got {type(array).__name__}")
     if array.dtype.hasobject or array.dtype.fields is not None or not array.dtype.isnative:
         raise PatchfoldError(
             f"{name} must hold plain values in native byte order, got dtype {array.dtype!r} of shape {array.shape}"
