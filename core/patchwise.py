@@ -37,7 +37,7 @@ REDUCTIONS = ("none", "argmax", "max")
 #: How many patches go to ``fn`` at once by default.
 DEFAULT_BATCH = 64
 #: How a batch of 2-D or 3-D patches is laid out in memory for a torch ``fn`` (``memory_format``):
-#: ``auto`` gives a ``torch.nn.Module`` (TorchScript and exported programs too) channels-last
+#: ``auto`` gives a ``torch.nn.Module`` in eval mode (TorchScript and exported programs too) channels-last
 #: batches (``torch.channels_last``, ``channels_last_3d``) where it takes them and returns the same
 #: values as for contiguous ones (checked with the first batch: a batch of random values runs both
 #: ways), else, and to other callables, contiguous ones; the other two force one. The values do
@@ -350,6 +350,9 @@ class _Runner:
         self.channels_last = False  # whether batches should be cut channels-last already
         torch_module = sys.modules.get("torch")  # a torch model exists only where torch is loaded
         self.model = torch_module is not None and isinstance(fn, torch_module.nn.Module)
+        # auto probes models in eval mode only: the probe runs the model twice more, on random
+        # values, which a model in training mode would take into its batch-norm statistics
+        self.probed = self.model and not getattr(fn, "training", False)
         module = self.model or type(fn).__module__.split(".")[0] == "torch"
         self.torch = is_tensor(x) or module or device is not None
         self.device = device if device is not None else (str(x.device) if is_tensor(x) else "cpu")
@@ -393,7 +396,7 @@ class _Runner:
         and channels-last is kept only where ``fn`` takes it and gives the same values (a model
         may reshape in ways that need contiguous input, or fail on it)."""
         layout = channels_last_format(batch.ndim)
-        if layout is None or self.layout == "contiguous" or (self.layout == "auto" and not self.model):
+        if layout is None or self.layout == "contiguous" or (self.layout == "auto" and not self.probed):
             return _as_array(self._called(batch, shape))
         if self.layout == "channels_last" and self.forced:
             return _as_array(self._called(batch.contiguous(memory_format=layout), shape))
@@ -456,10 +459,10 @@ def probe_batch(batch: Any) -> Any:
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    if batch.dtype.is_floating_point:
-        values = torch.rand(batch.shape, generator=generator, dtype=torch.float64)
+    if batch.dtype.is_floating_point:  # made in the batch's dtype: no wider copy of it
+        values = torch.rand(batch.shape, generator=generator, dtype=batch.dtype)
     else:
-        values = torch.randint(0, 256, batch.shape, generator=generator)
+        values = torch.randint(0, 256, batch.shape, generator=generator, dtype=torch.int16)
     return values.to(dtype=batch.dtype, device=batch.device)
 
 

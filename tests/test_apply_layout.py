@@ -45,7 +45,7 @@ class Misreads(torch.nn.Module):
         return patches.as_strided(patches.shape, patches.contiguous().stride()) * 1.0
 
 
-misreads = Misreads()
+misreads = Misreads().eval()  # models are probed in eval mode only
 
 
 def chosen(fn, patches: np.ndarray, memory_format: str = "auto") -> tuple[np.ndarray, str]:
@@ -66,7 +66,7 @@ def test_auto_takes_channels_last_for_convolutions_with_the_same_result(ndim: in
     assert chosen(model, patches)[1] == "channels_last"
 
 
-@pytest.mark.parametrize("fn", [Flattens(3 * 8 * 8), misreads], ids=["fails", "misreads"])
+@pytest.mark.parametrize("fn", [Flattens(3 * 8 * 8).eval(), misreads], ids=["fails", "misreads"])
 def test_auto_keeps_contiguous_batches_where_fn_fails_or_differs_on_channels_last(fn) -> None:
     x = torch.rand(1, 3, 24, 24)
     patches = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
@@ -241,7 +241,7 @@ def test_a_model_that_changes_its_input_in_place_gives_the_same_result_in_every_
     on copies: the in-place model doubled the first batch twice (4×)."""
     x = np.random.default_rng(6).random((1, channels, 16, 16), dtype=np.float32)
     for memory_format in ("auto", "contiguous", "channels_last"):
-        y = apply(x, DoublesInPlace(), kernel, stride=kernel, device="cpu", memory_format=memory_format)
+        y = apply(x, DoublesInPlace().eval(), kernel, stride=kernel, device="cpu", memory_format=memory_format)
         assert np.array_equal(y, 2 * x), memory_format
 
 
@@ -324,7 +324,19 @@ class FlattensBeyondOne(torch.nn.Module):
 def test_auto_goes_contiguous_where_a_later_batch_fails_on_channels_last() -> None:
     x = np.zeros((1, 3, 32, 32), np.float32)
     x[:, :, 16:] = 2.0
-    y = apply(x, FlattensBeyondOne(), 8, stride=8, device="cpu", batch_size=4)
+    y = apply(x, FlattensBeyondOne().eval(), 8, stride=8, device="cpu", batch_size=4)
     assert np.array_equal(y, 2 * x)
     with pytest.raises(PatchfoldError, match="failed on a batch"):
         apply(x, FlattensBeyondOne(), 8, stride=8, device="cpu", batch_size=4, memory_format="channels_last")
+
+
+def test_a_model_in_training_mode_is_not_probed() -> None:
+    """The probe's random values would go into batch-norm statistics: a training model gets
+    contiguous batches, each once (its statistics see exactly the image's patches)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)).train()
+    x = torch.rand(1, 3, 16, 16)
+    apply(x, model, 8, stride=4, cover=True, batch_size=3)  # 9 blocks: 3 batches
+    assert int(model[1].num_batches_tracked) == 3
+    patches = np.random.default_rng(12).random((3, 3, 8, 8), dtype=np.float32)
+    assert chosen(model, patches)[1] == "auto"  # undecided: never probed
+    assert chosen(model.eval(), patches)[1] == "channels_last"

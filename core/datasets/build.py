@@ -504,6 +504,10 @@ def run_tiles(
     if os.path.lexists(top):
         _check_tiles_resume(top, read_json(top, "manifest"), request)
     directory.mkdir(parents=True, exist_ok=True)
+    from patchfold.jobs.tiles import restore_moved_aside, tiles_present
+
+    for task in tasks:  # a killed run's moved-aside directories, before any worker clears temporaries
+        restore_moved_aside(Path(task.directory))
     results: dict[int, ImageResult] = {}
     runner = run_tasks(tasks, process_tiles, workers, scheduler, fail_fast)
     try:
@@ -522,7 +526,8 @@ def run_tiles(
             }
             for t in tasks
         ]
-        complete = all((Path(t.directory) / "manifest.json").exists() for t in tasks)
+        # every directory whole and no image failed (a damaged one whose redo failed keeps its old manifest)
+        complete = all(r.ok for r in results.values()) and all(tiles_present(Path(t.directory)) for t in tasks)
         manifest = {
             "format": TILE_DATASET_FORMAT,
             "version": TILE_DATASET_VERSION,

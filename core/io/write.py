@@ -107,12 +107,21 @@ def check_free_space(path: Path, needed: int) -> None:
 #: Temporary files are named ``.<name>.<pid>-<random>.part`` (``.bak`` for backups): ``name`` cut
 #: so that the whole stays within a file system's 255-byte name limit, ``pid`` so a later run can
 #: tell a dead run's leftovers from a live one's.
-_TEMPORARY = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.(part|bak)$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.*)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.(?P<kind>part|bak)$")
 
 
 def temporary_prefix(target: Path) -> str:
     name = target.name.encode(errors="replace")[:120].decode(errors="ignore")  # any str, even a lone surrogate
     return f".{name}.{os.getpid()}-"
+
+
+def stale_temporary(name: str) -> tuple[str, str] | None:
+    """For the name of a temporary a run that no longer exists left (a killed run), the name of
+    what it was for and its kind (``.part`` or ``.bak``); None for anything else."""
+    match = _TEMPORARY.match(name)
+    if match is None or _alive(int(match["pid"])):
+        return None
+    return match["name"], "." + match["kind"]
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -122,8 +131,7 @@ def remove_stale_temporaries(directory: Path) -> None:
     except OSError:
         return
     for entry in entries:
-        match = _TEMPORARY.match(entry.name)
-        if match is None or _alive(int(match["pid"])):
+        if stale_temporary(entry.name) is None:
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):

@@ -40,6 +40,7 @@ from patchfold.io.write import (
     image_targets,
     made_parents,
     remove_stale_temporaries,
+    stale_temporary,
     temporary_prefix,
     to_image_array,
     write_images,
@@ -356,20 +357,59 @@ def _staged(directory: Path, replace: bool = False) -> Iterator[Path]:
         except OSError as error:
             raise PatchfoldError(f"cannot write tiles into '{directory}': {error.strerror or error}") from None
         try:
-            if replace and directory.is_dir() and any(directory.iterdir()):  # moved aside, deleted once replaced
+            if replace and directory.is_dir() and any(directory.iterdir()):
+                if _exchanged(staging, directory):  # one step: never a moment without the directory
+                    return  # staging now holds the old files: deleted below
+                # two steps: the old one moved aside first (put back by the next batch run, see
+                # restore_moved_aside, if this one dies in between)
                 old = Path(tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".bak", dir=parent))
                 os.replace(directory, old / "old")
             elif directory.exists():
                 directory.rmdir()
             os.replace(staging, directory)
-        except OSError:
+        except OSError as error:
             if old is not None and not directory.exists():
                 os.replace(old / "old", directory)  # as it was
-            raise PatchfoldError(f"output directory '{directory}' was filled by another run meanwhile") from None
+            raise PatchfoldError(f"cannot put '{directory}' in place: {error.strerror or error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
+        if old is not None:  # interrupted between the two steps (Ctrl-C): the old one goes back
+            if not os.path.lexists(directory):
+                with contextlib.suppress(OSError):
+                    os.replace(old / "old", directory)
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchanged(first: Path, second: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the system or file system cannot (nothing is then changed)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
+
+
+def restore_moved_aside(directory: Path) -> None:
+    """Put back a directory a killed run moved aside to replace it and died before the new one
+    was in place (its ``.bak`` temporary holds it as ``old``): to be called before anything in
+    its parent clears stale temporaries."""
+    if os.path.lexists(directory):
+        return
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory.parent):
+            aside = stale_temporary(entry.name)  # a live run's is its own business
+            if aside == (directory.name, ".bak") and os.path.isdir(os.path.join(entry.path, "old")):
+                os.replace(os.path.join(entry.path, "old"), directory)
+                return
 
 
 def read_tiles(directory: Path) -> Iterator[Progress | TileSet]:
