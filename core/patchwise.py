@@ -216,8 +216,10 @@ def apply(
 
     Returns:
         Dense: ``(N, C', *spatial·scale)`` in ``fn``'s output dtype (float64 sums, divided by the
-        weights). Vector: ``(N, C', *blocks_per_dim)``. With ``reduce``, the channel axis is gone.
-        Numpy for numpy input, a tensor (on ``x``'s device) for a tensor; unbatched input gives an
+        weights; bfloat16, which numpy lacks, as float32: every value exact). bfloat16 input is cut
+        as float32 and given to ``fn`` as bfloat16 again. Vector: ``(N, C', *blocks_per_dim)``.
+        With ``reduce``, the channel axis is gone. Numpy for numpy input, a tensor (on ``x``'s
+        device) for a tensor; unbatched input gives an
         unbatched result.
 
     >>> import numpy as np
@@ -356,6 +358,7 @@ class _Runner:
         module = self.model or type(fn).__module__.split(".")[0] == "torch"
         self.torch = is_tensor(x) or module or device is not None
         self.device = device if device is not None else (str(x.device) if is_tensor(x) else "cpu")
+        self.half = x.dtype if is_tensor(x) and str(x.dtype) == "torch.bfloat16" else None
         if self.torch:
             from patchfold.engines.torch_engine import resolve_device
 
@@ -368,7 +371,7 @@ class _Runner:
         if hasattr(x, "rows") and hasattr(x, "describe"):  # a RegionSource: read band by band
             return _ItemRows(x, n)
         item = x[n]
-        return item.detach().cpu().numpy() if is_tensor(item) else np.asarray(item)
+        return _as_array(item) if is_tensor(item) else np.asarray(item)
 
     def __call__(self, patches: np.ndarray, batch_size: int) -> np.ndarray:
         if self.prepare is not None:
@@ -383,6 +386,8 @@ class _Runner:
         if count < batch_size:  # the last batch, filled up for models exported with a fixed batch size
             patches = np.concatenate([patches, np.repeat(patches[-1:], batch_size - count, axis=0)])
         batch = torch.from_numpy(patches)
+        if self.half is not None:  # bfloat16 input, cut as float32 (numpy has no bfloat16): back to it
+            batch = batch.to(self.half)
         if self.target.type == "cuda":  # page-locked, so the copy to the GPU runs without staging
             batch = batch.pin_memory()
         with torch.inference_mode():
@@ -436,6 +441,8 @@ class _Runner:
 
 def _as_array(result: Any) -> np.ndarray:
     if is_tensor(result):  # in the model's layout: the blend's loop reads channels-last outputs as they are
+        if str(result.dtype) == "torch.bfloat16":  # numpy has none: as float32, which holds every value
+            result = result.float()
         return result.detach().cpu().numpy()
     if isinstance(result, tuple | list) and len(result) == 1:  # an exported program's outputs
         return _as_array(result[0])

@@ -340,3 +340,19 @@ def test_a_model_in_training_mode_is_not_probed() -> None:
     patches = np.random.default_rng(12).random((3, 3, 8, 8), dtype=np.float32)
     assert chosen(model, patches)[1] == "auto"  # undecided: never probed
     assert chosen(model.eval(), patches)[1] == "channels_last"
+
+
+def test_bfloat16_inputs_and_outputs_go_through() -> None:
+    """numpy has no bfloat16: inputs are cut as float32 and given back to fn as bfloat16; bfloat16
+    outputs are blended as float32 (every bfloat16 value is exact there), not a raw TypeError."""
+    x = torch.rand(1, 3, 16, 16).to(torch.bfloat16)
+    seen: list[torch.dtype] = []
+
+    def identity(p: torch.Tensor) -> torch.Tensor:
+        seen.append(p.dtype)
+        return p
+
+    y = apply(x, identity, 8, stride=4, cover=True, window="hann")
+    assert set(seen) == {torch.bfloat16} and y.dtype == torch.float32 and torch.equal(y, x.float())
+    model = torch.nn.Conv2d(3, 2, 3, padding=1).to(torch.bfloat16).eval()
+    assert apply(x, model, 8, stride=4, cover=True).shape == (1, 2, 16, 16)
