@@ -57,35 +57,27 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
     const int64_t z0 = nd == 3 ? start[0] : 0, y0 = start[nd - 2], x0 = start[nd - 1];
     assert(z0 >= 0 && y0 >= 0 && x0 >= 0 && y0 + (K1 - 1) * d1 < S1 && x0 + (K2 - 1) * d2 < S2);
     const double *rows = wb + b * K1, *cols = wc + b * K2;
-    if (sc == 1 && sk2 == C && C > 1) { /* channels-last: each point's C values read together */
-      for (int64_t a = 0; a < K0; a++) {
-        if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
-        const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
-        for (int64_t ki = 0; ki < K1; ki++) {
-          if (nd == 2 && (y0 + ki * d1 < lo || y0 + ki * d1 >= hi)) continue;
-          const double row = wa != NULL ? depth * rows[ki] : rows[ki];
-          PF_P(add_interleaved)(band + (z0 + a * d0) * plane + (y0 + ki * d1) * S2 + x0, cs,
-                                outputs + b * sb + a * sa + ki * sk1, cols, row, K2, d2, C);
+    const int interleaved = sc == 1 && sk2 == C && C > 1; /* channels-last: a point's C values together */
+    for (int64_t a = 0; a < K0; a++) {
+      if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
+      const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
+      for (int64_t ki = 0; ki < K1; ki++) {
+        if (nd == 2 && (y0 + ki * d1 < lo || y0 + ki * d1 >= hi)) continue;
+        /* 2-D: w0*w1 exactly as numpy's product; 3-D: (w0*w1)*w2 */
+        const double row = wa != NULL ? depth * rows[ki] : rows[ki];
+        double *out = band + (z0 + a * d0) * plane + (y0 + ki * d1) * S2 + x0; /* channel 0's row */
+        const PF_SOURCE *in = outputs + b * sb + a * sa + ki * sk1;
+        if (interleaved) {
+          PF_P(add_interleaved)(out, cs, in, cols, row, K2, d2, C);
+          continue;
         }
-      }
-      continue;
-    }
-    for (int64_t c = 0; c < C; c++) {
-      const PF_SOURCE *in = outputs + b * sb + c * sc;
-      for (int64_t a = 0; a < K0; a++) {
-        if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
-        const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
-        double *target = band + c * cs + (z0 + a * d0) * plane + y0 * S2 + x0;
-        for (int64_t ki = 0; ki < K1; ki++) {
-          if (nd == 2 && (y0 + ki * d1 < lo || y0 + ki * d1 >= hi)) continue;
-          /* 2-D: w0*w1 exactly as numpy's product; 3-D: (w0*w1)*w2 */
-          const double row = wa != NULL ? depth * rows[ki] : rows[ki];
-          double *out = target + ki * d1 * S2;
-          const PF_SOURCE *values = in + a * sa + ki * sk1;
+        for (int64_t c = 0; c < C; c++) {
+          double *target = out + c * cs;
+          const PF_SOURCE *values = in + c * sc;
           if (d2 == 1 && sk2 == 1) { /* the vectorised case */
-            for (int64_t kj = 0; kj < K2; kj++) out[kj] += (row * cols[kj]) * (double)values[kj];
+            for (int64_t kj = 0; kj < K2; kj++) target[kj] += (row * cols[kj]) * (double)values[kj];
           } else {
-            for (int64_t kj = 0; kj < K2; kj++) out[kj * d2] += (row * cols[kj]) * (double)values[kj * sk2];
+            for (int64_t kj = 0; kj < K2; kj++) target[kj * d2] += (row * cols[kj]) * (double)values[kj * sk2];
           }
         }
       }
