@@ -349,7 +349,6 @@ class _Runner:
         self.fn, self.prepare = fn, prepare
         self.layout = memory_format  # "auto" until the first batch of 2-D or 3-D patches decides
         self.forced = memory_format == "channels_last"
-        self.channels_last = False  # whether batches should be cut channels-last already
         torch_module = sys.modules.get("torch")  # a torch model exists only where torch is loaded
         self.model = torch_module is not None and isinstance(fn, torch_module.nn.Module)
         # auto probes models in eval mode only: the probe runs the model twice more, on random
@@ -363,7 +362,11 @@ class _Runner:
             from patchfold.engines.torch_engine import resolve_device
 
             self.target = resolve_device(self.device)
-            self.channels_last = memory_format == "channels_last"
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether batches should be cut channels-last already (torch batches in that layout)."""
+        return self.torch and self.layout == "channels_last"
 
     def image(self, x: Any, n: int) -> Any:
         """Image ``n`` of the batch as numpy ``(C, *spatial)`` (patches are cut from it), or of a
@@ -409,7 +412,7 @@ class _Runner:
             try:
                 return _as_array(self.fn(batch.contiguous(memory_format=layout)))
             except Exception:  # a user's model: any type
-                self.layout, self.channels_last = "contiguous", False
+                self.layout = "contiguous"
                 return _as_array(self._called(batch.contiguous(), shape))  # cut channels-last: copied
         result = _as_array(self._called(batch, shape))
         self.layout = "contiguous"
@@ -421,7 +424,6 @@ class _Runner:
             return result
         if same_values(first, other):
             self.layout = "channels_last"
-            self.channels_last = True
         return result
 
     def _called(self, patches: Any, shape: tuple[int, ...]) -> Any:
@@ -495,21 +497,12 @@ def same_values(first: np.ndarray, second: np.ndarray) -> bool:
     return bool(np.all(difference <= tolerance))
 
 
-def loop_takes(array: np.ndarray) -> bool:
-    """Whether the compiled loops read ``array`` where it is: plain native values, aligned, at
-    non-negative strides of whole items (else the numpy loops do the work)."""
-    dtype = array.dtype
-    if dtype.hasobject or dtype.fields is not None or not dtype.isnative or not array.flags.aligned:
-        return False
-    return all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
-
-
 def compiled_gather(image: np.ndarray) -> Any:
     """The checked C loop that cuts a channels-last batch out of ``image`` ``(C, *size)``, or None
     (no compiled loops, not 2-D or 3-D, or strides or alignment it does not take)."""
     from patchfold.engines import compiled  # here: `import patchfold` does not load the loops
 
-    if image.ndim not in (3, 4) or not loop_takes(image):
+    if image.ndim not in (3, 4) or not compiled.takes(image):
         return None
     return compiled.gather_cl(image.itemsize) if compiled.available() else None
 
@@ -789,7 +782,7 @@ class _Sink:
         self._flush(int(starts[0].min()))
         self._hold(int(starts[0].max()) + reach)
         per_dim = [np.ascontiguousarray(self.weights[d][coords[:, d]]) for d in range(ndim)]  # (B, k_d)
-        if self.place is not None and outputs.dtype == self.place.source and loop_takes(outputs):
+        if self.place is not None and self.place.takes(outputs):
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
 
             def split(add_rows: Callable[[int, int], None], lo: int, hi: int) -> None:  # threads share the rows

@@ -208,6 +208,10 @@ class PlaceLoop:
         self._function = function
         self.source = source
 
+    def takes(self, outputs: np.ndarray) -> bool:
+        """Whether this loop reads ``outputs`` as they are (its dtype, memory it takes)."""
+        return outputs.dtype == self.source and takes(outputs)
+
     def __call__(
         self,
         outputs: np.ndarray,
@@ -808,6 +812,18 @@ def _check_array(array: Any, name: str, ndim: int) -> None:
         raise PatchfoldError(f"{name} must be a numpy array, got {type(array).__name__}")
     if array.ndim != ndim:
         raise PatchfoldError(f"{name} must have {ndim} dims, got shape {array.shape}")
+
+
+def takes(array: Any) -> bool:
+    """Whether the loops that read at any strides (``place``, ``gather_cl``, ``divide``) take
+    ``array`` where it is, as :func:`_check_memory` and :func:`element_strides` require: plain
+    native values, aligned, at non-negative strides of whole items (else numpy does the work)."""
+    if not isinstance(array, np.ndarray):
+        return False
+    dtype = array.dtype
+    if dtype.hasobject or dtype.fields is not None or not dtype.isnative or not array.flags.aligned:
+        return False
+    return all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
 
 
 def _check_memory(array: np.ndarray, name: str, writeable: bool) -> None:
