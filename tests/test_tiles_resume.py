@@ -50,6 +50,7 @@ def test_a_resumed_run_redoes_an_image_directory_that_is_not_whole(tmp_path: Pat
     assert (summary["done"], summary["skipped"]) == ((0, 2) if damage == "whole" else (1, 1))
     assert (tmp_path / "t" / "000000_a" / "manifest.json").stat().st_mtime_ns == kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "t"]
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["complete"] is True
 
 
 def test_a_directory_without_a_manifest_is_refused_untouched(tmp_path: Path) -> None:

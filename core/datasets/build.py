@@ -526,8 +526,11 @@ def run_tiles(
             }
             for t in tasks
         ]
-        # every directory whole and no image failed (a damaged one whose redo failed keeps its old manifest)
-        complete = all(r.ok for r in results.values()) and all(tiles_present(Path(t.directory)) for t in tasks)
+        # every directory whole and no image failed (a damaged one whose redo failed keeps its old
+        # manifest): an image this run finished or skipped was found whole, the others are looked at
+        complete = all(r.ok for r in results.values()) and all(
+            t.image_id in results or tiles_present(Path(t.directory)) for t in tasks
+        )
         manifest = {
             "format": TILE_DATASET_FORMAT,
             "version": TILE_DATASET_VERSION,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import os
 import shutil
 import tempfile
@@ -383,19 +384,27 @@ def _staged(directory: Path, replace: bool = False) -> Iterator[Path]:
 def _exchanged(first: Path, second: Path) -> bool:
     """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
     the system or file system cannot (nothing is then changed)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2``, looked up once; None off Linux or where libc lacks it (glibc < 2.28, musl)."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
-        return False
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
+    return renameat2
 
 
 def restore_moved_aside(directory: Path) -> None:
