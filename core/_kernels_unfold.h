@@ -101,6 +101,101 @@ static int PF_U(unfold2d_nlc_by_rows)(const PF_WORD *x, PF_WORD *out, const pf_u
   return 1;
 }
 
+/* Bytes of a patch's run (K1 values) up to which the nlc loop below cuts patches block by block. */
+#define PF_NLC_BLOCK_RUN_BYTES 28
+
+/* blocks [j0, j1) of one block row, all K1 columns inside: block j's runs (one per kernel row q,
+   from rows[q] at column j*s1 - p1, W values each) are written one after another, so the patch is
+   one sequential write. Inlined into the switch below with constant sizes: a run of `bytes` is
+   moved as `wide` bytes (the power of two above), one move each; the `wide - bytes` bytes it
+   writes past its run are the next run's, written next. The patch's last run, and any run whose
+   wide read would pass its row's end, is moved exactly, so nothing outside the patch or the row
+   is touched (the next patch may be another thread's, or past the end of out). */
+static inline __attribute__((always_inline)) void PF_U(patches_of)(PF_WORD *restrict out, int64_t P,
+                                                                   const PF_WORD *const *rows, int64_t n,
+                                                                   int64_t W, int64_t j0, int64_t j1,
+                                                                   int64_t s1, int64_t p1, int64_t K1,
+                                                                   size_t wide) {
+  const size_t bytes = (size_t)K1 * sizeof(PF_WORD);
+  const int64_t reach = (int64_t)(wide / sizeof(PF_WORD)); /* values a wide move reads */
+  for (int64_t j = j0; j < j1; j++) {
+    PF_WORD *restrict dst = out + j * P;
+    const int64_t col = j * s1 - p1;
+    int64_t q = 0;
+    if (col + reach <= W)
+      for (; q + 1 < n; q++) memcpy(dst + q * K1, rows[q] + col, wide);
+    for (; q < n; q++) memcpy(dst + q * K1, rows[q] + col, bytes);
+  }
+}
+
+static inline void PF_U(patches)(PF_WORD *restrict out, int64_t P, const PF_WORD *const *rows, int64_t n,
+                                 int64_t W, int64_t j0, int64_t j1, int64_t s1, int64_t p1, int64_t K1) {
+#define PF_PATCHES(bytes, wide) PF_U(patches_of)(out, P, rows, n, W, j0, j1, s1, p1, (bytes) / sizeof(PF_WORD), wide)
+  switch (K1 * (int64_t)sizeof(PF_WORD)) {
+    case 1: PF_PATCHES(1, 1); return;
+    case 2: PF_PATCHES(2, 2); return;
+    case 3: PF_PATCHES(3, 4); return;
+    case 4: PF_PATCHES(4, 4); return;
+    case 5: PF_PATCHES(5, 8); return;
+    case 6: PF_PATCHES(6, 8); return;
+    case 7: PF_PATCHES(7, 8); return;
+    case 8: PF_PATCHES(8, 8); return;
+    case 10: PF_PATCHES(10, 16); return;
+    case 12: PF_PATCHES(12, 16); return;
+    case 14: PF_PATCHES(14, 16); return;
+    case 16: PF_PATCHES(16, 16); return;
+    case 20: PF_PATCHES(20, 32); return;
+    case 24: PF_PATCHES(24, 32); return;
+    case 28: PF_PATCHES(28, 32); return;
+    default: PF_U(patches_of)(out, P, rows, n, W, j0, j1, s1, p1, K1, (size_t)K1 * sizeof(PF_WORD));
+  }
+#undef PF_PATCHES
+}
+
+/* nlc of short undilated runs (K1 values of at most PF_NLC_BLOCK_RUN_BYTES, the 3x3 convolution
+ * case): block by block, each patch written whole (its C*K0 runs in turn, read from C*K0 source
+ * rows that stay in cache along the block row) instead of run by run across the patches, which
+ * writes every cache line of the output once per run. Kernel rows outside the image read a zero
+ * row. Returns 0 (nothing written) where that does not apply, or without scratch memory. */
+static int PF_U(unfold2d_nlc_by_blocks)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) {
+  const int64_t H = g.H, W = g.W, K0 = g.K0, K1 = g.K1, L1 = g.L1, s0 = g.s0, s1 = g.s1;
+  const int64_t d0 = g.d0, p0 = g.p0, p1 = g.p1, i0 = g.i0, i1 = g.i1, q0 = g.q0, q1 = g.q1, P = g.P;
+  if (g.d1 != 1 || K1 * (int64_t)sizeof(PF_WORD) > PF_NLC_BLOCK_RUN_BYTES || q1 == q0 || L1 == 0) return 0;
+  const int64_t n = q1 - q0;
+  const PF_WORD **rows = (const PF_WORD **)malloc((size_t)n * sizeof(PF_WORD *));
+  PF_WORD *zeros = (PF_WORD *)calloc((size_t)(W > 0 ? W : 1), sizeof(PF_WORD));
+  if (rows == NULL || zeros == NULL) {
+    free(rows);
+    free(zeros);
+    return 0;
+  }
+  /* blocks j in [jf0, jf1) have all K1 columns j*s1 - p1 + kj inside [0, W) */
+  int64_t jf0 = ceil_div(p1, s1), jf1 = ceil_div(W - (K1 - 1) + p1, s1);
+  if (jf1 > L1) jf1 = L1;
+  if (jf0 > jf1) jf0 = jf1;
+  for (int64_t i = i0; i < i1; i++) {
+    for (int64_t q = q0; q < q1; q++) {
+      const int64_t c = q / K0, y = (q % K0) * d0 + i * s0 - p0;
+      rows[q - q0] = (y >= 0 && y < H) ? x + (c * H + y) * W : zeros;
+    }
+    PF_WORD *block_row = out + (i - i0) * L1 * P + q0 * K1;
+    PF_U(patches)(block_row, P, rows, n, W, jf0, jf1, s1, p1, K1);
+    for (int64_t j = 0; j < L1; j++) { /* the blocks that reach into the left or right padding */
+      if (j == jf0 && jf1 > jf0) j = jf1;
+      if (j >= L1) break;
+      PF_WORD *dst = block_row + j * P;
+      for (int64_t q = 0; q < n; q++)
+        for (int64_t kj = 0; kj < K1; kj++) {
+          const int64_t col = j * s1 - p1 + kj;
+          dst[q * K1 + kj] = (col >= 0 && col < W) ? rows[q][col] : 0;
+        }
+    }
+  }
+  free(rows);
+  free(zeros);
+  return 1;
+}
+
 /* One plane: block rows [g.i0, g.i1) of x (H, W) per channel, kernel rows [g.q0, g.q1) (see
    pf_unfold2d in _kernels.c). */
 static void PF_U(unfold2d)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) {
@@ -116,6 +211,7 @@ static void PF_U(unfold2d)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) 
   int64_t jf0 = ceil_div(p1, s1), jf1 = ceil_div(W - (K1 - 1) * d1 + p1, s1);
   if (jf1 > L1) jf1 = L1;
   if (jf0 > jf1) jf0 = jf1;
+  if (g.nlc && PF_U(unfold2d_nlc_by_blocks)(x, out, g)) return;
   if (g.nlc && PF_U(unfold2d_nlc_by_rows)(x, out, g)) return;
   if (g.nlc) { /* patch by patch: each (c, ki) run of K1 values is one contiguous write */
     for (int64_t i = i0; i < i1; i++)
@@ -263,6 +359,7 @@ void PF_U(unfold)(const PF_WORD *x, PF_WORD *out, const pf_unfold_dims *dims) {
 }
 
 #undef PF_NLC_TILE_BYTES
+#undef PF_NLC_BLOCK_RUN_BYTES
 #undef PF_U
 #undef PF_WORD
 #undef PF_BITS

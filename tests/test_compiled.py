@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import patchfold
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from patchfold.coverage import coverage_vectors, divisor_map, unpad_adjoint
 from patchfold.dtypes import accumulator_dtype, finish_fold
@@ -476,6 +476,41 @@ def test_nlc_loops_match_the_numpy_loops_across_tiles(dtype, channels: int, size
         numpy_cols, numpy_summed = both()
     np.testing.assert_array_equal(cols, numpy_cols)
     np.testing.assert_array_equal(summed, numpy_summed)  # integer-valued sums: exact in any order
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
+    channels=st.integers(1, 12),
+    height=st.integers(1, 12),
+    width=st.integers(1, 40),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 7)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 4)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 9)),
+    threads=st.sampled_from([1, 2]),
+)
+def test_nlc_unfold_of_short_runs_matches_the_numpy_loop(
+    dtype, channels: int, height: int, width: int, kernel, stride, padding, threads: int
+) -> None:
+    """The nlc unfold cuts short undilated runs (up to 28 bytes: 3x3 convolutions) patch by patch,
+    moving each run as a wider power of two that the next run overwrites: at the row's end, the
+    patch's last run, blocks in the padding, a width under one wide move and thread splits must
+    still write exactly the patch matrix (and nothing past a block row: ``out`` is a view into a
+    larger array whose other values are checked unchanged)."""
+    assume(all(s + 2 * p >= k for s, p, k in zip((height, width), padding, kernel)))
+    g = patchfold.Geometry.create((height, width), kernel_size=kernel, stride=stride, padding=padding)
+    x = np.random.default_rng(3).integers(1, 100, (2, channels, height, width)).astype(dtype)
+    shape = g.unfold_shape(2, channels, "nlc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+        guarded = np.full((shape[0], shape[1] + 1, shape[2]), 7, dtype)  # a block row past the end
+        cols = guarded[:, : shape[1]]
+        cpu.unfold_into(x, g, cols, "nlc", threads=threads)
+        patch.setattr(compiled, "unfold", lambda *args: None)
+        expected = np.empty(shape, dtype)
+        cpu.unfold_into(x, g, expected, "nlc", threads=1)
+    np.testing.assert_array_equal(cols, expected)
+    assert (guarded[:, shape[1] :] == 7).all()
 
 
 # ----- the one-pass normalised (and windowed) fold (issue #16) -----------------------------------
