@@ -122,6 +122,7 @@ typedef struct {
   int64_t sums_strides[1 + PF_MAX_DIMS]; /* element strides: channel, then each spatial dim */
   int64_t out_strides[1 + PF_MAX_DIMS];
   const double *totals[PF_MAX_DIMS];     /* per dim: size[d] total weights (inf: uncovered) */
+  int64_t clear;                         /* nonzero: each sum read is set to 0 (the band's rows reused) */
 } pf_divide_dims;
 
 int64_t pf_divide_dims_size(void) { return (int64_t)sizeof(pf_divide_dims); }

@@ -89,8 +89,10 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
  * outer product of the per-dim totals, into the output dtype:
  *   out[c][r][x] = (PF_SOURCE)(sums[c][r][x] / (t0[r] * t1[x]))   (3-D: (t0[r] * t1[y]) * t2[x])
  * exactly numpy's divide of sums by the outer product, one pass instead of three; a point no block
- * covers has total inf and comes out 0. Both arrays at any element strides (checked by the caller). */
-void PF_P(divide)(const double *sums, PF_SOURCE *out, const pf_divide_dims *p) {
+ * covers has total inf and comes out 0. Both arrays at any element strides (checked by the caller).
+ * With dims->clear, each row of sums is zeroed once divided, while it is in cache (the band reuses
+ * its finished rows, which must be zero: one pass over them instead of a second one). */
+void PF_P(divide)(double *sums, PF_SOURCE *out, const pf_divide_dims *p) {
   assert(p->ndim == 2 || p->ndim == 3);
   const int64_t nd = p->ndim, C = p->channels, R = p->size[0];
   const int64_t Y = nd == 3 ? p->size[1] : 1, X = p->size[nd - 1];
@@ -102,12 +104,15 @@ void PF_P(divide)(const double *sums, PF_SOURCE *out, const pf_divide_dims *p) {
     for (int64_t r = 0; r < R; r++)
       for (int64_t y = 0; y < Y; y++) {
         const double row = ty != NULL ? t0[r] * ty[y] : t0[r];
-        const double *in = sums + c * ic + r * ir + y * iy;
+        double *in = sums + c * ic + r * ir + y * iy;
         PF_SOURCE *dst = out + c * oc + r * orow + y * oy;
         if (ix == 1 && ox == 1) { /* the vectorised case */
           for (int64_t x = 0; x < X; x++) dst[x] = (PF_SOURCE)(in[x] / (row * tx[x]));
+          if (p->clear) memset(in, 0, (size_t)X * sizeof(double));
         } else {
           for (int64_t x = 0; x < X; x++) dst[x * ox] = (PF_SOURCE)(in[x * ix] / (row * tx[x]));
+          if (p->clear)
+            for (int64_t x = 0; x < X; x++) in[x * ix] = 0.0;
         }
       }
 }

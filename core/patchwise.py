@@ -845,10 +845,13 @@ class _Sink:
                 values = self.result[:, first - self.lead[0] : last - self.lead[0]]
 
             loop = self.divide
+            # the compiled loop clears the rows it divides as it goes where they are the rows'
+            # whole width (no padding beside the image): no second pass over them
+            cleared = loop is not None and self.out_size[1:] == self.padded[1:]
 
             def divide(lo: int, hi: int) -> None:  # threads share the rows; uncovered points: x / inf = 0
                 if loop is not None:  # the compiled loop: the same values in one pass
-                    loop(sums[:, lo:hi], [totals[0][lo:hi], *totals[1:]], values[:, lo:hi])
+                    loop(sums[:, lo:hi], [totals[0][lo:hi], *totals[1:]], values[:, lo:hi], clear=cleared)
                     return
                 divisor = outer([totals[0][lo:hi], *totals[1:]])
                 np.divide(sums[:, lo:hi], divisor, out=values[:, lo:hi], casting="same_kind")
@@ -856,8 +859,22 @@ class _Sink:
             run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
+            if cleared:  # only the padding rows above and below the image are left to clear
+                self._clear(self.base, first)
+                self._clear(last, stop)
+                self._advance(stop)
+                return
         # finished rows are cleared now, while in cache, so the rows the band reuses are zero
-        self.buffer[:, self.start : self.start + stop - self.base] = 0
+        self._clear(self.base, stop)
+        self._advance(stop)
+
+    def _clear(self, first: int, stop: int) -> None:
+        """Zero the band's padded output rows ``[first, stop)`` (held rows)."""
+        if stop > first:
+            self.buffer[:, first - self.base + self.start : stop - self.base + self.start] = 0
+
+    def _advance(self, stop: int) -> None:
+        """Padded output rows below ``stop`` have left the band (their buffer rows are zero)."""
         self.start += stop - self.base
         self.held -= stop - self.base
         self.base = stop

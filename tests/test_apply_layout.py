@@ -200,6 +200,37 @@ def test_the_compiled_divide_equals_numpys_divide_by_the_outer_product(dtype, si
         compiled.divide("float64")(flat[:, :2], [np.ones(2), np.ones(3)], flat[:, 1:3])
 
 
+@LOOPS
+@pytest.mark.parametrize("size", [(5, 37), (3, 6, 11)], ids=["2d", "3d"])
+@pytest.mark.parametrize("strided", [False, True], ids=["rows", "strided"])
+def test_the_compiled_divide_clears_exactly_the_sums_it_read(size, strided: bool) -> None:
+    """``clear=True`` (the band's finished rows, reused): the same quotients, every sum it read
+    zeroed and nothing else touched; a read-only band is refused before anything is written."""
+    from patchfold.coverage import outer
+
+    rng = np.random.default_rng(5)
+    band = rng.standard_normal((2, size[0] + 3, *[2 * n + 4 for n in size[1:]])) + 3
+    # every second point (the loop's element-strided case) or whole rows (its memset)
+    inner = [slice(2, 2 + 2 * n, 2) for n in size[1:]] if strided else [slice(None)] * (len(size) - 1)
+    rows = slice(1, 1 + size[0])
+    sums = band[(slice(None), rows, *inner)]
+    totals = [rng.random(n) + 0.5 for n in sums.shape[1:]]
+    expected = sums / outer(totals)
+    before = band.copy()
+    out = np.empty(sums.shape, np.float32)
+    compiled.divide("float32")(sums, totals, out, clear=True)
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    assert (sums == 0).all()
+    untouched = np.ones(band.shape, bool)
+    untouched[(slice(None), rows, *inner)] = False
+    np.testing.assert_array_equal(band[untouched], before[untouched])
+    frozen = before.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(PatchfoldError, match="writeable"):
+        compiled.divide("float32")(frozen[:, rows], [np.ones(n) for n in frozen[:, rows].shape[1:]],
+                                   np.empty(frozen[:, rows].shape, np.float32), clear=True)  # fmt: skip
+
+
 def test_a_streamed_tiled_tiff_gives_the_same_image_in_every_memory_format(tmp_path: Path) -> None:
     """Band-by-band reading cuts channels-last batches from uint8 rows (converted a batch at a
     time, the layout kept): the same output as contiguous batches of the image in memory."""

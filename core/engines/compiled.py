@@ -277,17 +277,18 @@ def divide(dtype_name: str) -> DivideLoop | None:
 
 
 class DivideLoop:
-    """``divide_<dst>`` behind its checks: ``loop(sums, totals, out)``."""
+    """``divide_<dst>`` behind its checks: ``loop(sums, totals, out, clear=False)``."""
 
     def __init__(self, function: Any, target: np.dtype) -> None:
         self._function = function
         self.target = target
 
-    def __call__(self, sums: np.ndarray, totals: Sequence[np.ndarray], out: np.ndarray) -> None:
+    def __call__(self, sums: np.ndarray, totals: Sequence[np.ndarray], out: np.ndarray, *, clear: bool = False) -> None:
         """``out[c, r, ...] = sums[c, r, ...] / outer(totals)[r, ...]`` for float64 ``sums`` and
         ``out`` of this loop's dtype, both ``(C, *size)`` of 2 or 3 spatial dims at any
-        non-negative strides, ``totals[d]`` float64 of ``size[d]`` values."""
-        _check_memory(sums, "sums", writeable=False)
+        non-negative strides, ``totals[d]`` float64 of ``size[d]`` values; with ``clear``,
+        ``sums`` is zeroed as it is read."""
+        _check_memory(sums, "sums", writeable=clear)
         _check_memory(out, "out", writeable=True)
         ndim = sums.ndim - 1
         if ndim not in (2, 3) or sums.dtype != np.float64 or out.dtype != self.target or out.shape != sums.shape:
@@ -307,6 +308,7 @@ class DivideLoop:
             getattr(dims, field)[: len(strides)] = strides
         for dim, total in enumerate(totals):
             dims.totals[dim] = total.ctypes.data
+        dims.clear = int(clear)
         self._function(sums.ctypes.data, out.ctypes.data, ctypes.byref(dims))
 
 

@@ -106,6 +106,7 @@ class DivideDims(ctypes.Structure):
         ("sums_strides", ctypes.c_int64 * (1 + _MAX_DIMS)),
         ("out_strides", ctypes.c_int64 * (1 + _MAX_DIMS)),
         ("totals", ctypes.c_void_p * _MAX_DIMS),
+        ("clear", ctypes.c_int64),
     ]
 
 
