@@ -446,6 +446,7 @@ static double *PF_F(transposed)(const double *w, int64_t L, int64_t K) {
  * output rows while in cache. Without extra->divisor, dst is the accumulator as for fold_.
  * Returns the count of non-finite sums (float sums that overflowed, or inf and NaN patches), or -1
  * when the scratch could not be allocated. */
+PF_AVX2_CLONES
 int64_t PF_F(foldx)(const PF_SOURCE *src, void *dst, const pf_fold_dims *dims, const pf_fold_extra *extra) {
   assert(dims->ndim == 2 || dims->ndim == 3);
   const int64_t nd = dims->ndim, C = dims->channels, last = nd - 1;
