@@ -71,17 +71,10 @@ SCRATCH_BYTES = 1 << 20
 
 
 def _structs() -> tuple[tuple[str, type[ctypes.Structure]], ...]:
-    """Each struct-size function of ``_kernels`` and the struct it must agree with (looked up here,
-    at call time, so a test can swap a struct for one of another size)."""
-    return (
-        ("pf_fold_dims_size", FoldDims),
-        ("pf_unfold_dims_size", UnfoldDims),
-        ("pf_fold_extra_size", FoldExtra),
-        ("pf_place_dims_size", PlaceDims),
-        ("pf_gather_dims_size", GatherDims),
-        ("pf_divide_dims_size", DivideDims),
-        ("pf_batch_size", _BatchStruct),
-    )
+    """:data:`native.STRUCTS`, each mirror as this module calls the loops with it (looked up by
+    name here, at call time, so a test can swap a struct for one of another size)."""
+    names = globals()
+    return tuple((size, names.get(struct.__name__, struct)) for size, struct in native.STRUCTS)
 
 
 @cache
@@ -820,12 +813,12 @@ def takes(array: Any) -> bool:
     """Whether the loops that read at any strides (``place``, ``gather_cl``, ``divide``) take
     ``array`` where it is, as :func:`_check_memory` and :func:`element_strides` require: plain
     native values, aligned, at non-negative strides of whole items (else numpy does the work)."""
-    if not isinstance(array, np.ndarray):
+    try:
+        _check_memory(array, "array", writeable=False)
+        element_strides(array, "array")
+    except PatchfoldError:
         return False
-    dtype = array.dtype
-    if dtype.hasobject or dtype.fields is not None or not dtype.isnative or not array.flags.aligned:
-        return False
-    return all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
+    return True
 
 
 def _check_memory(array: np.ndarray, name: str, writeable: bool) -> None:
