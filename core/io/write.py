@@ -477,21 +477,28 @@ def allocate_npy(handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> int:
     return header
 
 
+def libc_function(name: str, argtypes: Sequence[Any], restype: Any) -> Any:
+    """libc's function ``name`` (Linux) with these ctypes argument and result types, setting
+    ``errno``; None off Linux or where this libc lacks it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = list(argtypes), restype
+    return function
+
+
 @functools.cache
 def _fallocate() -> Any:
     """libc's ``fallocate`` (Linux), or None: the system call itself, never glibc's
     ``posix_fallocate``, which on a file system without it writes a byte into every block."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
+    import ctypes
 
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return function
+    return libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64], ctypes.c_int)
 
 
 def preallocate(fd: int, size: int) -> None:

@@ -39,6 +39,7 @@ from patchfold.io.write import (
     deep_png,
     deep_png_writer,
     image_targets,
+    libc_function,
     made_parents,
     remove_stale_temporaries,
     stale_temporary,
@@ -346,6 +347,10 @@ def tiles_present(directory: Path) -> bool:
     return all(os.path.isfile(directory / tile["file"]) for tile in listed)
 
 
+#: The name of a replaced tile directory inside its ``.bak`` temporary, while the new one moves in.
+_ASIDE = "old"
+
+
 @contextlib.contextmanager
 def _staged(directory: Path, replace: bool = False) -> Iterator[Path]:
     parent = directory.parent
@@ -364,20 +369,18 @@ def _staged(directory: Path, replace: bool = False) -> Iterator[Path]:
                 # two steps: the old one moved aside first (put back by the next batch run, see
                 # restore_moved_aside, if this one dies in between)
                 old = Path(tempfile.mkdtemp(prefix=temporary_prefix(directory), suffix=".bak", dir=parent))
-                os.replace(directory, old / "old")
+                os.replace(directory, old / _ASIDE)
             elif directory.exists():
                 directory.rmdir()
             os.replace(staging, directory)
-        except OSError as error:
-            if old is not None and not directory.exists():
-                os.replace(old / "old", directory)  # as it was
+        except OSError as error:  # the old directory goes back below
             raise PatchfoldError(f"cannot put '{directory}' in place: {error.strerror or error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:  # interrupted between the two steps (Ctrl-C): the old one goes back
+        if old is not None:  # failed or interrupted (Ctrl-C) between the two steps: the old one goes back
             if not os.path.lexists(directory):
                 with contextlib.suppress(OSError):
-                    os.replace(old / "old", directory)
+                    os.replace(old / _ASIDE, directory)
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -395,16 +398,9 @@ def _exchanged(first: Path, second: Path) -> bool:
 def _renameat2() -> Any:
     """libc's ``renameat2``, looked up once; None off Linux or where libc lacks it (glibc < 2.28, musl)."""
     import ctypes
-    import sys
 
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return renameat2
+    arguments = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return libc_function("renameat2", arguments, ctypes.c_int)
 
 
 def restore_moved_aside(directory: Path) -> None:
@@ -416,8 +412,8 @@ def restore_moved_aside(directory: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory.parent):
             aside = stale_temporary(entry.name)  # a live run's is its own business
-            if aside == (directory.name, ".bak") and os.path.isdir(os.path.join(entry.path, "old")):
-                os.replace(os.path.join(entry.path, "old"), directory)
+            if aside == (directory.name, ".bak") and os.path.isdir(os.path.join(entry.path, _ASIDE)):
+                os.replace(os.path.join(entry.path, _ASIDE), directory)
                 return
 
 
