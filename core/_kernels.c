@@ -15,7 +15,7 @@
  *                      (included by _kernels_unfold.h, once per item size with it)
  *   _kernels_gather.h  gather_cl_<bits>(src, dst, const pf_gather_dims *): patches cut into a
  *                      channels-last batch (apply; included by _kernels_unfold.h likewise)
- * Dims, strides and ranges travel in the two structs below (mirrored field for field by ctypes
+ * Dims, strides and ranges travel in the structs below (mirrored field for field by ctypes
  * Structures in patchfold/engines/compiled.py, whose checked wrappers are the only callers: they
  * verify dtypes, alignment, contiguity, writeability, overlap and every extent the loops touch
  * before calling). pf_fold_dims_size() and pf_unfold_dims_size() let the binding refuse a library

@@ -834,6 +834,10 @@ class _Sink:
             return
         first = max(self.base, self.lead[0])
         last = min(stop, self.lead[0] + self.out_size[0])
+        loop = self.divide
+        # the compiled loop clears the rows it divides as it goes where they are the rows' whole
+        # width (no padding beside the image): no second pass over them
+        cleared = first < last and loop is not None and self.out_size[1:] == self.padded[1:]
         if first < last:
             rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
             held = slice(first - self.base + self.start, last - self.base + self.start)
@@ -843,11 +847,6 @@ class _Sink:
                 values = np.empty(sums.shape, dtype=self.dtype)
             else:
                 values = self.result[:, first - self.lead[0] : last - self.lead[0]]
-
-            loop = self.divide
-            # the compiled loop clears the rows it divides as it goes where they are the rows'
-            # whole width (no padding beside the image): no second pass over them
-            cleared = loop is not None and self.out_size[1:] == self.padded[1:]
 
             def divide(lo: int, hi: int) -> None:  # threads share the rows; uncovered points: x / inf = 0
                 if loop is not None:  # the compiled loop: the same values in one pass
@@ -859,25 +858,20 @@ class _Sink:
             run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
-            if cleared:  # only the padding rows above and below the image are left to clear
-                self._clear(self.base, first)
-                self._clear(last, stop)
-                self._advance(stop)
-                return
         # finished rows are cleared now, while in cache, so the rows the band reuses are zero
-        self._clear(self.base, stop)
-        self._advance(stop)
+        if cleared:  # the loop cleared the image's rows: the padding rows above and below are left
+            self._clear(self.base, first)
+            self._clear(last, stop)
+        else:
+            self._clear(self.base, stop)
+        self.start += stop - self.base
+        self.held -= stop - self.base
+        self.base = stop
 
     def _clear(self, first: int, stop: int) -> None:
         """Zero the band's padded output rows ``[first, stop)`` (held rows)."""
         if stop > first:
             self.buffer[:, first - self.base + self.start : stop - self.base + self.start] = 0
-
-    def _advance(self, stop: int) -> None:
-        """Padded output rows below ``stop`` have left the band (their buffer rows are zero)."""
-        self.start += stop - self.base
-        self.held -= stop - self.base
-        self.base = stop
 
     def finish(self) -> np.ndarray | None:
         if self.mode == "vector":
