@@ -9,7 +9,8 @@
  *                      window weights, or normalised in one pass into the patches' dtype
  *   _kernels_place.h   place_<src>(outputs, band, const pf_place_dims *): weighted patches added
  *                      at their own starts (apply's blending); divide_<src>(sums, out, const
- *                      pf_divide_dims *): finished rows divided by their total weight
+ *                      pf_divide_dims *): finished rows divided by their total weight;
+ *                      blend_<src>(chunk, out, const pf_blend_dims *): both, chunk by chunk
  *   _kernels_unfold.h  unfold_<bits>(x, out, const pf_unfold_dims *): block copy
  *   _kernels_transpose.h  transpose_<bits>: the 4 x 4-tiled transposition the nlc loops share
  *                      (included by _kernels_unfold.h, once per item size with it)
@@ -96,7 +97,9 @@ typedef struct {
 int64_t pf_fold_extra_size(void) { return (int64_t)sizeof(pf_fold_extra); }
 
 /* One call of place_<src>: a batch of weighted output patches added into a float64 band at their
- * own starts (patchfold.apply's blending). */
+ * own starts (patchfold.apply's blending). The band holds positions [row0, row0 + band_size[0]) of
+ * dim 0 (a chunk of the padded output's rows); the patches' starts are positions of the padded
+ * output, and only their points in dim-0 positions [row_lo, row_hi) (inside the band) are added. */
 typedef struct {
   int64_t ndim;                      /* spatial dims: 2 or 3 */
   int64_t count;                     /* patches in the batch */
@@ -106,7 +109,8 @@ typedef struct {
   int64_t band_size[PF_MAX_DIMS];    /* the band's extent per dim (channels are packed planes) */
   const int64_t *starts;             /* count x ndim: each patch's first band position per dim */
   const double *weights[PF_MAX_DIMS]; /* per dim: count x kernel[d], each patch's weights */
-  int64_t row_lo, row_hi;            /* only band positions [lo, hi) of dim 0 are added (a thread's share) */
+  int64_t row_lo, row_hi;            /* only positions [lo, hi) of dim 0 are added */
+  int64_t row0;                      /* the dim-0 position of the band's first row */
   int64_t in_strides[2 + PF_MAX_DIMS]; /* the outputs' element strides: patch, channel, each dim
                                           (C-contiguous or channels-last, as the model gave them) */
 } pf_place_dims;
@@ -126,6 +130,24 @@ typedef struct {
 } pf_divide_dims;
 
 int64_t pf_divide_dims_size(void) { return (int64_t)sizeof(pf_divide_dims); }
+
+/* One call of blend_<src>: the padded output rows [row_lo, row_hi) of dim 0 finished from the
+ * batches that reach them, chunk by chunk: each batch's points in the chunk's rows added into the
+ * float64 chunk (place_<src>), then the chunk divided into out (divide_<src>) and left zero. The
+ * chunk is small enough to stay in cache, so the sums never travel to memory. */
+typedef struct {
+  int64_t count;                     /* batches */
+  const void *const *outputs;        /* per batch: its outputs (B, C, *k) */
+  const pf_place_dims *places;       /* per batch: its placement; band_size is the chunk's */
+  int64_t chunk_rows;                /* the chunk (C, chunk_rows, *band_size[1:]) float64, zero */
+  int64_t row_lo, row_hi;            /* padded output positions of dim 0 to finish */
+  int64_t sums_offset;               /* element of the chunk where each row's image points start */
+  int64_t clear_rest;                /* nonzero: rows are wider than the image, zero each chunk wholly */
+  pf_divide_dims divide;             /* the division of rows [row_lo, row_hi): totals[0] is row_lo's,
+                                        size[0] and the pointers are set chunk by chunk */
+} pf_blend_dims;
+
+int64_t pf_blend_dims_size(void) { return (int64_t)sizeof(pf_blend_dims); }
 
 /* One call of gather_cl_<bits>: a batch of patches cut from an image of any strides into a
  * channels-last batch (patchfold.apply's batches for torch models). */
@@ -360,7 +382,7 @@ static inline void transpose_items(void *restrict dst, int64_t ds, const void *r
 #define PF_HIGH 2147483647.0
 #include "_kernels_fold.h"
 
-/* place_<src> for the output dtypes patchfold.apply blends */
+/* place_<src>, divide_<src> and blend_<src> for the output dtypes patchfold.apply blends */
 #define PF_SOURCE float
 #define PF_SUFFIX f32
 #include "_kernels_place.h"

@@ -1,17 +1,18 @@
-/* The weighted placement loop of _kernels.c, written once against the type macros
+/* The weighted blending loops of _kernels.c, written once against the type macros
  *   PF_SOURCE   the model outputs' element type (float or double)
- *   PF_SUFFIX   its name suffix (place_<suffix> is the exported entry point)
+ *   PF_SUFFIX   its name suffix (place_<suffix>, divide_<suffix>, blend_<suffix> are exported)
  * and included by _kernels.c once per type; the macros are undefined again at the end.
  *
  * place_<suffix>(outputs, band, dims): add each of dims->count output patches (C, *k) (at the element
  * strides dims->in_strides: C-contiguous or channels-last), weighted,
  * into the float64 band (C, *band_size) at its own start, for blocks at any positions (the
  * per-axis grid of patchfold.apply, whose last block per dim may sit closer than the stride):
- *   band[c][y0 + ki*d0][x0 + kj*d1] += (w0[b][ki] * w1[b][kj]) * outputs[b][c][ki][kj]
- * (in 3-D one more factor and dim, the product formed left to right), blocks in order, for band
- * positions [row_lo, row_hi) of dim 0 only (threads given disjoint ranges add in parallel). The caller
- * (patchfold.engines.compiled) checks every start and extent against the band before the call; the
- * asserts restate that for debug builds.
+ *   band[c][y0 + ki*d0 - row0][x0 + kj*d1] += (w0[b][ki] * w1[b][kj]) * outputs[b][c][ki][kj]
+ * (in 3-D one more factor and dim, the product formed left to right), blocks in order, for
+ * positions [row_lo, row_hi) of dim 0 only, which the band holds from row0 on (a patch may reach
+ * beyond the band in dim 0; only its points inside [row_lo, row_hi) are touched). The caller
+ * (patchfold.engines.compiled) checks every start and extent before the call; the asserts restate
+ * that for debug builds.
  */
 
 #define PF_P(name) PF_JOIN(name, PF_SUFFIX)
@@ -30,6 +31,13 @@ static inline __attribute__((always_inline)) void PF_P(add_interleaved_c)(double
 
 static void PF_P(add_interleaved)(double *out, int64_t cs, const PF_SOURCE *values, const double *cols, double row,
                                   int64_t K2, int64_t d2, int64_t C) {
+  if (d2 == 1) /* undilated: the points of a channel's row are adjacent, which vectorises */
+    switch (C) {
+      case 2: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, 1, 2); return;
+      case 3: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, 1, 3); return;
+      case 4: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, 1, 4); return;
+      default: break;
+    }
   switch (C) {
     case 1: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 1); return;
     case 2: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 2); return;
@@ -37,6 +45,15 @@ static void PF_P(add_interleaved)(double *out, int64_t cs, const PF_SOURCE *valu
     case 4: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, 4); return;
     default: PF_P(add_interleaved_c)(out, cs, values, cols, row, K2, d2, C);
   }
+}
+
+/* the first and end index k of points start + k * step (k < K) inside [lo, hi) */
+static inline void PF_P(inside)(int64_t start, int64_t step, int64_t K, int64_t lo, int64_t hi, int64_t *first,
+                                int64_t *end) {
+  const int64_t a = start >= lo ? 0 : (lo - start + step - 1) / step;
+  const int64_t b = start >= hi ? 0 : (hi - start + step - 1) / step;
+  *first = a < K ? a : K;
+  *end = b < K ? b : K;
 }
 
 void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p) {
@@ -48,21 +65,26 @@ void PF_P(place)(const PF_SOURCE *outputs, double *band, const pf_place_dims *p)
   const int64_t S1 = p->band_size[nd - 2], S2 = p->band_size[nd - 1];
   const int64_t plane = S1 * S2, cs = (nd == 3 ? p->band_size[0] : 1) * plane;
   const double *wa = nd == 3 ? p->weights[0] : NULL, *wb = p->weights[nd - 2], *wc = p->weights[nd - 1];
-  const int64_t lo = p->row_lo, hi = p->row_hi;
+  const int64_t lo = p->row_lo, hi = p->row_hi, row0 = p->row0;
+  assert(row0 <= lo && lo <= hi && hi - row0 <= p->band_size[0]);
   /* the outputs' strides: C-contiguous, or channels-last as a model may give them */
   const int64_t sb = p->in_strides[0], sc = p->in_strides[1], sa = nd == 3 ? p->in_strides[2] : 0;
   const int64_t sk1 = p->in_strides[nd], sk2 = p->in_strides[nd + 1];
+  const int interleaved = sc == 1 && sk2 == C && C > 1; /* channels-last: a point's C values together */
   for (int64_t b = 0; b < count; b++) {
     const int64_t *start = p->starts + b * nd;
-    const int64_t z0 = nd == 3 ? start[0] : 0, y0 = start[nd - 2], x0 = start[nd - 1];
-    assert(z0 >= 0 && y0 >= 0 && x0 >= 0 && y0 + (K1 - 1) * d1 < S1 && x0 + (K2 - 1) * d2 < S2);
+    /* dim 0 (rows in 2-D, planes in 3-D) in the padded output's positions, the band from row0 */
+    const int64_t z0 = nd == 3 ? start[0] - row0 : 0, y0 = start[nd - 2] - (nd == 2 ? row0 : 0), x0 = start[nd - 1];
+    int64_t a_first = 0, a_end = K0, ki_first = 0, ki_end = K1;
+    if (nd == 3)
+      PF_P(inside)(start[0], d0, K0, lo, hi, &a_first, &a_end);
+    else
+      PF_P(inside)(start[0], d1, K1, lo, hi, &ki_first, &ki_end);
+    assert(x0 >= 0 && x0 + (K2 - 1) * d2 < S2 && (nd == 2 || (y0 >= 0 && y0 + (K1 - 1) * d1 < S1)));
     const double *rows = wb + b * K1, *cols = wc + b * K2;
-    const int interleaved = sc == 1 && sk2 == C && C > 1; /* channels-last: a point's C values together */
-    for (int64_t a = 0; a < K0; a++) {
-      if (nd == 3 && (z0 + a * d0 < lo || z0 + a * d0 >= hi)) continue;
+    for (int64_t a = a_first; a < a_end; a++) {
       const double depth = wa != NULL ? wa[b * K0 + a] : 1.0;
-      for (int64_t ki = 0; ki < K1; ki++) {
-        if (nd == 2 && (y0 + ki * d1 < lo || y0 + ki * d1 >= hi)) continue;
+      for (int64_t ki = ki_first; ki < ki_end; ki++) {
         /* 2-D: w0*w1 exactly as numpy's product; 3-D: (w0*w1)*w2 */
         const double row = wa != NULL ? depth * rows[ki] : rows[ki];
         double *out = band + (z0 + a * d0) * plane + (y0 + ki * d1) * S2 + x0; /* channel 0's row */
@@ -115,6 +137,33 @@ void PF_P(divide)(double *sums, PF_SOURCE *out, const pf_divide_dims *p) {
             for (int64_t x = 0; x < X; x++) in[x * ix] = 0.0;
         }
       }
+}
+
+/* blend_<suffix>(chunk, out, dims): the rows [row_lo, row_hi) chunk by chunk: every batch's points
+ * in the chunk's rows added in batch order (each point's sum in the order of the blocks, as one
+ * band would give it), the chunk divided into out (row_lo's first point) and left zero. */
+void PF_P(blend)(double *chunk, PF_SOURCE *out, const pf_blend_dims *p) {
+  const int64_t rows = p->chunk_rows, C = p->divide.channels, nd = p->divide.ndim;
+  assert(rows > 0 && p->row_lo <= p->row_hi && (nd == 2 || nd == 3));
+  const int64_t row_elements = p->divide.sums_strides[1]; /* one row (2-D) or plane (3-D) of the chunk */
+  for (int64_t r0 = p->row_lo; r0 < p->row_hi; r0 += rows) {
+    const int64_t r1 = r0 + rows < p->row_hi ? r0 + rows : p->row_hi;
+    for (int64_t i = 0; i < p->count; i++) {
+      pf_place_dims piece = p->places[i];
+      assert(piece.band_size[0] == rows);
+      piece.row_lo = r0;
+      piece.row_hi = r1;
+      piece.row0 = r0;
+      PF_P(place)((const PF_SOURCE *)p->outputs[i], chunk, &piece);
+    }
+    pf_divide_dims divide = p->divide;
+    divide.size[0] = r1 - r0;
+    divide.totals[0] = p->divide.totals[0] + (r0 - p->row_lo);
+    PF_P(divide)(chunk + p->sums_offset, out + (r0 - p->row_lo) * p->divide.out_strides[1], &divide);
+    if (p->clear_rest)
+      for (int64_t c = 0; c < C; c++)
+        memset(chunk + c * p->divide.sums_strides[0], 0, (size_t)((r1 - r0) * row_elements) * sizeof(double));
+  }
 }
 
 #undef PF_P

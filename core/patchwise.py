@@ -16,10 +16,12 @@ The mode and scale are found from the first batch and every later batch must agr
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,6 +365,16 @@ class _Runner:
 
             self.target = resolve_device(self.device)
 
+    def team(self) -> AbstractContextManager[None]:
+        """The block a batch's compiled loops (gather, blend) run in: for a torch model on the CPU,
+        on torch's OpenMP team, whose threads still spin from the model's last op (threads of
+        patchfold's own would fight them for the cores); else on patchfold's threads."""
+        if not self.torch or self.target.type != "cpu":
+            return nullcontext()
+        from patchfold.engines import cpu, torch_threads
+
+        return cpu.on_team(torch_threads.team())
+
     @property
     def channels_last(self) -> bool:
         """Whether batches should be cut channels-last already (torch batches in that layout)."""
@@ -514,6 +526,14 @@ def compiled_divide(dtype: np.dtype) -> Any:
     return compiled.divide(np.dtype(dtype).name)
 
 
+def compiled_blend(dtype: np.dtype) -> Any:
+    """The checked C loop that finishes rows from held batches of outputs of ``dtype``, or None
+    (no compiled loops here, or a dtype they do not take: the band then holds the sums)."""
+    from patchfold.engines import compiled  # here: `import patchfold` does not load the loops
+
+    return compiled.blend(np.dtype(dtype).name)
+
+
 def compiled_place(dtype: np.dtype) -> Any:
     """The checked C loop that adds a batch of weighted outputs of ``dtype`` into the band, or None
     (no compiled loops here, or a dtype they do not take: the numpy loop then does it)."""
@@ -522,11 +542,20 @@ def compiled_place(dtype: np.dtype) -> Any:
     return compiled.place(np.dtype(dtype).name)
 
 
-def run_parallel(task: Callable[[int, int], None], start: int, stop: int, nbytes: int, threads: int | None) -> None:
-    """The CPU engine's thread split of ``[start, stop)`` (imported when first used)."""
+def run_parallel(
+    task: Callable[[int, int], None],
+    start: int,
+    stop: int,
+    nbytes: int,
+    threads: int | None,
+    *,
+    recordable: bool = False,
+) -> None:
+    """The CPU engine's thread split of ``[start, stop)`` (imported when first used); see
+    :func:`patchfold.engines.cpu.run_parallel` for ``recordable``."""
     from patchfold.engines import cpu
 
-    cpu.run_parallel(task, start, stop, nbytes, threads)
+    cpu.run_parallel(task, start, stop, nbytes, threads, recordable=recordable)
 
 
 def _batches(plan: ApplyPlan, batch_size: int) -> Iterator[np.ndarray]:
@@ -548,21 +577,26 @@ def _apply_one(
     rows = _Rows(image, plan)
     kernel = plan.geometry.kernel_size
     sink: _Sink | None = None
-    adding: Future[None] | None = None  # the previous batch's blend, while fn runs on this one
+    adding: Future[None] | None = None  # a band's blend of the previous batch, while fn runs on this one
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchfold-blend", initializer=_yielding) as blender:
         for coords in _batches(plan, batch_size):
-            patches = rows.gather(coords, runner.channels_last)
-            outputs = runner(patches, batch_size)
-            if adding is not None:
-                adding.result()
-            if sink is None:
-                sink = _Sink.for_first(outputs, patches, plan, kernel, rows.channels, rows_out)
-            adding = blender.submit(sink.add, outputs, coords)
+            with runner.team():
+                patches = rows.gather(coords, runner.channels_last)
+                outputs = runner(patches, batch_size)
+                if adding is not None:
+                    adding.result()
+                if sink is None:
+                    sink = _Sink.for_first(outputs, patches, plan, kernel, rows.channels, rows_out)
+                if sink.blend is not None:  # held outputs: finished rows summed in cache, on every core
+                    sink.add(outputs, coords)
+                else:
+                    adding = blender.submit(sink.add, outputs, coords)
             yield int(np.ravel_multi_index(tuple(coords[-1]), plan.blocks_per_dim)) + 1
         if adding is not None:
             adding.result()
     assert sink is not None  # an image has at least one block
-    return sink.finish()
+    with runner.team():
+        return sink.finish()
 
 
 class _Rows:
@@ -614,7 +648,7 @@ class _Rows:
             def cut(lo: int, hi: int) -> None:  # threads take disjoint patches
                 loop(slab, starts[lo:hi], kernel, dilation, out=batch[lo:hi])
 
-            run_parallel(cut, 0, len(starts), batch.nbytes, None)
+            run_parallel(cut, 0, len(starts), batch.nbytes, None, recordable=True)
             return np.moveaxis(batch, -1, 1)
         spans = [g.span for g in plan.grids]
         windows = np.lib.stride_tricks.sliding_window_view(slab, spans, axis=tuple(range(1, plan.ndim + 1)))
@@ -673,13 +707,27 @@ def _drain(steps: Generator[int, None, Any]) -> Any:
             return stop.value
 
 
+#: Float64 sums the compiled blend holds at a time: a chunk of rows that stays in cache.
+CHUNK_BYTES = 1 << 19
+
+
 class _Sink:
     """Where outputs go: a block grid of vectors, or the dense weighted sum.
 
-    Dense sums are kept only for the output rows (along dim 0) that blocks not yet added can still
-    reach: blocks come in row-major order, so rows above the next block's start are final and are
-    divided by their total weight and moved into the result as soon as a batch begins below them.
-    The float64 band is about one block tall (plus a batch's rows), not the image.
+    Blocks come in row-major order, so output rows (along dim 0) above the next block's start are
+    final: they are divided by their total weight and moved into the result as soon as a batch
+    begins below them. Until then the sums are held in one of two ways:
+
+    - *held outputs* (the compiled loops, where the outputs that can still reach unfinished rows
+      take at most twice a band's memory: overlaps up to about half a block): the batches
+      themselves are kept, and finished rows are summed from them chunk by chunk in a float64
+      chunk that stays in cache, then divided; the sums never travel through memory;
+    - *a float64 band* of the rows blocks not yet added can still reach, each batch added into it
+      as it comes (about one block tall plus a batch's rows, not the image): large overlaps, and
+      the numpy loops.
+
+    Both add each point's contributions in the order of the blocks and divide alike, so they give
+    the same values bit for bit.
     """
 
     def __init__(
@@ -690,9 +738,13 @@ class _Sink:
         scale: tuple[int, ...],
         dtype: np.dtype,
         rows_out: Callable[[int, np.ndarray, tuple[int, ...]], None] | None = None,
+        batch: int = 1,
     ):
         self.plan, self.mode, self.shape, self.scale, self.dtype = plan, mode, shape, scale, dtype
-        self.rows_out = rows_out
+        self.rows_out, self.batch = rows_out, batch
+        self.previous: np.ndarray | None = None  # the last batch's outputs (see _check_new)
+        self.placed: list[Any] = []  # held outputs: the batches that can still reach unfinished rows
+        self.blend: Any = None  # the compiled loop that finishes rows from held outputs, where used
         channels = shape[0]
         if mode == "vector":
             check_fits(channels * plan.num_blocks * dtype.itemsize, "the block grid of outputs")
@@ -708,14 +760,39 @@ class _Sink:
             check_fits(channels * math.prod(self.out_size) * dtype.itemsize, "the blended output")
             self.result = np.zeros((channels, *self.out_size), dtype=dtype)
         self.totals = self._totals()
+        self.base = self.start = self.held = 0
+        blend = compiled_blend(dtype) if plan.ndim in (2, 3) else None
+        if blend is not None and self._held_bytes() <= 2 * self._band_bytes():
+            check_fits(self._held_bytes(), "the blended outputs held until their rows are finished")
+            row_bytes = channels * math.prod(self.padded[1:]) * 8
+            self.chunk_rows = max(1, min(CHUNK_BYTES // max(row_bytes, 1), self.padded[0]))
+            self.chunks: dict[int, np.ndarray] = {}  # per piece of a flush's rows: its chunk of float64 sums
+            self.blend = blend
+            return
         self.weighted = np.empty(shape, dtype=np.float64)  # one block's weighted output (stays in cache)
         # the band: padded output rows [base, base + held) live in buffer rows [start, start + held);
         # every other row is zero. Finished rows are cleared and left behind (start moves on), and
         # the live rows move back to the top only when the buffer's end is reached.
         self.buffer = np.zeros((channels, 0, *self.padded[1:]), dtype=np.float64)
-        self.base = self.start = self.held = 0
         self.place = compiled_place(dtype) if plan.ndim in (2, 3) else None  # the C loops' dims
         self.divide = compiled_divide(dtype) if plan.ndim in (2, 3) else None
+
+    def _reach(self) -> int:
+        """Output points one block spans in dim 0."""
+        return (self.shape[1] - 1) * self.plan.geometry.dilation[0] + 1
+
+    def _band_bytes(self) -> int:
+        """About what the float64 band holds: two blocks' height of padded output rows."""
+        return self.shape[0] * 2 * self._reach() * math.prod(self.padded[1:]) * 8
+
+    def _held_bytes(self) -> int:
+        """At most what held outputs take: the block rows that reach an unfinished row (one more
+        than a block spans strides), plus a batch."""
+        plan = self.plan
+        step = max(1, int(plan.geometry.stride[0]) * self.scale[0])
+        block_rows = -(-self._reach() // step) + 1
+        per_block = math.prod(self.shape) * self.dtype.itemsize
+        return (block_rows * math.prod(plan.blocks_per_dim[1:]) + self.batch) * per_block
 
     def _totals(self) -> list[np.ndarray]:
         """The total weight at each output point, per dim (the blocks form a grid, so the total is
@@ -761,7 +838,7 @@ class _Sink:
                         f"fn scales its patches by {scale}, which needs dilation 1 (got {list(dilation)})"
                     )
                 dtype = outputs.dtype if outputs.dtype.kind == "f" else np.dtype(np.float64)
-                return cls(plan, "dense", outputs.shape[1:], tuple(scale), dtype, rows_out)
+                return cls(plan, "dense", outputs.shape[1:], tuple(scale), dtype, rows_out, batch)
         raise PatchfoldError(
             f"fn turned a batch of patches {list(patches.shape)} into {list(outputs.shape)}: expected "
             f"({batch}, C', *kernel·scale) with kernel {list(kernel)} and an integer scale, or ({batch}, C')"
@@ -773,15 +850,22 @@ class _Sink:
                 f"fn's output changed shape: {list(outputs.shape)}, after {[len(coords), *self.shape]} "
                 "for the first batch"
             )
+        self._check_new(outputs)
         if self.mode == "vector":
             self.grid[(slice(None), *coords.T)] = outputs.T
             return
         plan, ndim, dilation = self.plan, self.plan.ndim, self.plan.geometry.dilation
         starts = [plan.grids[d].starts[coords[:, d]] * self.scale[d] + self.lead[d] for d in range(ndim)]
-        reach = (self.shape[1] - 1) * dilation[0] + 1
-        self._flush(int(starts[0].min()))
-        self._hold(int(starts[0].max()) + reach)
         per_dim = [np.ascontiguousarray(self.weights[d][coords[:, d]]) for d in range(ndim)]  # (B, k_d)
+        if self.blend is not None:  # held until their rows are finished
+            if not self.blend.takes(outputs):  # integers, big-endian, unaligned, negative strides: a copy
+                outputs = np.ascontiguousarray(outputs, dtype=self.blend.target)
+            self._flush(int(starts[0].min()))
+            firsts = np.stack(starts, axis=1).astype(np.int64)
+            self.placed.append(self.blend.placement(outputs, firsts, per_dim, dilation, self.padded))
+            return
+        self._flush(int(starts[0].min()))
+        self._hold(int(starts[0].max()) + self._reach())
         if self.place is not None and self.place.takes(outputs):
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
 
@@ -804,6 +888,20 @@ class _Sink:
             )
             np.multiply(outputs[row], weights[row][None], out=weighted)
             self.buffer[(slice(None), *where)] += weighted
+
+    def _check_new(self, outputs: np.ndarray) -> None:
+        """Refuse outputs in the memory of an earlier batch's that may still be read (held, or
+        being added on the blend thread while ``fn`` ran): ``fn`` wrote over values not yet used."""
+        earlier = [placed.outputs for placed in self.placed]
+        if self.previous is not None:
+            earlier.append(self.previous)
+        for array in earlier:
+            if np.may_share_memory(outputs, array) and np.shares_memory(outputs, array):
+                raise PatchfoldError(
+                    "fn returned memory it had returned for an earlier batch, whose values may still be "
+                    "needed: return a new array for every batch"
+                )
+        self.previous = outputs
 
     def _hold(self, stop: int) -> None:
         """Make room for padded output rows up to ``stop``."""
@@ -829,6 +927,9 @@ class _Sink:
 
     def _flush(self, stop: int) -> None:
         """Padded output rows below ``stop`` are final: divide them and move them to the result."""
+        if self.blend is not None:
+            self._finish_held(stop)
+            return
         stop = min(stop, self.base + self.held)
         if stop <= self.base:
             return
@@ -868,6 +969,40 @@ class _Sink:
         self.held -= stop - self.base
         self.base = stop
 
+    def _finish_held(self, stop: int) -> None:
+        """Held outputs: the padded rows ``[base, stop)`` inside the image summed from the batches
+        that reach them and divided, by the compiled blend; batches wholly above ``stop`` let go."""
+        stop = min(stop, self.padded[0])
+        first, last = max(self.base, self.lead[0]), min(stop, self.lead[0] + self.out_size[0])
+        if first < last:
+            if self.rows_out is not None:
+                values = np.empty((self.shape[0], last - first, *self.out_size[1:]), dtype=self.dtype)
+            else:
+                values = self.result[:, first - self.lead[0] : last - self.lead[0]]
+            rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
+            totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
+            reaching = [placed for placed in self.placed if placed.first < last and placed.stop > first]
+            pieces = itertools.count()  # each piece its own chunk (pieces may run at once, or be recorded)
+
+            def finish(lo: int, hi: int) -> None:  # threads take disjoint rows
+                chunk = self._chunk(next(pieces))
+                parts = [totals[0][lo - first : hi - first], *totals[1:]]
+                self.blend(reaching, chunk, (lo, hi), parts, values[:, lo - first : hi - first], self.lead[1:])
+
+            run_parallel(finish, first, last, values.nbytes * 4, None, recordable=True)
+            if self.rows_out is not None:
+                self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
+        self.base = max(self.base, stop)
+        self.placed = [placed for placed in self.placed if placed.stop > self.base]
+
+    def _chunk(self, piece: int) -> np.ndarray:
+        """The chunk of float64 sums of a flush's ``piece``-th piece of rows (zero between calls)."""
+        chunk = self.chunks.get(piece)
+        if chunk is None:
+            shape = (self.shape[0], self.chunk_rows, *self.padded[1:])
+            chunk = self.chunks[piece] = np.zeros(shape, dtype=np.float64)
+        return chunk
+
     def _clear(self, first: int, stop: int) -> None:
         """Zero the band's padded output rows ``[first, stop)`` (held rows)."""
         if stop > first:
@@ -876,5 +1011,7 @@ class _Sink:
     def finish(self) -> np.ndarray | None:
         if self.mode == "vector":
             return self.grid
-        self._flush(self.base + self.held)
+        if self.blend is None:  # rows below the last block's reach too (zero), so every row goes out once
+            self._hold(self.padded[0])
+        self._flush(self.padded[0])
         return self.result

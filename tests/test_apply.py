@@ -300,25 +300,6 @@ def test_torchscript_and_export_models_through_the_cli(image, tmp_path: Path) ->
         assert np.abs(np.load(tmp_path / f"{name}.npy") - whole).max() <= 1e-5
 
 
-def test_the_float64_sums_are_held_for_a_band_of_rows_not_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    from patchfold import patchwise
-
-    held = []
-    hold = patchwise._Sink._hold
-
-    def recording(self, stop: int) -> None:
-        hold(self, stop)
-        held.append(self.buffer.shape[1])  # rows of float64 sums allocated
-
-    monkeypatch.setattr(patchwise._Sink, "_hold", recording)
-    x = RNG.random((1, 2, 400, 24)).astype(np.float32)
-    y = apply(x, identity, 16, stride=8, cover=True, window="hann", batch_size=4)
-    np.testing.assert_array_equal(y, x)
-    # a batch of 4 blocks spans at most 2 block rows (3 blocks per row): 16 + 8 rows, and four
-    # blocks' height of room ahead (so live rows move seldom); never the image's 400
-    assert max(held) <= 16 + 8 + 4 * 16
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_model_on_cuda_gives_the_cpu_result() -> None:
     model = three_convolutions()
@@ -326,34 +307,6 @@ def test_a_model_on_cuda_gives_the_cpu_result() -> None:
     on_cpu = apply(x, model, 16, stride=10, cover=True, margin=3)
     on_gpu = apply(x, model.cuda(), 16, stride=10, cover=True, margin=3, device="cuda")
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
-
-
-def channels_last(array: np.ndarray) -> np.ndarray:
-    """``array`` ``(B, C, *k)`` with the same values in channels-last memory."""
-    return np.moveaxis(np.ascontiguousarray(np.moveaxis(array, 1, -1)), -1, 1)
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("spatial, window", [((37, 45), "gaussian"), ((11, 14, 12), "hann"), ((30, 33), "none")])
-def test_the_compiled_blending_equals_the_numpy_blending(monkeypatch, dtype, spatial, window, layout) -> None:
-    """The C loops that add a batch of weighted outputs into the band (read contiguous or
-    channels-last) and divide the finished rows give the numpy loops' values bit for bit (the same
-    products, in the same order), on a grid whose last blocks sit closer."""
-    from patchfold import patchwise
-
-    x = RNG.standard_normal((2, 3, *spatial)).astype(dtype)
-
-    def twice(patches: np.ndarray) -> np.ndarray:  # a dense model that changes the values
-        result = patches * 2 - 1
-        return channels_last(result) if layout == "channels_last" else result
-
-    compiled = apply(x, twice, 8, stride=5, cover=True, window=window, margin=1, batch_size=3)
-    monkeypatch.setattr(patchwise, "compiled_place", lambda dtype: None)
-    monkeypatch.setattr(patchwise, "compiled_divide", lambda dtype: None)
-    numpy_only = apply(x, twice, 8, stride=5, cover=True, window=window, margin=1, batch_size=3)
-    np.testing.assert_array_equal(compiled, numpy_only)
-    np.testing.assert_allclose(compiled, x * 2 - 1, rtol=1e-6, atol=1e-6)
 
 
 def test_the_compiled_blending_refuses_a_patch_outside_the_band() -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from patchfold.engines import native
 from patchfold.engines.native import (
     _MAX_DIMS,
+    BlendDims,
     DivideDims,
     FoldDims,
     FoldExtra,
@@ -95,7 +96,7 @@ class Batch:
         self._ends: list[int] = []
         self._held: list[Any] = []
 
-    def add(self, function: Any, first: int, second: int, dims: ctypes.Structure, *arrays: np.ndarray) -> None:
+    def add(self, function: Any, first: int, second: int, dims: ctypes.Structure, *arrays: Any) -> None:
         address = ctypes.cast(function, ctypes.c_void_p).value
         self._calls.append((address or 0, first, second, dims))
         self._held.extend(arrays)
@@ -135,7 +136,7 @@ def recording(batch: Batch) -> Iterator[Batch]:
         _recording.batch = previous
 
 
-def _make(function: Any, first: int, second: int, dims: ctypes.Structure, *arrays: np.ndarray) -> None:
+def _make(function: Any, first: int, second: int, dims: ctypes.Structure, *arrays: Any) -> None:
     """Call a checked loop now, or record the call where :func:`recording` is active."""
     batch = getattr(_recording, "batch", None)
     if batch is None:
@@ -194,8 +195,22 @@ def place(dtype_name: str) -> PlaceLoop | None:
     return None if function is None else PlaceLoop(function, np.dtype(dtype_name))
 
 
+class Placement(NamedTuple):
+    """A batch of outputs checked for :class:`BlendLoop`: its struct and the arrays it points into
+    (held here, so they live as long as the struct)."""
+
+    outputs: np.ndarray
+    starts: np.ndarray
+    weights: tuple[np.ndarray, ...]
+    extent: tuple[int, ...]  # the padded output the patches lie in
+    dims: PlaceDims
+    first: int  # the dim-0 positions the patches reach: [first, stop)
+    stop: int
+
+
 class PlaceLoop:
-    """``place_<src>`` behind its checks: ``loop(outputs, band, starts, weights, dilation)``."""
+    """``place_<src>`` behind its checks: ``loop(outputs, band, starts, weights, dilation)``, or
+    :meth:`placement` for :class:`BlendLoop`."""
 
     def __init__(self, function: Any, source: np.dtype) -> None:
         self._function = function
@@ -204,6 +219,60 @@ class PlaceLoop:
     def takes(self, outputs: np.ndarray) -> bool:
         """Whether this loop reads ``outputs`` as they are (its dtype, memory it takes)."""
         return outputs.dtype == self.source and takes(outputs)
+
+    def _placed(
+        self,
+        outputs: np.ndarray,
+        starts: np.ndarray,
+        weights: Sequence[np.ndarray],
+        dilation: Sequence[int],
+        extent: tuple[int, ...],
+        inside: str,
+    ) -> tuple[PlaceDims, np.ndarray, np.ndarray]:
+        """The struct for ``outputs`` ``(B, C, *k)`` placed at ``starts`` inside ``extent``, every
+        argument checked; with the checked starts and each patch's reach per dim."""
+        ndim = len(extent)
+        if ndim not in (2, 3) or not isinstance(outputs, np.ndarray) or outputs.ndim != ndim + 2:
+            raise PatchfoldError(f"outputs must be (B, C, *kernel) of {ndim} spatial dims, got "
+                                 f"{getattr(outputs, 'shape', type(outputs).__name__)}")  # fmt: skip
+        _check_memory(outputs, "outputs", writeable=False)
+        if outputs.dtype != self.source:
+            raise PatchfoldError(f"outputs must be {self.source}, got {outputs.dtype} {outputs.shape}")
+        count, channels, kernel = outputs.shape[0], outputs.shape[1], tuple(outputs.shape[2:])
+        in_strides = element_strides(outputs, "outputs")  # any layout: the loop reads by these
+        dilation = tuple(int(d) for d in dilation)
+        if len(dilation) != ndim or min(dilation) < 1:
+            raise PatchfoldError(f"dilation must give {ndim} values >= 1, got {dilation}")
+        _check_limits(extent, dilation)
+        starts, reach = _checked_starts(starts, count, kernel, dilation, extent, inside)
+        if len(weights) != ndim:
+            raise PatchfoldError(f"weights must give {ndim} per-dim arrays, got {len(weights)}")
+        for dim, per_dim in enumerate(weights):
+            _check_vector(per_dim, (count, kernel[dim]), f"weights of dim {dim}")
+        dims = PlaceDims(ndim, count, channels, _padded(kernel), _padded(dilation), _padded(extent))
+        dims.in_strides[: len(in_strides)] = in_strides
+        dims.starts = starts.ctypes.data
+        for dim, per_dim in enumerate(weights):
+            dims.weights[dim] = per_dim.ctypes.data
+        return dims, starts, reach
+
+    def placement(
+        self,
+        outputs: np.ndarray,
+        starts: np.ndarray,
+        weights: Sequence[np.ndarray],
+        dilation: Sequence[int],
+        extent: Sequence[int],
+    ) -> Placement:
+        """``outputs`` ``(B, C, *k)``, each patch times the product of its per-dim weights
+        (``weights[d]`` is ``(B, k_d)``), with patch ``b``'s first point at ``starts[b]`` of the
+        padded output of size ``extent`` and its points ``dilation`` apart: checked once, for
+        :class:`BlendLoop` to add chunk by chunk of rows."""
+        extent = tuple(int(n) for n in extent)
+        dims, starts, reach = self._placed(outputs, starts, weights, dilation, extent, "padded output")
+        first = int(starts[:, 0].min()) if len(starts) else 0
+        stop = int(starts[:, 0].max() + reach[0]) + 1 if len(starts) else 0
+        return Placement(outputs, starts, tuple(weights), extent, dims, first, stop)
 
     def __call__(
         self,
@@ -220,33 +289,15 @@ class PlaceLoop:
         checked once; then ``split(add_rows, lo, hi)`` (when given) may call ``add_rows`` on
         disjoint pieces of the band rows ``[lo, hi)`` the patches touch, from several threads."""
         _check_array(band, "band", band.ndim)
-        ndim = band.ndim - 1
-        if ndim not in (2, 3) or outputs.ndim != ndim + 2 or band.dtype != np.float64:
+        if band.ndim not in (3, 4) or band.dtype != np.float64:
             raise PatchfoldError(f"band must be (C, *size) float64 of 2 or 3 dims, got {band.dtype} {band.shape}")
-        _check_memory(outputs, "outputs", writeable=False)
         _check_memory(band, "band", writeable=True)
-        count, channels, kernel = outputs.shape[0], outputs.shape[1], tuple(outputs.shape[2:])
-        if outputs.dtype != self.source:
-            raise PatchfoldError(f"outputs must be {self.source}, got {outputs.dtype} {outputs.shape}")
-        in_strides = element_strides(outputs, "outputs")  # any layout: the loop reads by these
-        if not band.flags.c_contiguous or band.shape[0] != channels:
-            raise PatchfoldError(f"band must be C-contiguous with {channels} channels, got shape {band.shape}")
-        dilation = tuple(int(d) for d in dilation)
-        if len(dilation) != ndim or min(dilation) < 1:
-            raise PatchfoldError(f"dilation must give {ndim} values >= 1, got {dilation}")
-        starts, reach = _checked_starts(starts, count, kernel, dilation, band.shape[1:], "band")
-        if len(weights) != ndim:
-            raise PatchfoldError(f"weights must give {ndim} per-dim arrays, got {len(weights)}")
-        for dim, per_dim in enumerate(weights):
-            _check_vector(per_dim, (count, kernel[dim]), f"weights of dim {dim}")
+        dims, starts, reach = self._placed(outputs, starts, weights, dilation, tuple(band.shape[1:]), "band")
+        if not band.flags.c_contiguous or band.shape[0] != outputs.shape[1]:
+            raise PatchfoldError(f"band must be C-contiguous with {outputs.shape[1]} channels, got shape {band.shape}")
         _check_apart(outputs, "outputs", band)
-        if count == 0 or channels == 0:
+        if not dims.count or not dims.channels:
             return
-        dims = PlaceDims(ndim, count, channels, _padded(kernel), _padded(dilation), _padded(band.shape[1:]))
-        dims.in_strides[: len(in_strides)] = in_strides
-        dims.starts = starts.ctypes.data
-        for dim, per_dim in enumerate(weights):
-            dims.weights[dim] = per_dim.ctypes.data
         first, last = int(starts[:, 0].min()), int(starts[:, 0].max() + reach[0]) + 1
 
         def add_rows(lo: int, hi: int) -> None:
@@ -258,6 +309,103 @@ class PlaceLoop:
             add_rows(first, last)
         else:
             split(add_rows, first, last)
+
+
+@cache
+def blend(dtype_name: str) -> BlendLoop | None:
+    """The checked C loop that finishes rows of blended outputs (``blend_f32``/``blend_f64``):
+    each chunk of rows summed from the batches that reach it and divided in cache, or None."""
+    suffix = {"float32": "f32", "float64": "f64"}.get(dtype_name)
+    placing = place(dtype_name)
+    library = _library() if placing is not None else None
+    function = getattr(library, f"blend_{suffix}", None) if library is not None else None
+    if function is None or placing is None:
+        return None
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(BlendDims)]
+    return BlendLoop(function, placing)
+
+
+class BlendLoop:
+    """``blend_<dst>`` behind its checks: ``loop(placements, chunk, rows, totals, out, lead)``."""
+
+    def __init__(self, function: Any, placing: PlaceLoop) -> None:
+        self._function = function
+        self.target = placing.source
+        self.takes, self.placement = placing.takes, placing.placement
+
+    def __call__(
+        self,
+        placements: Sequence[Placement],
+        chunk: np.ndarray,
+        rows: tuple[int, int],
+        totals: Sequence[np.ndarray],
+        out: np.ndarray,
+        lead: Sequence[int],
+    ) -> None:
+        """The padded output's positions ``rows`` ``[lo, hi)`` of dim 0, finished from
+        ``placements`` (added in their order) into ``out`` ``(C, hi - lo, *size)``: each point's
+        weighted sum divided by its total weight, ``outer(totals)`` (``totals[0]`` for the rows,
+        then one vector per other dim). The image's points start ``lead[d]`` into the padded
+        output's other dims. ``chunk`` ``(C, R, *extent[1:])`` float64, zero, holds ``R`` rows'
+        sums at a time and is left zero."""
+        _check_array(chunk, "chunk", chunk.ndim)
+        ndim = chunk.ndim - 1
+        if ndim not in (2, 3) or chunk.dtype != np.float64 or not chunk.flags.c_contiguous or chunk.shape[1] < 1:
+            raise PatchfoldError(f"chunk must be (C, rows >= 1, *size) float64, C-contiguous, of 2 or 3 dims, "
+                                 f"got {chunk.dtype} {chunk.shape}")  # fmt: skip
+        _check_memory(chunk, "chunk", writeable=True)
+        channels, extent = chunk.shape[0], tuple(chunk.shape[2:])
+        lo, hi = rows
+        if not (isinstance(lo, int | np.integer) and isinstance(hi, int | np.integer) and 0 <= lo <= hi <= _LIMIT):
+            raise PatchfoldError(f"rows must be integers 0 <= lo <= hi, got {rows}")
+        _check_memory(out, "out", writeable=True)
+        if out.dtype != self.target or out.ndim != ndim + 1 or out.shape[:2] != (channels, hi - lo):
+            raise PatchfoldError(f"out must be {self.target} of shape ({channels}, {hi - lo}, ...), got "
+                                 f"{out.dtype} {out.shape}")  # fmt: skip
+        size = tuple(out.shape[2:])
+        lead = tuple(int(n) for n in lead)
+        if len(lead) != ndim - 1 or any(a < 0 or a + n > e for a, n, e in zip(lead, size, extent)):
+            raise PatchfoldError(f"lead {lead} and out's size {size} must lie inside the chunk's rows {extent}")
+        if len(totals) != ndim:
+            raise PatchfoldError(f"totals must give {ndim} per-dim vectors, got {len(totals)}")
+        totals = [np.ascontiguousarray(t, dtype=np.float64) for t in totals]
+        for dim, (total, n) in enumerate(zip(totals, (hi - lo, *size))):
+            _check_vector(total, (n,), f"totals of dim {dim}")
+        places = (PlaceDims * max(len(placements), 1))()
+        pointers = (ctypes.c_void_p * max(len(placements), 1))()
+        for i, placement in enumerate(placements):
+            if not isinstance(placement, Placement):
+                raise PatchfoldError(f"placements must come from placement(), got {type(placement).__name__}")
+            if placement.extent[1:] != extent or placement.dims.channels != channels:
+                raise PatchfoldError(
+                    f"a placement in a padded output of {placement.extent} with {placement.dims.channels} "
+                    f"channels does not fit the chunk {chunk.shape}"
+                )
+            if placement.outputs.dtype != self.target:
+                raise PatchfoldError(f"placements must be of {self.target} outputs, got {placement.outputs.dtype}")
+            _check_apart(placement.outputs, "outputs", chunk)
+            _check_apart(placement.outputs, "outputs", out)
+            places[i] = PlaceDims.from_buffer_copy(placement.dims)
+            places[i].band_size[0] = chunk.shape[1]
+            pointers[i] = placement.outputs.ctypes.data
+        _check_apart(chunk, "chunk", out)
+        if lo == hi or not channels:
+            return
+        chunk_strides = element_strides(chunk, "chunk")
+        divide = DivideDims(ndim, channels, _padded((chunk.shape[1], *size)))
+        divide.sums_strides[: ndim + 1] = chunk_strides
+        divide.out_strides[: ndim + 1] = element_strides(out, "out")
+        for dim, total in enumerate(totals):
+            divide.totals[dim] = total.ctypes.data
+        whole = size == extent  # rows as wide as the image: the division clears what it reads
+        divide.clear = int(whole)
+        dims = BlendDims(len(placements), ctypes.addressof(pointers), ctypes.addressof(places), chunk.shape[1])
+        dims.row_lo, dims.row_hi = int(lo), int(hi)
+        dims.sums_offset = sum(a * s for a, s in zip(lead, chunk_strides[2:]))
+        dims.clear_rest, dims.divide = int(not whole), divide
+        held = [places, pointers, *totals, *placements]  # what the call points into, for a recorded call
+        _make(self._function, chunk.ctypes.data, out.ctypes.data, dims, chunk, out, *held)
 
 
 @cache
@@ -386,7 +534,7 @@ class GatherLoop:
             strides = element_strides(image, "image")
             dims.src_strides[: len(strides)] = strides
             dims.starts = starts.ctypes.data
-            self._function(image.ctypes.data, batch.ctypes.data, ctypes.byref(dims))
+            _make(self._function, image.ctypes.data, batch.ctypes.data, dims, image, batch, starts)
         return np.moveaxis(batch, -1, 1)
 
 
@@ -913,16 +1061,19 @@ def _padded(values: Sequence[int]) -> Any:
 __all__ = [
     "SCRATCH_BYTES",
     "Batch",
+    "BlendLoop",
     "FoldDims",
     "FoldExtra",
     "FoldExtraLoop",
     "FoldLoop",
     "PlaceDims",
     "PlaceLoop",
+    "Placement",
     "UnfoldDims",
     "UnfoldLoop",
     "available",
     "batches",
+    "blend",
     "check_fold_out",
     "check_out",
     "check_unfold_out",

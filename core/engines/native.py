@@ -92,6 +92,7 @@ class PlaceDims(ctypes.Structure):
         ("weights", ctypes.c_void_p * _MAX_DIMS),
         ("row_lo", ctypes.c_int64),
         ("row_hi", ctypes.c_int64),
+        ("row0", ctypes.c_int64),
         ("in_strides", ctypes.c_int64 * (2 + _MAX_DIMS)),
     ]
 
@@ -107,6 +108,22 @@ class DivideDims(ctypes.Structure):
         ("out_strides", ctypes.c_int64 * (1 + _MAX_DIMS)),
         ("totals", ctypes.c_void_p * _MAX_DIMS),
         ("clear", ctypes.c_int64),
+    ]
+
+
+class BlendDims(ctypes.Structure):
+    """Mirror of ``pf_blend_dims`` in ``_kernels.c``: one call of ``blend_<src>``."""
+
+    _fields_ = [
+        ("count", ctypes.c_int64),
+        ("outputs", ctypes.c_void_p),
+        ("places", ctypes.c_void_p),
+        ("chunk_rows", ctypes.c_int64),
+        ("row_lo", ctypes.c_int64),
+        ("row_hi", ctypes.c_int64),
+        ("sums_offset", ctypes.c_int64),
+        ("clear_rest", ctypes.c_int64),
+        ("divide", DivideDims),
     ]
 
 
@@ -154,6 +171,7 @@ STRUCTS: tuple[tuple[str, type[ctypes.Structure]], ...] = (
     ("pf_place_dims_size", PlaceDims),
     ("pf_gather_dims_size", GatherDims),
     ("pf_divide_dims_size", DivideDims),
+    ("pf_blend_dims_size", BlendDims),
     ("pf_batch_size", _BatchStruct),
 )
 
