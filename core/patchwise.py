@@ -47,6 +47,10 @@ DEFAULT_BATCH = 64
 #: faster on channels-last batches here (bench/apply.py).
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
+#: Patches of random values ``auto`` runs both ways before the first batch (fewer than a batch:
+#: a probe costs two model calls on them).
+PROBE_PATCHES = 2
+
 
 @dataclass(frozen=True)
 class AxisGrid:
@@ -410,33 +414,38 @@ class _Runner:
         return result[:count] if result.ndim and len(result) == len(patches) else result
 
     def _in_layout(self, batch: Any, shape: tuple[int, ...]) -> np.ndarray:
-        """``fn`` on the batch in the chosen memory layout. The first batch decides ``auto``: it
-        runs contiguous (the result given); then a probe batch of random values (the first batch
-        may be uniform, a blank background, where a misread layout goes unseen) runs both ways,
-        and channels-last is kept only where ``fn`` takes it and gives the same values (a model
-        may reshape in ways that need contiguous input, or fail on it)."""
+        """``fn`` on the batch in the chosen memory layout; the first batch decides ``auto``
+        (see :meth:`_probed`) before it runs."""
         layout = channels_last_format(batch.ndim)
-        if layout is None or self.layout == "contiguous" or (self.layout == "auto" and not self.probed):
+        if layout is not None and self.layout == "auto" and self.probed:
+            self.layout = self._probed(batch, layout)
+        if layout is None or self.layout != "channels_last":
             return _as_array(self._called(batch, shape))
-        if self.layout == "channels_last" and self.forced:
+        if self.forced:
             return _as_array(self._called(batch.contiguous(memory_format=layout), shape))
-        if self.layout == "channels_last":  # chosen by auto: a later batch it fails on goes contiguous
-            try:
-                return _as_array(self.fn(batch.contiguous(memory_format=layout)))
-            except Exception:  # a user's model: any type
-                self.layout = "contiguous"
-                return _as_array(self._called(batch.contiguous(), shape))  # cut channels-last: copied
-        result = _as_array(self._called(batch, shape))
-        self.layout = "contiguous"
-        probe = probe_batch(batch)
-        try:  # copies, never views: a model that changes its input in place changes only its own
-            first = _as_array(self.fn(probe.clone())).copy()
-            other = _as_array(self.fn(probe.clone(memory_format=layout)))
-        except Exception:  # a user's model: any type; contiguous batches it takes
-            return result
-        if same_values(first, other):
-            self.layout = "channels_last"
-        return result
+        try:  # chosen by auto: a later batch it fails on goes contiguous
+            return _as_array(self.fn(batch.contiguous(memory_format=layout)))
+        except Exception:  # a user's model: any type
+            self.layout = "contiguous"
+            return _as_array(self._called(batch.contiguous(), shape))  # cut channels-last: copied
+
+    def _probed(self, batch: Any, layout: Any) -> str:
+        """``channels_last`` where ``fn`` takes a probe batch of random values in that layout and
+        gives the same values as for it contiguous (the first batch may be uniform, a blank
+        background, where a misread layout goes unseen; a model may reshape in ways that need
+        contiguous input, or fail on it), else ``contiguous``. The probe is
+        :data:`PROBE_PATCHES` patches, or the whole batch's worth for a model that takes no
+        smaller batch (one exported with a fixed batch size)."""
+        counts = sorted({min(len(batch), PROBE_PATCHES), len(batch)})
+        for count in counts:
+            probe = probe_batch(batch[:count])
+            try:  # copies, never views: a model that changes its input in place changes only its own
+                first = _as_array(self.fn(probe.clone())).copy()
+                other = _as_array(self.fn(probe.clone(memory_format=layout)))
+            except Exception:  # a user's model: any type; contiguous batches it takes
+                continue
+            return "channels_last" if same_values(first, other) else "contiguous"
+        return "contiguous"
 
     def _called(self, patches: Any, shape: tuple[int, ...]) -> Any:
         """``fn(patches)``; whatever ``fn`` raises (a model given the wrong channels...) becomes one

@@ -387,3 +387,32 @@ def test_bfloat16_inputs_and_outputs_go_through() -> None:
     assert set(seen) == {torch.bfloat16} and y.dtype == torch.float32 and torch.equal(y, x.float())
     model = torch.nn.Conv2d(3, 2, 3, padding=1).to(torch.bfloat16).eval()
     assert apply(x, model, 8, stride=4, cover=True).shape == (1, 2, 16, 16)
+
+
+class FixedBatch(torch.nn.Module):
+    """A 1×1 convolution exported for one batch size (None: any): it fails on any other, as such
+    programs do."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__()
+        self.size, self.seen = size, []
+        torch.manual_seed(2)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((len(x), x.is_contiguous()))
+        if self.size is not None and len(x) != self.size:
+            raise RuntimeError(f"expected a batch of {self.size}, got {len(x)}")
+        return self.conv(x)
+
+
+def test_the_probe_is_a_few_patches_or_the_whole_batch_for_a_fixed_batch_model() -> None:
+    """auto decides on PROBE_PATCHES patches of random values before the first batch; a model that
+    takes no smaller batch is probed with a whole batch's worth, and still gets channels-last."""
+    x = torch.rand(1, 3, 24, 24)  # 25 blocks: 7 batches of 4
+    expected = apply(x, FixedBatch(None).eval(), 8, stride=4, cover=True, batch_size=4, memory_format="contiguous")
+    for size, probes in ((None, [(2, True), (2, False)]), (4, [(2, True), (4, True), (4, False)])):
+        model = FixedBatch(size).eval()
+        result = apply(x, model, 8, stride=4, cover=True, batch_size=4)
+        assert (result - expected).abs().max() <= 1e-6
+        assert model.seen == [*probes, *[(4, False)] * 7]  # then every batch channels-last, once
