@@ -657,7 +657,7 @@ class _Rows:
             def cut(lo: int, hi: int) -> None:  # threads take disjoint patches
                 loop(slab, starts[lo:hi], kernel, dilation, out=batch[lo:hi])
 
-            run_parallel(cut, 0, len(starts), batch.nbytes, None, recordable=True)
+            run_parallel(cut, 0, len(starts), 2 * batch.nbytes, None, recordable=True)  # reads as much as it writes
             return np.moveaxis(batch, -1, 1)
         spans = [g.span for g in plan.grids]
         windows = np.lib.stride_tricks.sliding_window_view(slab, spans, axis=tuple(range(1, plan.ndim + 1)))
