@@ -203,7 +203,8 @@ def apply(
         fn: maps a batch of patches ``(B, C, *k)`` to ``(B, C', *k·scale)`` (dense) or ``(B, C')``
             (one vector per patch). A ``torch.nn.Module`` (or any callable, for tensor input) gets
             tensors on ``device`` and runs under ``torch.inference_mode()``; other callables get
-            numpy arrays for numpy input.
+            numpy arrays for numpy input. It must return a new array for every batch (outputs are
+            read after ``fn`` has run on later batches; memory it gave before is refused).
         kernel_size, dilation, padding, stride, padding_mode: the blocks, as for :func:`unfold`.
         cover: place the blocks inside the image, moving the last block of each dim inward to end
             at the border (padding must be 0; only a dim shorter than one block is padded).
