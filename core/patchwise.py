@@ -552,20 +552,12 @@ def compiled_place(dtype: np.dtype) -> Any:
     return compiled.place(np.dtype(dtype).name)
 
 
-def run_parallel(
-    task: Callable[[int, int], None],
-    start: int,
-    stop: int,
-    nbytes: int,
-    threads: int | None,
-    *,
-    recordable: bool = False,
-) -> None:
-    """The CPU engine's thread split of ``[start, stop)`` (imported when first used); see
-    :func:`patchfold.engines.cpu.run_parallel` for ``recordable``."""
+def cpu_engine() -> Any:
+    """The CPU engine, whose ``run_parallel`` splits the loops over the cores (imported when
+    first used: ``import patchfold`` does not load it)."""
     from patchfold.engines import cpu
 
-    cpu.run_parallel(task, start, stop, nbytes, threads, recordable=recordable)
+    return cpu
 
 
 def _batches(plan: ApplyPlan, batch_size: int) -> Iterator[np.ndarray]:
@@ -658,7 +650,8 @@ class _Rows:
             def cut(lo: int, hi: int) -> None:  # threads take disjoint patches
                 loop(slab, starts[lo:hi], kernel, dilation, out=batch[lo:hi])
 
-            run_parallel(cut, 0, len(starts), 2 * batch.nbytes, None, recordable=True)  # reads as much as it writes
+            # split where it pays: it reads as much as it writes
+            cpu_engine().run_parallel(cut, 0, len(starts), 2 * batch.nbytes, None, recordable=True)
             return np.moveaxis(batch, -1, 1)
         spans = [g.span for g in plan.grids]
         windows = np.lib.stride_tricks.sliding_window_view(slab, spans, axis=tuple(range(1, plan.ndim + 1)))
@@ -671,7 +664,7 @@ class _Rows:
             for row in range(lo, hi):  # one strided copy per patch: faster than a fancy index
                 np.copyto(patches[row], windows[tuple(positions[row])])
 
-        run_parallel(gather, 0, len(positions), patches.nbytes, None)
+        cpu_engine().run_parallel(gather, 0, len(positions), patches.nbytes, None)
         return patches
 
 
@@ -880,7 +873,7 @@ class _Sink:
             firsts = np.stack([starts[0] - self.base + self.start, *starts[1:]], axis=1).astype(np.int64)
 
             def split(add_rows: Callable[[int, int], None], lo: int, hi: int) -> None:  # threads share the rows
-                run_parallel(add_rows, lo, hi, outputs.nbytes * 2, BLEND_THREADS)
+                cpu_engine().run_parallel(add_rows, lo, hi, outputs.nbytes * 2, BLEND_THREADS)
 
             self.place(outputs, self.buffer, firsts, per_dim, dilation, split)  # the compiled loop, checked
             return
@@ -966,7 +959,7 @@ class _Sink:
                 divisor = outer([totals[0][lo:hi], *totals[1:]])
                 np.divide(sums[:, lo:hi], divisor, out=values[:, lo:hi], casting="same_kind")
 
-            run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
+            cpu_engine().run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
         # finished rows are cleared now, while in cache, so the rows the band reuses are zero
@@ -999,7 +992,7 @@ class _Sink:
                 parts = [totals[0][lo - first : hi - first], *totals[1:]]
                 self.blend(reaching, chunk, (lo, hi), parts, values[:, lo - first : hi - first], self.lead[1:])
 
-            run_parallel(finish, first, last, values.nbytes * 4, None, recordable=True)
+            cpu_engine().run_parallel(finish, first, last, values.nbytes * 4, None, recordable=True)
             if self.rows_out is not None:
                 self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
         self.base = max(self.base, stop)
