@@ -248,7 +248,8 @@ def apply_file(
     Images are given to the function as ``dtype`` (integer pixels scaled into [0, 1] for floats);
     image-file outputs are scaled back to the input's integer dtype, ``reduce='argmax'`` labels are
     written as they are. A ``.npy`` output is written band by band of finished rows, so only the
-    input, a float64 band and a batch of patches are held. Yields :class:`Progress` (blocks done)
+    input, the outputs that still reach unfinished rows (or a float64 band of rows) and a batch of
+    patches are held. Yields :class:`Progress` (blocks done)
     after each batch, then the :class:`ApplyResult`. ``level`` picks the resolution of pyramidal
     TIFF and Zarr inputs; a single Zarr, pyramid level or tiled TIFF input is read band by band of
     rows as the blocks move down it, never whole.
