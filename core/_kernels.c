@@ -133,16 +133,15 @@ int64_t pf_divide_dims_size(void) { return (int64_t)sizeof(pf_divide_dims); }
 
 /* One call of blend_<src>: the padded output rows [row_lo, row_hi) of dim 0 finished from the
  * batches that reach them, chunk by chunk: each batch's points in the chunk's rows added into the
- * float64 chunk (place_<src>), then the chunk divided into out (divide_<src>) and left zero. The
- * chunk is small enough to stay in cache, so the sums never travel to memory. */
+ * float64 chunk (zeroed first, then place_<src>), then the chunk divided into out (divide_<src>).
+ * The chunk is small enough to stay in cache, so the sums never travel to memory. */
 typedef struct {
   int64_t count;                     /* batches */
   const void *const *outputs;        /* per batch: its outputs (B, C, *k) */
   const pf_place_dims *places;       /* per batch: its placement; band_size is the chunk's */
-  int64_t chunk_rows;                /* the chunk (C, chunk_rows, *band_size[1:]) float64, zero */
+  int64_t chunk_rows;                /* the chunk (C, chunk_rows, *band_size[1:]) float64 */
   int64_t row_lo, row_hi;            /* padded output positions of dim 0 to finish */
   int64_t sums_offset;               /* element of the chunk where each row's image points start */
-  int64_t clear_rest;                /* nonzero: rows are wider than the image, zero each chunk wholly */
   pf_divide_dims divide;             /* the division of rows [row_lo, row_hi): totals[0] is row_lo's,
                                         size[0] and the pointers are set chunk by chunk */
 } pf_blend_dims;

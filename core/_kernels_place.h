@@ -139,15 +139,17 @@ void PF_P(divide)(double *sums, PF_SOURCE *out, const pf_divide_dims *p) {
       }
 }
 
-/* blend_<suffix>(chunk, out, dims): the rows [row_lo, row_hi) chunk by chunk: every batch's points
- * in the chunk's rows added in batch order (each point's sum in the order of the blocks, as one
- * band would give it), the chunk divided into out (row_lo's first point) and left zero. */
+/* blend_<suffix>(chunk, out, dims): the rows [row_lo, row_hi) chunk by chunk: the chunk's rows
+ * zeroed, every batch's points in them added in batch order (each point's sum in the order of the
+ * blocks, as one band would give it), then divided into out (row_lo's first point). */
 void PF_P(blend)(double *chunk, PF_SOURCE *out, const pf_blend_dims *p) {
   const int64_t rows = p->chunk_rows, C = p->divide.channels, nd = p->divide.ndim;
   assert(rows > 0 && p->row_lo <= p->row_hi && (nd == 2 || nd == 3));
   const int64_t row_elements = p->divide.sums_strides[1]; /* one row (2-D) or plane (3-D) of the chunk */
   for (int64_t r0 = p->row_lo; r0 < p->row_hi; r0 += rows) {
     const int64_t r1 = r0 + rows < p->row_hi ? r0 + rows : p->row_hi;
+    for (int64_t c = 0; c < C; c++) /* in cache: the sums start from zero whatever the chunk held */
+      memset(chunk + c * p->divide.sums_strides[0], 0, (size_t)((r1 - r0) * row_elements) * sizeof(double));
     for (int64_t i = 0; i < p->count; i++) {
       pf_place_dims piece = p->places[i];
       assert(piece.band_size[0] == rows);
@@ -160,9 +162,6 @@ void PF_P(blend)(double *chunk, PF_SOURCE *out, const pf_blend_dims *p) {
     divide.size[0] = r1 - r0;
     divide.totals[0] = p->divide.totals[0] + (r0 - p->row_lo);
     PF_P(divide)(chunk + p->sums_offset, out + (r0 - p->row_lo) * p->divide.out_strides[1], &divide);
-    if (p->clear_rest)
-      for (int64_t c = 0; c < C; c++)
-        memset(chunk + c * p->divide.sums_strides[0], 0, (size_t)((r1 - r0) * row_elements) * sizeof(double));
   }
 }
 

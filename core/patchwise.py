@@ -840,7 +840,8 @@ class _Sink:
                     raise PatchfoldError(
                         f"fn scales its patches by {scale}, which needs dilation 1 (got {list(dilation)})"
                     )
-                dtype = outputs.dtype if outputs.dtype.kind == "f" else np.dtype(np.float64)
+                # native byte order: the result is written by the compiled loops (a big-endian fn's too)
+                dtype = outputs.dtype.newbyteorder("=") if outputs.dtype.kind == "f" else np.dtype(np.float64)
                 return cls(plan, "dense", outputs.shape[1:], tuple(scale), dtype, rows_out, batch)
         raise PatchfoldError(
             f"fn turned a batch of patches {list(patches.shape)} into {list(outputs.shape)}: expected "

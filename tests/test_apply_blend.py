@@ -209,13 +209,13 @@ def test_a_function_that_writes_over_its_last_output_is_refused(monkeypatch, how
 # ----- the compiled blend itself ----------------------------------------------------------------
 
 
-def reference(placements, extent, rows, totals, lead, size) -> np.ndarray:
+def reference(placements, dilation, extent, rows, totals, lead, size) -> np.ndarray:
     """Every placement added into a float64 band of the whole padded output by the checked place
     loop (verified against numpy in test_apply), the rows cut out and divided as numpy does."""
     place = compiled.place(placements[0].outputs.dtype.name)
     band = np.zeros((placements[0].outputs.shape[1], *extent))
     for placed in placements:
-        place(placed.outputs, band, placed.starts, list(placed.weights), placed.dims.dilation[: len(extent)])
+        place(placed.outputs, band, placed.starts, list(placed.weights), dilation)
     part = band[(slice(None), slice(*rows), *[slice(a, a + n) for a, n in zip(lead, size)])]
     expected = np.empty(part.shape, dtype=placements[0].outputs.dtype)
     np.divide(part, outer(list(totals)), out=expected, casting="same_kind")
@@ -248,9 +248,9 @@ def placement_cases(draw: st.DrawFn) -> dict:
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=placement_cases())
 def test_the_compiled_blend_equals_a_whole_band_divided(case: dict) -> None:
-    """Any rows of a padded output, chunk by chunk of any height, with or without columns beside
-    the image: the values of one band of the whole output, divided; the chunk is left zero and
-    nothing outside ``out`` is written."""
+    """Any rows of a padded output, chunk by chunk of any height (the chunk holding anything
+    before), with or without columns beside the image: the values of one band of the whole output,
+    divided; nothing outside ``out`` is written."""
     loop = compiled.blend(case["dtype"])
     channels, kernel, extent = case["channels"], case["kernel"], case["extent"]
     placements = []
@@ -261,12 +261,11 @@ def test_the_compiled_blend_equals_a_whole_band_divided(case: dict) -> None:
         placements.append(loop.placement(values, starts, weights, case["dilation"], extent))
     (lo, hi), lead, size = case["rows"], case["lead"], case["size"]
     totals = [RNG.random(hi - lo) + 0.5, *[RNG.random(n) + 0.5 for n in size]]
-    chunk = np.zeros((channels, case["chunk_rows"], *extent[1:]))
+    chunk = np.full((channels, case["chunk_rows"], *extent[1:]), np.nan)  # any values: each use zeroes its rows
     room = np.full((channels, hi - lo + 2, *[n + 2 for n in size]), 7.0, dtype=case["dtype"])
     out = room[(slice(None), slice(1, 1 + hi - lo), *[slice(1, 1 + n) for n in size])]
     loop(placements, chunk, (lo, hi), totals, out, lead)
-    np.testing.assert_array_equal(out, reference(placements, extent, (lo, hi), totals, lead, size))
-    assert not chunk.any()
+    np.testing.assert_array_equal(out, reference(placements, case["dilation"], extent, (lo, hi), totals, lead, size))
     outside = np.ones(room.shape, bool)
     outside[(slice(None), slice(1, 1 + hi - lo), *[slice(1, 1 + n) for n in size])] = False
     assert (room[outside] == 7).all()
@@ -312,3 +311,33 @@ def test_the_compiled_blend_refuses_what_does_not_fit_before_any_call() -> None:
     frozen.flags.writeable = False
     with pytest.raises(PatchfoldError, match="writeable"):
         loop([placed], chunk, (0, 10), totals, frozen, (0,))
+
+
+@needs_loops
+def test_a_placement_cannot_be_changed_after_it_is_checked() -> None:
+    """The starts and weights are copied when checked (changing the caller's arrays afterwards
+    changes nothing), and a placement whose arrays were replaced is refused before any call."""
+    loop = compiled.blend("float32")
+    starts, weights = np.array([[0, 0], [6, 6]], np.int64), [np.ones((2, 4)), np.ones((2, 4))]
+    placed = loop.placement(np.ones((2, 1, 4, 4), np.float32), starts, weights, (1, 1), (10, 10))
+    starts[1, 1] = 10**9
+    weights[0][:] = 5.0
+    out, totals = np.zeros((1, 10, 10), np.float32), [np.ones(10), np.ones(10)]
+    loop([placed], np.zeros((1, 3, 10)), (0, 10), totals, out, (0,))
+    assert out.sum() == 32 and not placed.starts.flags.writeable
+    for name, value in (("outputs", np.ones((1, 1, 1, 1), np.float32)), ("starts", np.zeros((2, 2), np.int64)),
+                        ("weights", (np.ones((2, 4)), np.ones((2, 4))))):  # fmt: skip
+        forged = loop.placement(np.ones((2, 1, 4, 4), np.float32), np.array([[0, 0], [6, 6]]), weights, (1, 1),
+                                (10, 10))  # fmt: skip
+        setattr(forged, name, value)
+        with pytest.raises(PatchfoldError, match="replaced after placement"):
+            loop([forged], np.zeros((1, 3, 10)), (0, 10), totals, out, (0,))
+
+
+@pytest.mark.parametrize("how", STRATEGIES)
+def test_big_endian_outputs_are_blended_into_a_native_result(monkeypatch, how) -> None:
+    blending(monkeypatch, how)
+    x = RNG.random((1, 4, 27, 20)).astype(np.float32)
+    y = apply(x, lambda p: (p * 2).astype(">f4"), (9, 7), stride=(6, 5), cover=True, window="hann", batch_size=2)
+    assert y.dtype == np.float32 and y.dtype.isnative
+    np.testing.assert_allclose(y, 2 * x, rtol=1e-6)

@@ -195,17 +195,33 @@ def place(dtype_name: str) -> PlaceLoop | None:
     return None if function is None else PlaceLoop(function, np.dtype(dtype_name))
 
 
-class Placement(NamedTuple):
-    """A batch of outputs checked for :class:`BlendLoop`: its struct and the arrays it points into
-    (held here, so they live as long as the struct)."""
+class Placement:
+    """A batch of outputs checked for :class:`BlendLoop`, made by :meth:`PlaceLoop.placement`: the
+    outputs, private read-only copies of the starts and weights, and the struct pointing into them.
+    The loop refuses one whose arrays are no longer those the struct was made from."""
 
-    outputs: np.ndarray
-    starts: np.ndarray
-    weights: tuple[np.ndarray, ...]
-    extent: tuple[int, ...]  # the padded output the patches lie in
-    dims: PlaceDims
-    first: int  # the dim-0 positions the patches reach: [first, stop)
-    stop: int
+    __slots__ = ("_dims", "_made_from", "extent", "first", "outputs", "starts", "stop", "weights")
+
+    def __init__(self, outputs: np.ndarray, starts: np.ndarray, weights: tuple[np.ndarray, ...],
+                 extent: tuple[int, ...], dims: PlaceDims, first: int, stop: int) -> None:  # fmt: skip
+        self.outputs, self.starts, self.weights, self.extent = outputs, starts, weights, extent
+        self.first, self.stop = first, stop  # the dim-0 positions the patches reach: [first, stop)
+        self._dims = dims
+        self._made_from = self._arrays()
+
+    def _arrays(self) -> tuple[Any, ...]:
+        """What the struct relies on: the arrays (their memory, shape, strides, dtype)."""
+        arrays = [
+            (id(a), a.ctypes.data, a.shape, a.strides, a.dtype.str) if isinstance(a, np.ndarray) else (id(a),)
+            for a in (self.outputs, self.starts, *self.weights)
+        ]
+        return (*arrays, self.extent)
+
+    def checked_dims(self) -> PlaceDims:
+        """A copy of the struct, once the arrays are checked to be those it was made from."""
+        if not isinstance(self.weights, tuple) or self._arrays() != self._made_from:
+            raise PatchfoldError("a placement's arrays were replaced after placement() made it")
+        return PlaceDims.from_buffer_copy(self._dims)
 
 
 class PlaceLoop:
@@ -270,9 +286,14 @@ class PlaceLoop:
         :class:`BlendLoop` to add chunk by chunk of rows."""
         extent = tuple(int(n) for n in extent)
         dims, starts, reach = self._placed(outputs, starts, weights, dilation, extent, "padded output")
+        # read later (chunk by chunk): private read-only copies, which the caller cannot change
+        starts, weights = _frozen(starts), tuple(_frozen(per_dim) for per_dim in weights)
+        dims.starts = starts.ctypes.data
+        for dim, per_dim in enumerate(weights):
+            dims.weights[dim] = per_dim.ctypes.data
         first = int(starts[:, 0].min()) if len(starts) else 0
         stop = int(starts[:, 0].max() + reach[0]) + 1 if len(starts) else 0
-        return Placement(outputs, starts, tuple(weights), extent, dims, first, stop)
+        return Placement(outputs, starts, weights, extent, dims, first, stop)
 
     def __call__(
         self,
@@ -347,8 +368,8 @@ class BlendLoop:
         ``placements`` (added in their order) into ``out`` ``(C, hi - lo, *size)``: each point's
         weighted sum divided by its total weight, ``outer(totals)`` (``totals[0]`` for the rows,
         then one vector per other dim). The image's points start ``lead[d]`` into the padded
-        output's other dims. ``chunk`` ``(C, R, *extent[1:])`` float64, zero, holds ``R`` rows'
-        sums at a time and is left zero."""
+        output's other dims. ``chunk`` ``(C, R, *extent[1:])`` float64 (any values: each use
+        starts by zeroing the rows it takes) holds ``R`` rows' sums at a time."""
         _check_array(chunk, "chunk", chunk.ndim)
         ndim = chunk.ndim - 1
         if ndim not in (2, 3) or chunk.dtype != np.float64 or not chunk.flags.c_contiguous or chunk.shape[1] < 1:
@@ -377,16 +398,16 @@ class BlendLoop:
         for i, placement in enumerate(placements):
             if not isinstance(placement, Placement):
                 raise PatchfoldError(f"placements must come from placement(), got {type(placement).__name__}")
-            if placement.extent[1:] != extent or placement.dims.channels != channels:
+            places[i] = placement.checked_dims()
+            if placement.extent[1:] != extent or places[i].channels != channels:
                 raise PatchfoldError(
-                    f"a placement in a padded output of {placement.extent} with {placement.dims.channels} "
+                    f"a placement in a padded output of {placement.extent} with {places[i].channels} "
                     f"channels does not fit the chunk {chunk.shape}"
                 )
             if placement.outputs.dtype != self.target:
                 raise PatchfoldError(f"placements must be of {self.target} outputs, got {placement.outputs.dtype}")
             _check_apart(placement.outputs, "outputs", chunk)
             _check_apart(placement.outputs, "outputs", out)
-            places[i] = PlaceDims.from_buffer_copy(placement.dims)
             places[i].band_size[0] = chunk.shape[1]
             pointers[i] = placement.outputs.ctypes.data
         _check_apart(chunk, "chunk", out)
@@ -398,12 +419,10 @@ class BlendLoop:
         divide.out_strides[: ndim + 1] = element_strides(out, "out")
         for dim, total in enumerate(totals):
             divide.totals[dim] = total.ctypes.data
-        whole = size == extent  # rows as wide as the image: the division clears what it reads
-        divide.clear = int(whole)
         dims = BlendDims(len(placements), ctypes.addressof(pointers), ctypes.addressof(places), chunk.shape[1])
         dims.row_lo, dims.row_hi = int(lo), int(hi)
         dims.sums_offset = sum(a * s for a, s in zip(lead, chunk_strides[2:]))
-        dims.clear_rest, dims.divide = int(not whole), divide
+        dims.divide = divide
         held = [places, pointers, *totals, *placements]  # what the call points into, for a recorded call
         _make(self._function, chunk.ctypes.data, out.ctypes.data, dims, chunk, out, *held)
 
@@ -840,6 +859,13 @@ def _set_weights(extra: FoldExtra, weights: Sequence[np.ndarray], dims: FoldDims
     for dim, per_dim in enumerate(weights):
         _check_vector(per_dim, (dims.blocks[dim], dims.kernel[dim]), f"weights of dim {dim}")
         extra.weights[dim] = per_dim.ctypes.data
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous copy of ``array``."""
+    copy = np.array(array, order="C", copy=True)
+    copy.flags.writeable = False
+    return copy
 
 
 def _check_vector(array: Any, shape: tuple[int, ...], name: str) -> None:

@@ -122,7 +122,6 @@ class BlendDims(ctypes.Structure):
         ("row_lo", ctypes.c_int64),
         ("row_hi", ctypes.c_int64),
         ("sums_offset", ctypes.c_int64),
-        ("clear_rest", ctypes.c_int64),
         ("divide", DivideDims),
     ]
 
