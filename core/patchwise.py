@@ -1000,7 +1000,8 @@ class _Sink:
         self.placed = [placed for placed in self.placed if placed.stop > self.base]
 
     def _chunk(self, piece: int) -> np.ndarray:
-        """The chunk of float64 sums of a flush's ``piece``-th piece of rows (zero between calls)."""
+        """The chunk of float64 sums of a flush's ``piece``-th piece of rows (reused: the blend
+        zeroes the rows it takes)."""
         chunk = self.chunks.get(piece)
         if chunk is None:
             shape = (self.shape[0], self.chunk_rows, *self.padded[1:])
