@@ -190,8 +190,6 @@ def place(dtype_name: str) -> PlaceLoop | None:
     """The checked C placement of weighted patches (``place_f32``/``place_f64``), or None."""
     suffix = {"float32": "f32", "float64": "f64"}.get(dtype_name)
     function = None if suffix is None else _bind(f"place_{suffix}", PlaceDims)
-    if function is not None:
-        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(PlaceDims)]
     return None if function is None else PlaceLoop(function, np.dtype(dtype_name))
 
 
@@ -244,9 +242,12 @@ class PlaceLoop:
         dilation: Sequence[int],
         extent: tuple[int, ...],
         inside: str,
-    ) -> tuple[PlaceDims, np.ndarray, np.ndarray]:
+        private: bool = False,
+    ) -> tuple[PlaceDims, np.ndarray, np.ndarray, Sequence[np.ndarray]]:
         """The struct for ``outputs`` ``(B, C, *k)`` placed at ``starts`` inside ``extent``, every
-        argument checked; with the checked starts and each patch's reach per dim."""
+        argument checked; with the checked starts, each patch's reach per dim and the weights.
+        With ``private``, the struct points into read-only copies of the starts and weights
+        (read later, which the caller then cannot change)."""
         ndim = len(extent)
         if ndim not in (2, 3) or not isinstance(outputs, np.ndarray) or outputs.ndim != ndim + 2:
             raise PatchfoldError(f"outputs must be (B, C, *kernel) of {ndim} spatial dims, got "
@@ -265,12 +266,14 @@ class PlaceLoop:
             raise PatchfoldError(f"weights must give {ndim} per-dim arrays, got {len(weights)}")
         for dim, per_dim in enumerate(weights):
             _check_vector(per_dim, (count, kernel[dim]), f"weights of dim {dim}")
+        if private:
+            starts, weights = _frozen(starts), tuple(_frozen(per_dim) for per_dim in weights)
         dims = PlaceDims(ndim, count, channels, _padded(kernel), _padded(dilation), _padded(extent))
         dims.in_strides[: len(in_strides)] = in_strides
         dims.starts = starts.ctypes.data
         for dim, per_dim in enumerate(weights):
             dims.weights[dim] = per_dim.ctypes.data
-        return dims, starts, reach
+        return dims, starts, reach, weights
 
     def placement(
         self,
@@ -285,12 +288,8 @@ class PlaceLoop:
         padded output of size ``extent`` and its points ``dilation`` apart: checked once, for
         :class:`BlendLoop` to add chunk by chunk of rows."""
         extent = tuple(int(n) for n in extent)
-        dims, starts, reach = self._placed(outputs, starts, weights, dilation, extent, "padded output")
-        # read later (chunk by chunk): private read-only copies, which the caller cannot change
-        starts, weights = _frozen(starts), tuple(_frozen(per_dim) for per_dim in weights)
-        dims.starts = starts.ctypes.data
-        for dim, per_dim in enumerate(weights):
-            dims.weights[dim] = per_dim.ctypes.data
+        dims, starts, reach, weights = self._placed(outputs, starts, weights, dilation, extent, "padded output",
+                                                    private=True)  # fmt: skip
         first = int(starts[:, 0].min()) if len(starts) else 0
         stop = int(starts[:, 0].max() + reach[0]) + 1 if len(starts) else 0
         return Placement(outputs, starts, weights, extent, dims, first, stop)
@@ -313,7 +312,7 @@ class PlaceLoop:
         if band.ndim not in (3, 4) or band.dtype != np.float64:
             raise PatchfoldError(f"band must be (C, *size) float64 of 2 or 3 dims, got {band.dtype} {band.shape}")
         _check_memory(band, "band", writeable=True)
-        dims, starts, reach = self._placed(outputs, starts, weights, dilation, tuple(band.shape[1:]), "band")
+        dims, starts, reach, _ = self._placed(outputs, starts, weights, dilation, tuple(band.shape[1:]), "band")
         if not band.flags.c_contiguous or band.shape[0] != outputs.shape[1]:
             raise PatchfoldError(f"band must be C-contiguous with {outputs.shape[1]} channels, got shape {band.shape}")
         _check_apart(outputs, "outputs", band)
@@ -338,13 +337,8 @@ def blend(dtype_name: str) -> BlendLoop | None:
     each chunk of rows summed from the batches that reach it and divided in cache, or None."""
     suffix = {"float32": "f32", "float64": "f64"}.get(dtype_name)
     placing = place(dtype_name)
-    library = _library() if placing is not None else None
-    function = getattr(library, f"blend_{suffix}", None) if library is not None else None
-    if function is None or placing is None:
-        return None
-    function.restype = None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(BlendDims)]
-    return BlendLoop(function, placing)
+    function = None if placing is None else _bind(f"blend_{suffix}", BlendDims)
+    return None if function is None else BlendLoop(function, placing)
 
 
 class BlendLoop:
@@ -388,11 +382,7 @@ class BlendLoop:
         lead = tuple(int(n) for n in lead)
         if len(lead) != ndim - 1 or any(a < 0 or a + n > e for a, n, e in zip(lead, size, extent)):
             raise PatchfoldError(f"lead {lead} and out's size {size} must lie inside the chunk's rows {extent}")
-        if len(totals) != ndim:
-            raise PatchfoldError(f"totals must give {ndim} per-dim vectors, got {len(totals)}")
-        totals = [np.ascontiguousarray(t, dtype=np.float64) for t in totals]
-        for dim, (total, n) in enumerate(zip(totals, (hi - lo, *size))):
-            _check_vector(total, (n,), f"totals of dim {dim}")
+        totals = _checked_totals(totals, (hi - lo, *size))
         places = (PlaceDims * max(len(placements), 1))()
         pointers = (ctypes.c_void_p * max(len(placements), 1))()
         for i, placement in enumerate(placements):
@@ -414,11 +404,7 @@ class BlendLoop:
         if lo == hi or not channels:
             return
         chunk_strides = element_strides(chunk, "chunk")
-        divide = DivideDims(ndim, channels, _padded((chunk.shape[1], *size)))
-        divide.sums_strides[: ndim + 1] = chunk_strides
-        divide.out_strides[: ndim + 1] = element_strides(out, "out")
-        for dim, total in enumerate(totals):
-            divide.totals[dim] = total.ctypes.data
+        divide = _divide_dims(channels, (chunk.shape[1], *size), chunk_strides, element_strides(out, "out"), totals)
         dims = BlendDims(len(placements), ctypes.addressof(pointers), ctypes.addressof(places), chunk.shape[1])
         dims.row_lo, dims.row_hi = int(lo), int(hi)
         dims.sums_offset = sum(a * s for a, s in zip(lead, chunk_strides[2:]))
@@ -454,22 +440,38 @@ class DivideLoop:
         if ndim not in (2, 3) or sums.dtype != np.float64 or out.dtype != self.target or out.shape != sums.shape:
             raise PatchfoldError(f"sums (C, *size) float64 of 2 or 3 dims and out {self.target} of its shape, got "
                                  f"{sums.dtype} {sums.shape} and {out.dtype} {out.shape}")  # fmt: skip
-        if len(totals) != ndim:
-            raise PatchfoldError(f"totals must give {ndim} per-dim vectors, got {len(totals)}")
-        totals = [np.ascontiguousarray(t, dtype=np.float64) for t in totals]
-        for dim, total in enumerate(totals):
-            _check_vector(total, (sums.shape[1 + dim],), f"totals of dim {dim}")
+        totals = _checked_totals(totals, sums.shape[1:])
         _check_apart(sums, "sums", out)
         if not sums.size:
             return
-        dims = DivideDims(ndim, sums.shape[0], _padded(sums.shape[1:]))
-        for field, array, name in (("sums_strides", sums, "sums"), ("out_strides", out, "out")):
-            strides = element_strides(array, name)
-            getattr(dims, field)[: len(strides)] = strides
-        for dim, total in enumerate(totals):
-            dims.totals[dim] = total.ctypes.data
+        sums_strides, out_strides = element_strides(sums, "sums"), element_strides(out, "out")
+        dims = _divide_dims(sums.shape[0], sums.shape[1:], sums_strides, out_strides, totals)
         dims.clear = int(clear)
         self._function(sums.ctypes.data, out.ctypes.data, ctypes.byref(dims))
+
+
+def _checked_totals(totals: Sequence[Any], size: Sequence[int]) -> list[np.ndarray]:
+    """One float64 vector of total weights per dim of ``size``, contiguous (copied where not)."""
+    if len(totals) != len(size):
+        raise PatchfoldError(f"totals must give {len(size)} per-dim vectors, got {len(totals)}")
+    totals = [np.ascontiguousarray(t, dtype=np.float64) for t in totals]
+    for dim, (total, n) in enumerate(zip(totals, size)):
+        _check_vector(total, (n,), f"totals of dim {dim}")
+    return totals
+
+
+def _divide_dims(
+    channels: int, size: Sequence[int], sums_strides: Sequence[int], out_strides: Sequence[int],
+    totals: Sequence[np.ndarray],
+) -> DivideDims:  # fmt: skip
+    """The struct of a division of sums ``(channels, *size)`` into out, both at these element
+    strides, by the outer product of ``totals`` (checked by the caller)."""
+    dims = DivideDims(len(size), channels, _padded(size))
+    dims.sums_strides[: len(sums_strides)] = sums_strides
+    dims.out_strides[: len(out_strides)] = out_strides
+    for dim, total in enumerate(totals):
+        dims.totals[dim] = total.ctypes.data
+    return dims
 
 
 def _checked_starts(
