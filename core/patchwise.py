@@ -765,8 +765,9 @@ class _Sink:
         self.totals = self._totals()
         self.base = self.start = self.held = 0
         blend = compiled_blend(dtype) if plan.ndim in (2, 3) else None
-        if blend is not None and self._held_bytes() <= 2 * self._band_bytes():
-            check_fits(self._held_bytes(), "the blended outputs held until their rows are finished")
+        held_bytes = self._held_bytes()
+        if blend is not None and held_bytes <= 2 * self._band_bytes():
+            check_fits(held_bytes, "the blended outputs held until their rows are finished")
             row_bytes = channels * math.prod(self.padded[1:]) * 8
             self.chunk_rows = max(1, min(CHUNK_BYTES // max(row_bytes, 1), self.padded[0]))
             self.chunks: dict[int, np.ndarray] = {}  # per piece of a flush's rows: its chunk of float64 sums
@@ -944,14 +945,9 @@ class _Sink:
         # width (no padding beside the image): no second pass over them
         cleared = first < last and loop is not None and self.out_size[1:] == self.padded[1:]
         if first < last:
-            rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
+            values, totals, rest = self._finished_rows(first, last)
             held = slice(first - self.base + self.start, last - self.base + self.start)
-            totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
             sums = self.buffer[(slice(None), held, *rest)]
-            if self.rows_out is not None:
-                values = np.empty(sums.shape, dtype=self.dtype)
-            else:
-                values = self.result[:, first - self.lead[0] : last - self.lead[0]]
 
             def divide(lo: int, hi: int) -> None:  # threads share the rows; uncovered points: x / inf = 0
                 if loop is not None:  # the compiled loop: the same values in one pass
@@ -961,8 +957,7 @@ class _Sink:
                 np.divide(sums[:, lo:hi], divisor, out=values[:, lo:hi], casting="same_kind")
 
             cpu_engine().run_parallel(divide, 0, last - first, sums.nbytes, BLEND_THREADS)
-            if self.rows_out is not None:
-                self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
+            self._send(first, values)
         # finished rows are cleared now, while in cache, so the rows the band reuses are zero
         if cleared:  # the loop cleared the image's rows: the padding rows above and below are left
             self._clear(self.base, first)
@@ -979,12 +974,7 @@ class _Sink:
         stop = min(stop, self.padded[0])
         first, last = max(self.base, self.lead[0]), min(stop, self.lead[0] + self.out_size[0])
         if first < last:
-            if self.rows_out is not None:
-                values = np.empty((self.shape[0], last - first, *self.out_size[1:]), dtype=self.dtype)
-            else:
-                values = self.result[:, first - self.lead[0] : last - self.lead[0]]
-            rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
-            totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
+            values, totals, _ = self._finished_rows(first, last)
             reaching = [placed for placed in self.placed if placed.first < last and placed.stop > first]
             pieces = itertools.count()  # each piece its own chunk (pieces may run at once, or be recorded)
 
@@ -994,10 +984,26 @@ class _Sink:
                 self.blend(reaching, chunk, (lo, hi), parts, values[:, lo - first : hi - first], self.lead[1:])
 
             cpu_engine().run_parallel(finish, first, last, values.nbytes * 4, None, recordable=True)
-            if self.rows_out is not None:
-                self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
+            self._send(first, values)
         self.base = max(self.base, stop)
         self.placed = [placed for placed in self.placed if placed.stop > self.base]
+
+    def _finished_rows(self, first: int, last: int) -> tuple[np.ndarray, list[np.ndarray], list[slice]]:
+        """Where the image's padded rows ``[first, last)`` go once divided (the result's rows, or a
+        new array for ``rows_out``), their total weights per dim, and the image's part of each
+        other dim of the padded output."""
+        rest = [slice(lead, lead + n) for lead, n in zip(self.lead[1:], self.out_size[1:])]
+        totals = [self.totals[0][first:last], *(t[part] for t, part in zip(self.totals[1:], rest))]
+        if self.rows_out is not None:
+            values = np.empty((self.shape[0], last - first, *self.out_size[1:]), dtype=self.dtype)
+        else:
+            values = self.result[:, first - self.lead[0] : last - self.lead[0]]
+        return values, totals, rest
+
+    def _send(self, first: int, values: np.ndarray) -> None:
+        """Finished rows from the image's padded row ``first`` on, to ``rows_out`` where given."""
+        if self.rows_out is not None:
+            self.rows_out(first - self.lead[0], values, (self.shape[0], *self.out_size))
 
     def _chunk(self, piece: int) -> np.ndarray:
         """The chunk of float64 sums of a flush's ``piece``-th piece of rows (reused: the blend
