@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from patchfold.blocks import Blocks
@@ -24,7 +25,9 @@ from patchfold.cli.options import (
 )
 from patchfold.cli.present import emit_summary, track_images, verbosity
 from patchfold.io.levels import Level
-from patchfold.keep import KeepRules
+
+if TYPE_CHECKING:  # numpy-backed: loaded by the job, not for --help
+    from patchfold.keep import KeepRules
 
 
 def _common(output_help: str):

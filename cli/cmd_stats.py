@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from patchfold.blocks import Blocks
@@ -27,7 +27,9 @@ from patchfold.cli.options import (
 )
 from patchfold.cli.present import divisor_preview, emit_summary, human_bytes, kept_row, verbosity
 from patchfold.io.levels import Level
-from patchfold.keep import KeepRules
+
+if TYPE_CHECKING:  # numpy-backed: loaded by the job, not for --help
+    from patchfold.keep import KeepRules
 
 
 def stats_rows(stats: dict[str, Any]) -> list[tuple[str, Any]]:

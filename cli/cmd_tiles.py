@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from patchfold.blocks import Blocks
+from patchfold.choices import TILE_FORMATS
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     PATH,
@@ -23,8 +25,9 @@ from patchfold.cli.options import (
 )
 from patchfold.cli.present import emit_summary, kept_row, track
 from patchfold.io.levels import Level
-from patchfold.jobs.tiles import TILE_FORMATS
-from patchfold.keep import KeepRules
+
+if TYPE_CHECKING:  # numpy-backed: loaded by the job, not for --help
+    from patchfold.keep import KeepRules
 
 #: ``--format`` of tiles and batch tiles.
 tile_format_option = click.option(

@@ -11,12 +11,10 @@ from typing import Any
 
 import click
 from patchfold.blocks import PADDING_MODES, Blocks
-from patchfold.dtypes import DTYPES
+from patchfold.choices import DEFAULT_MAX_PIXELS, DTYPES, WINDOWS
 from patchfold.engines import ENGINES
 from patchfold.errors import PatchfoldError
-from patchfold.io.read import DEFAULT_MAX_PIXELS
 from patchfold.io.streams import is_stdio, named_for_user
-from patchfold.keep import KeepRules
 from patchfold.units import parse_bytes
 
 
@@ -261,6 +259,8 @@ def keep_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from patchfold.keep import KeepRules  # numpy: only for the command that runs
+
         given = {name: kwargs.pop(name) for name in ("min_foreground", "max_blank", "background")}
         try:
             kwargs["keep"] = None if given == dict.fromkeys(given) else KeepRules(**given)
@@ -539,8 +539,6 @@ def stack_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def complete_window(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of ``--window``: the window names."""
-    from patchfold.windows import WINDOWS
-
     return [name for name in WINDOWS if name.startswith(incomplete)]
 
 
@@ -561,8 +559,6 @@ ZARR_OUTPUT_HELP = (
 def fold_output_options(zarr: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``-o/--output``, ``--normalize/--no-normalize`` and ``--window``: how fold and untile write
     (``zarr``: the command writes ``.zarr`` stores too, and says so)."""
-    from patchfold.windows import WINDOWS
-
     options = [
         click.option(
             "-o",

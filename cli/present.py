@@ -11,9 +11,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
-import numpy as np
 from patchfold.cli.options import VERBOSITY_KEY
-from patchfold.jobs.plan import Progress
+from patchfold.jobs.progress import Progress
 from patchfold.units import format_bytes
 
 #: When the command line was loaded: where the start-up stage begins if the process's own start is unknown.
@@ -254,6 +253,7 @@ def human_bytes(count: int) -> str:
 
 def divisor_preview(geometry: Any, width: int = 48) -> None:
     """A small colour picture of the divisor map on stderr, two map rows per text line (▀)."""
+    import numpy as np  # here, not at the top: the other commands' start-up never loads it for this
     from patchfold.render import UNCOVERED, colormap, sampled_divisor
     from rich.text import Text
 

@@ -22,13 +22,13 @@ from patchfold._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from patchfold.blocks import PADDING_MODES, Blocks
+    from patchfold.choices import WINDOWS
     from patchfold.datasets.reader import PatchDataset, load_dataset
     from patchfold.engines import ENGINES
     from patchfold.errors import PatchfoldError
     from patchfold.geometry import LAYOUTS, Geometry
     from patchfold.ops import divisor, fold, overlap_stats, unfold
     from patchfold.patchwise import apply
-    from patchfold.windows import WINDOWS
 
 __all__ = [
     "ENGINES",
@@ -53,7 +53,7 @@ _LAZY = {
     "ENGINES": "patchfold.engines",
     "LAYOUTS": "patchfold.geometry",
     "PADDING_MODES": "patchfold.blocks",
-    "WINDOWS": "patchfold.windows",
+    "WINDOWS": "patchfold.choices",
     "Blocks": "patchfold.blocks",
     "Geometry": "patchfold.geometry",
     "PatchfoldError": "patchfold.errors",

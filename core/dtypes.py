@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from patchfold.choices import DTYPES  # target dtypes of ``--dtype``; keep keeps the input's
 from patchfold.errors import PatchfoldError
-
-#: Target dtypes of ``--dtype``; ``keep`` keeps the input's, floats scale integers to [0, 1].
-DTYPES = ("keep", "float32", "float64", "float16")
 
 
 def target_dtype(dtype: np.dtype, target: str) -> tuple[np.dtype, float]:

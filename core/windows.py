@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from patchfold.choices import WINDOWS
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 
-#: Window names accepted by ``fold(window=...)`` and ``--window``; ``gaussian`` takes an optional
-#: sigma as a fraction of the kernel size, ``gaussian:0.25`` (default 0.125, MONAI's).
-WINDOWS = ("none", "hann", "triangular", "gaussian", "pyramid")
+# WINDOWS (from patchfold.choices): the names ``fold(window=...)`` and ``--window`` accept;
+# ``gaussian`` takes an optional sigma as a fraction of the kernel size, ``gaussian:0.25``.
 DEFAULT_GAUSSIAN_SIGMA = 0.125
 
 

@@ -730,6 +730,35 @@ def test_help_and_version_and_import_patchfold_load_neither_numpy_nor_torch() ->
     assert "Commands:" in result.stdout and "unfold" in result.stdout
 
 
+def test_each_commands_help_loads_neither_numpy_nor_torch() -> None:
+    """``patchfold CMD --help`` imports the command's module and its options, never the numpy
+    machinery of its job (choices come from :mod:`patchfold.choices`): one process for all of
+    them, the modules checked after each (a command loaded once stays loaded)."""
+    from patchfold.cli.main import COMMANDS
+
+    code = (
+        "import sys\n"
+        "from patchfold.cli.main import main\n"
+        f"for name in {sorted(COMMANDS)!r}:\n"
+        "    try:\n"
+        "        main([name, '--help'], prog_name='patchfold')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    print(name, sorted(m for m in ('numpy', 'torch', 'PIL') if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = result.stderr.strip().splitlines()
+    assert loaded == [f"{name} []" for name in sorted(COMMANDS)], result.stderr
+    # control: the same probe sees numpy once a job module is imported
+    control = subprocess.run(
+        [sys.executable, "-c", "import sys, patchfold.jobs.unfold; print('numpy' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert control.stdout.strip() == "True"
+
+
 def test_the_version_is_written_once_and_the_package_is_typed() -> None:
     from importlib import metadata, resources
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from patchfold.cover import needs_parts
 from patchfold.geometry import Geometry, check_layout
+from patchfold.jobs.progress import Progress as Progress  # re-exported: the jobs import it from here
 from patchfold.memory import available_memory
 
 #: Share of available memory a job may use when no budget is given, and a cap on it: bands larger
@@ -18,16 +19,6 @@ DEFAULT_MEMORY_FRACTION = 0.25
 
 
 DEFAULT_MEMORY_CAP = 512 * 2**20
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One finished band: ``done`` of ``total`` bands, ``bytes_done`` of ``bytes_total`` written."""
-
-    done: int
-    total: int
-    bytes_done: int
-    bytes_total: int
 
 
 def default_budget() -> int:
