@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import signal
 
 import click
+from patchfold.cli import interrupts
 
 #: Each command, the module and name that define it, and its one-line help (the first sentence of
 #: its docstring, kept here so that ``patchfold --help`` lists the commands without importing them:
@@ -113,17 +113,11 @@ def _version(ctx: click.Context, value: bool) -> None:
 
 
 def run() -> None:
-    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up.
-
-    Once the command has returned (its output complete, its exit status known), Ctrl-C is ignored:
-    Python restores the default handler while it shuts down, and a late Ctrl-C would otherwise turn
-    a finished run into a process killed by the signal."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up,
+    and neither is raised inside locking code (:mod:`patchfold.cli.interrupts`); once the command
+    has returned, Ctrl-C is ignored."""
+    interrupts.install()
     try:
         main(prog_name="patchfold")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+        interrupts.uninstall()
