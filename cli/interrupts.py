@@ -1,14 +1,17 @@
-"""Ctrl-C and SIGTERM for the console entry point: delivered as ``KeyboardInterrupt``, but never
-inside the standard library's locking code.
+"""Ctrl-C and SIGTERM for the console entry point: delivered as ``KeyboardInterrupt``, but not
+in the middle of the standard library's locking code.
 
 Python runs a signal handler between two bytecodes of the main thread, so a handler that raises
 can land just after ``concurrent.futures`` or ``threading`` took a lock and before the ``with`` or
-``finally`` that releases it. A job's cleanup then joins its writer or reader thread, which waits
-on that lock forever: an interrupted run that never ends (seen once in the test suite here: a
-SIGTERM during a long write, the process asleep at 0 % CPU for the test's 60 s). So while the
-main thread is in such code the interrupt waits, retried every :data:`RETRY_S` seconds (SIGALRM),
-and is raised as soon as the thread is back in patchfold's own code; after :data:`GRACE_S`
-seconds of waiting (a wait on a stuck worker) it is raised wherever the thread is, as before.
+``finally`` that releases it; a job's cleanup then joins its writer or reader thread, which waits
+on that lock forever. An interrupted run hung once in the test suite here (a SIGTERM during a long
+write, the process asleep at 0 % CPU for the test's 60 s; not reproduced since), and such a window
+is the likely cause. So when the innermost frames (:data:`INNER_FRAMES`) run that code the
+interrupt waits, retried every :data:`RETRY_S` seconds (SIGALRM), and is raised as soon as they
+do not: the window lasts a few bytecodes. A thread blocked in a wait there (``Future.result``,
+``concurrent.futures.wait``) is safe to interrupt, so after :data:`GRACE_S` seconds the interrupt
+is raised wherever the thread is. An interrupt still waiting when the command returns is reported
+then (exit 130); a signal ignored when the process started (a shell's background job) stays so.
 """
 
 from __future__ import annotations
@@ -18,22 +21,24 @@ import signal
 import time
 from types import FrameType
 
-#: Code an interrupt waits outside of: where Python's threads, futures, queues, logging and import
-#: machinery hold locks that only their own ``with`` / ``finally`` release.
-DEFERRED_IN = (
-    f"{os.sep}threading.py",
-    f"{os.sep}concurrent{os.sep}futures{os.sep}",
-    f"{os.sep}queue.py",
-    f"{os.sep}logging{os.sep}",
-    "<frozen importlib.",
-    f"{os.sep}importlib{os.sep}",
-)
+#: Where an interrupt waits: the standard library's threads, futures, queues and logging (their
+#: own files, found beside ``os`` without importing them, not any path that contains such a name)
+#: and the import machinery.
+_STDLIB = os.path.dirname(os.__file__)
+_LOCKING_FILES = frozenset(os.path.join(_STDLIB, name) for name in ("threading.py", "queue.py"))
+_LOCKING_DIRS = tuple(os.path.join(_STDLIB, *parts) + os.sep for parts in (("concurrent", "futures"), ("logging",)))
+_LOCKING_PREFIXES = ("<frozen importlib.",)
+
+#: How many of the innermost frames are looked at: a lock's window is in the function that took it
+#: or the one it returned to (``Condition.__enter__`` -> ``Future.result``).
+INNER_FRAMES = 3
 
 #: Seconds between tries of a waiting interrupt.
 RETRY_S = 0.01
 
-#: Seconds an interrupt waits at most before it is raised wherever the main thread is.
-GRACE_S = 5.0
+#: Seconds an interrupt waits at most: a lock's window lasts microseconds, so a thread still in
+#: locking code after a few retries is blocked in a wait, where the interrupt is safe.
+GRACE_S = 0.05
 
 #: When the waiting interrupt first arrived (``time.monotonic()``), or None when none waits.
 _waiting_since: float | None = None
@@ -41,18 +46,36 @@ _waiting_since: float | None = None
 
 def install() -> None:
     """Deliver SIGINT and SIGTERM (a cluster's kill, handled like Ctrl-C so jobs clean up) through
-    :func:`interrupt`. Call from the main thread."""
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    :func:`interrupt`, except a signal the process was started ignoring. Call from the main thread."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, interrupt)
     if hasattr(signal, "setitimer"):
         signal.signal(signal.SIGALRM, _retry)
 
 
+def uninstall() -> bool:
+    """Once the command has returned: disarm the retry and ignore Ctrl-C (Python restores the
+    default handler while it shuts down, and a late Ctrl-C would otherwise turn a finished run
+    into a process killed by the signal). Returns whether an interrupt was still waiting (it came
+    in the command's last moments: the caller reports it, so no signal is dropped)."""
+    global _waiting_since
+    waiting, _waiting_since = _waiting_since is not None, None
+    if hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return waiting
+
+
 def in_locking_code(frame: FrameType | None) -> bool:
-    """Whether ``frame`` or any frame it was called from runs code of :data:`DEFERRED_IN`."""
-    while frame is not None:
+    """Whether ``frame`` or one of the :data:`INNER_FRAMES` - 1 frames it was called from runs
+    code of the standard library's threads, futures, queues, logging or import machinery."""
+    for _ in range(INNER_FRAMES):
+        if frame is None:
+            return False
         filename = frame.f_code.co_filename
-        if any(part in filename for part in DEFERRED_IN):
+        if filename in _LOCKING_FILES or filename.startswith(_LOCKING_DIRS + _LOCKING_PREFIXES):
             return True
         frame = frame.f_back
     return False
@@ -65,7 +88,7 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     now = time.monotonic()
     if _waiting_since is None:
         _waiting_since = now
-    if hasattr(signal, "setitimer") and in_locking_code(frame) and now - _waiting_since < GRACE_S:
+    if hasattr(signal, "setitimer") and now - _waiting_since < GRACE_S and in_locking_code(frame):
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)
         return
     _waiting_since = None
@@ -74,19 +97,18 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def uninstall() -> None:
-    """Once the command has returned: ignore Ctrl-C (Python restores the default handler while it
-    shuts down, and a late Ctrl-C would otherwise turn a finished run into a process killed by the
-    signal) and any waiting interrupt."""
-    global _waiting_since
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
-    _waiting_since = None
-
-
 def _retry(signum: int, frame: FrameType | None) -> None:
-    """SIGALRM: try the waiting interrupt again (a stray alarm with none waiting does nothing)."""
-    if _waiting_since is not None:
-        interrupt(signum, frame)
+    """SIGALRM: try the waiting interrupt again (a stray alarm with none waiting does nothing).
+    Where another Ctrl-C handler has been put in place meanwhile (the library holds Ctrl-C while
+    it starts worker processes, :func:`patchfold.scheduling._interrupts_held`), the interrupt is
+    handed to it: raised here it would orphan a worker mid-start; that handler replays it to ours."""
+    global _waiting_since
+    if _waiting_since is None:
+        return
+    holder = signal.getsignal(signal.SIGINT)
+    if callable(holder) and holder not in (interrupt, signal.default_int_handler):
+        _waiting_since = None
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        holder(signal.SIGINT, frame)
+        return
+    interrupt(signum, frame)

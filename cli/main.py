@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 from patchfold.cli import interrupts
@@ -119,5 +120,10 @@ def run() -> None:
     interrupts.install()
     try:
         main(prog_name="patchfold")
+    except SystemExit as done:
+        if interrupts.uninstall() and done.code in (0, None):  # came as it finished: not dropped
+            click.echo("Error: interrupted as the command finished; its output is complete", err=True)
+            sys.exit(130)
+        raise
     finally:
         interrupts.uninstall()

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -41,18 +42,43 @@ def blocked_frame() -> Iterator[FrameType]:
 @pytest.fixture(autouse=True)
 def clean_state() -> Iterator[None]:
     """No alarm and no waiting interrupt before or after each test; SIGALRM's handler restored."""
-    previous = signal.getsignal(signal.SIGALRM)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGALRM, signal.SIGINT)}
     signal.signal(signal.SIGALRM, signal.SIG_IGN)  # an alarm armed by a test must not end the run
+    signal.signal(signal.SIGINT, interrupts.interrupt)  # as install() leaves it
     yield
     signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
     interrupts._waiting_since = None
 
 
-def test_locking_code_is_recognised_on_the_whole_stack(blocked_frame: FrameType) -> None:
+def test_locking_code_is_recognised_in_the_innermost_frames(blocked_frame: FrameType) -> None:
     assert interrupts.in_locking_code(blocked_frame)
     assert not interrupts.in_locking_code(sys._getframe())
     assert not interrupts.in_locking_code(None)
+
+
+def test_only_the_standard_librarys_own_files_count(tmp_path: Path) -> None:
+    """A script or checkout under a directory called logging/ or named queue.py is not locking
+    code, and frames deeper than INNER_FRAMES do not count (the whole stack would always hold one)."""
+    for name in ("logging/run.py", "importlib/run.py", "queue.py", "concurrent/futures/run.py"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("import sys\ndef here():\n    return sys._getframe()\n")
+        namespace: dict = {}
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+        assert not interrupts.in_locking_code(namespace["here"]()), name
+
+    def nested(depth: int) -> FrameType:
+        return sys._getframe() if depth == 0 else nested(depth - 1)
+
+    import threading
+
+    holder: list[FrameType] = []
+    ran = threading.Thread(target=lambda: holder.append(nested(interrupts.INNER_FRAMES)))
+    ran.start()
+    ran.join()
+    assert not interrupts.in_locking_code(holder[0])  # threading.py is only deeper down
 
 
 def test_an_interrupt_in_locking_code_waits_then_is_raised_in_our_code(blocked_frame: FrameType) -> None:
@@ -73,15 +99,37 @@ def test_an_interrupt_outside_locking_code_is_raised_at_once() -> None:
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
-def test_a_wait_ends_after_the_grace_period(blocked_frame: FrameType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_wait_in_locking_code_ends_after_the_grace_period(
+    blocked_frame: FrameType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread blocked in a wait (batch's ``concurrent.futures.wait``) never leaves locking code:
+    the interrupt is raised there after GRACE_S, where it is safe."""
     clock = [100.0]
     monkeypatch.setattr(interrupts.time, "monotonic", lambda: clock[0])
     interrupts.interrupt(signal.SIGTERM, blocked_frame)
     clock[0] += interrupts.GRACE_S / 2
     interrupts._retry(signal.SIGALRM, blocked_frame)  # still waiting
     clock[0] += interrupts.GRACE_S
-    with pytest.raises(KeyboardInterrupt):  # a worker that never finishes does not block Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
         interrupts._retry(signal.SIGALRM, blocked_frame)
+    assert interrupts.GRACE_S <= 0.5  # Ctrl-C stays prompt
+
+
+def test_a_waiting_interrupt_goes_to_a_handler_put_in_place_meanwhile(blocked_frame: FrameType) -> None:
+    """The library holds Ctrl-C while it starts worker processes (its own SIGINT handler notes it
+    and replays it to ours afterwards): a retry then hands the interrupt over instead of raising
+    it mid-start."""
+    saved = signal.getsignal(signal.SIGINT)
+    noted: list[int] = []
+    try:
+        signal.signal(signal.SIGINT, interrupts.interrupt)
+        interrupts.interrupt(signal.SIGTERM, blocked_frame)  # waits
+        signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number))
+        interrupts._retry(signal.SIGALRM, sys._getframe())  # would raise, but the holder takes it
+        assert noted == [signal.SIGINT]
+        assert interrupts._waiting_since is None and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def test_a_stray_alarm_with_nothing_waiting_does_nothing() -> None:
@@ -89,13 +137,51 @@ def test_a_stray_alarm_with_nothing_waiting_does_nothing() -> None:
     assert interrupts._waiting_since is None
 
 
-def test_uninstall_ignores_late_interrupts_and_disarms_the_retry(blocked_frame: FrameType) -> None:
+def test_uninstall_reports_a_waiting_interrupt_and_disarms_the_retry(blocked_frame: FrameType) -> None:
     previous_int = signal.getsignal(signal.SIGINT)
     try:
+        assert interrupts.uninstall() is False
         interrupts.interrupt(signal.SIGTERM, blocked_frame)
-        interrupts.uninstall()
+        assert interrupts.uninstall() is True
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
         assert interrupts._waiting_since is None
     finally:
         signal.signal(signal.SIGINT, previous_int)
+
+
+def test_install_keeps_a_signal_the_process_was_started_ignoring() -> None:
+    """A shell's background job (``cmd &``) starts with SIGINT ignored: it must stay so."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interrupts.install()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == interrupts.interrupt
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_an_interrupt_as_the_command_finishes_exits_130(
+    blocked_frame: FrameType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A signal that arrives while the finished command's last wait returns is not dropped."""
+    from patchfold.cli import main as entry
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def finishing(**_: object) -> None:
+        interrupts.interrupt(signal.SIGTERM, blocked_frame)  # waits, then the command returns
+        raise SystemExit(0)
+
+    monkeypatch.setattr(entry, "main", finishing)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            entry.run()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert ended.value.code == 130
+    assert capsys.readouterr().err.strip().startswith("Error: interrupted")
