@@ -176,6 +176,13 @@ class Geometry:
         starts = np.arange(max(count, 0), dtype=np.int64) * self.stride[dim]
         return starts if moved is None else np.append(starts, np.int64(moved))
 
+    def band_extent(self, first: int, last: int) -> tuple[int, int]:
+        """The first padded row and the number of rows that block rows ``[first, last)`` read
+        (with ``cover``, the last block row may have been moved inward: a cover grid's rows)."""
+        starts = self.block_starts(0)
+        top = int(starts[first])
+        return top, int(starts[last - 1]) + self.span[0] - top
+
     @cached_property
     def is_regular(self) -> bool:
         """Whether every dim's blocks are evenly spaced: always without ``cover``; with it, where

@@ -117,7 +117,7 @@ def test_a_streamed_tiled_tiff_gives_the_directory_it_gives_read_whole(
     list(write_tiles(source, geometry, tmp_path / "streamed", [source.path], "png", keep, level=0))
     assert contents(tmp_path / "streamed") == contents(tmp_path / "whole")
     bands = tile_rows.row_bands(geometry, 3 * geometry.padded_size[1], tile_rows.BAND_BYTES)
-    tallest = max(tile_rows.band_extent(geometry, *band)[1] for band in bands)
+    tallest = max(geometry.band_extent(*band)[1] for band in bands)
     assert len(bands) > 1 or geometry.span[0] >= 70
     band_reads = reads[1:] if keep is not None else reads  # with rules, the threshold's sample first
     assert len(band_reads) >= len(bands) and max(hi - lo for lo, hi in band_reads) <= min(70, tallest)
@@ -194,7 +194,7 @@ def test_counts_band_by_band_equal_block_counts_of_the_whole_image(case) -> None
     parts = []
     for first, last in tile_rows.row_bands(geometry, row_bytes, budget):
         band = tile_rows.read_counted(source, geometry, first, last, [threshold])
-        assert band.pixels.shape[2] == tile_rows.band_extent(geometry, first, last)[1]
+        assert band.pixels.shape[2] == geometry.band_extent(first, last)[1]
         parts.append(band.counts[0])
     np.testing.assert_array_equal(np.concatenate(parts), expected)
 

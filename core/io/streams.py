@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -63,6 +61,9 @@ def stdin_file(stream: BinaryIO | None = None) -> Path:
         return _spooled[key][1]
     if getattr(source, "isatty", lambda: False)():
         raise PatchfoldError("input '-' is standard input, but it is a terminal: pipe an image or .npy into it")
+    import shutil  # here: every command imports this module, few read standard input
+    import tempfile
+
     folder = Path(tempfile.mkdtemp(prefix="patchfold-stdin-"))
     atexit.register(shutil.rmtree, folder, True)
     head = source.read(16)
@@ -112,6 +113,9 @@ def stdout_file(stream: BinaryIO | None, suffix: str) -> Iterator[Path]:
     goes in any case."""
     if stream is None:
         raise PatchfoldError("output '-' is standard output, but no stream was given to write it to")
+    import shutil
+    import tempfile
+
     folder = Path(tempfile.mkdtemp(prefix="patchfold-stdout-"))
     try:
         target = folder / f"stdout{suffix}"

@@ -75,20 +75,12 @@ def row_bands(geometry: Geometry, row_bytes: int, budget: int | None = None) -> 
     return bands
 
 
-def band_extent(geometry: Geometry, first: int, last: int) -> tuple[int, int]:
-    """The first padded row and the number of rows that block rows ``[first, last)`` read (with
-    ``cover``, the last block row may have been moved inward: the slab's grid is a cover grid)."""
-    starts = geometry.block_starts(0)
-    top = int(starts[first])
-    return top, int(starts[last - 1]) + geometry.span[0] - top
-
-
 def read_band(source: RegionSource, geometry: Geometry, first: int, last: int) -> tuple[np.ndarray, int]:
     """The padded rows block rows ``[first, last)`` read, ``(N, C, height, *padded_size[1:])``,
     and the first of them (in padded coordinates). The padding rows and the image's rows are read
     as separate pieces, so a band that reaches circular padding reads the few rows it wraps to,
     not every row between."""
-    top, height = band_extent(geometry, first, last)
+    top, height = geometry.band_extent(first, last)
     before, size = geometry.pad_widths[0][0], geometry.spatial_size[0]
     cuts = sorted({top, top + height, *(c for c in (before, before + size) if top < c < top + height)})
     pieces = [padded_slab(source, geometry.pad_widths, geometry.padding_mode, a, b - a) for a, b in pairwise(cuts)]

@@ -49,7 +49,6 @@ from patchfold.io.zarr_out import (
 )
 from patchfold.jobs.pieces import unfold_pieces
 from patchfold.jobs.plan import Progress, UnfoldPlan, plan_unfold
-from patchfold.jobs.tile_rows import band_extent
 
 #: How many chunks (of every item) one band of a Zarr patch matrix holds.
 ZARR_CHUNKS_PER_BAND = 4
@@ -168,7 +167,7 @@ def _bands_of(
     if isinstance(array, RegionSource):  # read band by band: only the rows each band needs
 
         def read_rows(first: int, last: int) -> tuple[np.ndarray, Geometry]:
-            top, height = band_extent(geometry, first, last)
+            top, height = geometry.band_extent(first, last)
             slab = padded_slab(array, geometry.pad_widths, geometry.padding_mode, top, height)
             return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
@@ -248,7 +247,7 @@ def _band_computer(
 
 def slab_for_rows(padded: np.ndarray, geometry: Geometry, first: int, last: int) -> tuple[np.ndarray, Geometry]:
     """The slab of a padded input that block rows ``[first, last)`` read, and its own geometry."""
-    top, height = band_extent(geometry, first, last)
+    top, height = geometry.band_extent(first, last)
     slab = padded[:, :, top : top + height]
     return slab, geometry.over_padded((height, *geometry.padded_size[1:]))
 
