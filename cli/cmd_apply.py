@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from patchfold.blocks import Blocks
+from patchfold.choices import DEFAULT_BATCH, MEMORY_FORMATS, REDUCTIONS
 from patchfold.cli.errors import handle_errors
 from patchfold.cli.options import (
     PATH,
@@ -56,18 +57,18 @@ from patchfold.io.levels import Level
     help="Blending window (hann, gaussian:SIGMA...).",
 )
 @click.option("--margin", type=click.IntRange(0), default=0, show_default=True, help="Trim of each output patch.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Patches per call.")
+@click.option(
+    "--batch-size", type=click.IntRange(1), default=DEFAULT_BATCH, show_default=True, help="Patches per call."
+)
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help="Where a model runs.")
 @click.option(
     "--memory-format",
-    type=click.Choice(["auto", "contiguous", "channels-last"]),
+    type=click.Choice([name.replace("_", "-") for name in MEMORY_FORMATS]),
     default="auto",
     show_default=True,
     help="Layout of a torch model's batches; auto: channels-last where the model gives the same values.",
 )
-@click.option(
-    "--reduce", type=click.Choice(["none", "argmax", "max"]), default="none", show_default=True, help="Over channels."
-)
+@click.option("--reduce", type=click.Choice(REDUCTIONS), default="none", show_default=True, help="Over channels.")
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float64", "float16"]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from patchfold.choices import DTYPES  # target dtypes of ``--dtype``; keep keeps the input's
+from patchfold.choices import DTYPES as DTYPES  # re-exported from patchfold.choices
 from patchfold.errors import PatchfoldError
 
 

@@ -27,23 +27,15 @@ from typing import Any
 
 import numpy as np
 from patchfold.blocks import Blocks, IntOrSeq
-from patchfold.choices import DEFAULT_BATCH, MEMORY_FORMATS, REDUCTIONS
+from patchfold.choices import DEFAULT_BATCH as DEFAULT_BATCH  # re-exported from patchfold.choices, as the next two
+from patchfold.choices import MEMORY_FORMATS as MEMORY_FORMATS
+from patchfold.choices import REDUCTIONS as REDUCTIONS
 from patchfold.coverage import outer
 from patchfold.engines import is_tensor
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 from patchfold.memory import check_fits
 from patchfold.windows import MIN_WEIGHT, parse_window, window_1d
-
-# REDUCTIONS (what ``reduce`` accepts), DEFAULT_BATCH (patches to ``fn`` at once) and
-# MEMORY_FORMATS live in patchfold.choices, for the CLI. MEMORY_FORMATS is how a batch of 2-D or
-# 3-D patches is laid out in memory for a torch ``fn`` (``memory_format``): ``auto`` gives a
-# ``torch.nn.Module`` in eval mode (TorchScript and exported programs too) channels-last batches
-# (``torch.channels_last``, ``channels_last_3d``) where it takes them and returns the same values
-# as for contiguous ones (checked on a probe of random patches before the first batch), else, and
-# to other callables, contiguous ones; the other two force one. The values do not depend on it (to
-# float rounding); the speed does: PyTorch's CPU convolutions ran 1.7-3x faster on channels-last
-# batches here (bench/apply.py).
 
 #: Patches of random values ``auto`` runs both ways before the first batch (fewer than a batch:
 #: a probe costs two model calls on them).

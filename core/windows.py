@@ -11,12 +11,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from patchfold.choices import WINDOWS
+from patchfold.choices import WINDOWS as WINDOWS  # re-exported from patchfold.choices
 from patchfold.errors import PatchfoldError
 from patchfold.geometry import Geometry
 
-# WINDOWS (from patchfold.choices): the names ``fold(window=...)`` and ``--window`` accept;
-# ``gaussian`` takes an optional sigma as a fraction of the kernel size, ``gaussian:0.25``.
 DEFAULT_GAUSSIAN_SIGMA = 0.125
 
 

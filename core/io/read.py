@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from patchfold.choices import DEFAULT_MAX_PIXELS
+from patchfold.choices import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # re-exported from patchfold.choices
 from patchfold.errors import PatchfoldError
 from patchfold.io import leases
 from patchfold.io.levels import Level
@@ -32,10 +32,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".g
 
 
 INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
-
-
-# DEFAULT_MAX_PIXELS (from patchfold.choices): the default limit for decoded pixels (Pillow's
-# decompression-bomb guard), raised from Pillow's 89 M.
 
 
 #: Every Pillow image mode patchfold reads: the mode it is converted to first (None: as it is), and

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from patchfold.blocks import Blocks
-from patchfold.choices import TILE_FORMATS
+from patchfold.choices import TILE_FORMATS as TILE_FORMATS  # re-exported from patchfold.choices
 from patchfold.dtypes import finish_fold
 from patchfold.engines.cpu import pad_input
 from patchfold.errors import PatchfoldError
@@ -54,10 +54,6 @@ from patchfold.jobs.plan import Progress
 from patchfold.keep import KeepRules, Selection, keep_record, select_blocks
 from patchfold.ops import fold_with
 from patchfold.windows import window_weights
-
-# TILE_FORMATS (from patchfold.choices): png (uint8 with 1-4 channels, or one 16-bit channel), tif
-# (also one channel of float32/int32, and volumes), npy (anything, exact).
-
 
 _AXIS_LETTERS = "zrc"
 
