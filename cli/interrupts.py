@@ -10,8 +10,10 @@ is the likely cause. So when the innermost frames (:data:`INNER_FRAMES`) run tha
 interrupt waits, retried every :data:`RETRY_S` seconds (SIGALRM), and is raised as soon as they
 do not: the window lasts a few bytecodes. A thread blocked in a wait there (``Future.result``,
 ``concurrent.futures.wait``) is safe to interrupt, so after :data:`GRACE_S` seconds the interrupt
-is raised wherever the thread is. An interrupt still waiting when the command returns is reported
-then (exit 130); a signal ignored when the process started (a shell's background job) stays so.
+is raised wherever the thread is. An interrupt still waiting when a command returns with success is
+reported then (exit 130; one that fails has said why already); a signal ignored when the process
+started (a shell's background job) stays so. Where there are no interval timers (Windows) the
+interrupt is raised at once, as Python's own handler would.
 """
 
 from __future__ import annotations
@@ -55,16 +57,19 @@ def install() -> None:
 
 
 def uninstall() -> bool:
-    """Once the command has returned: disarm the retry and ignore Ctrl-C (Python restores the
-    default handler while it shuts down, and a late Ctrl-C would otherwise turn a finished run
-    into a process killed by the signal). Returns whether an interrupt was still waiting (it came
-    in the command's last moments: the caller reports it, so no signal is dropped)."""
+    """Once the command has returned: disarm the retry, ignore Ctrl-C (Python restores the default
+    handler while it shuts down, and a late Ctrl-C would otherwise turn a finished run into a
+    process killed by the signal) and give SIGTERM its default action (a kill during shutdown
+    ends the process, never waits on a retry that no longer comes). Returns whether an interrupt
+    was still waiting: it came in the command's last moments, and the caller reports it."""
     global _waiting_since
     waiting, _waiting_since = _waiting_since is not None, None
     if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGTERM) is interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return waiting
 
 
@@ -82,9 +87,11 @@ def in_locking_code(frame: FrameType | None) -> bool:
 
 
 def interrupt(signum: int, frame: FrameType | None) -> None:
-    """Raise ``KeyboardInterrupt`` now, or arm the retry timer while ``frame`` is in locking code
-    (and the grace period lasts)."""
+    """Raise ``KeyboardInterrupt`` now, hand it to the library's Ctrl-C holder, or arm the retry
+    timer while ``frame`` is in locking code (and the grace period lasts)."""
     global _waiting_since
+    if _handed_to_holder(frame):
+        return
     now = time.monotonic()
     if _waiting_since is None:
         _waiting_since = now
@@ -97,18 +104,22 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _retry(signum: int, frame: FrameType | None) -> None:
-    """SIGALRM: try the waiting interrupt again (a stray alarm with none waiting does nothing).
-    Where another Ctrl-C handler has been put in place meanwhile (the library holds Ctrl-C while
-    it starts worker processes, :func:`patchfold.scheduling._interrupts_held`), the interrupt is
-    handed to it: raised here it would orphan a worker mid-start; that handler replays it to ours."""
+def _handed_to_holder(frame: FrameType | None) -> bool:
+    """While the library holds Ctrl-C (its SIGINT handler, marked ``holds_interrupts``, notes it
+    while worker processes start and replays it to ours afterwards: raised then, it would orphan
+    a worker mid-start), an interrupt (a SIGTERM, or a waiting one) goes to that handler."""
     global _waiting_since
-    if _waiting_since is None:
-        return
     holder = signal.getsignal(signal.SIGINT)
-    if callable(holder) and holder not in (interrupt, signal.default_int_handler):
-        _waiting_since = None
+    if not getattr(holder, "holds_interrupts", False):
+        return False
+    _waiting_since = None
+    if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, 0)
-        holder(signal.SIGINT, frame)
-        return
-    interrupt(signum, frame)
+    holder(signal.SIGINT, frame)
+    return True
+
+
+def _retry(signum: int, frame: FrameType | None) -> None:
+    """SIGALRM: try the waiting interrupt again (a stray alarm with none waiting does nothing)."""
+    if _waiting_since is not None:
+        interrupt(signum, frame)

@@ -114,16 +114,17 @@ def _version(ctx: click.Context, value: bool) -> None:
 
 
 def run() -> None:
-    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up,
-    and neither is raised inside locking code (:mod:`patchfold.cli.interrupts`); once the command
-    has returned, Ctrl-C is ignored."""
+    """Console entry point: SIGTERM (a cluster's kill) is handled like Ctrl-C, so jobs clean up;
+    both wait out the standard library's lock windows (:mod:`patchfold.cli.interrupts`); once the
+    command has returned, Ctrl-C is ignored."""
     interrupts.install()
+    code: object = 0
     try:
         main(prog_name="patchfold")
     except SystemExit as done:
-        if interrupts.uninstall() and done.code in (0, None):  # came as it finished: not dropped
-            click.echo("Error: interrupted as the command finished; its output is complete", err=True)
-            sys.exit(130)
+        code = done.code
         raise
     finally:
-        interrupts.uninstall()
+        if interrupts.uninstall() and code in (0, None):  # came as it finished: not dropped
+            click.echo("Error: interrupted as the command finished; its output is complete", err=True)
+            sys.exit(130)

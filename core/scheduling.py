@@ -121,8 +121,13 @@ def _interrupts_held() -> Iterator[None]:
         yield
         return
     noted: list[int] = []
+
+    def note(number: int, _frame: object) -> None:
+        noted.append(number)
+
+    note.holds_interrupts = True  # type: ignore[attr-defined]  # the CLI hands a waiting SIGTERM to it
     in_main = threading.current_thread() is threading.main_thread()
-    handler = signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number)) if in_main else None
+    handler = signal.signal(signal.SIGINT, note) if in_main else None
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield

@@ -65,20 +65,27 @@ def test_only_the_standard_librarys_own_files_count(tmp_path: Path) -> None:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("import sys\ndef here():\n    return sys._getframe()\n")
-        namespace: dict = {}
+        namespace: dict[str, object] = {}
         exec(compile(path.read_text(), str(path), "exec"), namespace)
-        assert not interrupts.in_locking_code(namespace["here"]()), name
+        here = namespace["here"]
+        assert callable(here) and not interrupts.in_locking_code(here()), name
 
-    def nested(depth: int) -> FrameType:
-        return sys._getframe() if depth == 0 else nested(depth - 1)
+    frames: list[FrameType] = []
 
-    import threading
+    def nested(depth: int) -> None:  # a thread's target: Thread.run (threading.py) calls it
+        if depth == 0:
+            frames.append(sys._getframe())
+        else:
+            nested(depth - 1)
 
-    holder: list[FrameType] = []
-    ran = threading.Thread(target=lambda: holder.append(nested(interrupts.INNER_FRAMES)))
-    ran.start()
-    ran.join()
-    assert not interrupts.in_locking_code(holder[0])  # threading.py is only deeper down
+    for depth in (interrupts.INNER_FRAMES - 2, interrupts.INNER_FRAMES - 1):
+        ran = threading.Thread(target=nested, args=(depth,))
+        ran.start()
+        ran.join()
+    # threading.py is the innermost frame's caller number depth + 1: within the frames looked at
+    # for INNER_FRAMES - 2, just beyond them for INNER_FRAMES - 1
+    assert interrupts.in_locking_code(frames[0])
+    assert not interrupts.in_locking_code(frames[1])
 
 
 def test_an_interrupt_in_locking_code_waits_then_is_raised_in_our_code(blocked_frame: FrameType) -> None:
@@ -115,21 +122,30 @@ def test_a_wait_in_locking_code_ends_after_the_grace_period(
     assert interrupts.GRACE_S <= 0.5  # Ctrl-C stays prompt
 
 
-def test_a_waiting_interrupt_goes_to_a_handler_put_in_place_meanwhile(blocked_frame: FrameType) -> None:
-    """The library holds Ctrl-C while it starts worker processes (its own SIGINT handler notes it
-    and replays it to ours afterwards): a retry then hands the interrupt over instead of raising
-    it mid-start."""
-    saved = signal.getsignal(signal.SIGINT)
+def test_interrupts_go_to_the_librarys_holder_while_it_starts_workers(blocked_frame: FrameType) -> None:
+    """The library holds Ctrl-C while it starts worker processes (its SIGINT handler, marked
+    ``holds_interrupts``, notes it and replays it to ours afterwards): a waiting interrupt's retry
+    and a SIGTERM are handed to it instead of raised mid-start; an unmarked handler (user code's)
+    gets nothing."""
+    from patchfold.scheduling import _interrupts_held
+
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt), _interrupts_held():  # replayed to our handler as the block ends
+        interrupts.interrupt(signal.SIGTERM, sys._getframe())  # not raised here: held
+        holder = signal.getsignal(signal.SIGINT)
+        reached_the_end = True
+    assert reached_the_end and getattr(holder, "holds_interrupts", False)
+    assert signal.getsignal(signal.SIGINT) == interrupts.interrupt  # restored by the block
+    interrupts.interrupt(signal.SIGTERM, blocked_frame)  # waits
     noted: list[int] = []
-    try:
-        signal.signal(signal.SIGINT, interrupts.interrupt)
-        interrupts.interrupt(signal.SIGTERM, blocked_frame)  # waits
-        signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number))
-        interrupts._retry(signal.SIGALRM, sys._getframe())  # would raise, but the holder takes it
-        assert noted == [signal.SIGINT]
-        assert interrupts._waiting_since is None and signal.getitimer(signal.ITIMER_REAL)[0] == 0
-    finally:
-        signal.signal(signal.SIGINT, saved)
+
+    def foreign(number: int, _frame: object) -> None:
+        noted.append(number)
+
+    signal.signal(signal.SIGINT, foreign)
+    with pytest.raises(KeyboardInterrupt):  # not a holder: raised here, outside locking code
+        interrupts._retry(signal.SIGALRM, sys._getframe())
+    assert noted == []
 
 
 def test_a_stray_alarm_with_nothing_waiting_does_nothing() -> None:
@@ -138,16 +154,19 @@ def test_a_stray_alarm_with_nothing_waiting_does_nothing() -> None:
 
 
 def test_uninstall_reports_a_waiting_interrupt_and_disarms_the_retry(blocked_frame: FrameType) -> None:
-    previous_int = signal.getsignal(signal.SIGINT)
+    previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         assert interrupts.uninstall() is False
         interrupts.interrupt(signal.SIGTERM, blocked_frame)
+        signal.signal(signal.SIGTERM, interrupts.interrupt)
         assert interrupts.uninstall() is True
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a kill during shutdown ends it
         assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
         assert interrupts._waiting_since is None
     finally:
         signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def test_install_keeps_a_signal_the_process_was_started_ignoring() -> None:
@@ -177,6 +196,7 @@ def test_an_interrupt_as_the_command_finishes_exits_130(
         raise SystemExit(0)
 
     monkeypatch.setattr(entry, "main", finishing)
+    monkeypatch.setattr(interrupts, "RETRY_S", 60)  # the real timer must not fire inside the test
     try:
         with pytest.raises(SystemExit) as ended:
             entry.run()
