@@ -513,6 +513,44 @@ def test_nlc_unfold_of_short_runs_matches_the_numpy_loop(
     assert (guarded[:, shape[1] :] == 7).all()
 
 
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from([np.int16, np.float32, np.float64]),
+    channels=st.integers(1, 6),
+    height=st.integers(1, 14),
+    width=st.integers(1, 60),
+    kernel=st.tuples(st.integers(1, 4), st.integers(2, 12)),
+    dilation=st.tuples(st.integers(1, 3), st.integers(2, 9)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 7)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 12)),
+    threads=st.sampled_from([1, 2]),
+)
+def test_nlc_unfold_of_dilated_runs_matches_the_numpy_loop(
+    dtype, channels: int, height: int, width: int, kernel, dilation, stride, padding, threads: int
+) -> None:
+    """The nlc unfold splits each source row of a dilated kernel (runs of 16 bytes or more) into
+    its phases and copies each run whole from one phase: every dilation (the vectorised split of
+    2, 4 and 8 and the plain one of the others), a row width that is no multiple of it, blocks in
+    the padding and thread splits must still write exactly the patch matrix and nothing past it."""
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    assume(all(s + 2 * p >= r for s, p, r in zip((height, width), padding, reach)))
+    g = patchfold.Geometry.create(
+        (height, width), kernel_size=kernel, dilation=dilation, stride=stride, padding=padding
+    )
+    x = np.random.default_rng(4).integers(1, 100, (2, channels, height, width)).astype(dtype)
+    shape = g.unfold_shape(2, channels, "nlc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+        guarded = np.full((shape[0], shape[1] + 1, shape[2]), 7, dtype)  # a block row past the end
+        cols = guarded[:, : shape[1]]
+        cpu.unfold_into(x, g, cols, "nlc", threads=threads)
+        patch.setattr(compiled, "unfold", lambda *args: None)
+        expected = np.empty(shape, dtype)
+        cpu.unfold_into(x, g, expected, "nlc", threads=1)
+    np.testing.assert_array_equal(cols, expected)
+    assert (guarded[:, shape[1] :] == 7).all()
+
+
 # ----- the one-pass normalised (and windowed) fold (issue #16) -----------------------------------
 
 
