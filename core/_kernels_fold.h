@@ -81,15 +81,20 @@ static inline int PF_F(adds_runs_directly)(const pf_fold2d g) {
 
 /* Whether an nlc fold sums overlapping patches chunk by chunk (see fold2d_nlc_chunk_band):
  * undilated, unweighted half-overlapping kernel rows (K1 = 2*s1, s1 = 2, 4, 8 or 16, chunks of at
- * least 8 bytes of sums), the common "stride half the block". A/B in one process, one thread,
- * fastest of 15, equal results (ms, before -> after, ncl): uint8 1024² k8 s4 7.2 -> 4.4 (4.7),
- * k4 s2 6.9 -> 5.7 (3.1); float32 1024² k8 s4 11.3 -> 6.5 (5.5), k4 s2 9.6 -> 7.4 (3.4), 2048²
- * k16 s8 37.0 -> 24.7 (24.7); float64 k8 s4 16.2 -> 12.9 (8.7). Other overlaps (three or more
- * patches on a chunk, or odd strides) were slower this way (float32 k6 s2 20 -> 56) and keep the
- * straight runs or the tiles. */
+ * least 8 bytes of sums and under 16 bytes of patch values), the common "stride half the block".
+ * The first CPU measured (A/B in one process, one thread, fastest of 15, ms before -> after, ncl):
+ * uint8 1024² k8 s4 7.2 -> 4.4 (4.7), k4 s2 6.9 -> 5.7 (3.1); float32 1024² k8 s4 11.3 -> 6.5
+ * (5.5), k4 s2 9.6 -> 7.4 (3.4), 2048² k16 s8 37.0 -> 24.7 (24.7); float64 k8 s4 16.2 -> 12.9
+ * (8.7). An AVX-512 Xeon (2026-12-04, medians of 15, straight runs -> chunks): uint8 k8 s4 8.8-9.1
+ * -> 6.4-6.7, k4 s2 8.8-8.9 -> 5.7; float32 k4 s2 13.0 -> 12.9, but k8 s4 9.2-9.6 -> 11.9-12.3,
+ * 2048² k16 s8 37.8-38.3 -> 76.2-76.5, float64 k8 s4 13.6-14.0 -> 34.9-35.6. So chunks of 16 bytes
+ * of patch values or more take the straight runs: at most 1.7x slower on the first CPU, where they
+ * were 1.3-2.6x faster on the second. Other overlaps (three or more patches on a chunk, or odd
+ * strides) were slower this way (float32 k6 s2 20 -> 56) and keep the straight runs or the tiles. */
 static inline int PF_F(adds_chunks)(const pf_fold2d g) {
   const int half = g.K1 == 2 * g.s1 && (g.s1 == 2 || g.s1 == 4 || g.s1 == 8 || g.s1 == 16);
-  return half && g.a == 1 && g.wc == NULL && g.d1 == 1 && g.s1 * (int64_t)sizeof(PF_ACC) >= 8;
+  return half && g.a == 1 && g.wc == NULL && g.d1 == 1 && g.s1 * (int64_t)sizeof(PF_ACC) >= 8 &&
+         g.s1 * (int64_t)sizeof(PF_SOURCE) < 16;
 }
 
 /* nlc, output rows [top, bottom) of a band, chunk by chunk: along a kernel row, output columns
