@@ -478,6 +478,23 @@ def test_nlc_loops_match_the_numpy_loops_across_tiles(dtype, channels: int, size
     np.testing.assert_array_equal(summed, numpy_summed)  # integer-valued sums: exact in any order
 
 
+def check_nlc_unfold_against_numpy(x: np.ndarray, g: patchfold.Geometry, threads: int) -> None:
+    """The compiled nlc unfold of ``x`` (split over ``threads`` however small) equals the numpy
+    loop's, and writes nothing past its block rows: ``out`` is a view into a larger array whose
+    other values are checked unchanged."""
+    shape = g.unfold_shape(*x.shape[:2], "nlc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
+        guarded = np.full((shape[0], shape[1] + 1, shape[2]), 7, x.dtype)  # a block row past the end
+        cols = guarded[:, : shape[1]]
+        cpu.unfold_into(x, g, cols, "nlc", threads=threads)
+        patch.setattr(compiled, "unfold", lambda *args: None)
+        expected = np.empty(shape, x.dtype)
+        cpu.unfold_into(x, g, expected, "nlc", threads=1)
+    np.testing.assert_array_equal(cols, expected)
+    assert (guarded[:, shape[1] :] == 7).all()
+
+
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
@@ -500,17 +517,7 @@ def test_nlc_unfold_of_short_runs_matches_the_numpy_loop(
     assume(all(s + 2 * p >= k for s, p, k in zip((height, width), padding, kernel)))
     g = patchfold.Geometry.create((height, width), kernel_size=kernel, stride=stride, padding=padding)
     x = np.random.default_rng(3).integers(1, 100, (2, channels, height, width)).astype(dtype)
-    shape = g.unfold_shape(2, channels, "nlc")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-        guarded = np.full((shape[0], shape[1] + 1, shape[2]), 7, dtype)  # a block row past the end
-        cols = guarded[:, : shape[1]]
-        cpu.unfold_into(x, g, cols, "nlc", threads=threads)
-        patch.setattr(compiled, "unfold", lambda *args: None)
-        expected = np.empty(shape, dtype)
-        cpu.unfold_into(x, g, expected, "nlc", threads=1)
-    np.testing.assert_array_equal(cols, expected)
-    assert (guarded[:, shape[1] :] == 7).all()
+    check_nlc_unfold_against_numpy(x, g, threads)
 
 
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -538,17 +545,7 @@ def test_nlc_unfold_of_dilated_runs_matches_the_numpy_loop(
         (height, width), kernel_size=kernel, dilation=dilation, stride=stride, padding=padding
     )
     x = np.random.default_rng(4).integers(1, 100, (2, channels, height, width)).astype(dtype)
-    shape = g.unfold_shape(2, channels, "nlc")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cpu, "_PARALLEL_MIN_BYTES", 0)
-        guarded = np.full((shape[0], shape[1] + 1, shape[2]), 7, dtype)  # a block row past the end
-        cols = guarded[:, : shape[1]]
-        cpu.unfold_into(x, g, cols, "nlc", threads=threads)
-        patch.setattr(compiled, "unfold", lambda *args: None)
-        expected = np.empty(shape, dtype)
-        cpu.unfold_into(x, g, expected, "nlc", threads=1)
-    np.testing.assert_array_equal(cols, expected)
-    assert (guarded[:, shape[1] :] == 7).all()
+    check_nlc_unfold_against_numpy(x, g, threads)
 
 
 # ----- the one-pass normalised (and windowed) fold (issue #16) -----------------------------------
