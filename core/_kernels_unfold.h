@@ -201,58 +201,68 @@ static int PF_U(unfold2d_nlc_by_blocks)(const PF_WORD *x, PF_WORD *out, const pf
  * rows transposed (unfold2d_nlc_by_rows). */
 #define PF_NLC_PHASE_MIN_BYTES 16
 
+/* Bytes of phase rows the dilated nlc loop below holds at a time (kernel rows in groups). */
+#ifndef PF_NLC_PHASE_BYTES /* (a build may set it smaller, to test the groups) */
+#define PF_NLC_PHASE_BYTES (1 << 20)
+#endif
+
 /* nlc, dilated (d1 > 1) runs of at least PF_NLC_PHASE_MIN_BYTES: each source row a block row reads
  * is first split into its d1 phases (phase r holds columns r, r + d1, r + 2*d1, ...: the
  * vectorised deinterleave for d1 = 2, 4, 8), so that every run of K1 columns d1 apart becomes K1
- * adjacent values of one phase; each patch is then written whole, run after run, one sequential
- * write (cutting ncl rows into a tile and transposing it writes every value twice). The phases of
- * a block row's C*K0 rows take (W + d1) values each of scratch. Returns 0 (nothing written) where
- * that does not apply, or without scratch memory. */
+ * adjacent values of one phase; the patches' runs are then copied whole, one after another along
+ * each patch (cutting ncl rows into a tile and transposing it writes every value twice). Kernel
+ * rows go in groups whose phases take at most PF_NLC_PHASE_BYTES of scratch ((W + d1) values a
+ * row). Returns 0 (nothing written) where that does not apply, or without scratch memory. */
 static int PF_U(unfold2d_nlc_by_phases)(const PF_WORD *x, PF_WORD *out, const pf_unfold2d g) {
   const int64_t H = g.H, W = g.W, K0 = g.K0, K1 = g.K1, L1 = g.L1, s0 = g.s0, s1 = g.s1, d1 = g.d1;
   const int64_t d0 = g.d0, p0 = g.p0, p1 = g.p1, i0 = g.i0, i1 = g.i1, q0 = g.q0, q1 = g.q1, P = g.P;
   if (d1 == 1 || K1 * (int64_t)sizeof(PF_WORD) < PF_NLC_PHASE_MIN_BYTES || q1 == q0 || L1 == 0) return 0;
-  const int64_t n = q1 - q0, Wp = (W + d1 - 1) / d1; /* values per phase row */
-  const int64_t per_row = d1 * Wp;                   /* one source row's phases */
-  PF_WORD *phases = (PF_WORD *)calloc((size_t)(n * per_row), sizeof(PF_WORD));
+  const int64_t Wp = (W + d1 - 1) / d1, per_row = d1 * Wp; /* one source row's phases */
+  int64_t group = PF_NLC_PHASE_BYTES / (int64_t)sizeof(PF_WORD) / per_row;
+  if (group < 1) group = 1;
+  if (group > q1 - q0) group = q1 - q0;
+  PF_WORD *phases = (PF_WORD *)malloc((size_t)(group * per_row) * sizeof(PF_WORD));
   if (phases == NULL) return 0;
   /* blocks j in [jf0, jf1) have all K1 columns j*s1 - p1 + kj*d1 inside [0, W) */
   int64_t jf0 = ceil_div(p1, s1), jf1 = ceil_div(W - (K1 - 1) * d1 + p1, s1);
   if (jf1 > L1) jf1 = L1;
   if (jf0 > jf1) jf0 = jf1;
   const int64_t groups = W / d1; /* whole groups of d1 columns */
-  for (int64_t i = i0; i < i1; i++) {
-    for (int64_t q = q0; q < q1; q++) {
-      const int64_t c = q / K0, y = (q % K0) * d0 + i * s0 - p0;
-      PF_WORD *split = phases + (q - q0) * per_row;
-      if (y < 0 || y >= H) {
-        memset(split, 0, (size_t)per_row * sizeof(PF_WORD));
-        continue;
-      }
-      const PF_WORD *row = x + (c * H + y) * W;
-      if (!PF_U(deinterleave)(split, Wp, row, groups, d1))
-        for (int64_t j = 0; j < groups; j++)
-          for (int64_t r = 0; r < d1; r++) split[r * Wp + j] = row[j * d1 + r];
-      for (int64_t col = groups * d1; col < W; col++) split[(col % d1) * Wp + col / d1] = row[col];
-    }
-    PF_WORD *block_row = out + (i - i0) * L1 * P + q0 * K1;
-    for (int64_t j = jf0; j < jf1; j++) { /* inside: run q of block j is phase r of row q from o */
-      const int64_t first = j * s1 - p1, r = first % d1, o = first / d1;
-      assert(first >= 0 && o + K1 <= Wp);
-      copy_runs((char *)(block_row + j * P), (const char *)(phases + r * Wp + o), n,
-                K1 * (int64_t)sizeof(PF_WORD), per_row * (int64_t)sizeof(PF_WORD), K1 * (int64_t)sizeof(PF_WORD));
-    }
-    for (int64_t j = 0; j < L1; j++) { /* the blocks that reach into the left or right padding */
-      if (j == jf0 && jf1 > jf0) j = jf1;
-      if (j >= L1) break;
-      PF_WORD *dst = block_row + j * P;
-      for (int64_t q = 0; q < n; q++)
-        for (int64_t kj = 0; kj < K1; kj++) {
-          const int64_t col = j * s1 - p1 + kj * d1;
-          dst[q * K1 + kj] = (col >= 0 && col < W) ? phases[q * per_row + (col % d1) * Wp + col / d1] : 0;
+  for (int64_t i = i0; i < i1; i++)
+    for (int64_t qa = q0; qa < q1; qa += group) {
+      const int64_t qb = qa + group < q1 ? qa + group : q1, n = qb - qa;
+      for (int64_t q = qa; q < qb; q++) {
+        const int64_t c = q / K0, y = (q % K0) * d0 + i * s0 - p0;
+        PF_WORD *split = phases + (q - qa) * per_row;
+        if (y < 0 || y >= H) {
+          memset(split, 0, (size_t)per_row * sizeof(PF_WORD));
+          continue;
         }
+        const PF_WORD *row = x + (c * H + y) * W;
+        if (!PF_U(deinterleave)(split, Wp, row, groups, d1))
+          for (int64_t j = 0; j < groups; j++)
+            for (int64_t r = 0; r < d1; r++) split[r * Wp + j] = row[j * d1 + r];
+        for (int64_t col = groups * d1; col < W; col++) split[(col % d1) * Wp + col / d1] = row[col];
+        for (int64_t col = W; col < per_row; col++) split[(col % d1) * Wp + col / d1] = 0; /* unread */
+      }
+      PF_WORD *block_row = out + (i - i0) * L1 * P + qa * K1;
+      for (int64_t j = jf0; j < jf1; j++) { /* inside: run q of block j is phase r of row q from o */
+        const int64_t first = j * s1 - p1, r = first % d1, o = first / d1;
+        assert(first >= 0 && o + K1 <= Wp);
+        copy_runs((char *)(block_row + j * P), (const char *)(phases + r * Wp + o), n,
+                  K1 * (int64_t)sizeof(PF_WORD), per_row * (int64_t)sizeof(PF_WORD), K1 * (int64_t)sizeof(PF_WORD));
+      }
+      for (int64_t j = 0; j < L1; j++) { /* the blocks that reach into the left or right padding */
+        if (j == jf0 && jf1 > jf0) j = jf1;
+        if (j >= L1) break;
+        PF_WORD *dst = block_row + j * P;
+        for (int64_t q = 0; q < n; q++)
+          for (int64_t kj = 0; kj < K1; kj++) {
+            const int64_t col = j * s1 - p1 + kj * d1;
+            dst[q * K1 + kj] = (col >= 0 && col < W) ? phases[q * per_row + (col % d1) * Wp + col / d1] : 0;
+          }
+      }
     }
-  }
   free(phases);
   return 1;
 }
