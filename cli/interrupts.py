@@ -62,10 +62,9 @@ def uninstall() -> bool:
     process killed by the signal) and give SIGTERM its default action (a kill during shutdown
     ends the process, never waits on a retry that no longer comes). Returns whether an interrupt
     was still waiting: it came in the command's last moments, and the caller reports it."""
-    global _waiting_since
-    waiting, _waiting_since = _waiting_since is not None, None
+    waiting = _waiting_since is not None
+    _stop_waiting()
     if hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if signal.getsignal(signal.SIGTERM) is interrupt:
@@ -98,9 +97,7 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     if hasattr(signal, "setitimer") and now - _waiting_since < GRACE_S and in_locking_code(frame):
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)
         return
-    _waiting_since = None
-    if hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    _stop_waiting()
     raise KeyboardInterrupt
 
 
@@ -108,15 +105,20 @@ def _handed_to_holder(frame: FrameType | None) -> bool:
     """While the library holds Ctrl-C (its SIGINT handler, marked ``holds_interrupts``, notes it
     while worker processes start and replays it to ours afterwards: raised then, it would orphan
     a worker mid-start), an interrupt (a SIGTERM, or a waiting one) goes to that handler."""
-    global _waiting_since
     holder = signal.getsignal(signal.SIGINT)
     if not getattr(holder, "holds_interrupts", False):
         return False
+    _stop_waiting()
+    holder(signal.SIGINT, frame)
+    return True
+
+
+def _stop_waiting() -> None:
+    """No interrupt waits any more: forget it and disarm the retry timer."""
+    global _waiting_since
     _waiting_since = None
     if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, 0)
-    holder(signal.SIGINT, frame)
-    return True
 
 
 def _retry(signum: int, frame: FrameType | None) -> None:
