@@ -243,7 +243,6 @@ static int PF_U(unfold2d_nlc_by_phases)(const PF_WORD *x, PF_WORD *out, const pf
           for (int64_t j = 0; j < groups; j++)
             for (int64_t r = 0; r < d1; r++) split[r * Wp + j] = row[j * d1 + r];
         for (int64_t col = groups * d1; col < W; col++) split[(col % d1) * Wp + col / d1] = row[col];
-        for (int64_t col = W; col < per_row; col++) split[(col % d1) * Wp + col / d1] = 0; /* unread */
       }
       PF_WORD *block_row = out + (i - i0) * L1 * P + qa * K1;
       for (int64_t j = jf0; j < jf1; j++) { /* inside: run q of block j is phase r of row q from o */
