@@ -252,6 +252,26 @@ static inline void transpose_items(void *restrict dst, int64_t ds, const void *r
   }
 }
 
+/* Whether every divisor of a row is 0 or a power of two (no mantissa bits): then scale[x] = 1/d
+ * (0 where d is 0) is exact, so a sum times it is the quotient itself, rounded as the quotient
+ * is; and so is a product of such reciprocals (the divisor's per-dim factors). The common
+ * overlaps give such counts (stride k/2: 1 and 2 per dim). Inlined into the foldx clones. */
+static inline __attribute__((always_inline)) int pf_exact_reciprocals(const double *restrict divisor,
+                                                                      double *restrict scale, int64_t n) {
+  uint64_t mantissas = 0;
+  for (int64_t x = 0; x < n; x++) {
+    uint64_t bits;
+    memcpy(&bits, &divisor[x], sizeof bits);
+    mantissas |= bits & UINT64_C(0x000FFFFFFFFFFFFF);
+  }
+  if (mantissas != 0) return 0;
+  for (int64_t x = 0; x < n; x++) {
+    const int covered = divisor[x] > 0; /* 0 or positive, as for finish_row */
+    scale[x] = (double)covered / (divisor[x] + (double)!covered);
+  }
+  return 1;
+}
+
 /* fold_<src>_<acc> for every (patch dtype, accumulator dtype) pair patchfold folds in */
 #define PF_SOURCE float
 #define PF_ACC float
