@@ -551,6 +551,10 @@ int64_t PF_F(foldx)(const PF_SOURCE *src, void *dst, const pf_fold_dims *dims, c
         const int exact = vl_exact && pf_exact_reciprocals(&factor, &inv_factor, 1);
         const int64_t in_row = nd == 3 ? (y + extra->offset[1]) * dims->size[2] : 0;
         const int64_t out_row = nd == 3 ? (z * extra->out_size[1] + y) * W : z * W;
+        if (!(factor > 0)) { /* a row no block reaches (every other one, dilated by 2): zeros */
+          for (int64_t c = 0; c < C; c++) memset(out + c * ocs + out_row, 0, (size_t)W * sizeof(PF_SOURCE));
+          continue;
+        }
         for (int64_t c = 0; c < C; c++) {
           const PF_ACC *sums = scratch + c * rows * plane + (r - top) * plane + in_row + extra->offset[last];
           nonfinite += PF_F(finish_row)(sums, out + c * ocs + out_row, factor, vl, inv_factor, exact ? inv_vl : NULL, W);
