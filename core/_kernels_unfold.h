@@ -396,9 +396,14 @@ static void PF_U(unfold3d)(const PF_WORD *x, PF_WORD *out, const pf_unfold_dims 
                    .d0 = dims->dilation[1], .d1 = dims->dilation[2],
                    .p0 = dims->padding[1], .p1 = dims->padding[2],
                    .i0 = 0, .i1 = L1, .q0 = 0, .q1 = K1, .nlc = nlc, .rs = rs, .P = P};
-  for (int64_t q = q0; q < q1; q++) {
-    const int64_t c = q / K0, a = q % K0;
-    for (int64_t p = lo; p < hi; p++) {
+  /* nlc: depth block by depth block, so each block's patches (plane * P values) are written whole
+     while they are in cache, where the order of ncl (offsets outer) would write a sliver of every
+     patch of the volume per depth offset */
+  const int64_t outer = nlc ? hi - lo : q1 - q0, inner = nlc ? q1 - q0 : hi - lo;
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t n = 0; n < inner; n++) {
+      const int64_t q = nlc ? q0 + n : q0 + o, p = nlc ? lo + o : lo + n;
+      const int64_t c = q / K0, a = q % K0;
       const int64_t z = a * d0 + p * s0 - p0;
       PF_WORD *base = nlc ? out + (p - lo) * plane * P + q * patch : out + q * patch * rs + (p - lo) * plane;
       if (z >= 0 && z < D) {
@@ -409,7 +414,6 @@ static void PF_U(unfold3d)(const PF_WORD *x, PF_WORD *out, const pf_unfold_dims 
         for (int64_t r = 0; r < patch; r++) memset(base + r * rs, 0, (size_t)plane * sizeof(PF_WORD));
       }
     }
-  }
 }
 
 void PF_U(unfold)(const PF_WORD *x, PF_WORD *out, const pf_unfold_dims *dims) {
