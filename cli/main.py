@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 
@@ -125,6 +126,11 @@ def run() -> None:
         code = done.code
         raise
     finally:
+        # The command's files are written, closed and renamed by now: what is left is the
+        # interpreter's exit, whose garbage collection of every object the imports made took
+        # ~20 ms of a 200 ms unfold. Frozen objects are skipped by it (their memory goes back
+        # with the process); atexit handlers, thread joins and the flush of stdout still run.
+        gc.freeze()
         if interrupts.uninstall() and code in (0, None):  # came as it finished: not dropped
             click.echo("Error: interrupted as the command finished; its output is complete", err=True)
             sys.exit(130)
